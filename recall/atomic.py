@@ -1,0 +1,68 @@
+"""Atomic artifacts: write to a temporary sibling, rename when complete.
+
+A killed run therefore never leaves a half-written file or folder under the final name, and a rerun
+can trust whatever exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder that replaces `out` only if the block succeeds."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_path(out: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path of `out`; it is renamed over `out` if the block succeeds."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, out)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_file(out: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
+    """Open a temporary sibling of `out` for writing; rename it over `out` on success."""
+    with atomic_path(out) as tmp, open(tmp, mode) as fh:
+        yield fh
+
+
+def write_json(out: str | os.PathLike, obj: Any) -> None:
+    with atomic_file(out) as fh:
+        json.dump(obj, fh, indent=2)
+        fh.write("\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path) as fh:
+        return json.load(fh)

@@ -1,0 +1,1 @@
+"""CLI subcommands: thin argument parsing over library functions."""

@@ -1,0 +1,92 @@
+"""Layer-wise representations: mean-pooled hidden states over non-padding tokens.
+
+The output is a .npy file of shape (n_samples, L+1, hidden) in float32. Rows are written to disk as
+each batch finishes, so the number of samples is bounded by disk, not memory. Batches are formed from
+length-sorted samples, which wastes little compute on padding.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from recall.atomic import atomic_path
+from recall.data import read_records, render
+from recall.errors import RecallError
+from recall.models import ModelInfo, describe, load_causal_lm, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def load_features(path: str | os.PathLike) -> np.ndarray:
+    """Features written by `extract_features`, memory-mapped: (n_samples, L+1, hidden)."""
+    return np.load(path, mmap_mode="r")
+
+
+def pooled_hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(batch, L+1, hidden): each layer's hidden states averaged over the real tokens of each sample."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
+    mask = attention_mask.unsqueeze(-1).to(torch.float32)
+    pooled = [(h.float() * mask).sum(1) / mask.sum(1) for h in out.hidden_states]
+    return torch.stack(pooled, dim=1)
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def extract_features(
+    model: str | os.PathLike | ModelInfo,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    indices: Sequence[int] | None = None,
+    batch_size: int = 8,
+    max_length: int = 512,
+    device: str | None = None,
+) -> Path:
+    """Write the representations of `data` (or of its rows `indices`) under `model` to `out` (.npy)."""
+    info = model if isinstance(model, ModelInfo) else describe(model)
+    records = read_records(data)
+    if indices is not None:
+        bad = [i for i in indices if not 0 <= i < len(records)]
+        if bad:
+            raise RecallError(f"sample indices {bad[:5]} are outside {data} ({len(records)} records)")
+        records = [records[i] for i in indices]
+    tokenizer = load_tokenizer(info)
+    tokenizer.padding_side = "right"
+    encoded = [tokenizer(render(tokenizer, r), truncation=True, max_length=max_length, add_special_tokens=False)["input_ids"] for r in records]
+    if empty := [i for i, ids in enumerate(encoded) if not ids]:
+        raise RecallError(f"{data}: records {empty[:5]} render to no tokens; remove empty samples")
+    lm = load_causal_lm(info, device=device)
+    device = next(lm.parameters()).device
+    shape = (len(records), info.num_layers + 1, info.config.hidden_size)
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        header = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+        offset, row_bytes = header.offset, shape[1] * shape[2] * 4
+        del header  # only the .npy layout is needed; rows go to disk with pwrite, never held in memory
+        fd = os.open(tmp, os.O_WRONLY)
+        batches = length_sorted_batches([len(ids) for ids in encoded], batch_size)
+        bar = tqdm(batches, desc=f"features {Path(info.spec).name}", unit="batch", disable=None)
+        tokens, start = 0, time.perf_counter()
+        with torch.inference_mode():
+            for batch in bar:
+                padded = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt")
+                ids, mask = padded["input_ids"].to(device), padded["attention_mask"].to(device)
+                pooled = pooled_hidden_states(lm, ids, mask).cpu().numpy()
+                for row, i in zip(pooled, batch):
+                    os.pwrite(fd, row.tobytes(), offset + i * row_bytes)
+                tokens += int(mask.sum())
+                bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
+        os.close(fd)
+    log.info("wrote features %s %s", out, shape)
+    return out

@@ -1,0 +1,1 @@
+"""Streaming model merging: one engine, many registered methods."""

@@ -1,0 +1,178 @@
+"""Streaming safetensors reading and writing, one tensor at a time.
+
+Why not `safe_open`: it memory-maps the file, and every page it touches stays resident until the file
+is closed, so merging N models would hold N whole models in RSS. Reading each tensor with `pread` keeps
+resident memory at one tensor per input. The writer lays out every shard's header from the input
+headers before any data exists, so output bytes stream to disk as they are computed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from recall.errors import RecallError
+
+DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+INDEX_NAME = "model.safetensors.index.json"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+
+
+class SafetensorsFile:
+    """The header of one .safetensors file, and its tensors read on demand."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        with self.path.open("rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(size))
+        self.metadata = header.pop("__metadata__", None) or {}
+        self._data_start = 8 + size
+        self._offsets = {name: tuple(h["data_offsets"]) for name, h in header.items()}
+        self.tensors = {
+            name: TensorInfo(h["dtype"], tuple(h["shape"]), h["data_offsets"][1] - h["data_offsets"][0])
+            for name, h in header.items()
+        }
+
+    def read(self, name: str) -> torch.Tensor:
+        info = self.tensors[name]
+        begin, _ = self._offsets[name]
+        buf = bytearray(info.nbytes)
+        with self.path.open("rb", buffering=0) as fh:
+            fh.seek(self._data_start + begin)
+            view, done = memoryview(buf), 0
+            while done < info.nbytes:
+                n = fh.readinto(view[done:])
+                if not n:
+                    raise RecallError(f"{self.path} is truncated at tensor {name}; re-download or re-save it")
+                done += n
+        if info.nbytes == 0:
+            return torch.empty(info.shape, dtype=DTYPES[info.dtype])
+        return torch.frombuffer(buf, dtype=DTYPES[info.dtype]).reshape(info.shape)
+
+
+class SafetensorsModel:
+    """All tensors of a model folder (one file or an indexed set of shards), by name."""
+
+    def __init__(self, folder: str | os.PathLike):
+        folder = Path(folder)
+        index = folder / INDEX_NAME
+        if index.is_file():
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        else:
+            files = sorted(p.name for p in folder.glob("*.safetensors"))
+        if not files:
+            raise RecallError(
+                f"{folder} has no .safetensors weights; save the model with save_pretrained(safe_serialization=True)"
+            )
+        self.folder = folder
+        self._file_of: dict[str, SafetensorsFile] = {}
+        for name in files:
+            shard = SafetensorsFile(folder / name)
+            for tensor in shard.tensors:
+                self._file_of[tensor] = shard
+        self.tensors = {name: f.tensors[name] for name, f in self._file_of.items()}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(info.nbytes for info in self.tensors.values())
+
+    def read(self, name: str) -> torch.Tensor:
+        return self._file_of[name].read(name)
+
+
+def plan_shards(tensors: dict[str, TensorInfo], max_shard_bytes: int) -> list[list[str]]:
+    """Split tensors, in order, into shards of at most `max_shard_bytes` (a larger tensor gets its own)."""
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, info in tensors.items():
+        if shards[-1] and size + info.nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += info.nbytes
+    return shards
+
+
+class StreamingWriter:
+    """Writes a (sharded) safetensors model whose tensor layout is known in advance.
+
+    Tensors must be written in the order given; each goes straight to disk. Files are complete and
+    consistent once `close()` returns (the caller writes into a temporary folder).
+    """
+
+    def __init__(self, folder: str | os.PathLike, tensors: dict[str, TensorInfo], max_shard_bytes: int = 2 << 30):
+        self.folder = Path(folder)
+        self.shards = plan_shards(tensors, max_shard_bytes)
+        n = len(self.shards)
+        self.file_names = ["model.safetensors"] if n == 1 else [
+            f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)
+        ]
+        self._expected = tensors
+        self._order = [(s, name) for s, names in enumerate(self.shards) for name in names]
+        self._pos = 0
+        self._fh = None
+        self._shard = -1
+
+    def _open_shard(self, s: int) -> None:
+        if self._fh:
+            self._fh.close()
+        header, offset = {"__metadata__": {"format": "pt"}}, 0
+        for name in self.shards[s]:
+            info = self._expected[name]
+            header[name] = {"dtype": info.dtype, "shape": list(info.shape), "data_offsets": [offset, offset + info.nbytes]}
+            offset += info.nbytes
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)  # the format asks for 8-byte aligned data
+        self._fh = (self.folder / self.file_names[s]).open("wb")
+        self._fh.write(struct.pack("<Q", len(blob)) + blob)
+        self._shard = s
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        shard, expected_name = self._order[self._pos]
+        info = self._expected[name]
+        if name != expected_name or DTYPE_NAMES[tensor.dtype] != info.dtype or tuple(tensor.shape) != info.shape:
+            raise RuntimeError(f"writer expected {expected_name} {info}, got {name} {tensor.dtype} {tuple(tensor.shape)}")
+        if shard != self._shard:
+            self._open_shard(shard)
+        data = tensor.detach().contiguous().cpu()
+        self._fh.write(data.reshape(-1).view(torch.uint8).numpy().data)  # no copy
+        self._pos += 1
+
+    def close(self) -> None:
+        if self._pos != len(self._order):
+            raise RuntimeError(f"writer closed after {self._pos} of {len(self._order)} tensors")
+        if self._fh:
+            self._fh.close()
+        if len(self.file_names) > 1:
+            weight_map = {name: self.file_names[s] for s, name in self._order}
+            total = sum(info.nbytes for info in self._expected.values())
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            (self.folder / INDEX_NAME).write_text(json.dumps(index, indent=2))
+
+
+def write_tensors(folder: str | os.PathLike, tensors: Iterable[tuple[str, torch.Tensor]], **kwargs) -> None:
+    """Write a small in-memory state dict with the streaming writer (tests, conversions)."""
+    items = list(tensors)
+    infos = {n: TensorInfo(DTYPE_NAMES[t.dtype], tuple(t.shape), t.numel() * t.element_size()) for n, t in items}
+    writer = StreamingWriter(folder, infos, **kwargs)
+    for name, tensor in items:
+        writer.write(name, tensor)
+    writer.close()

@@ -1,0 +1,1 @@
+"""Tasks: raw records -> instruction prompts + reference answers, each with its metric."""

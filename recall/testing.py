@@ -1,0 +1,83 @@
+"""Tiny random models for tests and examples: built in milliseconds, no download.
+
+A small byte-level BPE tokenizer is trained on the fly and given a chat template, so chat rendering,
+padding and generation work exactly as with a real instruct model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
+CORPUS = [
+    "The movie was great and the acting was wonderful.",
+    "A dull, boring mess of a film. Negative. Positive.",
+    "Question: What is the capital of France? Answer: Paris. A B C D",
+    "Le chat est sur la table. The cat is on the table.",
+    "Read the passage and answer the question. impossible to answer",
+] * 4
+
+FAMILIES = {
+    "llama": dict(model_type="llama", num_attention_heads=4, num_key_value_heads=2, intermediate_size=64),
+    "qwen2": dict(model_type="qwen2", num_attention_heads=4, num_key_value_heads=2, intermediate_size=64),
+    "mistral": dict(model_type="mistral", num_attention_heads=4, num_key_value_heads=2, intermediate_size=64),
+    "gpt2": dict(model_type="gpt2", n_head=4),
+}
+
+
+def tiny_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", bos_token="<|endoftext|>", pad_token="<pad>"
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def tiny_model(
+    out: str | Path,
+    family: str = "llama",
+    layers: int = 2,
+    hidden: int = 32,
+    seed: int = 0,
+    tie: bool = False,
+    **overrides,
+) -> Path:
+    """Save a randomly initialised causal LM (+ tokenizer) of `family` to `out` and return it."""
+    tokenizer = tiny_tokenizer()
+    kwargs = dict(FAMILIES[family])
+    model_type = kwargs.pop("model_type")
+    if model_type == "gpt2":
+        kwargs.update(n_layer=layers, n_embd=hidden, n_positions=128)
+    else:
+        kwargs.update(num_hidden_layers=layers, hidden_size=hidden, max_position_embeddings=128)
+    kwargs.update(
+        vocab_size=len(tokenizer),
+        tie_word_embeddings=tie,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    kwargs.update(overrides)
+    config = AutoConfig.for_model(model_type, **kwargs)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    out = Path(out)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
