@@ -1,0 +1,119 @@
+"""Pure scoring functions. Chat models answer verbosely ("The answer is B: ..."), so labels and
+option letters are extracted from the reply before comparison; free-text answers use SQuAD's
+normalisation. Every metric is on a 0-100 scale.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Callable, Sequence
+
+import sacrebleu
+
+from recall.errors import RecallError
+
+UNANSWERABLE = "impossible to answer"
+CHOICES = "ABCD"
+
+# Option-letter patterns, most specific first. Letters must be capitals standing alone, so words
+# like "a", "I'd" or "Because" never count.
+_LETTER_PATTERNS = [
+    re.compile(r"^\W*([A-D])(?:\W*$|\s*[.:)\]]|\s+-)"),  # "B", "(B)", "B: text", "B. text", "B - text"
+    re.compile(r"(?i:answer|option|choice)(?:\s+(?i:is|would be))?\s*[:\-]?\s*\(?([A-D])\b(?!['’])"),
+    # Any lone capital; "A" followed by a lowercase word is the article ("A good choice is C").
+    re.compile(r"\b((?!A\s+[a-z])[A-D])\b(?!['’])"),
+]
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = set(string.punctuation) | set("«»“”‘’…")
+
+
+def extract_choice(reply: str, choices: str = CHOICES) -> str | None:
+    """The option letter a reply picks, or None when it names none."""
+    reply = reply.strip()
+    for pattern in _LETTER_PATTERNS:
+        for match in pattern.finditer(reply):
+            if match.group(1) in choices:
+                return match.group(1)
+    return None
+
+
+def extract_label(reply: str, labels: Sequence[str]) -> str | None:
+    """The label word that occurs first in the reply (case-insensitive, whole words), or None."""
+    found = []
+    for label in labels:
+        match = re.search(rf"\b{re.escape(label)}\b", reply, re.IGNORECASE)
+        if match:
+            found.append((match.start(), label))
+    return min(found)[1] if found else None
+
+
+def normalize_text(text: str, drop_articles: bool = True) -> str:
+    """SQuAD normalisation: lowercase, strip punctuation and (English) articles, collapse whitespace."""
+    text = "".join(" " if ch in _PUNCT else ch for ch in text.lower())
+    if drop_articles:
+        text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def extract_answer_text(reply: str) -> str:
+    """Drop a chat lead-in ("Answer:", "The answer is") so a correct verbose span still matches."""
+    text = reply.strip()
+    text = re.sub(r"^(?:the\s+)?answer\s*(?:is|:)\s*", "", text, flags=re.IGNORECASE)
+    return text.strip()
+
+
+def qa_match(prediction: str, reference: str) -> bool:
+    """SQuAD exact match; for unanswerable questions any reply saying "impossible to answer" counts."""
+    if normalize_text(reference) == normalize_text(UNANSWERABLE):
+        return normalize_text(UNANSWERABLE) in normalize_text(prediction)
+    return normalize_text(extract_answer_text(prediction)) == normalize_text(reference)
+
+
+def mean_percent(hits: Sequence[bool]) -> float:
+    return 100.0 * sum(hits) / len(hits)
+
+
+def paired(
+    predictions: Sequence[str], references: Sequence[str], match: Callable[[str, str], bool]
+) -> float:
+    """Percentage of (prediction, reference) pairs for which `match` holds."""
+    check_lengths(predictions, references)
+    return mean_percent([match(p, r) for p, r in zip(predictions, references)])
+
+
+def check_lengths(predictions: Sequence[str], references: Sequence[str]) -> None:
+    if len(predictions) != len(references):
+        raise RecallError(
+            f"{len(predictions)} predictions for {len(references)} references; score one prediction per example"
+        )
+    if not references:
+        raise RecallError("nothing to score: no predictions and no references")
+
+
+def label_accuracy(predictions: Sequence[str], references: Sequence[str], labels: Sequence[str]) -> float:
+    return paired(predictions, references, lambda p, r: extract_label(p, labels) == r)
+
+
+def choice_accuracy(predictions: Sequence[str], references: Sequence[str]) -> float:
+    return paired(predictions, references, lambda p, r: extract_choice(p) == r)
+
+
+def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
+    return paired(predictions, references, qa_match)
+
+
+def translation_exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Case-, punctuation- and whitespace-insensitive equality; no article stripping (French)."""
+    return paired(
+        predictions,
+        references,
+        lambda p, r: normalize_text(p, drop_articles=False) == normalize_text(r, drop_articles=False),
+    )
+
+
+def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """sacrebleu corpus BLEU (13a tokenisation, one reference per segment)."""
+    check_lengths(predictions, references)
+    bleu = sacrebleu.corpus_bleu([p.strip() for p in predictions], [[r.strip() for r in references]])
+    return round(float(bleu.score), 6)  # sacrebleu returns 100.00000000000004 for a perfect match
