@@ -120,6 +120,7 @@ class StreamingWriter:
 
     def __init__(self, folder: str | os.PathLike, tensors: dict[str, TensorInfo], max_shard_bytes: int = 2 << 30):
         self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
         self.shards = plan_shards(tensors, max_shard_bytes)
         n = len(self.shards)
         self.file_names = ["model.safetensors"] if n == 1 else [

@@ -1,0 +1,138 @@
+"""The streaming merge engine: for each tensor, read it from every input, combine, write.
+
+Peak memory is about N x the largest tensor (plus one float32 copy for the arithmetic), never N x the
+model. The output folder is built in a temporary sibling and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from recall.atomic import atomic_dir, write_json
+from recall.errors import RecallError
+from recall.layers import tensor_groups
+from recall.merge.methods import Method
+from recall.merge.safetensors_io import DTYPES, StreamingWriter
+from recall.merge.sources import open_source
+from recall.models import ModelInfo, check_compatible, safetensors_folder
+
+log = logging.getLogger(__name__)
+
+# Small files that make the output a complete HF model folder.
+AUX_FILES = (
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+    "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json", "vocab.json",
+    "merges.txt",
+)
+WEIGHTS_FILE = "merge_weights.json"
+
+
+@dataclass
+class MergePlan:
+    """Everything a merge needs; validated before any weight is read."""
+
+    models: list[ModelInfo]
+    method: Method
+    weights: np.ndarray  # (n_layer_groups, n_models)
+    base: ModelInfo | None = None
+    params: dict = field(default_factory=dict)
+    reference: int = -1  # whose config and tokenizer the output carries
+    extra: dict = field(default_factory=dict)  # provenance for merge_weights.json (similarity, typical samples)
+
+
+def merge(plan: MergePlan, out: str | Path, max_shard_bytes: int = 2 << 30) -> Path:
+    """Merge `plan.models` into the HF model folder `out`, plus merge_weights.json and a heatmap."""
+    models, method = plan.models, plan.method
+    if method.needs_base and plan.base is None:
+        raise RecallError(f"method {method.name} needs --base (the model the others were fine-tuned from)")
+    check_compatible(models + ([plan.base] if plan.base else []))
+    n_groups = models[0].num_layers + 1
+    if plan.weights.shape != (n_groups, len(models)):
+        raise RecallError(f"merge weights have shape {plan.weights.shape}, expected ({n_groups}, {len(models)})")
+
+    bases: dict = {}
+    sources = [open_source(m, bases) for m in models]
+    base_info = plan.base or next((m.base for m in models if m.kind == "lora"), None)
+    base_src = open_source(base_info, bases) if base_info else None
+    ref_src = sources[plan.reference]
+    for info, src in zip(models, sources):
+        if src.tensors.keys() != ref_src.tensors.keys():
+            diff = sorted(set(src.tensors) ^ set(ref_src.tensors))
+            raise RecallError(f"{info.spec} does not have the same tensors as {models[plan.reference].spec}: {diff[:3]}")
+        for name, ti in src.tensors.items():
+            if ti.shape != ref_src.tensors[name].shape:
+                raise RecallError(f"{info.spec}: tensor {name} has shape {ti.shape}, expected {ref_src.tensors[name].shape}")
+    groups = tensor_groups(models[0].config, ref_src.tensors)
+
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        writer = StreamingWriter(tmp, ref_src.tensors, max_shard_bytes)
+        weights = torch.tensor(plan.weights, dtype=torch.float32)
+        for name in tqdm(list(ref_src.tensors), desc=f"merge ({method.name})", unit="tensor", disable=None):
+            dtype = DTYPES[ref_src.tensors[name].dtype]
+            if not dtype.is_floating_point:
+                writer.write(name, ref_src.read(name))
+                continue
+            tensors = [s.read(name).float() for s in sources]
+            base = base_src.read(name).float() if base_src else None
+            merged = method.kernel(tensors, weights[groups[name]], base, **plan.params)
+            writer.write(name, merged.to(dtype))
+            del tensors, base, merged
+        writer.close()
+        _copy_aux(safetensors_folder(models[plan.reference]), tmp)
+        record = {
+            "method": method.name,
+            "models": [m.spec for m in models],
+            "base": base_info.spec if base_info else None,
+            "params": plan.params,
+            "layers": plan.weights.tolist(),
+            "tensor_groups": groups,
+            **plan.extra,
+        }
+        write_json(tmp / WEIGHTS_FILE, record)
+        from recall.plots import plot_merge_weights
+
+        plot_merge_weights(plan.weights.tolist(), [Path(m.spec).name for m in models], tmp / "merge_weights.png")
+        (tmp / "README.md").write_text(model_card(record, tmp / WEIGHTS_FILE))
+    log.info("merged %d models with %s into %s", len(models), method.name, out)
+    return out
+
+
+def _copy_aux(src: Path, dst: Path) -> None:
+    for name in AUX_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+
+
+def model_card(record: dict, weights_file: Path) -> str:
+    """A README.md stating how the model was made: inputs, method, per-layer weights."""
+    digest = hashlib.sha256(weights_file.read_bytes()).hexdigest()
+    rows = "\n".join(
+        f"| {i} | " + " | ".join(f"{w:.4f}" for w in row) + " |" for i, row in enumerate(record["layers"])
+    )
+    names = [Path(m).name for m in record["models"]]
+    return f"""---
+tags: [merge, recall]
+---
+# Merged model ({record['method']})
+
+Made by `recall merge --method {record['method']}` from these models, in order:
+
+{chr(10).join(f"{i}. `{m}`" for i, m in enumerate(record['models']))}
+
+Base: `{record['base']}`. Parameters: `{json.dumps(record['params'])}`.
+Merge weights: `merge_weights.json` (sha256 `{digest}`), heatmap `merge_weights.png`.
+
+| layer group | {' | '.join(names)} |
+|---|{'---|' * len(names)}
+{rows}
+"""

@@ -1,0 +1,83 @@
+"""RECALL's merge weights from representations (section 3, algorithm 1).
+
+features of the reference model on its task data -> typical samples (KMeans per layer) -> features
+of every model on the typical samples -> layer-wise similarity to the reference -> softmax per layer.
+With several reference experts (no single new model), each expert's rows are computed on its own
+task data and the rows are averaged.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from recall.errors import RecallError
+from recall.features import extract_features, load_features
+from recall.models import ModelInfo
+from recall.similarity import METRICS, layer_similarity
+from recall.typical import select_typical
+from recall.weights import softmax_weights
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RecallSettings:
+    typical: int = 20
+    similarity: str = "rbf"
+    sigma: float = 1.0
+    temperature: float = 1.0
+    batch_size: int = 8
+    max_length: int = 512
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.similarity not in METRICS:
+            raise RecallError(f"unknown similarity {self.similarity!r}; choose one of {', '.join(METRICS)}")
+        for name in ("typical", "batch_size", "max_length"):
+            if getattr(self, name) < 1:
+                raise RecallError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("sigma", "temperature"):
+            if getattr(self, name) <= 0:
+                raise RecallError(f"{name} must be > 0, got {getattr(self, name)}")
+
+
+def reference_similarity(
+    models: list[ModelInfo], reference: int, data: Path, settings: RecallSettings, workdir: Path
+) -> tuple[np.ndarray, list[int]]:
+    """Similarity (L+1, N) of every model to models[reference] on the typical samples of `data`."""
+    kw = dict(batch_size=settings.batch_size, max_length=settings.max_length)
+    ref_all = load_features(extract_features(models[reference], data, workdir / f"ref{reference}-all.npy", **kw))
+    typical = select_typical(ref_all, settings.typical, settings.seed)
+    reps = []
+    for q, info in enumerate(models):
+        if q == reference:
+            reps.append(np.asarray(ref_all[typical]))
+        else:
+            path = extract_features(info, data, workdir / f"ref{reference}-model{q}.npy", indices=typical, **kw)
+            reps.append(np.asarray(load_features(path)))
+    return layer_similarity(reps[reference], np.stack(reps), settings.similarity, settings.sigma), typical
+
+
+def recall_weights(
+    models: list[ModelInfo],
+    references: list[tuple[int, Path]],
+    settings: RecallSettings,
+    workdir: Path | None = None,
+) -> tuple[np.ndarray, dict]:
+    """Per-layer weights (L+1, N) and their provenance (similarities, typical samples, settings)."""
+    settings.validate()
+    rows, detail = [], []
+    with tempfile.TemporaryDirectory(prefix="recall-features-") as tmp:
+        work = Path(workdir or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        for index, data in references:
+            sim, typical = reference_similarity(models, index, Path(data), settings, work)
+            rows.append(softmax_weights(sim, settings.temperature))
+            detail.append({"reference": models[index].spec, "data": str(data), "typical": typical, "similarity": sim.tolist()})
+    weights = np.mean(rows, axis=0)
+    return weights, {"settings": asdict(settings), "references": detail}

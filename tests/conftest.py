@@ -1,0 +1,36 @@
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from recall.testing import tiny_model  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def make_model(tmp_path):
+    """Build a tiny random model folder: make_model("a", family="llama", seed=1, ...)."""
+
+    def make(name: str = "m", **kwargs) -> Path:
+        return tiny_model(tmp_path / name, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def task_data(tmp_path) -> Path:
+    """A small prompt/response JSONL file."""
+    rows = [
+        {"prompt": f"Statement: the film number {i} was {'great' if i % 2 else 'dull'}. Sentiment?",
+         "response": "positive" if i % 2 else "negative"}
+        for i in range(12)
+    ] + [{"text": "The cat is on the table."}, {"text": "Le chat est sur la table."}]
+    path = tmp_path / "task.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
