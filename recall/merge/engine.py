@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from recall.atomic import atomic_dir, write_json
 from recall.errors import RecallError
 from recall.layers import tensor_groups
-from recall.merge.methods import Method
+from recall.merge.methods import Method, tensor_seed
 from recall.merge.safetensors_io import DTYPES, StreamingWriter
 from recall.merge.sources import open_source
 from recall.models import ModelInfo, check_compatible, safetensors_folder
@@ -52,7 +52,9 @@ class MergePlan:
 def merge(plan: MergePlan, out: str | Path, max_shard_bytes: int = 2 << 30) -> Path:
     """Merge `plan.models` into the HF model folder `out`, plus merge_weights.json and a heatmap."""
     models, method = plan.models, plan.method
-    if method.needs_base and plan.base is None:
+    params = method.resolve(plan.params)
+    base_info = plan.base or next((m.base for m in models if m.kind == "lora"), None)
+    if method.needs_base and base_info is None:
         raise RecallError(f"method {method.name} needs --base (the model the others were fine-tuned from)")
     check_compatible(models + ([plan.base] if plan.base else []))
     n_groups = models[0].num_layers + 1
@@ -61,7 +63,6 @@ def merge(plan: MergePlan, out: str | Path, max_shard_bytes: int = 2 << 30) -> P
 
     bases: dict = {}
     sources = [open_source(m, bases) for m in models]
-    base_info = plan.base or next((m.base for m in models if m.kind == "lora"), None)
     base_src = open_source(base_info, bases) if base_info else None
     ref_src = sources[plan.reference]
     for info, src in zip(models, sources):
@@ -77,14 +78,18 @@ def merge(plan: MergePlan, out: str | Path, max_shard_bytes: int = 2 << 30) -> P
     with atomic_dir(out) as tmp:
         writer = StreamingWriter(tmp, ref_src.tensors, max_shard_bytes)
         weights = torch.tensor(plan.weights, dtype=torch.float32)
+        # One read buffer per input, reused for every tensor: memory stays N x the largest tensor,
+        # and no time goes to allocating and faulting in fresh pages per tensor.
+        buffers = [torch.empty(s.largest, dtype=torch.uint8) for s in sources]
+        base_buffer = torch.empty(base_src.largest, dtype=torch.uint8) if base_src else None
         for name in tqdm(list(ref_src.tensors), desc=f"merge ({method.name})", unit="tensor", disable=None):
             dtype = DTYPES[ref_src.tensors[name].dtype]
             if not dtype.is_floating_point:
                 writer.write(name, ref_src.read(name))
                 continue
-            tensors = [s.read(name).float() for s in sources]
-            base = base_src.read(name).float() if base_src else None
-            merged = method.kernel(tensors, weights[groups[name]], base, **plan.params)
+            tensors = [s.read(name, buf).float() for s, buf in zip(sources, buffers)]
+            base = base_src.read(name, base_buffer).float() if base_src else None
+            merged = method.kernel(tensors, weights[groups[name]], base, **tensor_params(params, name))
             writer.write(name, merged.to(dtype))
             del tensors, base, merged
         writer.close()
@@ -93,7 +98,7 @@ def merge(plan: MergePlan, out: str | Path, max_shard_bytes: int = 2 << 30) -> P
             "method": method.name,
             "models": [m.spec for m in models],
             "base": base_info.spec if base_info else None,
-            "params": plan.params,
+            "params": params,
             "layers": plan.weights.tolist(),
             "tensor_groups": groups,
             **plan.extra,
@@ -105,6 +110,11 @@ def merge(plan: MergePlan, out: str | Path, max_shard_bytes: int = 2 << 30) -> P
         (tmp / "README.md").write_text(model_card(record, tmp / WEIGHTS_FILE))
     log.info("merged %d models with %s into %s", len(models), method.name, out)
     return out
+
+
+def tensor_params(params: dict, name: str) -> dict:
+    """The kernel's parameters for tensor `name`: a random method's seed becomes this tensor's own seed."""
+    return {**params, "seed": tensor_seed(params["seed"], name)} if "seed" in params else params
 
 
 def _copy_aux(src: Path, dst: Path) -> None:

@@ -1,20 +1,49 @@
-"""Merge methods: each a small pure kernel over one tensor of every model, registered by name.
+"""Merge methods: a pure kernel (`recall.merge.kernels`) plus what the method needs, registered by name.
 
-A kernel receives the N models' versions of one tensor (float32), their weights for this tensor's
-layer group, and the base model's version when the method uses one; it returns the merged tensor.
-Kernels never see files, so the streaming engine serves them all.
+A method declares whether it needs a base model, where its per-model weights come from (given by the
+user, RECALL's representation similarity, or LM-Cocktail's losses), and which kernel parameters it
+takes. Parameters are shared: `--density` means the same thing to every method that takes it, so
+each is defined once in PARAMS with its check, and methods only name them with their defaults.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import hashlib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
 
 import torch
 
 from recall.errors import RecallError
+from recall.merge import kernels
 
 Kernel = Callable[..., torch.Tensor]
+REQUIRED = object()  # a parameter default meaning "the user must give it"
+WEIGHT_SOURCES = ("given", "representations", "loss")
+
+
+@dataclass(frozen=True)
+class Param:
+    """A kernel parameter: its type, the rule its values obey, and help for its `--flag`."""
+
+    type: type
+    check: Callable[[Any], bool]
+    rule: str
+    help: str
+
+
+PARAMS: dict[str, Param] = {
+    "density": Param(float, lambda v: 0 < v <= 1, "must be in (0, 1]",
+                     "fraction of each task vector kept (TIES: top by magnitude; DARE: at random)"),
+    "scale": Param(float, math.isfinite, "must be a finite number",
+                   "lambda: multiplies the merged task vector before it is added to the base"),
+    "seed": Param(int, lambda v: v >= 0, "must be >= 0",
+                  "random seed (recall: KMeans; DARE: each tensor's mask, drawn from the seed and the tensor name)"),
+    "normalize": Param(bool, lambda v: True, "", "TIES: divide by the summed weights of the agreeing models"),
+}
 
 
 @dataclass(frozen=True)
@@ -22,16 +51,61 @@ class Method:
     name: str
     kernel: Kernel
     needs_base: bool = False
-    layer_weights: bool = False  # weights differ per layer group (computed from representations)
+    weights: str = "given"  # one of WEIGHT_SOURCES
+    default_weight: float | None = None  # per-model weight when --weights is not given; None: 1/N
+    params: Mapping[str, Any] = field(default_factory=dict)  # kernel keyword -> default (or REQUIRED)
     help: str = ""
+
+    @property
+    def layer_weights(self) -> bool:
+        """Whether weights differ per layer group (computed from representations)."""
+        return self.weights == "representations"
+
+    def resolve(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """The kernel's parameters: `given` (None = not given) over the defaults, each checked.
+
+        Fails on a parameter this method does not take, a required one missing, or a value out of range,
+        with the flag named, before any weight is read.
+        """
+        given = {k: v for k, v in given.items() if v is not None}
+        if extra := sorted(set(given) - set(self.params)):
+            users = [m.name for m in METHODS.values() if extra[0] in m.params]
+            raise RecallError(
+                f"--{extra[0]} does not apply to --method {self.name}; it is a parameter of {', '.join(users) or 'no method'}"
+            )
+        out = {}
+        for name, default in self.params.items():
+            value = given.get(name, default)
+            spec = PARAMS[name]
+            if value is REQUIRED:
+                raise RecallError(f"--method {self.name} needs --{name}: the {spec.help}, {spec.rule}")
+            try:
+                value = spec.type(value)
+            except (TypeError, ValueError):
+                raise RecallError(f"--{name} must be a {spec.type.__name__}, got {value!r}") from None
+            if not spec.check(value):
+                raise RecallError(f"--{name} {spec.rule}, got {value}")
+            out[name] = value
+        return out
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, *, needs_base: bool = False, layer_weights: bool = False, help: str = ""):
+def register(
+    name: str,
+    *,
+    needs_base: bool = False,
+    weights: str = "given",
+    default_weight: float | None = None,
+    params: Mapping[str, Any] | None = None,
+    help: str = "",
+) -> Callable[[Kernel], Kernel]:
+    """Decorator adding a kernel to the registry as method `name` (its declaration is checked at import)."""
+    assert weights in WEIGHT_SOURCES and set(params or {}) <= set(PARAMS), (name, weights, params)
+
     def add(kernel: Kernel) -> Kernel:
-        METHODS[name] = Method(name, kernel, needs_base, layer_weights, help)
+        METHODS[name] = Method(name, kernel, needs_base, weights, default_weight, MappingProxyType(dict(params or {})), help)
         return kernel
 
     return add
@@ -43,18 +117,22 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-def weighted_sum(tensors: list[torch.Tensor], weights: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
-    """sum_q w_q theta_q, or theta_0 + sum_q w_q (theta_q - theta_0) in delta space when a base is given."""
-    if base is None:
-        out = tensors[0] * weights[0]
-        for t, w in zip(tensors[1:], weights[1:]):
-            out.add_(t, alpha=float(w))
-        return out
-    out = base.clone()
-    for t, w in zip(tensors, weights):
-        out.add_(t - base, alpha=float(w))
-    return out
+def tensor_seed(seed: int, tensor_name: str) -> int:
+    """A per-tensor seed from the user's seed and the tensor's name: random masks do not depend on order."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{tensor_name}".encode()).digest()[:8], "little") >> 1
 
 
-register("recall", layer_weights=True, help="RECALL: per-layer softmax of representation similarity")(weighted_sum)
-register("average", help="weighted average, one weight per model (default uniform)")(weighted_sum)
+register("recall", weights="representations",
+         help="RECALL: per-layer softmax of representation similarity")(kernels.weighted_sum)
+register("average", help="weighted average, one weight per model (default uniform)")(kernels.weighted_sum)
+register("lm_cocktail", weights="loss",
+         help="LM-Cocktail: weights softmax(-loss/T) of each model's loss on a few task examples (--data)")(kernels.weighted_sum)
+register("task_arithmetic", needs_base=True, default_weight=1.0, params={"scale": 1.0},
+         help="task arithmetic: base + scale * sum_q w_q (theta_q - base); weights default 1")(kernels.task_arithmetic)
+register("ties", needs_base=True, default_weight=1.0, params={"density": REQUIRED, "scale": 1.0, "normalize": True},
+         help="TIES: trim task vectors to --density by magnitude, elect signs, disjoint mean")(kernels.ties)
+register("dare_linear", needs_base=True, default_weight=1.0, params={"density": REQUIRED, "scale": 1.0, "seed": 0},
+         help="DARE + task arithmetic: drop deltas with rate 1 - density, rescale by 1/density")(kernels.dare_linear)
+register("dare_ties", needs_base=True, default_weight=1.0,
+         params={"density": REQUIRED, "scale": 1.0, "seed": 0, "normalize": False},
+         help="DARE + TIES sign election (unnormalized by default, as in mergekit)")(kernels.dare_ties)

@@ -45,27 +45,36 @@ class SafetensorsFile:
             header = json.loads(fh.read(size))
         self.metadata = header.pop("__metadata__", None) or {}
         self._data_start = 8 + size
+        self._fdesc: int | None = None
         self._offsets = {name: tuple(h["data_offsets"]) for name, h in header.items()}
         self.tensors = {
             name: TensorInfo(h["dtype"], tuple(h["shape"]), h["data_offsets"][1] - h["data_offsets"][0])
             for name, h in header.items()
         }
 
-    def read(self, name: str) -> torch.Tensor:
+    def read(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        """The tensor `name`; read into `buffer` (uint8, large enough) when given, to reuse memory."""
         info = self.tensors[name]
         begin, _ = self._offsets[name]
-        buf = bytearray(info.nbytes)
-        with self.path.open("rb", buffering=0) as fh:
-            fh.seek(self._data_start + begin)
-            view, done = memoryview(buf), 0
-            while done < info.nbytes:
-                n = fh.readinto(view[done:])
-                if not n:
-                    raise RecallError(f"{self.path} is truncated at tensor {name}; re-download or re-save it")
-                done += n
-        if info.nbytes == 0:
-            return torch.empty(info.shape, dtype=DTYPES[info.dtype])
-        return torch.frombuffer(buf, dtype=DTYPES[info.dtype]).reshape(info.shape)
+        if buffer is None:
+            buffer = torch.empty(info.nbytes, dtype=torch.uint8)
+        raw = buffer[: info.nbytes]
+        view, done = memoryview(raw.numpy()), 0
+        while done < info.nbytes:
+            n = os.preadv(self._fd(), [view[done:]], self._data_start + begin + done)
+            if not n:
+                raise RecallError(f"{self.path} is truncated at tensor {name}; re-download or re-save it")
+            done += n
+        return raw.view(DTYPES[info.dtype]).reshape(info.shape)
+
+    def _fd(self) -> int:
+        if self._fdesc is None:
+            self._fdesc = os.open(self.path, os.O_RDONLY)
+        return self._fdesc
+
+    def __del__(self):
+        if getattr(self, "_fdesc", None) is not None:
+            os.close(self._fdesc)
 
 
 class SafetensorsModel:
@@ -94,8 +103,12 @@ class SafetensorsModel:
     def nbytes(self) -> int:
         return sum(info.nbytes for info in self.tensors.values())
 
-    def read(self, name: str) -> torch.Tensor:
-        return self._file_of[name].read(name)
+    @property
+    def largest(self) -> int:
+        return max((info.nbytes for info in self.tensors.values()), default=0)
+
+    def read(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        return self._file_of[name].read(name, buffer)
 
 
 def plan_shards(tensors: dict[str, TensorInfo], max_shard_bytes: int) -> list[list[str]]:

@@ -19,10 +19,10 @@ class FullModel:
     def __init__(self, folder: Path):
         self.weights = SafetensorsModel(folder)
         self.tensors: dict[str, TensorInfo] = self.weights.tensors
-        self.touched: set[str] = set(self.tensors)
+        self.largest = self.weights.largest
 
-    def read(self, name: str) -> torch.Tensor:
-        return self.weights.read(name)
+    def read(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        return self.weights.read(name, buffer)
 
 
 class LoraModel:
@@ -42,6 +42,7 @@ class LoraModel:
         self.fan_in_fan_out = bool(config.get("fan_in_fan_out"))
         self.base = base
         self.tensors = base.tensors
+        self.largest = base.largest
         adapter = SafetensorsModel(adapter_dir)
         self._ab: dict[str, tuple[str, str]] = {}
         pattern = re.compile(r"^(?:base_model\.model\.)?(.*)\.lora_([AB])(?:\.[^.]+)?\.weight$")
@@ -55,7 +56,6 @@ class LoraModel:
                 raise RecallError(f"{adapter_dir}: LoRA weights for {target} lack lora_A or lora_B")
             self._ab[name] = (ab["A"], ab["B"])
         self.adapter = adapter
-        self.touched = set(self._ab)
 
     def _match(self, target: str) -> str:
         for name in self.tensors:
@@ -63,8 +63,8 @@ class LoraModel:
                 return name
         raise RecallError(f"LoRA target {target} is not a tensor of the base model; is --base the adapter's base?")
 
-    def read(self, name: str) -> torch.Tensor:
-        base = self.base.read(name)
+    def read(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        base = self.base.read(name, buffer)
         if name not in self._ab:
             return base
         a_key, b_key = self._ab[name]

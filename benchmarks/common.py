@@ -1,0 +1,81 @@
+"""Helpers shared by the benchmarks: synthetic models of a chosen size, child-process measurement."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from recall.merge.safetensors_io import write_tensors
+
+# ~243M parameters: about 1 GB in float32. The largest tensors are the 32000 x 1024 embeddings.
+LLAMA_1GB = dict(
+    vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=14,
+    num_attention_heads=16, num_key_value_heads=16, tie_word_embeddings=False,
+)
+
+
+def random_llama(out: Path, seed: int, **config) -> Path:
+    """A Llama checkpoint with random weights, written without ever building the model in memory."""
+    if (out / "config.json").is_file():
+        return out
+    cfg = LlamaConfig(**{**LLAMA_1GB, **config})
+    with torch.device("meta"):
+        shapes = {n: tuple(t.shape) for n, t in AutoModelForCausalLM.from_config(cfg).state_dict().items()}
+    gen = torch.Generator().manual_seed(seed)
+    write_tensors(out, ((n, torch.randn(s, generator=gen) * 0.02) for n, s in shapes.items()), max_shard_bytes=512 << 20)
+    cfg.save_pretrained(out)
+    return out
+
+
+CHILD = """
+import json, sys, time
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+import recall.cli, recall.merge.engine, recall.layers, transformers, torch  # the constant part
+import matplotlib.pyplot
+import recall.commands.merge as command
+engine = {}
+def timed_merge(*args, _merge=command.merge, **kwargs):  # the engine alone, without CLI start-up
+    t = time.perf_counter()
+    out = _merge(*args, **kwargs)
+    engine["engine_wall_s"] = time.perf_counter() - t
+    return out
+command.merge = timed_merge
+rss0 = status("VmRSS")
+t = time.perf_counter()
+code = recall.cli.main(sys.argv[1:])
+print(json.dumps({"code": code, "wall_s": time.perf_counter() - t, **engine,
+                  "rss_after_imports": rss0, "peak_rss": status("VmHWM")}))
+"""
+
+
+def run_child(args: list[str]) -> dict:
+    """Run `recall ARGS` in a fresh process; its wall time and peak resident memory."""
+    proc = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True, check=True)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if result["code"] != 0:
+        raise RuntimeError(proc.stderr)
+    return result
+
+
+def machine() -> dict:
+    import os
+
+    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"

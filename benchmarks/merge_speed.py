@@ -1,0 +1,93 @@
+"""Merge engine: wall time over the I/O floor and peak memory over N x the largest tensor.
+
+    .venv/bin/python benchmarks/merge_speed.py [--work /tmp/recall-bench] [--sizes 2 3 4 6]
+
+For N random ~1 GB Llama checkpoints, each `recall merge --method average` runs in a fresh process
+(peak RSS from /proc). The I/O floor is measured in the same run: reading every input byte and
+writing as many bytes as the output has, with large sequential I/O. Both run on a warm page cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from common import git_commit, machine, random_llama, run_child
+
+from recall.atomic import write_json
+from recall.merge.safetensors_io import SafetensorsModel
+
+CHUNK = 64 << 20
+
+
+def io_floor(inputs: list[Path], out_bytes: int, scratch: Path) -> float:
+    """Seconds to read every input weight file and write `out_bytes`."""
+    buf = bytearray(CHUNK)
+    start = time.perf_counter()
+    for folder in inputs:
+        for f in sorted(folder.glob("*.safetensors")):
+            with f.open("rb", buffering=0) as fh:
+                while fh.readinto(buf):
+                    pass
+    with scratch.open("wb", buffering=0) as fh:
+        left = out_bytes
+        while left > 0:
+            left -= fh.write(memoryview(buf)[: min(CHUNK, left)])
+    elapsed = time.perf_counter() - start
+    scratch.unlink()
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/recall-bench"))
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2, 3, 4, 6])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "merge_speed.json")
+    args = parser.parse_args()
+
+    models = [random_llama(args.work / f"model{i}", seed=i) for i in range(max(args.sizes))]
+    info = SafetensorsModel(models[0])
+    model_bytes = info.nbytes
+    largest = max(t.nbytes for t in info.tensors.values())
+    rows = []
+    for n in args.sizes:
+        inputs, out = models[:n], args.work / f"merged{n}"
+        floor, runs = [], []
+        for _ in range(args.repeats):  # interleaved, best of each: the machine is noisy
+            floor.append(io_floor(inputs, model_bytes, args.work / "floor.tmp"))
+            runs.append(run_child(["merge", "--method", "average", "--models", *map(str, inputs), "--out", str(out)]))
+        best = min(runs, key=lambda r: r["engine_wall_s"])
+        peak_over_constant = max(r["peak_rss"] - r["rss_after_imports"] for r in runs)
+        rows.append({
+            "n_models": n,
+            "input_bytes": n * model_bytes,
+            "output_bytes": model_bytes,
+            "io_floor_s": min(floor),
+            "engine_wall_s": best["engine_wall_s"],
+            "command_wall_s": best["wall_s"],
+            "engine_over_io_floor": best["engine_wall_s"] / min(floor),
+            "peak_rss_over_imports_bytes": peak_over_constant,
+            "largest_tensor_bytes": largest,
+            "peak_over_largest_tensor": peak_over_constant / largest,
+            "peak_over_model_bytes": peak_over_constant / model_bytes,
+        })
+        print(json.dumps(rows[-1]))
+        shutil.rmtree(out, ignore_errors=True)
+    write_json(args.out, {
+        "benchmark": "merge_speed",
+        "command": "python benchmarks/merge_speed.py " + " ".join(f"--sizes {' '.join(map(str, args.sizes))}".split()),
+        "model": {"params_bytes": model_bytes, "largest_tensor_bytes": largest, "dtype": "float32"},
+        "machine": machine(),
+        "commit": git_commit(),
+        "results": rows,
+    })
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    main()

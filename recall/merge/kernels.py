@@ -1,0 +1,149 @@
+"""Pure merge kernels: the N models' versions of one tensor in, the merged tensor out.
+
+Every kernel has the signature `kernel(tensors, weights, base, **params) -> Tensor`: `tensors` are the
+N inputs in float32, `weights` a (N,) tensor (this tensor's layer-group row), `base` the base model's
+version or None. Kernels never see files or tensor names and never modify their inputs, so the
+streaming engine serves them all and tests can call them on hand-made tensors.
+
+The task-vector methods follow mergekit 0.1.5's `GeneralizedTaskArithmeticMerge`, the de-facto
+reference: delta_q = theta_q - base; sparsify each delta; multiply by w_q; optionally keep only the
+entries that agree with the elected sign; sum; optionally divide by the summed weights of the entries
+kept; multiply by `scale` (lambda); add to base.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+Sparsifier = Callable[[torch.Tensor], torch.Tensor]  # delta -> sparse delta
+
+
+def weighted_sum(tensors: list[torch.Tensor], weights: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
+    """sum_q w_q theta_q, or theta_0 + sum_q w_q (theta_q - theta_0) in delta space when a base is given."""
+    if base is None:
+        out = tensors[0] * weights[0]
+        for t, w in zip(tensors[1:], weights[1:]):
+            out.add_(t, alpha=float(w))
+        return out
+    out = base.clone()
+    for t, w in zip(tensors, weights):
+        out.add_(t - base, alpha=float(w))
+    return out
+
+
+def magnitude_trim(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """Keep the k = max(1, int(density * n)) entries of largest magnitude (TIES "trim"), zero the rest.
+
+    kthvalue is a linear-time selection, about 8x faster than sorting; entries tied with the k-th
+    magnitude are all kept, so a tensor with repeated magnitudes may keep a few more than k.
+    """
+    n = delta.numel()
+    if density >= 1 or n == 0:
+        return delta
+    k = max(1, int(density * n))
+    magnitude = delta.abs()
+    threshold = magnitude.reshape(-1).kthvalue(n - k + 1).values
+    return delta * (magnitude >= threshold)
+
+
+def dare_drop(delta: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
+    """Drop each entry with probability 1 - density and rescale the survivors by 1/density (DARE)."""
+    if density >= 1:
+        return delta
+    keep = torch.rand(delta.shape, generator=generator) < density
+    return delta * keep / density
+
+
+def weighted_deltas(
+    tensors: list[torch.Tensor], weights: torch.Tensor, base: torch.Tensor, sparsify: Sparsifier | None = None
+) -> list[torch.Tensor]:
+    """w_q * sparsify(theta_q - base) for every model: the task vectors the task-vector methods combine."""
+    deltas = []
+    for t, w in zip(tensors, weights):
+        delta = t - base
+        deltas.append((sparsify(delta) if sparsify else delta).mul_(float(w)))
+    return deltas
+
+
+def summed(deltas: list[torch.Tensor]) -> torch.Tensor:
+    """sum_q delta_q (consumes the list's tensors)."""
+    out = deltas[0]
+    for d in deltas[1:]:
+        out.add_(d)
+    return out
+
+
+def disjoint_merge(deltas: list[torch.Tensor], weights: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """TIES sign election and disjoint merge of weighted deltas (consumes them).
+
+    The elected sign of each entry is the sign of the summed weighted deltas (a zero sum counts as
+    positive); only deltas of that sign are added. With normalize, the sum is divided by the summed
+    weights of the models that contributed to the entry (entries nobody contributes to stay 0).
+    """
+    total = torch.zeros_like(deltas[0])
+    for d in deltas:
+        total.add_(d)
+    positive = total >= 0
+    total.zero_()
+    divisor = torch.zeros_like(total) if normalize else None
+    for d, w in zip(deltas, weights):
+        agree = torch.where(positive, d > 0, d < 0)  # zeros (trimmed or dropped) never agree
+        total.add_(d.mul_(agree))
+        if divisor is not None:
+            divisor.add_(agree, alpha=float(w))
+    if divisor is not None:
+        divisor[divisor == 0] = 1
+        total.div_(divisor)
+    return total
+
+
+def task_arithmetic(
+    tensors: list[torch.Tensor], weights: torch.Tensor, base: torch.Tensor, *, scale: float = 1.0
+) -> torch.Tensor:
+    """Task arithmetic (Ilharco et al. 2023): base + scale * sum_q w_q (theta_q - base)."""
+    return base + summed(weighted_deltas(tensors, weights, base)).mul_(scale)
+
+
+def ties(
+    tensors: list[torch.Tensor],
+    weights: torch.Tensor,
+    base: torch.Tensor,
+    *,
+    density: float,
+    scale: float = 1.0,
+    normalize: bool = True,
+) -> torch.Tensor:
+    """TIES-Merging (Yadav et al. 2023): trim each task vector to its top `density`, elect signs, disjoint mean.
+
+    With normalize (the default, as in the paper and mergekit's `ties`), each entry is the weighted mean
+    of the kept deltas that agree with the elected sign; without it, their weighted sum.
+    """
+    deltas = weighted_deltas(tensors, weights, base, lambda d: magnitude_trim(d, density))
+    return base + disjoint_merge(deltas, weights, normalize).mul_(scale)
+
+
+def dare_linear(
+    tensors: list[torch.Tensor], weights: torch.Tensor, base: torch.Tensor, *, density: float, scale: float = 1.0, seed: int = 0
+) -> torch.Tensor:
+    """DARE (Yu et al. 2023) then task arithmetic: random drop, rescale by 1/density, weighted sum."""
+    generator = torch.Generator().manual_seed(seed)
+    deltas = weighted_deltas(tensors, weights, base, lambda d: dare_drop(d, density, generator))
+    return base + summed(deltas).mul_(scale)
+
+
+def dare_ties(
+    tensors: list[torch.Tensor],
+    weights: torch.Tensor,
+    base: torch.Tensor,
+    *,
+    density: float,
+    scale: float = 1.0,
+    seed: int = 0,
+    normalize: bool = False,
+) -> torch.Tensor:
+    """DARE then TIES sign election; a plain sum by default, as in mergekit (the rescale already restores mass)."""
+    generator = torch.Generator().manual_seed(seed)
+    deltas = weighted_deltas(tensors, weights, base, lambda d: dare_drop(d, density, generator))
+    return base + disjoint_merge(deltas, weights, normalize).mul_(scale)
