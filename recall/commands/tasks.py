@@ -1,0 +1,54 @@
+"""`recall tasks [list|generate|export]`: the task registry, the generated suite, data export."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from recall.tasks import list_tasks
+from recall.tasks.export import export_task
+from recall.tasks.generated import DEFAULT_TEST, DEFAULT_TRAIN, generate_suite
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("tasks", help="list, generate and export tasks")
+    parser.set_defaults(func=run_list)
+    sub = parser.add_subparsers(dest="tasks_command")
+
+    sub.add_parser("list", help="each task with its source, format and metrics").set_defaults(func=run_list)
+
+    gen = sub.add_parser("generate", help="write the offline generated task suite")
+    gen.add_argument("--out", type=Path, required=True, help="folder to write <task>/{train,test}.jsonl into")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--train", type=int, default=DEFAULT_TRAIN, help="train examples per task")
+    gen.add_argument("--test", type=int, default=DEFAULT_TEST, help="test examples per task")
+    gen.set_defaults(func=run_generate)
+
+    exp = sub.add_parser("export", help='write a split as {"prompt", "response"} JSONL (for `recall merge --data`)')
+    exp.add_argument("--task", required=True)
+    exp.add_argument("--split", default="train", choices=("train", "test"))
+    exp.add_argument("--data-dir", type=Path, help="folder holding <task>/<split>.jsonl (default: the HF hub)")
+    exp.add_argument("--limit", type=int, help="first N examples only")
+    exp.add_argument("--out", type=Path, required=True)
+    exp.set_defaults(func=run_export)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    rows = [("TASK", "FORMAT", "METRICS", "SOURCE")]
+    rows += [(t.name, t.format, ", ".join(t.metrics), t.source) for t in list_tasks()]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3])
+    return 0
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    folders = generate_suite(args.out, seed=args.seed, train=args.train, test=args.test)
+    print(f"wrote {len(folders)} tasks ({args.train} train / {args.test} test each, seed {args.seed}) to {args.out}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    count = export_task(args.task, args.split, args.out, args.data_dir, args.limit)
+    print(f"wrote {count} {args.task} {args.split} examples to {args.out}")
+    return 0
