@@ -1,0 +1,29 @@
+"""`recall report`: the paper's tables (1, 2, 7), continual-learning metrics and plots from a report spec.
+
+The spec (YAML or JSON) lists metrics.json files by method, fine-tuning task or sequence step, plus
+merge_weights.json and similarity JSON files to plot; see `recall.report` for its format.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from recall import report
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report", help="render tables and plots from evaluation results",
+        description=f"{__doc__}\n{report.__doc__}", formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("spec", type=Path, help="report spec (YAML or JSON)")
+    p.add_argument("--out", required=True, type=Path, help="output folder: report.md, CSV tables, PNG plots")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    markdown = report.write_report(args.spec, args.out)
+    print(markdown.read_text())
+    print(f"wrote {markdown} and its CSV tables and plots in {args.out}")
+    return 0

@@ -1,0 +1,10 @@
+"""Evaluation of a model folder on registered tasks through OpenCompass.
+
+`evaluate(model, tasks, out)` validates its inputs, writes each task's test examples as an OpenCompass
+custom dataset, runs OpenCompass on them, and writes `out/metrics.json`:
+`{"<task>": {"<metric>": score 0-100, ...}, ...}`, each task's primary metric first.
+"""
+
+from recall.evaluation.pipeline import evaluate
+
+__all__ = ["evaluate"]
