@@ -1,37 +1,77 @@
-"""`recall merge`: merge models with a registered method."""
+"""`recall merge`: merge models with a registered method.
+
+Options are shared across methods: --data and --temperature mean the same to recall and lm_cocktail,
+--density to ties and both DARE methods, --seed to recall's KMeans and DARE's masks. An option that
+the chosen method does not use is an error, so a typo'd method never silently ignores a setting.
+"""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
+
+from recall.cocktail_weights import CocktailSettings, cocktail_weights
 from recall.errors import RecallError
 from recall.merge.engine import MergePlan, merge
-from recall.merge.methods import METHODS, get_method
-from recall.models import check_compatible, describe
+from recall.merge.methods import METHODS, PARAMS, Method, get_method
+from recall.models import ModelInfo, check_compatible, describe
 from recall.recall_weights import RecallSettings, recall_weights
 from recall.weights import uniform_weights
 
+# The options each source of merge weights reads (argparse dest names).
+WEIGHT_OPTIONS = {
+    "given": {"weights"},
+    "representations": {"data", "temperature", "max_length", "seed", "experts", "typical", "similarity", "sigma",
+                        "batch_size", "workdir"},
+    "loss": {"data", "temperature", "max_length", "examples"},
+}
+
+
+def uses(method: Method) -> set[str]:
+    """Every optional setting `method` reads: its kernel parameters and its weight source's options."""
+    return set(method.params) | WEIGHT_OPTIONS[method.weights]
+
+
+def users(option: str) -> str:
+    return ", ".join(m.name for m in METHODS.values() if option in uses(m))
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("merge", help="merge models layer by layer", description=__doc__)
-    p.add_argument("--method", required=True, choices=sorted(METHODS), help="merge method")
+    methods = "\n".join(f"  {m.name:16} {m.help}" for m in METHODS.values())
+    p = sub.add_parser("merge", help="merge models layer by layer", description=__doc__, epilog=f"methods:\n{methods}",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", required=True, choices=sorted(METHODS), help="merge method (listed below)")
     p.add_argument("--models", nargs="+", required=True, help="models to merge: HF folders, LoRA adapters, .gguf, hub ids")
     p.add_argument("--out", required=True, type=Path, help="output HF model folder")
-    p.add_argument("--base", help="the base model (for LoRA adapters and delta-space methods)")
-    p.add_argument("--weights", nargs="+", type=float, help="one weight per model (default: uniform)")
-    g = p.add_argument_group("recall")
-    g.add_argument("--new", help="the newly fine-tuned model (default: the last of --models)")
-    g.add_argument("--data", nargs="+", type=Path, help="JSONL task data: one file, or one per --experts model")
-    g.add_argument("--experts", nargs="+", help="multi-expert mode: reference models, each with its --data file")
-    g.add_argument("--typical", type=int, default=20, help="typical samples per layer (KMeans k)")
-    g.add_argument("--similarity", default="rbf", help="rbf, cosine, euclidean, cka, mmd or dot")
-    g.add_argument("--sigma", type=float, default=1.0, help="RBF/MMD bandwidth")
-    g.add_argument("--temperature", type=float, default=1.0, help="softmax temperature")
-    g.add_argument("--batch-size", type=int, default=8, help="feature extraction batch size")
-    g.add_argument("--max-length", type=int, default=512, help="tokens per sample for feature extraction")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--workdir", type=Path, help="keep extracted features here (default: a temporary folder)")
+    p.add_argument("--base", help="the base model (for LoRA adapters and task-vector methods)")
+    p.add_argument("--new", help="the model whose config and tokenizer the output carries, and RECALL's new model "
+                                 "(default: the last of --models)")
+
+    def add(group, option: str, help: str, **kw) -> None:
+        group.add_argument(f"--{option.replace('_', '-')}", help=f"{help} [{users(option)}]", **kw)
+
+    w = p.add_argument_group("merge weights")
+    add(w, "weights", "one weight per model (default 1/N; 1 for the task-vector methods)", nargs="+", type=float)
+    add(w, "data", "JSONL task data: recall: one file, or one per --experts model; lm_cocktail: a file per task",
+        nargs="+", type=Path)
+    add(w, "temperature", f"softmax temperature (default recall {RecallSettings.temperature}, "
+                          f"lm_cocktail {CocktailSettings.temperature})", type=float)
+    add(w, "max_length", f"tokens per sample (default {RecallSettings.max_length})", type=int)
+    add(w, "examples", f"examples per --data file (default {CocktailSettings.examples})", type=int)
+    k = p.add_argument_group("method parameters")
+    for name, spec in PARAMS.items():
+        kw = {"action": argparse.BooleanOptionalAction} if spec.type is bool else {"type": spec.type}
+        add(k, name, spec.help, **kw)
+    r = p.add_argument_group("recall")
+    add(r, "experts", "multi-expert mode: reference models, each with its --data file", nargs="+")
+    add(r, "typical", f"typical samples per layer (KMeans k, default {RecallSettings.typical})", type=int)
+    add(r, "similarity", f"rbf, cosine, euclidean, cka, mmd or dot (default {RecallSettings.similarity})")
+    add(r, "sigma", f"RBF/MMD bandwidth (default {RecallSettings.sigma})", type=float)
+    add(r, "batch_size", f"feature extraction batch size (default {RecallSettings.batch_size})", type=int)
+    add(r, "workdir", "keep extracted features here (default: a temporary folder)", type=Path)
     p.set_defaults(func=run)
 
 
@@ -41,28 +81,54 @@ def _index(models: list[str], spec: str, flag: str) -> int:
     return models.index(spec)
 
 
+def _given(args: argparse.Namespace, settings_type: type):
+    """A settings dataclass from the options the user gave; the rest keep the dataclass defaults."""
+    return settings_type(**{f.name: getattr(args, f.name) for f in fields(settings_type) if getattr(args, f.name) is not None})
+
+
+def check_options(args: argparse.Namespace, method: Method) -> None:
+    """Refuse options the method would ignore."""
+    optional = set(PARAMS).union(*WEIGHT_OPTIONS.values())
+    if unused := sorted(o for o in optional - uses(method) if getattr(args, o) is not None):
+        flag = "--" + unused[0].replace("_", "-")
+        raise RecallError(f"{flag} does not apply to --method {method.name}; it is used by {users(unused[0])}")
+
+
+def given_weights(args: argparse.Namespace, method: Method, infos: list[ModelInfo]) -> tuple[np.ndarray, dict]:
+    n = len(infos)
+    w = args.weights or [method.default_weight or 1.0 / n] * n
+    if len(w) != n:
+        raise RecallError(f"--weights has {len(w)} values for {n} models; give one per model")
+    return uniform_weights(infos[0].num_layers + 1, w), {}
+
+
+def representation_weights(args: argparse.Namespace, method: Method, infos: list[ModelInfo]) -> tuple[np.ndarray, dict]:
+    experts = args.experts or [args.new or args.models[-1]]
+    if not args.data or len(args.data) != len(experts):
+        raise RecallError(f"--method {method.name} needs --data: one JSONL file per reference model ({len(experts)})")
+    settings = _given(args, RecallSettings)
+    settings.validate()
+    references = [(_index(args.models, e, "--experts/--new"), d) for e, d in zip(experts, args.data)]
+    return recall_weights(infos, references, settings, args.workdir)
+
+
+def loss_weights(args: argparse.Namespace, method: Method, infos: list[ModelInfo]) -> tuple[np.ndarray, dict]:
+    weights, extra = cocktail_weights(infos, args.data or [], _given(args, CocktailSettings))
+    return uniform_weights(infos[0].num_layers + 1, weights.tolist()), extra
+
+
+WEIGHTS = {"given": given_weights, "representations": representation_weights, "loss": loss_weights}
+
+
 def run(args: argparse.Namespace) -> int:
     method = get_method(args.method)
     infos = [describe(m, args.base) for m in args.models]
     base = describe(args.base) if args.base else None
     check_compatible(infos + ([base] if base else []))  # before any weight or feature work
-    n_groups = infos[0].num_layers + 1
-    extra = {}
-    if method.layer_weights:
-        experts = args.experts or [args.new or args.models[-1]]
-        if not args.data or len(args.data) != len(experts):
-            raise RecallError(f"--method {method.name} needs --data: one JSONL file per reference model ({len(experts)})")
-        settings = RecallSettings(args.typical, args.similarity, args.sigma, args.temperature,
-                                  args.batch_size, args.max_length, args.seed)
-        settings.validate()
-        references = [(_index(args.models, e, "--experts/--new"), d) for e, d in zip(experts, args.data)]
-        weights, extra = recall_weights(infos, references, settings, args.workdir)
-    else:
-        w = args.weights or [1.0 / len(infos)] * len(infos)
-        if len(w) != len(infos):
-            raise RecallError(f"--weights has {len(w)} values for {len(infos)} models; give one per model")
-        weights = uniform_weights(n_groups, w)
+    check_options(args, method)
+    params = method.resolve({name: getattr(args, name) for name in method.params})
     reference = _index(args.models, args.new or args.models[-1], "--new")
-    out = merge(MergePlan(infos, method, weights, base, reference=reference, extra=extra), args.out)
+    weights, extra = WEIGHTS[method.weights](args, method, infos)
+    out = merge(MergePlan(infos, method, weights, base, params, reference=reference, extra=extra), args.out)
     print(f"merged model: {out}")
     return 0

@@ -1,0 +1,264 @@
+"""Baseline merge methods: cross-checked against mergekit and against references written here.
+
+mergekit is a test extra (`pip install -e ".[mergekit]"`); without it the mergekit cross-checks skip and
+the in-test references (numpy, written independently of recall's kernels) still check every method.
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from recall.data import chat_prompt, read_records, render
+from recall.merge import kernels
+from recall.merge.methods import tensor_seed
+from test_merge import make_adapter, run_cli, tensors
+
+
+def mergekit_merge(tmp_path, config: dict) -> dict:
+    """Run mergekit in-process on `config` (dtype float32) and return the merged tensors."""
+    pytest.importorskip("mergekit", reason='mergekit is a test extra: pip install -e ".[mergekit]"')
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import MergeOptions, run_merge
+
+    out = tmp_path / "mergekit"
+    run_merge(MergeConfiguration.model_validate({**config, "dtype": "float32"}), str(out), MergeOptions(quiet=True))
+    return tensors(out)
+
+
+def assert_same_tensors(ours: dict, theirs: dict) -> None:
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        rel = (ours[name] - theirs[name]).norm() / theirs[name].norm().clamp_min(1e-12)
+        assert rel < 1e-4, f"{name}: relative error {rel:.2e}"
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=1e-6)
+
+
+def ties_reference(thetas: list[np.ndarray], base: np.ndarray, weights, density: float, scale=1.0, normalize=True):
+    """TIES as the paper writes it, with sorting and stacking (float64)."""
+    deltas = []
+    for theta, w in zip(thetas, weights):
+        d = (theta - base).astype(np.float64).ravel()
+        k = max(1, int(density * d.size))
+        trimmed = np.zeros_like(d)
+        top = np.argsort(-np.abs(d), kind="stable")[:k]
+        trimmed[top] = d[top]
+        deltas.append(w * trimmed)
+    d = np.stack(deltas)
+    sign = np.where(d.sum(0) >= 0, 1.0, -1.0)
+    agree = np.sign(d) == sign
+    merged = (d * agree).sum(0)
+    if normalize:
+        divisor = (np.asarray(weights, dtype=np.float64)[:, None] * agree).sum(0)
+        merged = merged / np.where(divisor == 0, 1, divisor)
+    return (base.astype(np.float64).ravel() + scale * merged).reshape(base.shape)
+
+
+@pytest.fixture
+def trio(make_model):
+    """A base model and two 'fine-tuned' ones: the base plus small random deltas (as real experts are)."""
+    base = make_model("base", seed=0)
+    theta0 = tensors(base)
+    experts = []
+    for i in (1, 2):
+        gen = torch.Generator().manual_seed(i)
+        model = AutoModelForCausalLM.from_pretrained(base)
+        state = {k: v + 0.01 * torch.randn(v.shape, generator=gen) for k, v in theta0.items()}
+        model.load_state_dict(state, strict=False)
+        path = base.parent / f"expert{i}"
+        model.save_pretrained(path)
+        AutoTokenizer.from_pretrained(base).save_pretrained(path)
+        experts.append(path)
+    return base, experts
+
+
+# ---- mergekit cross-checks --------------------------------------------------------------------
+
+def test_average_matches_mergekit_linear(make_model, tmp_path):
+    models = [make_model(n, seed=s) for n, s in [("a", 1), ("b", 2), ("c", 3)]]
+    w = [0.2, 0.3, 0.5]
+    assert run_cli("merge", "--method", "average", "--models", *models, "--weights", *w, "--out", tmp_path / "out") == 0
+    theirs = mergekit_merge(tmp_path, {
+        "merge_method": "linear", "parameters": {"normalize": False},
+        "models": [{"model": str(m), "parameters": {"weight": x}} for m, x in zip(models, w)],
+    })
+    assert_same_tensors(tensors(tmp_path / "out"), theirs)
+
+
+def test_task_arithmetic_matches_mergekit(trio, tmp_path):
+    base, experts = trio
+    assert run_cli("merge", "--method", "task_arithmetic", "--base", base, "--models", *experts,
+                   "--weights", 0.7, 0.4, "--scale", 0.8, "--out", tmp_path / "out") == 0
+    theirs = mergekit_merge(tmp_path, {
+        "merge_method": "task_arithmetic", "base_model": str(base), "parameters": {"lambda": 0.8},
+        "models": [{"model": str(m), "parameters": {"weight": x}} for m, x in zip(experts, [0.7, 0.4])],
+    })
+    assert_same_tensors(tensors(tmp_path / "out"), theirs)
+
+
+@pytest.mark.parametrize(("weights", "scale"), [([1.0, 1.0], 1.0), ([0.7, 0.3], 0.9)])
+def test_ties_matches_mergekit(trio, tmp_path, weights, scale):
+    base, experts = trio
+    assert run_cli("merge", "--method", "ties", "--base", base, "--models", *experts, "--density", 0.5,
+                   "--weights", *weights, "--scale", scale, "--out", tmp_path / "out") == 0
+    theirs = mergekit_merge(tmp_path, {
+        "merge_method": "ties", "base_model": str(base), "parameters": {"normalize": True, "lambda": scale},
+        "models": [{"model": str(m), "parameters": {"weight": x, "density": 0.5}} for m, x in zip(experts, weights)],
+    })
+    assert_same_tensors(tensors(tmp_path / "out"), theirs)
+
+
+# ---- references written here ------------------------------------------------------------------
+
+def test_ties_kernel_on_a_worked_example():
+    base = torch.zeros(4)
+    a, b = torch.tensor([3.0, -1.0, 0.5, 2.0]), torch.tensor([-2.0, -4.0, 1.0, 0.1])
+    # trim to 2 of 4: a -> [3, 0, 0, 2], b -> [-2, -4, 0, 0]; elected signs + - + +; disjoint means:
+    out = kernels.ties([a, b], torch.ones(2), base, density=0.5)
+    assert out.tolist() == [3.0, -4.0, 0.0, 2.0]
+    assert a.tolist() == [3.0, -1.0, 0.5, 2.0]  # inputs untouched
+    summed = kernels.ties([a, b], torch.ones(2), base, density=0.5, normalize=False, scale=0.5)
+    assert summed.tolist() == [1.5, -2.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize(("density", "weights", "normalize"), [(0.3, [1.0, 1.0], True), (0.8, [0.6, 1.5], False)])
+def test_ties_cli_matches_an_independent_reference(trio, tmp_path, density, weights, normalize):
+    base, experts = trio
+    flag = "--normalize" if normalize else "--no-normalize"
+    assert run_cli("merge", "--method", "ties", "--base", base, "--models", *experts, "--density", density,
+                   "--weights", *weights, flag, "--scale", 1.2, "--out", tmp_path / "out") == 0
+    theta0, inputs, merged = tensors(base), [tensors(e) for e in experts], tensors(tmp_path / "out")
+    for name, value in merged.items():
+        expected = ties_reference([t[name].numpy() for t in inputs], theta0[name].numpy(), weights, density, 1.2, normalize)
+        np.testing.assert_allclose(value.numpy(), expected, rtol=1e-5, atol=1e-6, err_msg=name)
+    record = json.loads((tmp_path / "out" / "merge_weights.json").read_text())
+    assert record["params"] == {"density": density, "scale": 1.2, "normalize": normalize}
+    assert record["base"] == str(base) and record["layers"][0] == weights
+
+
+def test_task_arithmetic_defaults_to_unit_weights(trio, tmp_path):
+    base, experts = trio
+    assert run_cli("merge", "--method", "task_arithmetic", "--base", base, "--models", *experts, "--out", tmp_path / "out") == 0
+    theta0, (t1, t2), merged = tensors(base), [tensors(e) for e in experts], tensors(tmp_path / "out")
+    for name, value in merged.items():
+        torch.testing.assert_close(value, t1[name] + t2[name] - theta0[name], rtol=1e-5, atol=1e-6)
+    assert json.loads((tmp_path / "out" / "merge_weights.json").read_text())["params"] == {"scale": 1.0}
+
+
+def test_dare_keeps_density_of_entries_scaled_by_exactly_one_over_density():
+    n, density = 1_000_000, 0.3
+    delta = torch.randn(n, generator=torch.Generator().manual_seed(0))
+    for kernel in (kernels.dare_linear, kernels.dare_ties):
+        out = kernel([delta], torch.ones(1), torch.zeros(n), density=density, seed=7)
+        kept = out != 0
+        # Bernoulli(density) per entry: the kept fraction is within 5 standard deviations of density.
+        assert abs(kept.float().mean().item() - density) < 5 * math.sqrt(density * (1 - density) / n)
+        assert torch.equal(out[kept], delta[kept] / density)
+        assert torch.equal(out, kernel([delta], torch.ones(1), torch.zeros(n), density=density, seed=7))
+        assert not torch.equal(out, kernel([delta], torch.ones(1), torch.zeros(n), density=density, seed=8))
+
+
+def test_dare_cli_is_repeatable_per_tensor_and_reduces_to_its_base_method(trio, tmp_path):
+    base, experts = trio
+    common = ["--base", base, "--models", *experts, "--weights", 0.5, 0.8]
+
+    def merged(method, *args):
+        out = tmp_path / f"{method}{len(list(tmp_path.iterdir()))}"
+        assert run_cli("merge", "--method", method, *common, *args, "--out", out) == 0
+        return tensors(out), json.loads((out / "merge_weights.json").read_text())
+
+    (first, record), (again, _), (other, _) = (merged("dare_linear", "--density", 0.4, "--seed", s) for s in (3, 3, 4))
+    assert record["params"] == {"density": 0.4, "scale": 1.0, "seed": 3}
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+    # Each tensor's mask comes from (seed, tensor name) alone: the kernel called on one tensor agrees.
+    name = "model.layers.1.mlp.down_proj.weight"
+    theta0, inputs = tensors(base), [tensors(e) for e in experts]
+    alone = kernels.dare_linear([t[name] for t in inputs], torch.tensor([0.5, 0.8]), theta0[name], density=0.4,
+                                seed=tensor_seed(3, name))
+    torch.testing.assert_close(first[name], alone, rtol=0, atol=0)
+    # Keeping everything, DARE is its base method.
+    for dare, plain, extra in [("dare_linear", "task_arithmetic", []), ("dare_ties", "ties", ["--no-normalize"])]:
+        ours, _ = merged(dare, "--density", 1, *extra)
+        ref, _ = merged(plain, *(["--density", 1, *extra] if plain == "ties" else []))
+        assert all(torch.equal(ours[k], ref[k]) for k in ours), dare
+
+
+def test_ties_merges_lora_adapters_on_their_base(make_model, tmp_path):
+    base = make_model("base")
+    (a, full_a), (b, full_b) = make_adapter(base, tmp_path / "lora_a", 1), make_adapter(base, tmp_path / "lora_b", 2)
+    out = tmp_path / "out"
+    # No --base: the adapters name theirs.
+    assert run_cli("merge", "--method", "ties", "--models", a, b, "--density", 0.5, "--out", out) == 0
+    theta0, merged = tensors(base), tensors(out)
+    touched = 0
+    for name, value in merged.items():
+        expected = ties_reference([full_a[name].numpy(), full_b[name].numpy()], theta0[name].numpy(), [1, 1], 0.5)
+        np.testing.assert_allclose(value.numpy(), expected, rtol=1e-5, atol=1e-6, err_msg=name)
+        touched += not torch.equal(value, theta0[name])
+    assert touched == 2 * 3  # q_proj, v_proj, down_proj in both layers; the rest is the base
+    assert json.loads((out / "merge_weights.json").read_text())["base"] == str(base)
+
+
+def independent_losses(model_path, records) -> float:
+    """Mean over examples of the mean response-token loss, from raw logits."""
+    tok = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path).eval()
+    losses = []
+    for r in records:
+        ids = tok(render(tok, r), add_special_tokens=False, return_tensors="pt")["input_ids"]
+        start = len(tok(chat_prompt(tok, r.prompt), add_special_tokens=False)["input_ids"]) if r.prompt else 0
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0, :-1].double(), -1)
+        targets = ids[0, 1:]
+        nll = -logp[torch.arange(len(targets)), targets]
+        losses.append(nll[max(start - 1, 0):].mean().item())  # logits at t predict token t + 1
+    return float(np.mean(losses))
+
+
+def test_lm_cocktail_weights_are_softmax_of_negative_losses(make_model, tmp_path, task_data):
+    models = [make_model(n, seed=s) for n, s in [("a", 1), ("b", 2), ("c", 3)]]
+    out = tmp_path / "out"
+    assert run_cli("merge", "--method", "lm_cocktail", "--models", *models, "--data", task_data, task_data,
+                   "--examples", 3, "--temperature", 0.05, "--out", out) == 0
+    record = json.loads((out / "merge_weights.json").read_text())
+    records = read_records(task_data)[:3] * 2  # the first 3 examples of each --data file
+    losses = np.array([independent_losses(m, records) for m in models])
+    np.testing.assert_allclose(record["cocktail"]["losses"], losses, rtol=1e-4)
+    z = -np.array(record["cocktail"]["losses"]) / 0.05
+    expected = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+    np.testing.assert_allclose(record["layers"], np.tile(expected, (3, 1)), rtol=1e-6)
+    assert expected.max() - expected.min() > 0.05  # the temperature makes the losses matter
+    assert record["settings"] == {"examples": 3, "temperature": 0.05, "max_length": 512}
+    assert record["cocktail"]["n_examples"] == 6
+    inputs, merged = [tensors(m) for m in models], tensors(out)
+    for name, value in merged.items():
+        torch.testing.assert_close(value, sum(w * t[name] for w, t in zip(record["layers"][0], inputs)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "ties", "--base", "{a}"], "--method ties needs --density"),
+        (["--method", "ties", "--base", "{a}", "--density", 0], "--density must be in (0, 1], got 0.0"),
+        (["--method", "dare_linear", "--base", "{a}", "--density", 1.5], "--density must be in (0, 1], got 1.5"),
+        (["--method", "dare_ties", "--base", "{a}", "--density", 0.5, "--seed", -1], "--seed must be >= 0"),
+        (["--method", "task_arithmetic", "--base", "{a}", "--scale", "nan"], "--scale must be a finite number"),
+        (["--method", "task_arithmetic"], "method task_arithmetic needs --base"),
+        (["--method", "average", "--density", 0.5], "--density does not apply to --method average; it is used by ties"),
+        (["--method", "ties", "--base", "{a}", "--density", 0.5, "--temperature", 2], "--temperature does not apply"),
+        (["--method", "task_arithmetic", "--base", "{a}", "--seed", 1], "it is used by recall, dare_linear, dare_ties"),
+        (["--method", "lm_cocktail"], "--method lm_cocktail needs --data"),
+        (["--method", "lm_cocktail", "--data", "{data}", "--examples", 0], "examples must be >= 1"),
+        (["--method", "lm_cocktail", "--data", "{data}", "--temperature", 0], "temperature must be > 0"),
+    ],
+)
+def test_bad_method_parameters_are_clear_errors(make_model, tmp_path, task_data, capsys, args, message):
+    a, b = make_model("a"), make_model("b", seed=1)
+    args = [str(x).format(a=a, data=task_data) for x in args]
+    assert run_cli("merge", "--models", a, b, "--out", tmp_path / "out", *args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
