@@ -1,0 +1,45 @@
+"""`recall finetune`: LoRA fine-tuning of a base (or previously fine-tuned / merged) model on a task."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from recall.finetune import FinetuneConfig, finetune
+
+DEFAULTS = FinetuneConfig()
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("finetune", help="LoRA fine-tune a model on a task; writes a merged HF model folder")
+    p.add_argument("--base", required=True, help="model folder, LoRA adapter folder, .gguf file or hub id")
+    p.add_argument("--task", required=True, help="task name (see `recall tasks`) or a prompt/response JSONL file")
+    p.add_argument("--data-dir", type=Path, help="folder holding <task>/train.jsonl (default: the HF hub)")
+    p.add_argument("--out", type=Path, required=True, help="output model folder")
+    p.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
+    p.add_argument("--epochs", type=float, default=DEFAULTS.epochs)
+    p.add_argument("--lr", type=float, default=DEFAULTS.lr)
+    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
+    p.add_argument("--max-length", type=int, default=DEFAULTS.max_length, help="tokens per example (prompt + answer)")
+    p.add_argument("--limit", type=int, help="use only the first N training examples")
+    p.add_argument("--lora-r", type=int, default=DEFAULTS.lora_r)
+    p.add_argument("--lora-alpha", type=int, default=DEFAULTS.lora_alpha)
+    p.add_argument("--lora-dropout", type=float, default=DEFAULTS.lora_dropout)
+    p.add_argument("--ewc-lambda", type=float, default=DEFAULTS.ewc_lambda, help="EWC strength (0: off)")
+    p.add_argument("--ewc-from", help="previous task name or its prompt/response JSONL, for the EWC Fisher")
+    p.add_argument("--ewc-samples", type=int, default=DEFAULTS.ewc_samples, help="examples for the Fisher estimate")
+    p.add_argument("--dtype", default=DEFAULTS.dtype, choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = FinetuneConfig(
+        max_steps=args.max_steps, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+        max_length=args.max_length, limit=args.limit, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout, ewc_lambda=args.ewc_lambda, ewc_from=args.ewc_from,
+        ewc_samples=args.ewc_samples, dtype=args.dtype, seed=args.seed,
+    )
+    out = finetune(args.base, args.task, args.out, args.data_dir, config)
+    print(f"fine-tuned model written to {out}")
+    return 0

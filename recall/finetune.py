@@ -1,0 +1,269 @@
+"""LoRA fine-tuning of a causal LM on one task: files in, an ordinary HF model folder out.
+
+OUT holds the LoRA-merged model (safetensors, config, tokenizer, generation config), the adapter in
+OUT/adapter/ and OUT/train_metrics.json. Every input is checked before any weights are loaded, and
+OUT appears only when complete. The base may itself be a fine-tuned or merged model (sequential
+fine-tuning), a LoRA adapter folder or a .gguf file.
+
+The loop is a plain torch loop: each example is the chat-template prompt (user turn) followed by the
+answer (assistant turn + eos), exactly as `recall.data.render` writes it; the loss covers the answer
+tokens only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from recall.atomic import atomic_dir, write_json
+from recall.base_model import drop_gguf_quantizer
+from recall.data import Record, chat_prompt, read_records, render
+from recall.errors import RecallError
+from recall.ewc import EWCPenalty, fisher_diagonal
+from recall.models import describe, load_causal_lm, load_tokenizer
+from recall.tasks import Example, get_task
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100  # label value the loss skips (prompt and padding)
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Defaults follow the paper's Table 5 where a CPU allows (LoRA 8/32/0.1, lr 5e-5, max len 2048)."""
+
+    max_steps: int | None = None  # overrides epochs when given
+    epochs: float = 1.0
+    lr: float = 5e-5
+    batch_size: int = 8
+    max_length: int = 2048
+    limit: int | None = None  # use only the first N training examples
+    lora_r: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    target_modules: str | tuple[str, ...] = "all-linear"  # every linear layer of the blocks, not lm_head
+    ewc_lambda: float = 0.0
+    ewc_from: str | None = None  # previous task name, or a prompt/response JSONL file
+    ewc_samples: int = 64  # examples of the previous task used to estimate the Fisher
+    seed: int = 0
+    dtype: str = "float32"
+
+    def validate(self) -> None:
+        positive = {"epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size, "max_length": self.max_length,
+                    "lora_r": self.lora_r, "lora_alpha": self.lora_alpha, "ewc_samples": self.ewc_samples}
+        positive.update({k: v for k, v in (("max_steps", self.max_steps), ("limit", self.limit)) if v is not None})
+        for name, value in positive.items():
+            if not value > 0:
+                raise RecallError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if not 0 <= self.lora_dropout < 1:
+            raise RecallError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.ewc_lambda < 0:
+            raise RecallError(f"--ewc-lambda must be >= 0, got {self.ewc_lambda}")
+        if (self.ewc_lambda > 0) != (self.ewc_from is not None):
+            raise RecallError("EWC needs both --ewc-lambda (> 0) and --ewc-from (the previous task or its JSONL data)")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise RecallError(f"--dtype must be float32, bfloat16 or float16, got {self.dtype}")
+
+
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE on prompt tokens
+
+
+def load_examples(spec: str, data_dir: Path | None, limit: int | None = None) -> list[Example]:
+    """Training examples from a task name (its train split) or a JSONL file of prompt/response lines."""
+    path = Path(spec)
+    if path.suffix == ".jsonl" or path.is_file():
+        records = read_records(path)[:limit]
+        bad = next((i for i, r in enumerate(records, 1) if r.prompt is None or not r.response), None)
+        if bad is not None:
+            raise RecallError(f"{path}: record {bad} needs both 'prompt' and a non-empty 'response' to train on")
+        return [Example(r.prompt, r.response) for r in records]
+    return get_task(spec).load("train", data_dir, limit)
+
+
+def encode(tokenizer, examples: list[Example], max_length: int, what: str) -> list[Encoded]:
+    """Tokenise prompt and answer separately, as generation sees them; fail if a prompt cannot fit."""
+    encoded, too_long = [], []
+    for i, ex in enumerate(examples):
+        prompt_text = chat_prompt(tokenizer, ex.prompt)
+        answer_text = render(tokenizer, Record(prompt=ex.prompt, response=ex.answer))[len(prompt_text):]
+        prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        answer = tokenizer(answer_text, add_special_tokens=False)["input_ids"]
+        if len(prompt) >= max_length:
+            too_long.append((len(prompt), i))
+        ids = (prompt + answer)[:max_length]
+        encoded.append(Encoded(ids, ([IGNORE] * len(prompt) + answer)[:max_length]))
+    if too_long:
+        longest, index = max(too_long)
+        raise RecallError(
+            f"{len(too_long)} of {len(examples)} {what} prompts do not fit --max-length {max_length} "
+            f"(longest: example {index}, {longest} tokens); raise --max-length above {longest} or drop those examples"
+        )
+    return encoded
+
+
+def collate(items: list[Encoded], pad_id: int) -> Batch:
+    """Right-pad to the longest item; padding is masked out of attention and loss."""
+    width = max(len(it.input_ids) for it in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for row, it in enumerate(items):
+        n = len(it.input_ids)
+        ids[row, :n] = torch.tensor(it.input_ids)
+        labels[row, :n] = torch.tensor(it.labels)
+        mask[row, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def total_steps(n_examples: int, config: FinetuneConfig) -> int:
+    return config.max_steps or max(1, math.ceil(config.epochs * math.ceil(n_examples / config.batch_size)))
+
+
+def iterate_batches(encoded: list[Encoded], batch_size: int, steps: int, seed: int, pad_id: int) -> Iterator[Batch]:
+    """`steps` batches; each epoch is a fresh seeded shuffle (the last batch of an epoch may be short)."""
+    rng = random.Random(seed)
+    produced = 0
+    while True:
+        order = list(range(len(encoded)))
+        rng.shuffle(order)
+        for start in range(0, len(order), batch_size):
+            if produced == steps:
+                return
+            yield collate([encoded[i] for i in order[start:start + batch_size]], pad_id)
+            produced += 1
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+@dataclass
+class TrainLog:
+    steps: list[dict] = dataclasses.field(default_factory=list)
+    train_tokens: int = 0  # non-padding tokens processed
+    answer_tokens: int = 0  # tokens the loss covered
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.train_tokens / self.seconds if self.seconds else 0.0
+
+
+def train_loop(
+    model: torch.nn.Module,
+    batches: Iterator[Batch],
+    steps: int,
+    lr: float,
+    penalty: Callable[[], torch.Tensor] | None = None,
+    desc: str = "finetune",
+) -> TrainLog:
+    """AdamW with linear decay to 0 and gradient clipping at 1.0; a progress bar shows loss and tokens/s."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 - s / steps)
+    device = next(model.parameters()).device
+    record = TrainLog()
+    model.train()
+    start = time.perf_counter()
+    with tqdm(total=steps, desc=desc, unit="step") as bar:
+        for step, batch in enumerate(batches, 1):
+            record.train_tokens += int(batch["attention_mask"].sum())
+            record.answer_tokens += int((batch["labels"] != IGNORE).sum())
+            loss = model(**to_device(batch, device)).loss
+            extra = penalty() if penalty else None
+            (loss + extra if extra is not None else loss).backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            entry = {"step": step, "loss": round(loss.item(), 6)}
+            if extra is not None:
+                entry["ewc_penalty"] = round(extra.item(), 6)
+            record.steps.append(entry)
+            record.seconds = time.perf_counter() - start
+            bar.set_postfix(loss=f"{entry['loss']:.4f}", tok_s=f"{record.tokens_per_s:.0f}")
+            bar.update()
+    return record
+
+
+def add_lora(model: torch.nn.Module, config: FinetuneConfig) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    targets = config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules)
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=targets, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def finetune(
+    base: str | Path,
+    task: str,
+    out: str | Path,
+    data_dir: str | Path | None = None,
+    config: FinetuneConfig = FinetuneConfig(),
+) -> Path:
+    """Fine-tune `base` with LoRA on `task` (a task name or a prompt/response JSONL) into `out`."""
+    # Everything that can be wrong with the inputs is checked before any weights are loaded.
+    config.validate()
+    data_dir = Path(data_dir) if data_dir is not None else None
+    info = describe(base)
+    examples = load_examples(task, data_dir, config.limit)
+    previous = load_examples(config.ewc_from, data_dir) if config.ewc_from else []
+    tokenizer = load_tokenizer(info)
+    encoded = encode(tokenizer, examples, config.max_length, f"{task} training")
+    if previous:
+        previous = random.Random(config.seed).sample(previous, min(config.ewc_samples, len(previous)))
+    previous_encoded = encode(tokenizer, previous, config.max_length, f"{config.ewc_from} (EWC)")
+    steps = total_steps(len(encoded), config)
+    pad_id = tokenizer.pad_token_id
+
+    from transformers import set_seed
+
+    set_seed(config.seed)  # LoRA init, dropout and the data order are all reproducible
+    model = add_lora(load_causal_lm(info, dtype=getattr(torch, config.dtype)), config)
+    device = next(model.parameters()).device
+    penalty = None
+    if previous_encoded:
+        log.info("estimating the Fisher on %d examples of %s", len(previous_encoded), config.ewc_from)
+        fisher = fisher_diagonal(model, (to_device(collate([e], pad_id), device) for e in previous_encoded))
+        penalty = EWCPenalty(model, fisher, config.ewc_lambda)
+    log.info("fine-tuning %s on %s: %d examples, %d steps of batch %d", base, task, len(encoded), steps, config.batch_size)
+    record = train_loop(model, iterate_batches(encoded, config.batch_size, steps, config.seed, pad_id),
+                        steps, config.lr, penalty, desc=f"finetune {task}")
+
+    metrics = {
+        "base": str(base),
+        "task": task,
+        "data_dir": str(data_dir) if data_dir else None,
+        "examples": len(encoded),
+        "steps": record.steps,
+        "final_loss": record.steps[-1]["loss"],
+        "train_tokens": record.train_tokens,
+        "answer_tokens": record.answer_tokens,
+        "train_seconds": round(record.seconds, 3),
+        "tokens_per_s": round(record.tokens_per_s, 2),
+        "device": str(device),
+        "ewc": {"from": config.ewc_from, "samples": len(previous_encoded), **penalty.stats()} if penalty else None,
+        "config": dataclasses.asdict(config),
+    }
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp / "adapter")  # adapter_config.json + adapter_model.safetensors
+        merged = drop_gguf_quantizer(model.merge_and_unload())
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / "train_metrics.json", metrics)
+    log.info("wrote %s (final loss %.4f, %.0f tokens/s)", out, metrics["final_loss"], record.tokens_per_s)
+    return Path(out)

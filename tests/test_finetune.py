@@ -1,0 +1,177 @@
+"""LoRA fine-tuning on tiny random models: learning, which tensors change, outputs, EWC, validation."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from recall.cli import main
+from recall.errors import RecallError
+from recall.finetune import FinetuneConfig, finetune
+from recall.tasks.generated import generate_suite
+from recall.testing import tiny_model
+
+# initializer_range 0.2: with the default 0.02 a frozen random lm_head caps every logit near 0, so a
+# LoRA-only model could not fit anything; larger weights leave it room to learn.
+FAST = dict(max_steps=25, lr=2e-2, batch_size=8, lora_dropout=0.0)
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls lose to thread synchronisation: on a loaded 2-core machine 2 threads are ~20x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("finetune")
+
+
+@pytest.fixture(scope="module")
+def base(work) -> Path:
+    return tiny_model(work / "base", layers=2, hidden=32, initializer_range=0.2)
+
+
+@pytest.fixture(scope="module")
+def data(work) -> Path:
+    generate_suite(work / "data", seed=0, train=64, test=8)
+    return work / "data"
+
+
+@pytest.fixture(scope="module")
+def tuned(work, base, data) -> Path:
+    return finetune(base, "gen_sentiment", work / "sentiment", data, FinetuneConfig(**FAST))
+
+
+def test_loss_falls_on_a_learnable_task(tuned):
+    metrics = json.loads((tuned / "train_metrics.json").read_text())
+    losses = [s["loss"] for s in metrics["steps"]]
+    assert [s["step"] for s in metrics["steps"]] == list(range(1, 26))
+    assert sum(losses[-5:]) / 5 < 0.3 * losses[0]
+    assert metrics["train_tokens"] > metrics["answer_tokens"] > 0
+    assert metrics["tokens_per_s"] > 0 and metrics["examples"] == 64
+    assert metrics["config"]["lora_r"] == 8 and metrics["task"] == "gen_sentiment"
+
+
+def test_output_is_a_loadable_model_folder_with_adapter(tuned):
+    for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
+                 "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "train_metrics.json"):
+        assert (tuned / name).is_file(), name
+    adapter = json.loads((tuned / "adapter" / "adapter_config.json").read_text())
+    assert (adapter["r"], adapter["lora_alpha"], adapter["lora_dropout"]) == (8, 32, 0.0)
+    assert {name.split(".")[-1] for name in adapter["target_modules"]} == set(LORA_TARGETS)
+    assert not list(tuned.parent.glob(".sentiment.tmp-*"))  # the atomic temp folder is gone
+
+
+def test_only_lora_targeted_tensors_change(base, tuned):
+    before, after = load_file(base / "model.safetensors"), load_file(tuned / "model.safetensors")
+    assert before.keys() == after.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    targeted = {k for k in before if k.split(".")[-2] in LORA_TARGETS}
+    assert changed == targeted
+    assert any("embed_tokens" in k for k in before) and any("norm" in k for k in before)
+
+
+def test_merged_model_equals_base_plus_adapter(base, tuned):
+    from peft import PeftModel
+
+    ids = torch.tensor([[5, 17, 42, 99, 7]])
+    merged = AutoModelForCausalLM.from_pretrained(tuned).eval()
+    with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), tuned / "adapter").eval()
+    plain = AutoModelForCausalLM.from_pretrained(base).eval()
+    with torch.no_grad():
+        a, b, c = (m(ids).logits for m in (merged, with_adapter, plain))
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(a, c, atol=1e-3)
+
+
+def test_training_is_seeded(work, base, data, tuned):
+    again = finetune(base, "gen_sentiment", work / "again", data, FinetuneConfig(**FAST))
+    other = finetune(base, "gen_sentiment", work / "other", data, FinetuneConfig(**FAST, seed=1))
+    losses = {p: [s["loss"] for s in json.loads((p / "train_metrics.json").read_text())["steps"]]
+              for p in (tuned, again, other)}
+    assert losses[tuned] == losses[again] != losses[other]
+    w1, w2 = load_file(tuned / "model.safetensors"), load_file(again / "model.safetensors")
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_sequential_finetuning_with_ewc_limits_drift(work, data, tuned):
+    """Step 2 of a task sequence starts from step 1's output; EWC anchored on step 1's task moves less."""
+    start = load_file(tuned / "model.safetensors")
+    drift = {}
+    for strength in (0.0, 1e6):
+        config = FinetuneConfig(**FAST, ewc_lambda=strength, ewc_from="gen_sentiment" if strength else None,
+                                ewc_samples=16)
+        out = finetune(tuned, "gen_translation", work / f"seq-{strength}", data, config)
+        weights = load_file(out / "model.safetensors")
+        drift[strength] = sum(float((weights[k] - start[k]).norm() ** 2) for k in start) ** 0.5
+        metrics = json.loads((out / "train_metrics.json").read_text())
+        assert metrics["base"] == str(tuned)
+    ewc = metrics["ewc"]
+    assert ewc["from"] == "gen_sentiment" and ewc["samples"] == 16 and ewc["lambda"] == 1e6
+    # at B = 0 only the B matrices get gradient: half of the LoRA tensors carry Fisher mass
+    assert 0.3 < ewc["fisher_nonzero_fraction"] <= 0.5 and ewc["fisher_max"] > 0
+    assert all("ewc_penalty" in s for s in metrics["steps"])
+    assert drift[1e6] < 0.6 * drift[0.0]
+
+
+def test_trains_on_a_prompt_response_jsonl(work, base):
+    path = work / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Say {w}.", "response": w}) + "\n" for w in ("yes", "no") * 8))
+    out = finetune(base, str(path), work / "pairs", None, FinetuneConfig(max_steps=3, batch_size=4))
+    assert json.loads((out / "train_metrics.json").read_text())["examples"] == 16
+
+
+# ---------------------------------------------------------------- validation before training
+@pytest.mark.parametrize("task,config,message", [
+    ("sst9", {}, "unknown task 'sst9'"),
+    ("race", {}, r"race/train.jsonl does not exist"),
+    ("gen_sentiment", {"max_length": 20}, r"prompts do not fit --max-length 20 .*raise --max-length above"),
+    ("gen_sentiment", {"ewc_lambda": 1.0}, "EWC needs both"),
+    ("gen_sentiment", {"ewc_lambda": 1.0, "ewc_from": "gen_nothing"}, "unknown task 'gen_nothing'"),
+    ("gen_sentiment", {"lr": 0.0}, "--lr must be positive"),
+    ("gen_sentiment", {"lora_dropout": 1.0}, "--lora-dropout"),
+])
+def test_bad_input_fails_before_training(work, base, data, task, config, message):
+    out = work / "never"
+    with pytest.raises(RecallError, match=message):
+        finetune(base, task, out, data, FinetuneConfig(**config))
+    assert not out.exists()
+
+
+def test_bad_rows_and_empty_split_fail_before_training(work, base):
+    root = work / "bad"
+    (root / "sst2").mkdir(parents=True)
+    (root / "sst2" / "train.jsonl").write_text('{"sentence": "good", "label": 1}\n{"label": 0}\n')
+    with pytest.raises(RecallError, match=r"sst2/train.jsonl:2: missing field 'sentence'"):
+        finetune(base, "sst2", work / "never", root)
+    (root / "sst2" / "train.jsonl").write_text("\n")
+    with pytest.raises(RecallError, match="no train examples"):
+        finetune(base, "sst2", work / "never", root)
+    text_only = work / "text.jsonl"
+    text_only.write_text('{"text": "no answer here"}\n')
+    with pytest.raises(RecallError, match="needs both 'prompt' and a non-empty 'response'"):
+        finetune(base, str(text_only), work / "never", None)
+
+
+def test_base_that_is_not_a_model(work, data):
+    with pytest.raises(RecallError, match="is not a model"):
+        finetune(work / "data", "gen_sentiment", work / "never", data)
+
+
+def test_cli(work, base, data, capsys):
+    out = work / "cli"
+    assert main(["finetune", "--base", str(base), "--task", "gen_knowledge", "--data-dir", str(data),
+                 "--out", str(out), "--max-steps", "2", "--batch-size", "4", "--lora-r", "4", "--seed", "3"]) == 0
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    assert len(metrics["steps"]) == 2 and metrics["config"]["lora_r"] == 4 and metrics["config"]["seed"] == 3
+    assert main(["finetune", "--base", str(base), "--task", "gen_knowledge", "--data-dir", str(data),
+                 "--out", str(out), "--max-length", "8"]) == 2
+    assert "--max-length" in capsys.readouterr().err
