@@ -12,6 +12,9 @@ from recall.errors import RecallError
 # Modules exposing `register(subparsers)`; each adds its subcommands with `set_defaults(func=...)`.
 COMMAND_MODULES = (
     "recall.commands.merge",
+    "recall.commands.tasks",
+    "recall.commands.base",
+    "recall.commands.finetune",
     "recall.commands.evaluate",
     "recall.commands.report",
 )
