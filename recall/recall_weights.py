@@ -46,21 +46,35 @@ class RecallSettings:
                 raise RecallError(f"{name} must be > 0, got {getattr(self, name)}")
 
 
-def reference_similarity(
-    models: list[ModelInfo], reference: int, data: Path, settings: RecallSettings, workdir: Path
-) -> tuple[np.ndarray, list[int]]:
-    """Similarity (L+1, N) of every model to models[reference] on the typical samples of `data`."""
+def similarity_to_reference(
+    models: list[ModelInfo], reference: int, data: Path, ref_features: np.ndarray, typical: list[int],
+    settings: RecallSettings, workdir: Path,
+) -> np.ndarray:
+    """Similarity (L+1, N) of every model to models[reference] on the typical samples of `data`.
+
+    `ref_features` are the reference's features of all of `data`; the others' are extracted here,
+    for the typical samples only.
+    """
     kw = dict(batch_size=settings.batch_size, max_length=settings.max_length)
-    ref_all = load_features(extract_features(models[reference], data, workdir / f"ref{reference}-all.npy", **kw))
-    typical = select_typical(ref_all, settings.typical, settings.seed)
     reps = []
     for q, info in enumerate(models):
         if q == reference:
-            reps.append(np.asarray(ref_all[typical]))
+            reps.append(np.asarray(ref_features[typical]))
         else:
             path = extract_features(info, data, workdir / f"ref{reference}-model{q}.npy", indices=typical, **kw)
             reps.append(np.asarray(load_features(path)))
-    return layer_similarity(reps[reference], np.stack(reps), settings.similarity, settings.sigma), typical
+    return layer_similarity(reps[reference], np.stack(reps), settings.similarity, settings.sigma)
+
+
+def reference_similarity(
+    models: list[ModelInfo], reference: int, data: Path, settings: RecallSettings, workdir: Path
+) -> tuple[np.ndarray, list[int]]:
+    """Features of the reference on all of `data` -> typical samples -> similarity of every model."""
+    ref_path = workdir / f"ref{reference}-all.npy"
+    extract_features(models[reference], data, ref_path, batch_size=settings.batch_size, max_length=settings.max_length)
+    ref_features = load_features(ref_path)
+    typical = select_typical(ref_features, settings.typical, settings.seed)
+    return similarity_to_reference(models, reference, data, ref_features, typical, settings, workdir), typical
 
 
 def recall_weights(

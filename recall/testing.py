@@ -62,9 +62,9 @@ def tiny_model(
     kwargs = dict(FAMILIES[family])
     model_type = kwargs.pop("model_type")
     if model_type == "gpt2":
-        kwargs.update(n_layer=layers, n_embd=hidden, n_positions=128)
+        kwargs.update(n_layer=layers, n_embd=hidden, n_positions=512)
     else:
-        kwargs.update(num_hidden_layers=layers, hidden_size=hidden, max_position_embeddings=128)
+        kwargs.update(num_hidden_layers=layers, hidden_size=hidden, max_position_embeddings=512)
     kwargs.update(
         vocab_size=len(tokenizer),
         tie_word_embeddings=tie,

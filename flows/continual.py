@@ -1,0 +1,94 @@
+"""The continual-learning flow: every DVC stage of the sequence, in order, as a retried Prefect task.
+
+DVC owns the artifacts and their cache (a stage whose inputs are unchanged is skipped), Prefect owns
+scheduling, retries, state and logs.
+
+    python -m flows.continual run                       # once
+    python -m flows.continual serve --cron "0 3 * * *"  # a deployment: nightly, and whenever new
+                                                        # task data sits in incoming/<task>/
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from prefect import flow, get_run_logger, task
+
+from recall.pipeline.params import load_params
+from recall.pipeline.stages import PER_STEP
+from recall.tasks.base import get_task
+
+STEP_ORDER = ("finetune", "features", "typical", "similarity", "merge", "evaluate")
+
+
+def stage_names(params_file: str = "params.yaml") -> list[str]:
+    """DVC stage names in execution order."""
+    params = load_params(params_file)
+    per_step = [f"{stage}@{i}" for i, _ in enumerate(params.steps) for stage in STEP_ORDER]
+    assert set(STEP_ORDER) == PER_STEP
+    return ["base", "data", *per_step, "report"]
+
+
+@task(retries=2, retry_delay_seconds=10)
+def dvc_stage(name: str, project: str) -> str:
+    logger = get_run_logger()
+    proc = subprocess.run(["dvc", "repro", "--single-item", name], cwd=project, capture_output=True, text=True)
+    logger.info(proc.stdout[-4000:])
+    if proc.returncode:
+        raise RuntimeError(f"dvc repro {name} failed:\n{proc.stderr[-4000:]}")
+    return name
+
+
+def adopt_incoming(project: Path) -> list[str]:
+    """Append each registered task found in incoming/<task>/ to the sequence; returns the new tasks."""
+    params_file = project / "params.yaml"
+    raw = yaml.safe_load(params_file.read_text())
+    known = {s["task"] for s in raw["sequence"]}
+    added = []
+    for folder in sorted(p for p in (project / "incoming").glob("*") if p.is_dir()):
+        if folder.name in known or not (folder / "train.jsonl").is_file():
+            continue
+        get_task(folder.name)  # only registered tasks can be learned
+        after = raw["sequence"][-1]["task"] if raw["scenario"] == "sequential" else "base"
+        raw["sequence"].append({"task": folder.name, "after": after})
+        added.append(folder.name)
+    if added:
+        params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+        load_params(params_file)  # the edited file must still be valid
+    return added
+
+
+@flow(name="recall-continual-learning", log_prints=True)
+def continual_learning(project: str = ".") -> list[str]:
+    logger = get_run_logger()
+    added = adopt_incoming(Path(project))
+    if added:
+        logger.info("new task data: %s appended to the sequence", ", ".join(added))
+    done = []
+    for name in stage_names(str(Path(project) / "params.yaml")):
+        done.append(dvc_stage(name, project))
+    logger.info("sequence complete: %d stages", len(done))
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="run the sequence once")
+    serve = sub.add_parser("serve", help="serve a scheduled deployment (Ctrl-C to stop)")
+    serve.add_argument("--cron", default="0 * * * *", help="when to look for new task data and run")
+    parser.add_argument("--project", default=".")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        continual_learning(args.project)
+    else:
+        continual_learning.serve(name="recall-continual", cron=args.cron, parameters={"project": args.project})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""One pipeline stage as a Prefect flow, tracked as an MLflow run. DVC's stage commands run this:
+
+    python -m flows.stage finetune --step gen_sentiment
+
+params.yaml is validated first (one clear error before any work); the stage then runs with retries
+and its MLflow run is FAILED if it raises.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+
+from recall import tracking
+from recall.errors import RecallError
+from recall.pipeline import stages
+from recall.pipeline.params import BASE_STEP, load_params
+
+
+def transient(task, task_run, state) -> bool:
+    """Retry crashes and I/O hiccups, not mistakes in the input: those fail the same way again."""
+    return not isinstance(state.result(raise_on_failure=False), RecallError)
+
+
+@task(retries=1, retry_delay_seconds=5, retry_condition_fn=transient)
+def execute(stage: str, step: str | None, params_file: str) -> str:
+    params = load_params(params_file)
+    label = step or (BASE_STEP if stage == "base" else "sequence")
+    experiment = params.raw.get("tracking", {}).get("experiment", "recall")
+    with tracking.stage_run(params.root, experiment, params.key, label, stage) as (sequence_run, _):
+        fn = stages.STAGES[stage]
+        result = fn(params, step) if stage in stages.PER_STEP else fn(params)
+        stages.log_stage(params, label, stage, sequence_run)
+    return str(result) if isinstance(result, Path) else "ok"
+
+
+@flow(name="recall-stage", log_prints=True)
+def run_stage(stage: str, step: str | None = None, params_file: str = "params.yaml") -> str:
+    logger = get_run_logger()
+    logger.info("stage %s, step %s", stage, step)
+    result = execute(stage, step, params_file)
+    logger.info("stage %s done: %s", stage, result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=sorted(stages.STAGES))
+    parser.add_argument("--step", help="the step's task (per-step stages)")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        params = load_params(args.params)  # fail before Prefect or MLflow start
+        if args.stage in stages.PER_STEP:
+            if not args.step:
+                raise RecallError(f"stage {args.stage} needs --step TASK")
+            params.step(args.step)
+        run_stage(args.stage, args.step, args.params)
+    except RecallError as err:
+        print(f"recall stage {args.stage}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

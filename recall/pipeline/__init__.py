@@ -1,0 +1,1 @@
+"""The continual-learning pipeline: validated params, stage functions over files, tracking."""

@@ -1,0 +1,234 @@
+"""The pipeline's stages: plain functions over the files under `data/`, one per DVC stage.
+
+Layout (every folder and file written atomically):
+
+    data/tasks/<task>/{train,test}.jsonl         data stage
+    data/steps/base/model/                       base stage
+    data/steps/<task>/sft/                       fine-tune: the model after `after`, trained on <task>
+    data/steps/<task>/probe.jsonl, features.npy  feature extraction (new model, task samples)
+    data/steps/<task>/typical.json               clustering
+    data/steps/<task>/similarity.json            similarity of every model to the new one
+    data/steps/<task>/model/                     merge: RECALL of the model after `after` and sft
+    data/steps/<task>/baselines/<method>/        merge: each baseline, same inputs
+    data/steps/<task>/eval/<variant>/metrics.json  evaluation on every task of the sequence
+    reports/                                     report: tables, plots (and the MLflow summary)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from recall import tracking
+from recall.atomic import atomic_dir, read_json, write_json
+from recall.base_model import pull_base
+from recall.features import extract_features, load_features
+from recall.finetune import finetune
+from recall.merge.engine import MergePlan, merge
+from recall.merge.methods import get_method
+from recall.models import describe, safetensors_folder
+from recall.pipeline.params import BASE_STEP, Params
+from recall.recall_weights import similarity_to_reference
+from recall.tasks.export import export_task
+from recall.tasks.generated import generate_suite
+from recall.typical import select_typical
+from recall.weights import softmax_weights, uniform_weights
+
+log = logging.getLogger(__name__)
+DEFAULT_BASE = "smollm2"
+
+
+def step_dir(params: Params, step: str) -> Path:
+    return params.root / "data" / "steps" / step
+
+
+def model_dir(params: Params, step: str) -> Path:
+    """The model a step hands on: the base model, or the step's merged model."""
+    return step_dir(params, step) / "model"
+
+
+def tasks(params: Params) -> list[str]:
+    return [s.task for s in params.steps]
+
+
+def base(params: Params) -> Path:
+    out = model_dir(params, BASE_STEP)
+    spec = params.raw["base"]["model"]
+    if spec == DEFAULT_BASE:
+        return pull_base(out)
+    folder = safetensors_folder(describe(spec))  # converts GGUF / .bin checkpoints once
+    with atomic_dir(out) as tmp:
+        shutil.copytree(folder, tmp, dirs_exist_ok=True)
+    return out
+
+
+def data(params: Params) -> Path:
+    """The sequence's task data under data/tasks: `incoming/<task>/` when present, else generated or
+    taken from the data.source folder."""
+    cfg = params.raw["data"]
+    out = params.root / "data" / "tasks"
+    if cfg["source"] == "generated":
+        generate_suite(out, seed=cfg["seed"], train=cfg["train_size"], test=cfg["test_size"])
+    for task in tasks(params):
+        source = params.root / "incoming" if (params.root / "incoming" / task).is_dir() else params.root / cfg["source"]
+        if source.name == "generated":
+            continue
+        with atomic_dir(out / task) as tmp:
+            for split, size in (("train", cfg["train_size"]), ("test", cfg["test_size"])):
+                lines = (source / task / f"{split}.jsonl").read_text().splitlines(keepends=True)
+                (tmp / f"{split}.jsonl").write_text("".join(lines[:size]))
+    return out
+
+
+def finetune_step(params: Params, task: str) -> Path:
+    step = params.step(task)
+    return finetune(model_dir(params, step.after), task, step_dir(params, task) / "sft",
+                    data_dir=params.data_dir, config=params.finetune_config())
+
+
+def features(params: Params, task: str) -> Path:
+    """The new model's representations of the task's training samples (the probe set)."""
+    folder, settings = step_dir(params, task), params.recall_settings()
+    export_task(task, "train", folder / "probe.jsonl", params.data_dir, limit=params.raw["recall"]["samples"])
+    return extract_features(folder / "sft", folder / "probe.jsonl", folder / "features.npy",
+                            batch_size=settings.batch_size, max_length=settings.max_length)
+
+
+def typical(params: Params, task: str) -> Path:
+    folder, settings = step_dir(params, task), params.recall_settings()
+    chosen = select_typical(load_features(folder / "features.npy"), settings.typical, settings.seed)
+    write_json(folder / "typical.json", {"m": settings.typical, "seed": settings.seed, "indices": chosen})
+    return folder / "typical.json"
+
+
+def merge_inputs(params: Params, task: str) -> list[str]:
+    """The models a step merges, in order: the model it started from, then the new one."""
+    return [str(model_dir(params, params.step(task).after)), str(step_dir(params, task) / "sft")]
+
+
+def similarity(params: Params, task: str) -> Path:
+    folder, settings = step_dir(params, task), params.recall_settings()
+    models = [describe(m) for m in merge_inputs(params, task)]
+    indices = read_json(folder / "typical.json")["indices"]
+    with tempfile.TemporaryDirectory(prefix="recall-sim-") as tmp:
+        sim = similarity_to_reference(models, len(models) - 1, folder / "probe.jsonl",
+                                      load_features(folder / "features.npy"), indices, settings, Path(tmp))
+    record = {"metric": settings.similarity, "sigma": settings.sigma, "models": merge_inputs(params, task),
+              "reference": merge_inputs(params, task)[-1], "typical": indices, "layers": sim.tolist()}
+    write_json(folder / "similarity.json", record)
+    return folder / "similarity.json"
+
+
+def merge_step(params: Params, task: str) -> Path:
+    """RECALL-merge the step's inputs, and merge them with each baseline method too."""
+    folder, settings = step_dir(params, task), params.recall_settings()
+    inputs = merge_inputs(params, task)
+    infos = [describe(m) for m in inputs]
+    sim = read_json(folder / "similarity.json")
+    weights = softmax_weights(np.array(sim["layers"]), settings.temperature)
+    extra = {"similarity": sim["layers"], "similarity_metric": sim["metric"], "typical": sim["typical"],
+             "probe": str(folder / "probe.jsonl"), "settings": params.raw["recall"]}
+    out = merge(MergePlan(infos, get_method("recall"), weights, reference=1, extra=extra), folder / "model")
+    n_groups = infos[0].num_layers + 1
+    with atomic_dir(folder / "baselines") as tmp:  # one output even with no baselines, for DVC
+        write_json(tmp / "methods.json", params.raw["baselines"])
+        for method in params.raw["baselines"]:
+            plan = MergePlan(infos, get_method(method), uniform_weights(n_groups, [0.5, 0.5]), reference=1)
+            merge(plan, tmp / method)
+    return out
+
+
+def variants(params: Params, task: str) -> dict[str, Path]:
+    """The models evaluated after a step: RECALL's merge, the fine-tuned model, each baseline."""
+    folder = step_dir(params, task)
+    found = {"recall": folder / "model", "sft": folder / "sft"}
+    found.update({m: folder / "baselines" / m for m in params.raw["baselines"]})
+    return found
+
+
+def evaluate_step(params: Params, task: str) -> dict[str, dict]:
+    from recall.evaluation.pipeline import evaluate
+
+    cfg = params.raw["evaluate"]
+    return {
+        name: evaluate(path, tasks(params), step_dir(params, task) / "eval" / name, data_dir=params.data_dir,
+                       limit=cfg["limit"], batch_size=cfg["batch_size"], max_new_tokens=cfg.get("max_new_tokens"))
+        for name, path in variants(params, task).items()
+    }
+
+
+def report_spec(params: Params, spec_dir: Path) -> dict:
+    """The spec `recall report` reads for this run's artifacts (paths relative to the spec's folder)."""
+    rel = lambda p: os.path.relpath(p, spec_dir)  # noqa: E731
+    methods = ["recall", "sft", *params.raw["baselines"]]
+    spec: dict = {"tasks": tasks(params)}
+    steps = [(s.task, {m: rel(step_dir(params, s.task) / "eval" / m / "metrics.json") for m in methods}) for s in params.steps]
+    if params.raw["scenario"] == "sequential":
+        spec["sequential"] = [{"method": m, "steps": [{"task": t, "metrics": paths[m]} for t, paths in steps]} for m in methods]
+    else:
+        spec["single"] = [{"finetuned_on": t, "method": m, "metrics": paths[m]} for t, paths in steps for m in methods]
+    spec["merge_weights"] = [rel(model_dir(params, t) / "merge_weights.json") for t in tasks(params)]
+    spec["similarity"] = [rel(step_dir(params, t) / "similarity.json") for t in tasks(params)]
+    return spec
+
+
+def report(params: Params) -> Path:
+    from recall.report import write_report
+
+    out = params.root / "reports"
+    spec_path = params.root / "data" / "report_spec.json"
+    write_json(spec_path, report_spec(params, spec_path.parent))
+    return write_report(spec_path, out)
+
+
+def log_stage(params: Params, task: str, stage: str, sequence_run: str) -> None:
+    """What the active MLflow run records for a stage that just finished.
+
+    Evaluation metrics go to the sequence's run with the step index, so MLflow plots forgetting curves.
+    """
+    import mlflow
+
+    folder = step_dir(params, task)
+    index = tasks(params).index(task) + 1 if task in tasks(params) else 0
+    if stage == "finetune":
+        mlflow.log_params({f"finetune.{k}": v for k, v in params.raw["finetune"].items()})
+        metrics = read_json(folder / "sft" / "train_metrics.json")
+        for row in metrics["steps"]:
+            mlflow.log_metric("train_loss", row["loss"], step=row["step"])
+    elif stage in ("typical", "similarity", "merge"):
+        mlflow.log_params({f"recall.{k}": v for k, v in params.raw["recall"].items()})
+    if stage == "merge":
+        mlflow.log_artifact(str(folder / "model" / "merge_weights.json"))
+        mlflow.log_artifact(str(folder / "model" / "merge_weights.png"))
+        mlflow.log_artifact(str(folder / "similarity.json"))
+        record = read_json(folder / "model" / "merge_weights.json")
+        mlflow.log_dict({"layers": record["layers"], "models": record["models"]}, "weights_matrix.json")
+        tags = {
+            "parents": json.dumps(record["models"]), "method": record["method"],
+            "weights_sha256": tracking.sha256_file(folder / "model" / "merge_weights.json"),
+            "data_sha256": tracking.sha256_file(folder / "probe.jsonl"),
+            "task_data_sha256": tracking.sha256_tree(params.data_dir / task),
+            "git_commit": tracking.git_commit(params.root), "dvc_stage": f"merge@{task}", "step": task,
+        }
+        version = tracking.register_model(folder / "model", tags, f"RECALL merge after step {task}")
+        log.info("registered %s version %s", tracking.REGISTERED_MODEL, version)
+    if stage == "evaluate":
+        for variant in variants(params, task):
+            scores = read_json(folder / "eval" / variant / "metrics.json")
+            for t, metrics in scores.items():
+                for name, value in metrics.items():
+                    mlflow.log_metric(f"{variant}.{t}.{name}", value, step=index)
+                    mlflow.MlflowClient().log_metric(sequence_run, f"{variant}.{t}.{name}", value, step=index)
+
+
+STAGES = {
+    "base": base, "data": data, "finetune": finetune_step, "features": features, "typical": typical,
+    "similarity": similarity, "merge": merge_step, "evaluate": evaluate_step, "report": report,
+}
+PER_STEP = {"finetune", "features", "typical", "similarity", "merge", "evaluate"}
