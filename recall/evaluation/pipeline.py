@@ -106,7 +106,7 @@ def evaluate(
     """
     model, out = Path(model).resolve(), Path(out).resolve()
     if batch_size < 1:
-        raise RecallError(f"batch size must be at least 1, got {batch_size}")
+        raise RecallError(f"--batch-size must be at least 1, got {batch_size}")
     if max_new_tokens is not None and max_new_tokens < 1:
         raise RecallError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     task_list = resolve_tasks(tasks)
