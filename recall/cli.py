@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "recall.commands.finetune",
     "recall.commands.evaluate",
     "recall.commands.report",
+    "recall.commands.lineage",
 )
 
 
