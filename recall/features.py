@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from recall.atomic import atomic_path
-from recall.data import read_records, render
+from recall.data import Record, read_records, render
 from recall.errors import RecallError
 from recall.models import ModelInfo, describe, load_causal_lm, load_tokenizer
 
@@ -62,31 +62,43 @@ def extract_features(
             raise RecallError(f"sample indices {bad[:5]} are outside {data} ({len(records)} records)")
         records = [records[i] for i in indices]
     tokenizer = load_tokenizer(info)
-    tokenizer.padding_side = "right"
-    encoded = [tokenizer(render(tokenizer, r), truncation=True, max_length=max_length, add_special_tokens=False)["input_ids"] for r in records]
+    encoded = encode(tokenizer, records, max_length)
     if empty := [i for i, ids in enumerate(encoded) if not ids]:
         raise RecallError(f"{data}: records {empty[:5]} render to no tokens; remove empty samples")
     lm = load_causal_lm(info, device=device)
+    write_features(lm, tokenizer, encoded, out, batch_size, desc=Path(info.spec).name)
+    return Path(out)
+
+
+def encode(tokenizer, records: Sequence[Record], max_length: int) -> list[list[int]]:
+    return [tokenizer(render(tokenizer, r), truncation=True, max_length=max_length, add_special_tokens=False)["input_ids"]
+            for r in records]
+
+
+def write_features(lm, tokenizer, encoded: list[list[int]], out: str | os.PathLike, batch_size: int, desc: str = "") -> None:
+    """Run `lm` over token sequences in length-sorted batches; write each row to `out` as it is done."""
+    config = lm.config
+    shape = (len(encoded), config.num_hidden_layers + 1, config.hidden_size)
     device = next(lm.parameters()).device
-    shape = (len(records), info.num_layers + 1, info.config.hidden_size)
-    out = Path(out)
+    tokenizer.padding_side = "right"
     with atomic_path(out) as tmp:
         header = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
         offset, row_bytes = header.offset, shape[1] * shape[2] * 4
         del header  # only the .npy layout is needed; rows go to disk with pwrite, never held in memory
         fd = os.open(tmp, os.O_WRONLY)
-        batches = length_sorted_batches([len(ids) for ids in encoded], batch_size)
-        bar = tqdm(batches, desc=f"features {Path(info.spec).name}", unit="batch", disable=None)
-        tokens, start = 0, time.perf_counter()
-        with torch.inference_mode():
-            for batch in bar:
-                padded = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt")
-                ids, mask = padded["input_ids"].to(device), padded["attention_mask"].to(device)
-                pooled = pooled_hidden_states(lm, ids, mask).cpu().numpy()
-                for row, i in zip(pooled, batch):
-                    os.pwrite(fd, row.tobytes(), offset + i * row_bytes)
-                tokens += int(mask.sum())
-                bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
-        os.close(fd)
+        try:
+            bar = tqdm(length_sorted_batches([len(ids) for ids in encoded], batch_size),
+                       desc=f"features {desc}", unit="batch", disable=None)
+            tokens, start = 0, time.perf_counter()
+            with torch.inference_mode():
+                for batch in bar:
+                    padded = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt")
+                    ids, mask = padded["input_ids"].to(device), padded["attention_mask"].to(device)
+                    pooled = pooled_hidden_states(lm, ids, mask).cpu().numpy()
+                    for row, i in zip(pooled, batch):
+                        os.pwrite(fd, row.tobytes(), offset + i * row_bytes)
+                    tokens += int(mask.sum())
+                    bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
+        finally:
+            os.close(fd)
     log.info("wrote features %s %s", out, shape)
-    return out

@@ -49,6 +49,8 @@ def write_params(folder: Path, params: dict) -> Path:
         (dict(sequence=[{"task": "gen_sentiment", "after": "base"}, {"task": "gen_squad", "after": "base"}]),
          "needs after: gen_sentiment"),
         (dict(baselines=["magic"]), "baseline 'magic' cannot run here"),
+        (dict(baselines=["ties"]), "density"),
+        (dict(baselines=[{"ties": {"density": 2}}]), "density"),
     ],
 )
 def test_invalid_params_fail_before_any_stage(tmp_path, change, message):

@@ -54,6 +54,15 @@ class Params:
         return RecallSettings(**cfg)
 
     @property
+    def baselines(self) -> dict[str, dict]:
+        """Baseline method -> its kernel parameters. Items are a name or {name: {param: value}}."""
+        out = {}
+        for item in self.raw["baselines"]:
+            name, given = (item, {}) if isinstance(item, str) else next(iter(item.items()))
+            out[name] = dict(given or {})
+        return out
+
+    @property
     def key(self) -> str:
         """Identifies the run: the same params give the same MLflow parent run."""
         return hashlib.sha256(json.dumps(self.raw, sort_keys=True).encode()).hexdigest()[:12]
@@ -98,10 +107,14 @@ def validate(params: Params) -> None:
                 f"needs after: {expected}"
             )
         seen.append(step["task"])
-    for method in raw["baselines"]:
-        if method not in METHODS or METHODS[method].layer_weights or METHODS[method].needs_base:
-            usable = sorted(m for m, spec in METHODS.items() if not spec.layer_weights and not spec.needs_base)
+    usable = sorted(m for m, spec in METHODS.items() if spec.weights == "given")
+    for item in raw["baselines"]:
+        if not isinstance(item, str) and not (isinstance(item, dict) and len(item) == 1):
+            raise RecallError(f"baseline {item!r} must be a method name or {{method: {{param: value}}}}")
+    for method, given in params.baselines.items():
+        if method not in usable:
             raise RecallError(f"baseline {method!r} cannot run here; choose from {', '.join(usable)}")
+        METHODS[method].resolve(given)  # a missing or out-of-range parameter names its flag
     recall_cfg = raw["recall"]
     if recall_cfg.get("samples", 0) < 1:
         raise RecallError("recall.samples (task examples used for representations) must be >= 1")

@@ -136,11 +136,15 @@ def merge_step(params: Params, task: str) -> Path:
              "probe": str(folder / "probe.jsonl"), "settings": params.raw["recall"]}
     out = merge(MergePlan(infos, get_method("recall"), weights, reference=1, extra=extra), folder / "model")
     n_groups = infos[0].num_layers + 1
+    base_model = describe(model_dir(params, BASE_STEP))
     with atomic_dir(folder / "baselines") as tmp:  # one output even with no baselines, for DVC
-        write_json(tmp / "methods.json", params.raw["baselines"])
-        for method in params.raw["baselines"]:
-            plan = MergePlan(infos, get_method(method), uniform_weights(n_groups, [0.5, 0.5]), reference=1)
-            merge(plan, tmp / method)
+        write_json(tmp / "methods.json", params.baselines)
+        for name, given in params.baselines.items():
+            method = get_method(name)
+            w = method.default_weight if method.default_weight is not None else 1 / len(infos)
+            plan = MergePlan(infos, method, uniform_weights(n_groups, [w] * len(infos)),
+                             base=base_model if method.needs_base else None, params=method.resolve(given), reference=1)
+            merge(plan, tmp / name)
     return out
 
 
@@ -148,7 +152,7 @@ def variants(params: Params, task: str) -> dict[str, Path]:
     """The models evaluated after a step: RECALL's merge, the fine-tuned model, each baseline."""
     folder = step_dir(params, task)
     found = {"recall": folder / "model", "sft": folder / "sft"}
-    found.update({m: folder / "baselines" / m for m in params.raw["baselines"]})
+    found.update({m: folder / "baselines" / m for m in params.baselines})
     return found
 
 
@@ -166,7 +170,7 @@ def evaluate_step(params: Params, task: str) -> dict[str, dict]:
 def report_spec(params: Params, spec_dir: Path) -> dict:
     """The spec `recall report` reads for this run's artifacts (paths relative to the spec's folder)."""
     rel = lambda p: os.path.relpath(p, spec_dir)  # noqa: E731
-    methods = ["recall", "sft", *params.raw["baselines"]]
+    methods = ["recall", "sft", *params.baselines]
     spec: dict = {"tasks": tasks(params)}
     steps = [(s.task, {m: rel(step_dir(params, s.task) / "eval" / m / "metrics.json") for m in methods}) for s in params.steps]
     if params.raw["scenario"] == "sequential":
