@@ -34,7 +34,7 @@ def weighted_sum(tensors: list[torch.Tensor], weights: torch.Tensor, base: torch
 
 
 def magnitude_trim(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep the k = max(1, int(density * n)) entries of largest magnitude (TIES "trim"), zero the rest.
+    """Zero all but the k = max(1, int(density * n)) entries of largest magnitude (TIES "trim"), in place.
 
     kthvalue is a linear-time selection, about 8x faster than sorting; entries tied with the k-th
     magnitude are all kept, so a tensor with repeated magnitudes may keep a few more than k.
@@ -45,15 +45,17 @@ def magnitude_trim(delta: torch.Tensor, density: float) -> torch.Tensor:
     k = max(1, int(density * n))
     magnitude = delta.abs()
     threshold = magnitude.reshape(-1).kthvalue(n - k + 1).values
-    return delta * (magnitude >= threshold)
+    # 1 where |delta| >= threshold, else 0, in float ops (several times faster than bool masks on CPU).
+    keep = magnitude.sub_(threshold).sign_().add_(1).clamp_(max=1)
+    return delta.mul_(keep)
 
 
 def dare_drop(delta: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
-    """Drop each entry with probability 1 - density and rescale the survivors by 1/density (DARE)."""
+    """Drop each entry with probability 1 - density and rescale the survivors by 1/density (DARE), in place."""
     if density >= 1:
         return delta
-    keep = torch.rand(delta.shape, generator=generator) < density
-    return delta * keep / density
+    keep = torch.rand(delta.shape, generator=generator).sub_(density).sign_().clamp_(max=0)  # -1 kept, 0 dropped
+    return delta.mul_(keep).div_(-density)
 
 
 def weighted_deltas(
@@ -62,13 +64,13 @@ def weighted_deltas(
     """w_q * sparsify(theta_q - base) for every model: the task vectors the task-vector methods combine."""
     deltas = []
     for t, w in zip(tensors, weights):
-        delta = t - base
+        delta = t - base  # a new tensor: the sparsifiers may work in place on it
         deltas.append((sparsify(delta) if sparsify else delta).mul_(float(w)))
     return deltas
 
 
 def summed(deltas: list[torch.Tensor]) -> torch.Tensor:
-    """sum_q delta_q (consumes the list's tensors)."""
+    """sum_q delta_q (into the first delta)."""
     out = deltas[0]
     for d in deltas[1:]:
         out.add_(d)
@@ -76,26 +78,27 @@ def summed(deltas: list[torch.Tensor]) -> torch.Tensor:
 
 
 def disjoint_merge(deltas: list[torch.Tensor], weights: torch.Tensor, normalize: bool) -> torch.Tensor:
-    """TIES sign election and disjoint merge of weighted deltas (consumes them).
+    """TIES sign election and disjoint merge of weighted deltas (overwrites them).
 
     The elected sign of each entry is the sign of the summed weighted deltas (a zero sum counts as
     positive); only deltas of that sign are added. With normalize, the sum is divided by the summed
     weights of the models that contributed to the entry (entries nobody contributes to stay 0).
     """
-    total = torch.zeros_like(deltas[0])
+    # Float ops throughout: several times faster than bool masks on CPU.
+    sign = torch.zeros_like(deltas[0])
     for d in deltas:
-        total.add_(d)
-    positive = total >= 0
-    total.zero_()
-    divisor = torch.zeros_like(total) if normalize else None
+        sign.add_(d)
+    sign.sign_().add_(0.5).sign_()  # +1 where the sum is >= 0, else -1
+    total = torch.zeros_like(sign)
+    divisor, contributes = (torch.zeros_like(sign), torch.empty_like(sign)) if normalize else (None, None)
     for d, w in zip(deltas, weights):
-        agree = torch.where(positive, d > 0, d < 0)  # zeros (trimmed or dropped) never agree
-        total.add_(d.mul_(agree))
+        agreeing = d.mul_(sign).clamp_(min=0)  # |d| where d has the elected sign, else 0 (zeros never agree)
+        total.add_(agreeing)
         if divisor is not None:
-            divisor.add_(agree, alpha=float(w))
+            divisor.add_(torch.sign(agreeing, out=contributes), alpha=float(w))  # sign: 1 where agreeing, else 0
+    total.mul_(sign)
     if divisor is not None:
-        divisor[divisor == 0] = 1
-        total.div_(divisor)
+        total.div_(divisor.masked_fill_(divisor == 0, 1))
     return total
 
 
@@ -103,7 +106,7 @@ def task_arithmetic(
     tensors: list[torch.Tensor], weights: torch.Tensor, base: torch.Tensor, *, scale: float = 1.0
 ) -> torch.Tensor:
     """Task arithmetic (Ilharco et al. 2023): base + scale * sum_q w_q (theta_q - base)."""
-    return base + summed(weighted_deltas(tensors, weights, base)).mul_(scale)
+    return summed(weighted_deltas(tensors, weights, base)).mul_(scale).add_(base)
 
 
 def ties(
@@ -121,7 +124,7 @@ def ties(
     of the kept deltas that agree with the elected sign; without it, their weighted sum.
     """
     deltas = weighted_deltas(tensors, weights, base, lambda d: magnitude_trim(d, density))
-    return base + disjoint_merge(deltas, weights, normalize).mul_(scale)
+    return disjoint_merge(deltas, weights, normalize).mul_(scale).add_(base)
 
 
 def dare_linear(
@@ -130,7 +133,7 @@ def dare_linear(
     """DARE (Yu et al. 2023) then task arithmetic: random drop, rescale by 1/density, weighted sum."""
     generator = torch.Generator().manual_seed(seed)
     deltas = weighted_deltas(tensors, weights, base, lambda d: dare_drop(d, density, generator))
-    return base + summed(deltas).mul_(scale)
+    return summed(deltas).mul_(scale).add_(base)
 
 
 def dare_ties(
@@ -146,4 +149,4 @@ def dare_ties(
     """DARE then TIES sign election; a plain sum by default, as in mergekit (the rescale already restores mass)."""
     generator = torch.Generator().manual_seed(seed)
     deltas = weighted_deltas(tensors, weights, base, lambda d: dare_drop(d, density, generator))
-    return base + disjoint_merge(deltas, weights, normalize).mul_(scale)
+    return disjoint_merge(deltas, weights, normalize).mul_(scale).add_(base)
