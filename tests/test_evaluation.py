@@ -75,14 +75,20 @@ def test_real_opencompass_run_and_forced_failure(model: Path, suite: Path, tmp_p
     (["gen_sentiment", "gen_sentiment"], {}, "given more than once"),
     ([], {}, "no tasks given"),
     (["gen_sentiment"], {"data_dir": "/nonexistent"}, "gen_sentiment/test.jsonl"),
-    (["gen_sentiment"], {"batch_size": 0}, "batch size"),
-    (["gen_sentiment"], {"max_new_tokens": 500}, "context of 128 tokens, too short"),
+    (["gen_sentiment"], {"batch_size": 0}, "--batch-size must be at least 1"),
+    (["gen_sentiment"], {"max_new_tokens": 0}, "--max-new-tokens must be at least 1"),
 ])
 def test_bad_input_fails_before_opencompass(model, suite, tmp_path, no_opencompass, tasks, kwargs, message):
     kwargs.setdefault("data_dir", suite)
     with pytest.raises(RecallError, match=message):
         evaluate(model, tasks, tmp_path / "out", **kwargs)
     assert not (tmp_path / "out").exists()
+
+
+def test_context_too_short_for_replies(suite, tmp_path, no_opencompass):
+    short = tiny_model(tmp_path / "short", max_position_embeddings=64)
+    with pytest.raises(RecallError, match="context of 64 tokens, too short for replies of up to 64"):
+        evaluate(short, ["gen_sentiment"], tmp_path / "out", data_dir=suite, max_new_tokens=64)
 
 
 def test_bad_model_folders(model, suite, tmp_path, no_opencompass):
