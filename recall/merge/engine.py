@@ -6,7 +6,6 @@ model. The output folder is built in a temporary sibling and renamed into place 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -19,6 +18,7 @@ from tqdm.auto import tqdm
 
 from recall.atomic import atomic_dir, write_json
 from recall.errors import RecallError
+from recall.hashing import sha256_file
 from recall.layers import tensor_groups
 from recall.merge.methods import Method, tensor_seed
 from recall.merge.safetensors_io import DTYPES, StreamingWriter
@@ -125,7 +125,7 @@ def _copy_aux(src: Path, dst: Path) -> None:
 
 def model_card(record: dict, weights_file: Path) -> str:
     """A README.md stating how the model was made: inputs, method, per-layer weights."""
-    digest = hashlib.sha256(weights_file.read_bytes()).hexdigest()
+    digest = sha256_file(weights_file)
     rows = "\n".join(
         f"| {i} | " + " | ".join(f"{w:.4f}" for w in row) + " |" for i, row in enumerate(record["layers"])
     )

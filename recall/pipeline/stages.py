@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from recall import tracking
+from recall.hashing import sha256_file, sha256_tree
 from recall.atomic import atomic_dir, read_json, write_json
 from recall.base_model import pull_base
 from recall.features import extract_features, load_features
@@ -215,9 +216,9 @@ def log_stage(params: Params, task: str, stage: str, sequence_run: str) -> None:
         mlflow.log_dict({"layers": record["layers"], "models": record["models"]}, "weights_matrix.json")
         tags = {
             "parents": json.dumps(record["models"]), "method": record["method"],
-            "weights_sha256": tracking.sha256_file(folder / "model" / "merge_weights.json"),
-            "data_sha256": tracking.sha256_file(folder / "probe.jsonl"),
-            "task_data_sha256": tracking.sha256_tree(params.data_dir / task),
+            "weights_sha256": sha256_file(folder / "model" / "merge_weights.json"),
+            "data_sha256": sha256_file(folder / "probe.jsonl"),
+            "task_data_sha256": sha256_tree(params.data_dir / task),
             "git_commit": tracking.git_commit(params.root), "dvc_stage": f"merge@{task}", "step": task,
         }
         version = tracking.register_model(folder / "model", tags, f"RECALL merge after step {task}")
