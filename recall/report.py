@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import fmean
@@ -49,7 +49,10 @@ from recall.metrics import (
 )
 from recall.plots import plot_forgetting, plot_merge_weights, plot_similarity
 
-SECTIONS = {"tasks", "single", "multi", "sequential", "merge_weights", "similarity"}
+# Fields each entry of a section needs; the other sections are lists of names or paths.
+ENTRY_FIELDS = {"single": ("finetuned_on", "method", "metrics"), "multi": ("method", "metrics"),
+                "sequential": ("method", "steps")}
+SECTIONS = {"tasks", "merge_weights", "similarity", *ENTRY_FIELDS}
 Cell = str | float | None
 
 
@@ -103,19 +106,35 @@ class Spec:
         if not set(data) - {"tasks"}:
             raise RecallError(f"report spec {self.path} has nothing to report; add a section such as `single`")
         self.data = data
+        self._check_structure()
         self._metrics: dict[Path, Metrics] = {}
 
-    def entries(self, section: str, fields: Sequence[str]) -> list[dict[str, Any]]:
-        """The section's list of mappings, each checked to have `fields`."""
-        items = self.data.get(section) or []
-        if not isinstance(items, list):
-            raise RecallError(f"report spec {self.path}: `{section}` must be a list")
-        for i, item in enumerate(items):
-            missing = [f for f in fields if not isinstance(item, dict) or f not in item]
-            if missing:
-                raise RecallError(f"report spec {self.path}: entry {i + 1} of `{section}` lacks `{missing[0]}` "
-                                  f"(each needs {', '.join(fields)})")
-        return items
+    def _check_structure(self) -> None:
+        """Every section a list; entries with their fields; each sequence a non-empty list of steps."""
+        for section in SECTIONS:
+            items = self.entries(section)
+            if not isinstance(items, list):
+                raise RecallError(f"report spec {self.path}: `{section}` must be a list")
+            for i, item in enumerate(items):
+                fields = ENTRY_FIELDS.get(section)
+                if fields is None and not isinstance(item, str):
+                    raise RecallError(f"report spec {self.path}: `{section}` must list names or paths, got {item!r}")
+                missing = [f for f in fields or () if not isinstance(item, dict) or f not in item]
+                if missing:
+                    raise RecallError(f"report spec {self.path}: entry {i + 1} of `{section}` lacks `{missing[0]}` "
+                                      f"(each needs {', '.join(fields)})")
+        for item in self.entries("sequential"):
+            steps = item["steps"]
+            if not isinstance(steps, list) or not steps:
+                raise RecallError(f"report spec {self.path}: sequential method {item['method']!r} needs a list of steps")
+            for i, step in enumerate(steps):
+                if not isinstance(step, dict) or not {"task", "metrics"} <= set(step):
+                    raise RecallError(
+                        f"report spec {self.path}: step {i + 1} of {item['method']!r} needs `task` and `metrics`"
+                    )
+
+    def entries(self, section: str) -> list[Any]:
+        return self.data.get(section) or []
 
     def file(self, relative: str) -> Path:
         return (self.path.parent / relative).resolve()
@@ -141,15 +160,11 @@ class Spec:
 
     def tasks(self) -> list[str]:
         """The `tasks` section, else the tasks of the first metrics file named in the spec."""
-        if self.data.get("tasks"):
-            return list(self.data["tasks"])
-        for section in ("single", "multi"):
-            for item in self.data.get(section) or []:
-                return list(self.metrics(item["metrics"]))
-        for sequence in self.data.get("sequential") or []:
-            for step in sequence.get("steps") or []:
-                return list(self.metrics(step["metrics"]))
-        return []
+        if self.entries("tasks"):
+            return list(self.entries("tasks"))
+        first = [i["metrics"] for s in ("single", "multi") for i in self.entries(s)]
+        first += [step["metrics"] for item in self.entries("sequential") for step in item["steps"]]
+        return list(self.metrics(first[0])) if first else []
 
 
 def single_table(spec: Spec, tasks: list[str]) -> Table:
@@ -158,7 +173,7 @@ def single_table(spec: Spec, tasks: list[str]) -> Table:
                   ["Fine-tuned on", "Method", *tasks, "Avg from all tasks", "Avg from unseen tasks"])
     by_method: dict[str, list[list[float | None]]] = {}
     groups = []
-    for item in spec.entries("single", ["finetuned_on", "method", "metrics"]):
+    for item in spec.entries("single"):
         if item["finetuned_on"] not in tasks:
             raise RecallError(f"report spec {spec.path}: finetuned_on {item['finetuned_on']!r} is not one of the "
                               f"tasks {', '.join(tasks)}")
@@ -177,7 +192,7 @@ def single_table(spec: Spec, tasks: list[str]) -> Table:
 def multi_table(spec: Spec, tasks: list[str]) -> Table:
     """Table 2: rows = methods (optionally grouped by a setting such as "with base model")."""
     table = Table("table2", "Table 2: several fine-tuned models merged", ["Setting", "Method", *tasks, "Average"])
-    for item in spec.entries("multi", ["method", "metrics"]):
+    for item in spec.entries("multi"):
         scores = list(spec.scores(item["metrics"], tasks).values())
         table.rows.append([item.get("setting", ""), item["method"], *scores, average(scores)])
     return table
@@ -192,17 +207,8 @@ class TaskSequence:
 
 def sequences(spec: Spec, tasks: list[str]) -> tuple[list[str], list[TaskSequence]]:
     """Every method's accuracy matrix over one shared column order: the sequence, then other tasks."""
-    found = []
-    for item in spec.entries("sequential", ["method", "steps"]):
-        steps = item["steps"]
-        if not isinstance(steps, list) or not steps:
-            raise RecallError(f"report spec {spec.path}: sequential method {item['method']!r} needs a list of steps")
-        for i, step in enumerate(steps):
-            if not isinstance(step, dict) or not {"task", "metrics"} <= set(step):
-                raise RecallError(
-                    f"report spec {spec.path}: step {i + 1} of {item['method']!r} needs `task` and `metrics`"
-                )
-        found.append((item["method"], [s["task"] for s in steps], [s["metrics"] for s in steps]))
+    found = [(item["method"], [s["task"] for s in item["steps"]], [s["metrics"] for s in item["steps"]])
+             for item in spec.entries("sequential")]
     if not found:
         return [], []
     longest = max((order for _, order, _ in found), key=len)
@@ -264,7 +270,7 @@ def short_names(paths: Sequence[str]) -> list[str]:
 
 
 def _layer_plots(spec: Spec, section: str, out: Path, lines: list[str]) -> None:
-    for n, relative in enumerate(spec.data.get(section) or [], 1):
+    for n, relative in enumerate(spec.entries(section), 1):
         path = spec.file(relative)
         try:
             data = read_json(path)
@@ -288,9 +294,9 @@ def write_report(spec_path: str | os.PathLike, out: str | os.PathLike) -> Path:
     spec = Spec(spec_path)
     tasks = spec.tasks()
     tables = []
-    if spec.data.get("single"):
+    if spec.entries("single"):
         tables.append(single_table(spec, tasks))
-    if spec.data.get("multi"):
+    if spec.entries("multi"):
         tables.append(multi_table(spec, tasks))
     columns, seqs = sequences(spec, tasks)
     if seqs:

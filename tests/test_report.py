@@ -138,6 +138,10 @@ def test_sections_are_optional(tmp_path: Path):
     (lambda s: s["single"][0].update(finetuned_on="sst-2"), "finetuned_on 'sst-2' is not one of the tasks"),
     (lambda s: s["multi"][0].update(metrics="nowhere/metrics.json"), "does not exist"),
     (lambda s: s["sequential"][1]["steps"].reverse(), "compare methods over one task order"),
+    (lambda s: s["sequential"][0].update(steps=[]), "'LoRA SFT' needs a list of steps"),
+    (lambda s: s["sequential"][0]["steps"][1].pop("task"), "step 2 of 'LoRA SFT' needs `task` and `metrics`"),
+    (lambda s: s.update(similarity=[{"path": "runs/similarity.json"}]), "`similarity` must list names or paths"),
+    (lambda s: s.update(multi={"method": "m"}), "`multi` must be a list"),
     (lambda s: s.update(merge_weights=["runs/similarity.json", "runs/nothing.json"]), "nothing.json .* does not exist"),
     (lambda s: {k: s.pop(k) for k in list(s) if k != "tasks"}, "nothing to report"),
 ])
@@ -148,6 +152,13 @@ def test_bad_specs_fail_clearly_and_write_nothing(spec: Path, tmp_path: Path, ch
     with pytest.raises(RecallError, match=message):
         write_report(spec, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_plots_alone(spec: Path, tmp_path: Path):
+    data = yaml.safe_load(spec.read_text())
+    spec.write_text(yaml.safe_dump({"merge_weights": data["merge_weights"], "similarity": data["similarity"]}))
+    write_report(spec, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["merge_weights_1.png", "report.md", "similarity_1.png"]
 
 
 def test_bad_metrics_file(tmp_path: Path):
