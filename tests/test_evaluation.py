@@ -18,6 +18,8 @@ from recall.tasks.generated import generate_suite
 from recall.testing import tiny_model
 
 TASKS = ["gen_sentiment", "gen_squad"]
+PAPER_TASKS = ["sst2", "squad_v2", "medmcqa", "race", "iwslt2017_en_fr"]
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +70,34 @@ def test_real_opencompass_run_and_forced_failure(model: Path, suite: Path, tmp_p
     with pytest.raises(RecallError, match=r"no result for task\(s\) gen_sentiment.*see the log .*opencompass.log"):
         evaluate(broken, ["gen_sentiment"], out, data_dir=suite, limit=2)
     assert not (out / "metrics.json").exists()  # the earlier, complete-looking one is gone too
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data (real dataset subsets) absent")
+def test_paper_tasks_wiring_scores_gold_answers_100(model, tmp_path, monkeypatch):
+    """The five real tasks through config, datasets, TaskEvaluator and result files, with OpenCompass
+    replaced by a stand-in that 'predicts' each gold answer: every metric must be 100."""
+    from mmengine.config import Config
+
+    from recall.evaluation.evaluator import TaskEvaluator
+
+    def gold_opencompass(config, work_dir, log):
+        log.write_text("")
+        cfg = Config.fromfile(str(config))
+        for dataset in cfg.datasets:
+            answers = [json.loads(line)["answer"] for line in Path(dataset.path).read_text().splitlines()]
+            result = TaskEvaluator(task=dataset.eval_cfg.evaluator.task).score(answers, answers)
+            path = work_dir / "results" / cfg.models[0].abbr / f"{dataset.abbr}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(result))
+        return 0
+    monkeypatch.setattr(pipeline, "run_opencompass", gold_opencompass)
+    metrics = evaluate(model, PAPER_TASKS, tmp_path / "out", data_dir=SHARED_DATA, limit=5)
+    assert list(metrics) == PAPER_TASKS
+    assert list(metrics["iwslt2017_en_fr"]) == ["bleu", "exact_match"]  # primary metric first
+    assert all(v == pytest.approx(100.0) for scores in metrics.values() for v in scores.values())
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == metrics
+    config = (tmp_path / "out" / "opencompass_config.py").read_text()
+    assert "max_out_len': 128" in config and "max_out_len': 48" in config  # translation, extractive QA
 
 
 @pytest.mark.parametrize("tasks, kwargs, message", [
