@@ -16,12 +16,19 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary folder that replaces `out` only if the block succeeds."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it owner-only; the result is an ordinary folder
     try:
         yield tmp
         if out.exists():
@@ -41,6 +48,7 @@ def atomic_path(out: str | os.PathLike) -> Iterator[Path]:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it owner-only; the result is an ordinary file
     os.close(fd)
     try:
         yield Path(tmp)
