@@ -6,6 +6,7 @@ the in-test references (numpy, written independently of recall's kernels) still 
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -262,3 +263,33 @@ def test_bad_method_parameters_are_clear_errors(make_model, tmp_path, task_data,
     assert run_cli("merge", "--models", a, b, "--out", tmp_path / "out", *args) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_lm_cocktail_merges_lora_adapters_in_delta_space(make_model, tmp_path, task_data):
+    base = make_model("base")
+    (a, full_a), (b, full_b) = make_adapter(base, tmp_path / "lora_a", 1), make_adapter(base, tmp_path / "lora_b", 2)
+    out = tmp_path / "out"
+    assert run_cli("merge", "--method", "lm_cocktail", "--models", a, b, "--data", task_data, "--out", out) == 0
+    record = json.loads((out / "merge_weights.json").read_text())
+    w = record["layers"][0]
+    assert record["base"] == str(base) and w[0] != w[1] and sum(w) == pytest.approx(1)
+    theta0 = tensors(base)
+    for name, value in tensors(out).items():
+        expected = theta0[name] + w[0] * (full_a[name] - theta0[name]) + w[1] * (full_b[name] - theta0[name])
+        torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_library_callers_get_the_same_parameter_checks(make_model, tmp_path):
+    """MergePlan.params is validated by the engine too, before anything is written."""
+    from recall.errors import RecallError
+    from recall.merge.engine import MergePlan, merge
+    from recall.merge.methods import get_method
+    from recall.models import describe
+    from recall.weights import uniform_weights
+
+    a, b = describe(make_model("a")), describe(make_model("b", seed=1))
+    for params, message in [({"density": 2.0}, "--density must be in (0, 1]"), ({"density": 0.5, "sigma": 1}, "--sigma")]:
+        plan = MergePlan([b], get_method("ties"), uniform_weights(3, [1.0]), base=a, params=params)
+        with pytest.raises(RecallError, match=re.escape(message)):
+            merge(plan, tmp_path / "out")
+        assert not (tmp_path / "out").exists()

@@ -56,11 +56,6 @@ class Method:
     params: Mapping[str, Any] = field(default_factory=dict)  # kernel keyword -> default (or REQUIRED)
     help: str = ""
 
-    @property
-    def layer_weights(self) -> bool:
-        """Whether weights differ per layer group (computed from representations)."""
-        return self.weights == "representations"
-
     def resolve(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """The kernel's parameters: `given` (None = not given) over the defaults, each checked.
 
