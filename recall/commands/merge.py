@@ -2,7 +2,7 @@
 
 Options are shared across methods: --data and --temperature mean the same to recall and lm_cocktail,
 --density to ties and both DARE methods, --seed to recall's KMeans and DARE's masks. An option that
-the chosen method does not use is an error, so a typo'd method never silently ignores a setting.
+the chosen method does not use is an error: a setting given to the wrong method is never silently ignored.
 """
 
 from __future__ import annotations
