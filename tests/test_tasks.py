@@ -10,7 +10,7 @@ from recall.data import read_records
 from recall.errors import RecallError
 from recall.tasks import Example, get_task, list_tasks
 from recall.tasks.export import export_task
-from recall.tasks.generated import GENERATORS, generate_suite
+from recall.tasks.generated import GENERATORS, TOWN_FACTS, generate_rows, generate_suite
 from recall.tasks.scoring import (
     corpus_bleu,
     exact_match,
@@ -296,6 +296,20 @@ def test_generated_translation_grammar(suite):
             assert fr.startswith("La pomme rouge")  # colour after the noun, feminine article
         if " does not " in en:
             assert " pas " in fr and (" ne " in fr or " n'" in fr)
+
+
+def test_generated_squad_labels_follow_the_passage():
+    """A question about the passage's own town is unanswerable exactly when its fact sentence is
+    missing (seed 1 draws, among 3000 rows, an "other town" whose name equals the passage's)."""
+    rows = generate_rows("gen_squad", 1, {"train": 3000})["train"]
+    checked = 0
+    for row in rows:
+        for sentence, question in TOWN_FACTS.values():
+            if row["question"] == question.format(town=row["title"]):
+                stated = sentence.replace("{town}", row["title"]).split("{")[0].strip()  # "It was founded in"
+                assert row["is_impossible"] == (stated not in row["context"]), row
+                checked += 1
+    assert checked > 1500
 
 
 def test_generated_reading_decoy_is_a_wrong_option(suite):

@@ -121,7 +121,10 @@ def squad_row(rng: random.Random, idx: int) -> Row:
     elif kind < 0.83:  # a fact the passage could never give
         question = rng.choice(ABSENT_QUESTIONS).format(town=town)
     else:  # a stated kind of fact, but about another town
-        question = TOWN_FACTS[rng.choice(included)][1].format(town=town_name(rng))
+        fact, other = rng.choice(included), town_name(rng)
+        while other == town:
+            other = town_name(rng)
+        question = TOWN_FACTS[fact][1].format(town=other)
     return {
         "id": f"gen-squad-{idx}",
         "title": town,
