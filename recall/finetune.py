@@ -25,11 +25,10 @@ import torch
 from tqdm.auto import tqdm
 
 from recall.atomic import atomic_dir, write_json
-from recall.base_model import drop_gguf_quantizer
 from recall.data import Record, chat_prompt, read_records, render
 from recall.errors import RecallError
 from recall.ewc import EWCPenalty, fisher_diagonal
-from recall.models import describe, load_causal_lm, load_tokenizer
+from recall.models import describe, load_causal_lm, load_tokenizer, saveable
 from recall.tasks import Example, get_task
 
 log = logging.getLogger(__name__)
@@ -261,7 +260,7 @@ def finetune(
     }
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp / "adapter")  # adapter_config.json + adapter_model.safetensors
-        merged = drop_gguf_quantizer(model.merge_and_unload())
+        merged = saveable(model.merge_and_unload())
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / "train_metrics.json", metrics)

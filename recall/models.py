@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from recall.atomic import atomic_dir
+from recall.atomic import atomic_dir, write_json
 from recall.errors import RecallError
 
 log = logging.getLogger(__name__)
@@ -126,11 +126,26 @@ def safetensors_folder(info: ModelInfo) -> Path:
     out = CACHE / "converted" / f"{src.stem}-{key}"
     if not (out / "config.json").is_file():
         log.info("converting %s to safetensors once (cached at %s)", src, out)
-        model = load_causal_lm(info if info.kind == "gguf" else ModelInfo(info.spec, path, "full", info.config), device="cpu")
-        model.hf_quantizer = None  # a dequantised GGUF model is plain fp32 weights
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        with atomic_dir(out) as tmp:
-            model.save_pretrained(tmp)
-            load_tokenizer(info).save_pretrained(tmp)
+        convert_to_safetensors(info if info.kind == "gguf" else ModelInfo(info.spec, path, "full", info.config), out)
+    return out
+
+
+def saveable(model):
+    """A GGUF-loaded model that save_pretrained accepts: it refuses one as "quantized", but once loaded
+    the weights are plain dequantised tensors, so dropping the quantizer and its config is enough."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model
+
+
+def convert_to_safetensors(info: ModelInfo, out: Path, extra_json: dict[str, dict] | None = None) -> Path:
+    """Load a model (dequantising GGUF) and save it as a safetensors HF folder at `out`, atomically,
+    with `extra_json` files (name -> content) beside it."""
+    model = saveable(load_causal_lm(info, device="cpu"))
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        load_tokenizer(info).save_pretrained(tmp)
+        for name, content in (extra_json or {}).items():
+            write_json(tmp / name, content)
     return out

@@ -13,6 +13,6 @@ fi
 .venv/bin/pip install -q --upgrade pip
 # torch first, alone: a CPU machine then gets the CPU build and nothing later upgrades it.
 .venv/bin/pip install -q -c constraints.txt torch
-.venv/bin/pip install -q -c constraints.txt -e ".[test]"
+.venv/bin/pip install -q -c constraints.txt -e ".[test,mergekit]"
 echo "$want" > "$stamp"
 echo "recall: environment ready in .venv"

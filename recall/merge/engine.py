@@ -1,7 +1,7 @@
 """The streaming merge engine: for each tensor, read it from every input, combine, write.
 
-Peak memory is about N x the largest tensor (plus one float32 copy for the arithmetic), never N x the
-model. The output folder is built in a temporary sibling and renamed into place when complete.
+Peak memory is about 2N x the largest tensor (double-buffered reads, plus the kernel's output),
+never N x the model. The output folder is built in a temporary sibling and renamed into place when complete.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,17 +80,16 @@ def merge(plan: MergePlan, out: str | Path, max_shard_bytes: int = 2 << 30) -> P
     with atomic_dir(out) as tmp:
         writer = StreamingWriter(tmp, ref_src.tensors, max_shard_bytes)
         weights = torch.tensor(plan.weights, dtype=torch.float32)
-        # One read buffer per input, reused for every tensor: memory stays N x the largest tensor,
-        # and no time goes to allocating and faulting in fresh pages per tensor.
-        buffers = [torch.empty(s.largest, dtype=torch.uint8) for s in sources]
-        base_buffer = torch.empty(base_src.largest, dtype=torch.uint8) if base_src else None
-        for name in tqdm(list(ref_src.tensors), desc=f"merge ({method.name})", unit="tensor", disable=None):
+        inputs = sources + ([base_src] if base_src else [])
+        names = list(ref_src.tensors)
+        for name, tensors in tqdm(prefetched(inputs, names), total=len(names), desc=f"merge ({method.name})",
+                                  unit="tensor", disable=None):
             dtype = DTYPES[ref_src.tensors[name].dtype]
             if not dtype.is_floating_point:
-                writer.write(name, ref_src.read(name))
+                writer.write(name, tensors[plan.reference])
                 continue
-            tensors = [s.read(name, buf).float() for s, buf in zip(sources, buffers)]
-            base = base_src.read(name, base_buffer).float() if base_src else None
+            tensors = [t.float() for t in tensors]
+            base = tensors.pop() if base_src else None
             merged = method.kernel(tensors, weights[groups[name]], base, **tensor_params(params, name))
             writer.write(name, merged.to(dtype))
             del tensors, base, merged
@@ -110,6 +111,27 @@ def merge(plan: MergePlan, out: str | Path, max_shard_bytes: int = 2 << 30) -> P
         (tmp / "README.md").write_text(model_card(record, tmp / WEIGHTS_FILE))
     log.info("merged %d models with %s into %s", len(models), method.name, out)
     return out
+
+
+def prefetched(sources: list, names: list[str]) -> Iterator[tuple[str, list[torch.Tensor]]]:
+    """Yield (name, that tensor of every source), reading the next tensor while this one is merged.
+
+    Reads go into two reused sets of buffers, one per input each, so memory stays about
+    2 x N x the largest tensor, and no time goes to allocating and faulting in fresh pages. A yielded
+    tensor is only valid until the next one is requested.
+    """
+    slots = [[torch.empty(s.largest, dtype=torch.uint8) for s in sources] for _ in range(2)]
+
+    def read(k: int) -> list[torch.Tensor]:
+        return [s.read(names[k], buf) for s, buf in zip(sources, slots[k % 2])]
+
+    with ThreadPoolExecutor(1) as pool:  # pread and torch release the GIL: I/O overlaps compute
+        future = pool.submit(read, 0) if names else None
+        for k, name in enumerate(names):
+            current = future.result()
+            if k + 1 < len(names):
+                future = pool.submit(read, k + 1)
+            yield name, current
 
 
 def tensor_params(params: dict, name: str) -> dict:
