@@ -30,7 +30,7 @@ def stage_names(params_file: str = "params.yaml") -> list[str]:
     params = load_params(params_file)
     per_step = [f"{stage}@{i}" for i, _ in enumerate(params.steps) for stage in STEP_ORDER]
     assert set(STEP_ORDER) == PER_STEP
-    return ["base", "data", *per_step, "report"]
+    return ["base", "data", *per_step, "multi", "report"]
 
 
 @task(retries=2, retry_delay_seconds=10)

@@ -168,3 +168,32 @@ def test_a_failing_stage_is_marked_failed_in_mlflow(tmp_path, prefect_server):
     client = mlflow.MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("recall").experiment_id], "tags.`recall.level` = 'stage'")
     assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_multi_scenario_merges_every_expert(tmp_path, monkeypatch):
+    """Stage functions alone (no DVC): experts from the base, then one merge with averaged reference rows."""
+    import numpy as np
+
+    from recall.pipeline import stages
+
+    project = tmp_path / "project"
+    project.mkdir()
+    tiny_model(project / "tiny", layers=2)
+    params = tiny_params(scenario="multi", baselines=[], multi={"with_base": True})
+    params["sequence"] = [{"task": "gen_sentiment", "after": "base"}, {"task": "gen_knowledge", "after": "base"}]
+    loaded = load_params(write_params(project, params))
+    stages.base(loaded)
+    stages.data(loaded)
+    for task in ("gen_sentiment", "gen_knowledge"):
+        for stage in (stages.finetune_step, stages.features, stages.typical):
+            stage(loaded, task)
+    out = stages.multi(loaded)
+
+    record = yaml.safe_load((out / "model" / "merge_weights.json").read_text())
+    assert [Path(m).parent.name for m in record["models"]] == ["base", "gen_sentiment", "gen_knowledge"]
+    rows = [np.exp(np.array(r["similarity"])) / np.exp(np.array(r["similarity"])).sum(1, keepdims=True)
+            for r in record["references"]]
+    np.testing.assert_allclose(record["layers"], np.mean(rows, axis=0), rtol=1e-6)
+    metrics = yaml.safe_load((out / "eval" / "recall" / "metrics.json").read_text())
+    assert set(metrics) == {"gen_sentiment", "gen_knowledge"}
+    assert stages.report_spec(loaded, project / "data")["multi"][0]["setting"] == "with base model"

@@ -15,7 +15,7 @@ from recall.merge.methods import METHODS
 from recall.recall_weights import RecallSettings
 from recall.tasks.base import get_task
 
-SCENARIOS = ("sequential", "single")
+SCENARIOS = ("sequential", "single", "multi")
 BASE_STEP = "base"
 
 
@@ -123,5 +123,7 @@ def validate(params: Params) -> None:
         params.recall_settings().validate()
     except TypeError as err:
         raise RecallError(f"params.yaml: {err}; check the finetune and recall sections") from None
+    if raw["scenario"] == "multi" and not isinstance(raw.get("multi", {}).get("with_base", True), bool):
+        raise RecallError("multi.with_base must be true or false")
     if raw["data"]["source"] != "generated" and not (params.root / raw["data"]["source"]).is_dir():
         raise RecallError(f"data.source {raw['data']['source']} is not a folder; give 'generated' or a data folder")

@@ -11,6 +11,7 @@ Layout (every folder and file written atomically):
     data/steps/<task>/model/                     merge: RECALL of the model after `after` and sft
     data/steps/<task>/baselines/<method>/        merge: each baseline, same inputs
     data/steps/<task>/eval/<variant>/metrics.json  evaluation on every task of the sequence
+    data/multi/{model,baselines,eval}/           multi scenario: all experts merged at once (table 2)
     reports/                                     report: tables, plots (and the MLflow summary)
 """
 
@@ -63,7 +64,8 @@ def base(params: Params) -> Path:
     spec = params.raw["base"]["model"]
     if spec == DEFAULT_BASE:
         return pull_base(out)
-    folder = safetensors_folder(describe(spec))  # converts GGUF / .bin checkpoints once
+    local = params.root / spec  # a relative path means one inside the project
+    folder = safetensors_folder(describe(local if local.exists() else spec))  # converts GGUF / .bin once
     with atomic_dir(out) as tmp:
         shutil.copytree(folder, tmp, dirs_exist_ok=True)
     return out
@@ -136,16 +138,59 @@ def merge_step(params: Params, task: str) -> Path:
     extra = {"similarity": sim["layers"], "similarity_metric": sim["metric"], "typical": sim["typical"],
              "probe": str(folder / "probe.jsonl"), "settings": params.raw["recall"]}
     out = merge(MergePlan(infos, get_method("recall"), weights, reference=1, extra=extra), folder / "model")
+    merge_baselines(params, infos, folder / "baselines")
+    return out
+
+
+def merge_baselines(params: Params, infos: list, out: Path) -> None:
+    """Merge `infos` with each baseline method into out/<method>/ (one output, even when empty)."""
     n_groups = infos[0].num_layers + 1
     base_model = describe(model_dir(params, BASE_STEP))
-    with atomic_dir(folder / "baselines") as tmp:  # one output even with no baselines, for DVC
+    with atomic_dir(out) as tmp:
         write_json(tmp / "methods.json", params.baselines)
         for name, given in params.baselines.items():
             method = get_method(name)
             w = method.default_weight if method.default_weight is not None else 1 / len(infos)
             plan = MergePlan(infos, method, uniform_weights(n_groups, [w] * len(infos)),
-                             base=base_model if method.needs_base else None, params=method.resolve(given), reference=1)
+                             base=base_model if method.needs_base else None, params=method.resolve(given),
+                             reference=len(infos) - 1)
             merge(plan, tmp / name)
+
+
+def multi(params: Params) -> Path:
+    """Multi scenario: merge the experts (and the base) at once. Each expert is a reference on its own
+    task's typical samples; the weight rows are averaged (DESIGN: no single new model)."""
+    out = params.root / "data" / "multi"
+    if params.raw["scenario"] != "multi":
+        with atomic_dir(out) as tmp:  # DVC wants the output; say why it is empty
+            (tmp / "SKIPPED").write_text(f"scenario is {params.raw['scenario']}, not multi\n")
+        return out
+    settings = params.recall_settings()
+    with_base = params.raw.get("multi", {}).get("with_base", True)
+    paths = ([str(model_dir(params, BASE_STEP))] if with_base else []) + [str(step_dir(params, t) / "sft") for t in tasks(params)]
+    infos = [describe(p) for p in paths]
+    rows, references = [], []
+    with tempfile.TemporaryDirectory(prefix="recall-multi-") as tmp:
+        for i, task in enumerate(tasks(params)):
+            folder, ref = step_dir(params, task), i + int(with_base)
+            indices = read_json(folder / "typical.json")["indices"]
+            sim = similarity_to_reference(infos, ref, folder / "probe.jsonl", load_features(folder / "features.npy"),
+                                          indices, settings, Path(tmp))
+            rows.append(softmax_weights(sim, settings.temperature))
+            references.append({"reference": paths[ref], "data": str(folder / "probe.jsonl"), "typical": indices,
+                               "similarity": sim.tolist()})
+    with atomic_dir(out) as tmp:
+        extra = {"settings": params.raw["recall"], "references": references, "with_base": with_base}
+        merge(MergePlan(infos, get_method("recall"), np.mean(rows, axis=0), reference=len(infos) - 1, extra=extra),
+              tmp / "model")
+        merge_baselines(params, infos, tmp / "baselines")
+        cfg = params.raw["evaluate"]
+        from recall.evaluation.pipeline import evaluate
+
+        for name in ["recall", *params.baselines]:
+            model = tmp / "model" if name == "recall" else tmp / "baselines" / name
+            evaluate(model, tasks(params), tmp / "eval" / name, data_dir=params.data_dir, limit=cfg["limit"],
+                     batch_size=cfg["batch_size"], max_new_tokens=cfg.get("max_new_tokens"))
     return out
 
 
@@ -178,6 +223,11 @@ def report_spec(params: Params, spec_dir: Path) -> dict:
         spec["sequential"] = [{"method": m, "steps": [{"task": t, "metrics": paths[m]} for t, paths in steps]} for m in methods]
     else:
         spec["single"] = [{"finetuned_on": t, "method": m, "metrics": paths[m]} for t, paths in steps for m in methods]
+    if params.raw["scenario"] == "multi":
+        setting = "with base model" if params.raw.get("multi", {}).get("with_base", True) else "without base model"
+        multi_eval = params.root / "data" / "multi" / "eval"
+        spec["multi"] = [{"setting": setting, "method": m, "metrics": rel(multi_eval / m / "metrics.json")}
+                         for m in ["recall", *params.baselines]]
     spec["merge_weights"] = [rel(model_dir(params, t) / "merge_weights.json") for t in tasks(params)]
     spec["similarity"] = [rel(step_dir(params, t) / "similarity.json") for t in tasks(params)]
     return spec
@@ -195,7 +245,8 @@ def report(params: Params) -> Path:
 def log_stage(params: Params, task: str, stage: str, sequence_run: str) -> None:
     """What the active MLflow run records for a stage that just finished.
 
-    Evaluation metrics go to the sequence's run with the step index, so MLflow plots forgetting curves.
+    Evaluation metrics also go to the sequence's run with the step index, so MLflow plots forgetting
+    curves; each merged model is registered.
     """
     import mlflow
 
@@ -203,37 +254,53 @@ def log_stage(params: Params, task: str, stage: str, sequence_run: str) -> None:
     index = tasks(params).index(task) + 1 if task in tasks(params) else 0
     if stage == "finetune":
         mlflow.log_params({f"finetune.{k}": v for k, v in params.raw["finetune"].items()})
-        metrics = read_json(folder / "sft" / "train_metrics.json")
-        for row in metrics["steps"]:
+        for row in read_json(folder / "sft" / "train_metrics.json")["steps"]:
             mlflow.log_metric("train_loss", row["loss"], step=row["step"])
-    elif stage in ("typical", "similarity", "merge"):
+    elif stage in ("typical", "similarity", "merge", "multi"):
         mlflow.log_params({f"recall.{k}": v for k, v in params.raw["recall"].items()})
     if stage == "merge":
-        mlflow.log_artifact(str(folder / "model" / "merge_weights.json"))
-        mlflow.log_artifact(str(folder / "model" / "merge_weights.png"))
         mlflow.log_artifact(str(folder / "similarity.json"))
-        record = read_json(folder / "model" / "merge_weights.json")
-        mlflow.log_dict({"layers": record["layers"], "models": record["models"]}, "weights_matrix.json")
-        tags = {
-            "parents": json.dumps(record["models"]), "method": record["method"],
-            "weights_sha256": sha256_file(folder / "model" / "merge_weights.json"),
-            "data_sha256": sha256_file(folder / "probe.jsonl"),
-            "task_data_sha256": sha256_tree(params.data_dir / task),
-            "git_commit": tracking.git_commit(params.root), "dvc_stage": f"merge@{task}", "step": task,
-        }
-        version = tracking.register_model(folder / "model", tags, f"RECALL merge after step {task}")
-        log.info("registered %s version %s", tracking.REGISTERED_MODEL, version)
-    if stage == "evaluate":
-        for variant in variants(params, task):
-            scores = read_json(folder / "eval" / variant / "metrics.json")
-            for t, metrics in scores.items():
-                for name, value in metrics.items():
-                    mlflow.log_metric(f"{variant}.{t}.{name}", value, step=index)
-                    mlflow.MlflowClient().log_metric(sequence_run, f"{variant}.{t}.{name}", value, step=index)
+        register_merge(params, folder / "model", [task], f"merge@{index - 1}", f"RECALL merge after step {task}")
+    elif stage == "evaluate":
+        log_scores({v: folder / "eval" / v for v in variants(params, task)}, "", index, sequence_run)
+    elif stage == "multi" and params.raw["scenario"] == "multi":
+        multi_dir = params.root / "data" / "multi"
+        register_merge(params, multi_dir / "model", tasks(params), "multi", "RECALL merge of every expert")
+        log_scores({v: multi_dir / "eval" / v for v in ["recall", *params.baselines]}, "multi.", 0, sequence_run)
+
+
+def register_merge(params: Params, model: Path, data_tasks: list[str], dvc_stage: str, description: str) -> None:
+    """Log a merge's weights as artifacts and register the model folder with its lineage tags."""
+    import mlflow
+
+    mlflow.log_artifact(str(model / "merge_weights.json"))
+    mlflow.log_artifact(str(model / "merge_weights.png"))
+    record = read_json(model / "merge_weights.json")
+    mlflow.log_dict({"layers": record["layers"], "models": record["models"]}, "weights_matrix.json")
+    tags = {
+        "parents": json.dumps(record["models"]), "method": record["method"],
+        "weights_sha256": sha256_file(model / "merge_weights.json"),
+        "data_sha256": json.dumps({t: sha256_tree(params.data_dir / t) for t in data_tasks}),
+        "git_commit": tracking.git_commit(params.root), "dvc_stage": dvc_stage,
+    }
+    version = tracking.register_model(model, tags, description)
+    log.info("registered %s version %s", tracking.REGISTERED_MODEL, version)
+
+
+def log_scores(evals: dict[str, Path], prefix: str, step: int, sequence_run: str) -> None:
+    """Every task's metrics of each evaluated variant, on this stage's run and the sequence's."""
+    import mlflow
+
+    for variant, folder in evals.items():
+        for task, metrics in read_json(folder / "metrics.json").items():
+            for name, value in metrics.items():
+                key = f"{prefix}{variant}.{task}.{name}"
+                mlflow.log_metric(key, value, step=step)
+                mlflow.MlflowClient().log_metric(sequence_run, key, value, step=step)
 
 
 STAGES = {
     "base": base, "data": data, "finetune": finetune_step, "features": features, "typical": typical,
-    "similarity": similarity, "merge": merge_step, "evaluate": evaluate_step, "report": report,
+    "similarity": similarity, "merge": merge_step, "evaluate": evaluate_step, "multi": multi, "report": report,
 }
 PER_STEP = {"finetune", "features", "typical", "similarity", "merge", "evaluate"}
