@@ -55,7 +55,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # The paper's sequential order (table 7); also the column order of every table.
 TASKS = ["sst2", "squad_v2", "medmcqa", "iwslt2017_en_fr", "race"]
 SCENARIOS = ("single", "multi", "sequential")
-SIGMAS = (0.03, 0.1, 0.3, 1.0, 3.0)
+SIGMAS = (0.3, 1.0, 3.0, 10.0, 30.0)
 
 
 @dataclass(frozen=True)
