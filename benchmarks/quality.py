@@ -329,7 +329,7 @@ def recall_analysis(bench: Bench, name: str) -> dict:
     folder = bench.work / "models" / name
     record = read_json(folder / WEIGHTS_FILE)
     layers = np.array(record["layers"])
-    out = {"weights_min": layers.min(0).tolist(), "weights_max": layers.max(0).tolist(),
+    out = {"weights_mean": layers.mean(0).tolist(), "weights_min": layers.min(0).tolist(), "weights_max": layers.max(0).tolist(),
            "weights_first_mid_last": [layers[0].tolist(), layers[len(layers) // 2].tolist(), layers[-1].tolist()]}
     refs = record.get("references", [])
     sims = np.array([r["similarity"] for r in refs])
@@ -348,7 +348,7 @@ def recall_analysis(bench: Bench, name: str) -> dict:
             sim = layer_similarity(reps[index], np.stack(reps), "rbf", sigma)
             rows.append(softmax_weights(sim, 1.0))
         w = np.mean(rows, axis=0)
-        sweep[str(sigma)] = {"min": w.min(0).round(4).tolist(), "max": w.max(0).round(4).tolist()}
+        sweep[str(sigma)] = {"mean": w.mean(0).round(4).tolist(), "max": w.max(0).round(4).tolist()}
     out["sigma_sweep"] = sweep
     return out
 
@@ -502,10 +502,10 @@ def write_markdown(path: Path, record: dict, report: Path) -> None:
         lines += [f"- {t}: {v:.1f}" for t, v in a["single_spread"].items()]
     for name, r in a["recall"].items():
         lines += ["", f"RECALL `{name}` (models in merge order): per-model weight range over layer groups "
-                  f"min {np.round(r['weights_min'], 4).tolist()} max {np.round(r['weights_max'], 4).tolist()}; "
+                  f"mean {np.round(r['weights_mean'], 4).tolist()} min {np.round(r['weights_min'], 4).tolist()} max {np.round(r['weights_max'], 4).tolist()}; "
                   f"similarity range min {np.round(r['similarity_min'], 4).tolist()} max {np.round(r['similarity_max'], 4).tolist()}; "
                   "weights for other sigmas: "
-                  + "; ".join(f"sigma {s}: {v['min']}..{v['max']}" for s, v in r["sigma_sweep"].items())]
+                  + "; ".join(f"sigma {s}: mean {v['mean']} max {v['max']}" for s, v in r["sigma_sweep"].items())]
     if (path.parent / "quality_notes.md").is_file():
         lines += ["", (path.parent / "quality_notes.md").read_text()]
     body = report.read_text().replace("](", "](quality_report/")
