@@ -1,0 +1,89 @@
+"""Every stage's speed in one place: speed.json and speed.md from the component benchmarks' results
+and the default run's wall time by stage (each stage's MLflow run records its start and end).
+
+    .venv/bin/python benchmarks/speed_summary.py [--mlflow sqlite:///$PWD/mlflow.db]
+
+Run the components first: merge_speed.py, merge_vs_mergekit.py, extract_speed.py, finetune_speed.py,
+and `bash scripts/run.sh` for the default run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from common import git_commit, machine
+
+from recall.atomic import atomic_file, write_json
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def stage_times(uri: str) -> dict:
+    """Seconds per stage (summed over steps) of the latest sequence in the MLflow store."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("recall")
+    if exp is None:
+        return {}
+    runs = client.search_runs([exp.experiment_id], "tags.`recall.level` = 'stage'", max_results=5000)
+    latest_key = max(runs, key=lambda r: r.info.start_time).data.tags["recall.run_key"]
+    per_stage: dict[str, float] = defaultdict(float)
+    span = [float("inf"), 0]
+    for r in runs:
+        if r.data.tags["recall.run_key"] != latest_key or r.info.status != "FINISHED":
+            continue
+        per_stage[r.data.tags["recall.stage"]] += (r.info.end_time - r.info.start_time) / 1000
+        span = [min(span[0], r.info.start_time), max(span[1], r.info.end_time)]
+    total = sum(per_stage.values())
+    return {"run_key": latest_key, "stage_seconds": dict(sorted(per_stage.items(), key=lambda kv: -kv[1])),
+            "sum_of_stage_seconds": total, "first_start_to_last_end_s": (span[1] - span[0]) / 1000}
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--mlflow", default=f"sqlite:///{Path.cwd() / 'mlflow.db'}")
+    args = parser.parse_args()
+    merge, extract, finetune, vs = (load(n) for n in ("merge_speed", "extract_speed", "finetune_speed", "merge_vs_mergekit"))
+    summary = {"machine": machine(), "commit": git_commit(), "merge": merge, "merge_vs_mergekit": vs,
+               "extraction": extract, "finetune": finetune, "default_run": stage_times(args.mlflow)}
+    write_json(RESULTS / "speed.json", summary)
+
+    lines = ["# Speed of every stage", "", "Each number against a baseline measured in the same run (see each JSON for the command).", ""]
+    if merge:
+        lines += ["## Merge engine vs the I/O floor", "", "| models | input GB | engine s | I/O floor s | engine / floor | peak RSS over imports / largest tensor |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['n_models']} | {r['input_bytes'] / 1e9:.2f} | {r['engine_wall_s']:.2f} | {r['io_floor_s']:.2f} | "
+                  f"{r['engine_over_io_floor']:.2f} | {r['peak_over_largest_tensor']:.1f} |" for r in merge["results"]]
+        lines.append("")
+    if extract:
+        lines += ["## Feature extraction vs a plain forward pass", "",
+                  f"{extract['tokens']} tokens: {extract['extract_tokens_per_s']:.0f} tok/s vs {extract['plain_forward_tokens_per_s']:.0f} tok/s "
+                  f"plain (time ratio {extract['extract_over_plain_time']:.3f}); pooled output {extract['pooled_output_bytes'] / 1e6:.1f} MB, "
+                  f"peak RSS growth during the runs {extract['peak_rss_growth_during_runs_bytes'] / 1e6:.0f} MB.", ""]
+    if finetune:
+        lines += ["## Fine-tuning vs plain forward+backward", "",
+                  f"{finetune['ours_tokens_per_s_median']:.1f} tok/s vs {finetune['bare_tokens_per_s_median']:.1f} tok/s bare: "
+                  f"{finetune['overhead_percent_total_time']:.1f}% overhead (goal < {finetune['goal_percent']}%).", ""]
+    if vs:
+        lines += ["## recall vs mergekit", "", "See [merge_vs_mergekit.md](merge_vs_mergekit.md).", ""]
+    run = summary["default_run"]
+    if run:
+        lines += ["## The default run, by stage", "", "| stage | seconds (all steps) | share |", "|---|---|---|"]
+        lines += [f"| {s} | {t:.0f} | {t / run['sum_of_stage_seconds']:.0%} |" for s, t in run["stage_seconds"].items()]
+        lines += ["", f"First stage start to last stage end: {run['first_start_to_last_end_s']:.0f} s.", ""]
+    with atomic_file(RESULTS / "speed.md") as fh:
+        fh.write("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
