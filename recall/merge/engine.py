@@ -66,11 +66,12 @@ def merge(plan: MergePlan, out: str | Path, max_shard_bytes: int = 2 << 30) -> P
     bases: dict = {}
     sources = [open_source(m, bases) for m in models]
     base_src = open_source(base_info, bases) if base_info else None
-    ref_src = sources[plan.reference]
+    reference = plan.reference % len(models)  # an index into `models`, never into the base appended below
+    ref_src = sources[reference]
     for info, src in zip(models, sources):
         if src.tensors.keys() != ref_src.tensors.keys():
             diff = sorted(set(src.tensors) ^ set(ref_src.tensors))
-            raise RecallError(f"{info.spec} does not have the same tensors as {models[plan.reference].spec}: {diff[:3]}")
+            raise RecallError(f"{info.spec} does not have the same tensors as {models[reference].spec}: {diff[:3]}")
         for name, ti in src.tensors.items():
             if ti.shape != ref_src.tensors[name].shape:
                 raise RecallError(f"{info.spec}: tensor {name} has shape {ti.shape}, expected {ref_src.tensors[name].shape}")
@@ -86,7 +87,7 @@ def merge(plan: MergePlan, out: str | Path, max_shard_bytes: int = 2 << 30) -> P
                                   unit="tensor", disable=None):
             dtype = DTYPES[ref_src.tensors[name].dtype]
             if not dtype.is_floating_point:
-                writer.write(name, tensors[plan.reference])
+                writer.write(name, tensors[reference])
                 continue
             tensors = [t.float() for t in tensors]
             base = tensors.pop() if base_src else None
@@ -94,7 +95,7 @@ def merge(plan: MergePlan, out: str | Path, max_shard_bytes: int = 2 << 30) -> P
             writer.write(name, merged.to(dtype))
             del tensors, base, merged
         writer.close()
-        _copy_aux(safetensors_folder(models[plan.reference]), tmp)
+        _copy_aux(safetensors_folder(models[reference]), tmp)
         record = {
             "method": method.name,
             "models": [m.spec for m in models],
