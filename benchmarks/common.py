@@ -34,13 +34,16 @@ def random_llama(out: Path, seed: int, **config) -> Path:
     return out
 
 
-CHILD = """
+# Child processes report their own resident memory: VmRSS now, VmHWM (the peak) at the end.
+CHILD_PRELUDE = """
 import json, sys, time
 def status(key):
     for line in open("/proc/self/status"):
         if line.startswith(key):
             return int(line.split()[1]) * 1024
-import recall.cli, recall.merge.engine, recall.layers, transformers, torch  # the constant part
+"""
+
+CHILD = CHILD_PRELUDE + """import recall.cli, recall.merge.engine, recall.layers, transformers, torch  # the constant part
 import matplotlib.pyplot
 import recall.commands.merge as command
 engine = {}

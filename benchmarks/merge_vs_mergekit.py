@@ -27,18 +27,13 @@ from importlib.metadata import version
 from pathlib import Path
 
 import yaml
-from common import git_commit, machine, random_llama, run_child
+from common import CHILD_PRELUDE, git_commit, machine, random_llama, run_child
 
 from recall.atomic import write_json
 from recall.merge.safetensors_io import SafetensorsModel
 
 # Run mergekit's own CLI entry point (what `mergekit-yaml CONFIG OUT` runs), measured like recall's child.
-MERGEKIT_CHILD = """
-import json, sys, time
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key):
-            return int(line.split()[1]) * 1024
+MERGEKIT_CHILD = CHILD_PRELUDE + """
 import mergekit.scripts.run_yaml as cli
 timing = {}
 def timed_run_merge(*args, _run=cli.run_merge, **kwargs):
