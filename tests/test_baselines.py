@@ -204,20 +204,35 @@ def test_ties_merges_lora_adapters_on_their_base(make_model, tmp_path):
     assert json.loads((out / "merge_weights.json").read_text())["base"] == str(base)
 
 
+def response_nll(model, tok, record) -> torch.Tensor:
+    """Mean response-token negative log-likelihood of one example, from raw logits."""
+    ids = tok(render(tok, record), add_special_tokens=False, return_tensors="pt")["input_ids"]
+    start = len(tok(chat_prompt(tok, record.prompt), add_special_tokens=False)["input_ids"]) if record.prompt else 0
+    logp = torch.log_softmax(model(ids).logits[0, :-1].double(), -1)
+    targets = ids[0, 1:]
+    nll = -logp[torch.arange(len(targets)), targets]
+    return nll[max(start - 1, 0):].mean()  # logits at t predict token t + 1
+
+
 def independent_losses(model_path, records) -> float:
-    """Mean over examples of the mean response-token loss, from raw logits."""
+    """Mean over examples of the mean response-token loss."""
     tok = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path).eval()
-    losses = []
+    with torch.no_grad():
+        return float(np.mean([response_nll(model, tok, r).item() for r in records]))
+
+
+def independent_fisher(model_path, records, names) -> dict[str, torch.Tensor]:
+    """Diagonal empirical Fisher of each checkpoint tensor: mean over examples of the squared gradient."""
+    tok = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path).eval()
+    fisher = {name: torch.zeros_like(model.get_parameter(name)) for name in names}
     for r in records:
-        ids = tok(render(tok, r), add_special_tokens=False, return_tensors="pt")["input_ids"]
-        start = len(tok(chat_prompt(tok, r.prompt), add_special_tokens=False)["input_ids"]) if r.prompt else 0
-        with torch.no_grad():
-            logp = torch.log_softmax(model(ids).logits[0, :-1].double(), -1)
-        targets = ids[0, 1:]
-        nll = -logp[torch.arange(len(targets)), targets]
-        losses.append(nll[max(start - 1, 0):].mean().item())  # logits at t predict token t + 1
-    return float(np.mean(losses))
+        model.zero_grad()
+        response_nll(model, tok, r).backward()
+        for name in names:
+            fisher[name] += model.get_parameter(name).grad ** 2
+    return {name: f / len(records) for name, f in fisher.items()}
 
 
 def test_lm_cocktail_weights_are_softmax_of_negative_losses(make_model, tmp_path, task_data):
@@ -255,14 +270,60 @@ def test_lm_cocktail_weights_are_softmax_of_negative_losses(make_model, tmp_path
         (["--method", "lm_cocktail"], "--method lm_cocktail needs --data"),
         (["--method", "lm_cocktail", "--data", "{data}", "--examples", 0], "examples must be >= 1"),
         (["--method", "lm_cocktail", "--data", "{data}", "--temperature", 0], "temperature must be > 0"),
+        (["--method", "fisher"], "--method fisher needs --data: one JSONL file per model (2), got 0"),
+        (["--method", "fisher", "--data", "{data}", "{data}", "--floor", 0], "--floor must be > 0"),
+        (["--method", "fisher", "--data", "{data}", "{data}", "--sigma", 2], "--sigma does not apply to --method fisher"),
+        (["--method", "fisher", "--data", "{data}", "{empty}"], "empty.jsonl has no records"),
     ],
 )
 def test_bad_method_parameters_are_clear_errors(make_model, tmp_path, task_data, capsys, args, message):
     a, b = make_model("a"), make_model("b", seed=1)
-    args = [str(x).format(a=a, data=task_data) for x in args]
+    (empty := tmp_path / "empty.jsonl").write_text("")
+    args = [str(x).format(a=a, data=task_data, empty=empty) for x in args]
     assert run_cli("merge", "--models", a, b, "--out", tmp_path / "out", *args) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_fisher_kernel_matches_a_reference():
+    g = torch.Generator().manual_seed(0)
+    thetas = [torch.randn(6, 5, generator=g) for _ in range(3)]
+    fishers = [torch.rand(6, 5, generator=g) for _ in range(3)]
+    fishers[1][0] = 0  # a row no example of model 1 moved
+    w = torch.tensor([0.2, 0.5, 0.3])
+    merged = kernels.fisher(thetas, w, fishers=fishers, floor=1e-3)
+    f = [np.maximum(x.numpy().astype(np.float64), 1e-3) * float(wq) for x, wq in zip(fishers, w)]
+    expected = sum(fq * t.numpy() for fq, t in zip(f, thetas)) / sum(f)
+    np.testing.assert_allclose(merged.numpy(), expected, rtol=1e-5)
+    # no information anywhere: the weighted average; one model's information dominating: that model
+    zero = [torch.zeros(6, 5)] * 3
+    torch.testing.assert_close(kernels.fisher(thetas, w, fishers=zero), sum(float(wq) * t for wq, t in zip(w, thetas)))
+    big = [torch.full((6, 5), 1e6), torch.full((6, 5), 1e-6), torch.full((6, 5), 1e-6)]
+    torch.testing.assert_close(kernels.fisher(thetas, w, fishers=big), thetas[0], rtol=1e-4, atol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(fishers, [x.clone() for x in fishers]))  # inputs untouched
+
+
+def test_fisher_merge_weights_each_entry_by_each_models_fisher_on_its_own_data(make_model, tmp_path, task_data):
+    a, b = make_model("a", seed=1), make_model("b", seed=2)
+    data_b = tmp_path / "b.jsonl"
+    data_b.write_text("".join(task_data.read_text().splitlines(keepends=True)[5:]))  # other examples for b
+    out, work = tmp_path / "out", tmp_path / "work"
+    assert run_cli("merge", "--method", "fisher", "--models", a, b, "--data", task_data, data_b, "--examples", 3,
+                   "--weights", 0.3, 0.7, "--workdir", work, "--out", out) == 0
+    record = json.loads((out / "merge_weights.json").read_text())
+    assert record["params"] == {"floor": 1e-10} and record["fisher"] == [str(work / "fisher-0"), str(work / "fisher-1")]
+    merged, thetas = tensors(out), [tensors(a), tensors(b)]
+    stored = [tensors(work / f"fisher-{i}") for i in range(2)]
+    expected_f = [independent_fisher(m, read_records(d)[:3], list(merged)) for m, d in [(a, task_data), (b, data_b)]]
+    far_from_average = 0
+    for name, value in merged.items():
+        for ours, theirs in zip(stored, expected_f):
+            torch.testing.assert_close(ours[name], theirs[name], rtol=1e-3, atol=1e-6 * float(theirs[name].max()))
+        f = [s[name].clamp(min=1e-10) * w for s, w in zip(stored, (0.3, 0.7))]
+        torch.testing.assert_close(value, (f[0] * thetas[0][name] + f[1] * thetas[1][name]) / (f[0] + f[1]))
+        average = 0.3 * thetas[0][name] + 0.7 * thetas[1][name]
+        far_from_average += int(((value - average).abs() > 0.1 * (thetas[0][name] - thetas[1][name]).abs()).sum())
+    assert far_from_average > 1000  # the Fisher, not the weights, decides most entries
 
 
 def test_lm_cocktail_merges_lora_adapters_in_delta_space(make_model, tmp_path, task_data):

@@ -8,6 +8,7 @@ the chosen method does not use is an error: a setting given to the wrong method 
 from __future__ import annotations
 
 import argparse
+import tempfile
 from dataclasses import fields
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from recall.cocktail_weights import CocktailSettings, cocktail_weights
 from recall.errors import RecallError
+from recall.fisher import FisherSettings, fisher_folders
 from recall.merge.engine import MergePlan, merge
 from recall.merge.methods import METHODS, PARAMS, Method, get_method
 from recall.models import ModelInfo, check_compatible, describe
@@ -28,11 +30,12 @@ WEIGHT_OPTIONS = {
                         "batch_size", "workdir"},
     "loss": {"data", "temperature", "max_length", "examples"},
 }
+FISHER_OPTIONS = {"data", "max_length", "examples", "workdir"}  # methods that need each model's Fisher
 
 
 def uses(method: Method) -> set[str]:
     """Every optional setting `method` reads: its kernel parameters and its weight source's options."""
-    return set(method.params) | WEIGHT_OPTIONS[method.weights]
+    return set(method.params) | WEIGHT_OPTIONS[method.weights] | (FISHER_OPTIONS if method.needs_fisher else set())
 
 
 def users(option: str) -> str:
@@ -55,12 +58,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     w = p.add_argument_group("merge weights")
     add(w, "weights", "one weight per model (default 1/N; 1 for the task-vector methods)", nargs="+", type=float)
-    add(w, "data", "JSONL task data: recall: one file, or one per --experts model; lm_cocktail: a file per task",
+    add(w, "data", "JSONL task data: recall: one file, or one per --experts model; lm_cocktail: a file per task; "
+                   "fisher: one file per model",
         nargs="+", type=Path)
     add(w, "temperature", f"softmax temperature (default recall {RecallSettings.temperature}, "
                           f"lm_cocktail {CocktailSettings.temperature})", type=float)
     add(w, "max_length", f"tokens per sample (default {RecallSettings.max_length})", type=int)
-    add(w, "examples", f"examples per --data file (default {CocktailSettings.examples})", type=int)
+    add(w, "examples", f"examples per --data file (default lm_cocktail {CocktailSettings.examples}, "
+                       f"fisher {FisherSettings.examples})", type=int)
     k = p.add_argument_group("method parameters")
     for name, spec in PARAMS.items():
         kw = {"action": argparse.BooleanOptionalAction} if spec.type is bool else {"type": spec.type}
@@ -71,7 +76,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add(r, "similarity", f"rbf, cosine, euclidean, cka, mmd or dot (default {RecallSettings.similarity})")
     add(r, "sigma", f"RBF/MMD bandwidth (default {RecallSettings.sigma})", type=float)
     add(r, "batch_size", f"feature extraction batch size (default {RecallSettings.batch_size})", type=int)
-    add(r, "workdir", "keep extracted features here (default: a temporary folder)", type=Path)
+    add(r, "workdir", "keep extracted features (recall) or Fisher folders (fisher) here (default: a temporary folder)",
+        type=Path)
     p.set_defaults(func=run)
 
 
@@ -129,6 +135,12 @@ def run(args: argparse.Namespace) -> int:
     params = method.resolve({name: getattr(args, name) for name in method.params})
     reference = _index(args.models, args.new or args.models[-1], "--new")
     weights, extra = WEIGHTS[method.weights](args, method, infos)
-    out = merge(MergePlan(infos, method, weights, base, params, reference=reference, extra=extra), args.out)
+    with tempfile.TemporaryDirectory(prefix="recall-fisher-") as tmp:
+        fisher = None
+        if method.needs_fisher:
+            settings = _given(args, FisherSettings)
+            fisher = fisher_folders(infos, args.data or [], settings, args.workdir or Path(tmp))
+        plan = MergePlan(infos, method, weights, base, params, reference=reference, extra=extra, fisher=fisher)
+        out = merge(plan, args.out)
     print(f"merged model: {out}")
     return 0

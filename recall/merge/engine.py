@@ -24,7 +24,7 @@ from recall.hashing import sha256_file
 from recall.layers import tensor_groups
 from recall.merge.methods import Method, tensor_seed
 from recall.merge.safetensors_io import DTYPES, StreamingWriter
-from recall.merge.sources import open_source
+from recall.merge.sources import FullModel, open_source
 from recall.models import ModelInfo, check_compatible, safetensors_folder
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class MergePlan:
     params: dict = field(default_factory=dict)
     reference: int = -1  # whose config and tokenizer the output carries
     extra: dict = field(default_factory=dict)  # provenance for merge_weights.json (similarity, typical samples)
+    fisher: list[Path] | None = None  # methods that need it: each model's diagonal Fisher folder (recall.fisher)
 
 
 def merge(plan: MergePlan, out: str | Path, max_shard_bytes: int = 2 << 30) -> Path:
@@ -75,13 +76,14 @@ def merge(plan: MergePlan, out: str | Path, max_shard_bytes: int = 2 << 30) -> P
         for name, ti in src.tensors.items():
             if ti.shape != ref_src.tensors[name].shape:
                 raise RecallError(f"{info.spec}: tensor {name} has shape {ti.shape}, expected {ref_src.tensors[name].shape}")
+    fishers = fisher_sources(plan, ref_src.tensors)
     groups = tensor_groups(models[0].config, ref_src.tensors)
 
     out = Path(out)
     with atomic_dir(out) as tmp:
         writer = StreamingWriter(tmp, ref_src.tensors, max_shard_bytes)
         weights = torch.tensor(plan.weights, dtype=torch.float32)
-        inputs = sources + ([base_src] if base_src else [])
+        inputs = sources + ([base_src] if base_src else []) + fishers
         names = list(ref_src.tensors)
         for name, tensors in tqdm(prefetched(inputs, names), total=len(names), desc=f"merge ({method.name})",
                                   unit="tensor", disable=None):
@@ -90,10 +92,11 @@ def merge(plan: MergePlan, out: str | Path, max_shard_bytes: int = 2 << 30) -> P
                 writer.write(name, tensors[reference])
                 continue
             tensors = [t.float() for t in tensors]
+            extra = {"fishers": [tensors.pop() for _ in fishers][::-1]} if fishers else {}  # inputs end with them
             base = tensors.pop() if base_src else None
-            merged = method.kernel(tensors, weights[groups[name]], base, **tensor_params(params, name))
+            merged = method.kernel(tensors, weights[groups[name]], base, **tensor_params(params, name), **extra)
             writer.write(name, merged.to(dtype))
-            del tensors, base, merged
+            del tensors, base, merged, extra
         writer.close()
         _copy_aux(safetensors_folder(models[reference]), tmp)
         record = {
@@ -101,6 +104,7 @@ def merge(plan: MergePlan, out: str | Path, max_shard_bytes: int = 2 << 30) -> P
             "models": [m.spec for m in models],
             "base": base_info.spec if base_info else None,
             "params": params,
+            **({"fisher": [str(f) for f in plan.fisher]} if fishers else {}),
             "layers": plan.weights.tolist(),
             "tensor_groups": groups,
             **plan.extra,
@@ -112,6 +116,22 @@ def merge(plan: MergePlan, out: str | Path, max_shard_bytes: int = 2 << 30) -> P
         (tmp / "README.md").write_text(model_card(record, tmp / WEIGHTS_FILE))
     log.info("merged %d models with %s into %s", len(models), method.name, out)
     return out
+
+
+def fisher_sources(plan: MergePlan, tensors: dict) -> list[FullModel]:
+    """Readers of each model's Fisher folder when the method needs them, checked against the model's tensors."""
+    if not plan.method.needs_fisher:
+        return []
+    if not plan.fisher or len(plan.fisher) != len(plan.models):
+        raise RecallError(f"method {plan.method.name} needs one Fisher folder per model ({len(plan.models)}); "
+                          "compute them with recall.fisher.fisher_folders (`recall merge --data`)")
+    sources = [FullModel(Path(f)) for f in plan.fisher]
+    for folder, src in zip(plan.fisher, sources):
+        for name, ti in tensors.items():
+            if DTYPES[ti.dtype].is_floating_point and (name not in src.tensors or src.tensors[name].shape != ti.shape):
+                raise RecallError(f"Fisher folder {folder} has no tensor {name} of shape {ti.shape}; "
+                                  "it was computed for a different model")
+    return sources
 
 
 def prefetched(sources: list, names: list[str]) -> Iterator[tuple[str, list[torch.Tensor]]]:

@@ -2,7 +2,8 @@
 
 Every kernel has the signature `kernel(tensors, weights, base, **params) -> Tensor`: `tensors` are the
 N inputs in float32, `weights` a (N,) tensor (this tensor's layer-group row), `base` the base model's
-version or None. Kernels never see files or tensor names and never modify their inputs, so the
+version or None; a method that needs_fisher also gets `fishers`, each model's diagonal Fisher of
+the tensor. Kernels never see files or tensor names and never modify their inputs, so the
 streaming engine serves them all and tests can call them on hand-made tensors.
 
 The task-vector methods follow mergekit 0.1.5's `GeneralizedTaskArithmeticMerge`, the de-facto
@@ -150,3 +151,21 @@ def dare_ties(
     generator = torch.Generator().manual_seed(seed)
     deltas = weighted_deltas(tensors, weights, base, lambda d: dare_drop(d, density, generator))
     return disjoint_merge(deltas, weights, normalize).mul_(scale).add_(base)
+
+
+def fisher(
+    tensors: list[torch.Tensor], weights: torch.Tensor, base: torch.Tensor | None = None, *,
+    fishers: list[torch.Tensor], floor: float = 1e-10,
+) -> torch.Tensor:
+    """Fisher merging (Matena & Raffel 2022): per entry, sum_q w_q F_q theta_q / sum_q w_q F_q.
+
+    F is floored at `floor` (their "fisher floor"), so an entry no example moved in any model gets
+    the plain weighted average instead of 0/0.
+    """
+    numerator = torch.zeros_like(tensors[0])
+    denominator = torch.zeros_like(tensors[0])
+    for t, f, w in zip(tensors, fishers, weights):
+        wf = f.float().clamp(min=floor).mul_(float(w))
+        numerator.addcmul_(wf, t)
+        denominator.add_(wf)
+    return numerator.div_(denominator)

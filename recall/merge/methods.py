@@ -43,6 +43,8 @@ PARAMS: dict[str, Param] = {
     "seed": Param(int, lambda v: v >= 0, "must be >= 0",
                   "random seed (recall: KMeans; DARE: each tensor's mask, drawn from the seed and the tensor name)"),
     "normalize": Param(bool, lambda v: True, "", "TIES: divide by the summed weights of the agreeing models"),
+    "floor": Param(float, lambda v: v > 0, "must be > 0",
+                   "fisher: least Fisher value of an entry, so entries no example moved are averaged"),
 }
 
 
@@ -52,6 +54,7 @@ class Method:
     kernel: Kernel
     needs_base: bool = False
     weights: str = "given"  # one of WEIGHT_SOURCES
+    needs_fisher: bool = False  # the kernel also takes each model's diagonal Fisher (`fishers=`)
     default_weight: float | None = None  # per-model weight when --weights is not given; None: 1/N
     params: Mapping[str, Any] = field(default_factory=dict)  # kernel keyword -> default (or REQUIRED)
     help: str = ""
@@ -92,6 +95,7 @@ def register(
     *,
     needs_base: bool = False,
     weights: str = "given",
+    needs_fisher: bool = False,
     default_weight: float | None = None,
     params: Mapping[str, Any] | None = None,
     help: str = "",
@@ -100,7 +104,8 @@ def register(
     assert weights in WEIGHT_SOURCES and set(params or {}) <= set(PARAMS), (name, weights, params)
 
     def add(kernel: Kernel) -> Kernel:
-        METHODS[name] = Method(name, kernel, needs_base, weights, default_weight, MappingProxyType(dict(params or {})), help)
+        METHODS[name] = Method(name, kernel, needs_base, weights, needs_fisher, default_weight,
+                               MappingProxyType(dict(params or {})), help)
         return kernel
 
     return add
@@ -131,3 +136,5 @@ register("dare_linear", needs_base=True, default_weight=1.0, params={"density": 
 register("dare_ties", needs_base=True, default_weight=1.0,
          params={"density": REQUIRED, "scale": 1.0, "seed": 0, "normalize": False},
          help="DARE + TIES sign election (unnormalized by default, as in mergekit)")(kernels.dare_ties)
+register("fisher", needs_fisher=True, params={"floor": 1e-10},
+         help="Fisher merging: per-entry average weighted by each model's diagonal Fisher on its --data")(kernels.fisher)

@@ -107,7 +107,7 @@ def validate(params: Params) -> None:
                 f"needs after: {expected}"
             )
         seen.append(step["task"])
-    usable = sorted(m for m, spec in METHODS.items() if spec.weights == "given")
+    usable = sorted(m for m, spec in METHODS.items() if spec.weights == "given" and not spec.needs_fisher)
     for item in raw["baselines"]:
         if not isinstance(item, str) and not (isinstance(item, dict) and len(item) == 1):
             raise RecallError(f"baseline {item!r} must be a method name or {{method: {{param: value}}}}")
