@@ -77,8 +77,9 @@ def machine() -> dict:
             "date": time.strftime("%Y-%m-%d")}
 
 
-def git_commit() -> str:
+def git_commit(checkout: str | Path = ".") -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

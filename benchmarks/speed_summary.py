@@ -1,7 +1,7 @@
 """Every stage's speed in one place: speed.json and speed.md from the component benchmarks' results
 and the default run's wall time by stage (each stage's MLflow run records its start and end).
 
-    .venv/bin/python benchmarks/speed_summary.py [--mlflow sqlite:///$PWD/mlflow.db]
+    .venv/bin/python benchmarks/speed_summary.py [--run-dir DIR]   # DIR: where `bash scripts/run.sh` ran
 
 Run the components first: merge_speed.py, merge_vs_mergekit.py, extract_speed.py, finetune_speed.py,
 and `bash scripts/run.sh` for the default run.
@@ -43,6 +43,16 @@ def stage_times(uri: str) -> dict:
             "sum_of_stage_seconds": total, "first_start_to_last_end_s": (span[1] - span[0]) / 1000}
 
 
+def finetune_totals(run_dir: Path) -> dict:
+    """Tokens and seconds of every fine-tune of the run (from each step's train_metrics.json)."""
+    runs = [json.loads(p.read_text()) for p in sorted(run_dir.glob("data/steps/*/sft/train_metrics.json"))]
+    if not runs:
+        return {}
+    tokens, seconds = sum(r["train_tokens"] for r in runs), sum(r["train_seconds"] for r in runs)
+    return {"fine_tunes": len(runs), "train_tokens": tokens, "train_seconds": seconds, "tokens_per_s": tokens / seconds,
+            "steps": sum(r["config"]["max_steps"] for r in runs)}
+
+
 def load(name: str) -> dict | None:
     path = RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else None
@@ -50,11 +60,14 @@ def load(name: str) -> dict | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--mlflow", default=f"sqlite:///{Path.cwd() / 'mlflow.db'}")
+    parser.add_argument("--run-dir", type=Path, default=Path.cwd(), help="the checkout where the default run ran")
     args = parser.parse_args()
+    run_dir = args.run_dir.resolve()
     merge, extract, finetune, vs = (load(n) for n in ("merge_speed", "extract_speed", "finetune_speed", "merge_vs_mergekit"))
     summary = {"machine": machine(), "commit": git_commit(), "merge": merge, "merge_vs_mergekit": vs,
-               "extraction": extract, "finetune": finetune, "default_run": stage_times(args.mlflow)}
+               "extraction": extract, "finetune": finetune, "default_run": {
+                   "checkout": str(run_dir), "commit": git_commit(run_dir),
+                   **stage_times(f"sqlite:///{run_dir / 'mlflow.db'}"), "finetune": finetune_totals(run_dir)}}
     write_json(RESULTS / "speed.json", summary)
 
     lines = ["# Speed of every stage", "", "Each number against a baseline measured in the same run (see each JSON for the command).", ""]
@@ -76,10 +89,17 @@ def main() -> None:
     if vs:
         lines += ["## recall vs mergekit", "", "See [merge_vs_mergekit.md](merge_vs_mergekit.md).", ""]
     run = summary["default_run"]
-    if run:
+    if run.get("stage_seconds"):
         lines += ["## The default run, by stage", "", "| stage | seconds (all steps) | share |", "|---|---|---|"]
         lines += [f"| {s} | {t:.0f} | {t / run['sum_of_stage_seconds']:.0%} |" for s, t in run["stage_seconds"].items()]
-        lines += ["", f"First stage start to last stage end: {run['first_start_to_last_end_s']:.0f} s.", ""]
+        lines += ["", f"First stage start to last stage end: {run['first_start_to_last_end_s']:.0f} s "
+                      f"(run at commit `{run['commit'][:10]}` in `{run['checkout']}`).", ""]
+        if ft := run["finetune"]:
+            lines += [f"Why fine-tuning dominates: {ft['fine_tunes']} LoRA fine-tunes of {ft['steps']} steps in all train on "
+                      f"{ft['train_tokens']} tokens at {ft['tokens_per_s']:.0f} tok/s ({ft['train_seconds']:.0f} s in the loop): "
+                      "each token costs a forward, a backward through every block (LoRA adapters sit in every linear "
+                      "layer) and an optimizer step, roughly three forwards of compute, while features, similarity and evaluation "
+                      "only run forwards on a few dozen examples.", ""]
     with atomic_file(RESULTS / "speed.md") as fh:
         fh.write("\n".join(lines))
     print("\n".join(lines))
