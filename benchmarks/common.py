@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -75,6 +76,11 @@ def machine() -> dict:
 
     return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d")}
+
+
+def command_line() -> str:
+    """The running benchmark's command, as typed from the repository root."""
+    return shlex.join([".venv/bin/python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
 
 
 def git_commit(checkout: str | Path = ".") -> str:

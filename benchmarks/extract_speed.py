@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import git_commit, machine
+from common import command_line, git_commit, machine
 
 from recall.atomic import write_json
 from recall.data import read_records
@@ -67,7 +67,7 @@ def main() -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     result = {
         "benchmark": "extract_speed",
-        "command": f"python benchmarks/extract_speed.py --model {args.model} --samples {args.samples}",
+        "command": command_line(),
         "model": args.model, "layers": info.num_layers, "hidden": info.config.hidden_size,
         "samples": len(encoded), "tokens": tokens, "batch_size": args.batch_size,
         "plain_forward_tokens_per_s": tokens / min(plain),

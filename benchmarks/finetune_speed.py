@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import git_commit, machine
+from common import command_line, git_commit, machine
 from tqdm.auto import tqdm
 
 from recall.atomic import write_json
@@ -138,7 +138,7 @@ def main() -> None:
         "extras_ms_per_step": extras, "bare_step_ms_median": round(step_ms, 1),
         "extras_percent_of_step": round(100 * sum(extras.values()) / step_ms, 4),
         "torch_threads": torch.get_num_threads(), "load_average_at_end": os.getloadavg(),
-        "machine": machine(), "commit": git_commit(),
+        "command": command_line(), "machine": machine(), "commit": git_commit(),
     }
     write_json(RESULTS, result)
     print(f"ours {ours:.1f} tok/s, bare {bare:.1f} tok/s, overhead {overhead:+.1f}% (A/B, noisy); "

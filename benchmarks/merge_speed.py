@@ -16,7 +16,7 @@ import shutil
 import time
 from pathlib import Path
 
-from common import git_commit, machine, random_llama, run_child
+from common import command_line, git_commit, machine, random_llama, run_child
 
 from recall.atomic import write_json
 from recall.merge.safetensors_io import SafetensorsModel
@@ -80,7 +80,7 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)
     write_json(args.out, {
         "benchmark": "merge_speed",
-        "command": "python benchmarks/merge_speed.py " + " ".join(f"--sizes {' '.join(map(str, args.sizes))}".split()),
+        "command": command_line(),
         "model": {"params_bytes": model_bytes, "largest_tensor_bytes": largest, "dtype": "float32"},
         "machine": machine(),
         "commit": git_commit(),

@@ -27,7 +27,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import yaml
-from common import CHILD_PRELUDE, git_commit, machine, random_llama, run_child
+from common import CHILD_PRELUDE, command_line, git_commit, machine, random_llama, run_child
 
 from recall.atomic import write_json
 from recall.merge.safetensors_io import SafetensorsModel
@@ -146,7 +146,7 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
     write_json(args.out, {
         "benchmark": "merge_vs_mergekit",
-        "command": f"python benchmarks/merge_vs_mergekit.py --repeats {args.repeats}",
+        "command": command_line(),
         "model": {"params_bytes": info.nbytes, "largest_tensor_bytes": info.largest, "dtype": "float32",
                   "n_inputs": 3},
         "mergekit": version("mergekit"),

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -47,7 +46,7 @@ from recall.tasks.export import export_task
 from recall.weights import softmax_weights, uniform_weights
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import git_commit, machine  # noqa: E402
+from common import command_line, git_commit, machine  # noqa: E402
 
 log = logging.getLogger("quality")
 ROOT = Path(__file__).resolve().parents[1]
@@ -399,7 +398,7 @@ def report_spec(bench: Bench, results: dict, spec_path: Path) -> dict:
     return spec
 
 
-def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Budget]:
+def parse_args() -> tuple[argparse.Namespace, Budget]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
     p.add_argument("--single-tasks", nargs="+", choices=TASKS, default=TASKS,
@@ -414,7 +413,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Budget]:
     defaults = Budget()
     for name, value in asdict(defaults).items():
         p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    args = p.parse_args(argv)
+    args = p.parse_args()
     budget = Budget(**{k: getattr(args, k) for k in asdict(defaults)})
     budget.validate()
     for task in TASKS:
@@ -423,10 +422,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Budget]:
     return args, budget
 
 
-def main(argv: list[str] | None = None) -> int:
+def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
-        args, budget = parse_args(argv)
+        args, budget = parse_args()
     except RecallError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -443,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out
     json_path = out / "quality.json"
     results = read_json(json_path).get("scenarios", {}) if json_path.is_file() else {}
-    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/quality.py", *(argv or sys.argv[1:])])
+    command = command_line()
     for scenario in [s for s in SCENARIOS if s in args.scenarios]:
         log.info("scenario %s", scenario)
         results[scenario] = bench.single(args.single_tasks) if scenario == "single" else getattr(bench, scenario)()
