@@ -441,14 +441,19 @@ def main() -> int:
         return 0
     out = args.out
     json_path = out / "quality.json"
-    results = read_json(json_path).get("scenarios", {}) if json_path.is_file() else {}
-    command = command_line()
+    previous = read_json(json_path) if json_path.is_file() else {}
+    if previous and previous["budget"] != asdict(budget):
+        print(f"error: {json_path} holds results of another budget ({previous['budget']}); run with that budget "
+              "to add scenarios, or pass another --out", file=sys.stderr)
+        return 2
+    results, runs = previous.get("scenarios", {}), previous.get("runs", {})
     for scenario in [s for s in SCENARIOS if s in args.scenarios]:
         log.info("scenario %s", scenario)
         results[scenario] = bench.single(args.single_tasks) if scenario == "single" else getattr(bench, scenario)()
-        record = {"scenarios": results, "budget": asdict(budget), "seed": budget.seed, "command": command,
-                  "commit": git_commit(), "machine": machine(), "base": str(bench.base), "tasks": TASKS,
-                  "timings_s": bench.timings, "analysis": analysis(bench, results)}
+        runs[scenario] = {"command": command_line(), "commit": git_commit(), "machine": machine()}
+        record = {"scenarios": results, "runs": runs, "budget": asdict(budget), "seed": budget.seed,
+                  "base": str(bench.base), "tasks": TASKS, "timings_s": {**previous.get("timings_s", {}), **bench.timings},
+                  "analysis": analysis(bench, results)}
         write_json(json_path, record)
         spec_path = bench.work / "report_spec.json"
         write_json(spec_path, report_spec(bench, results, spec_path))
@@ -468,8 +473,8 @@ def write_markdown(path: Path, record: dict, report: Path) -> None:
     b = record["budget"]
     lines = [
         "# Quality benchmark (RECALL tables 1, 2, 7 in small)", "",
-        f"Command: `{record['command']}`  ", f"Commit: `{record['commit']}`  ",
-        f"Scenarios run: {', '.join(record['scenarios'])}  ", f"Base: SmolLM2-135M-Instruct (`{record['base']}`)  ",
+        *[f"{scenario}: `{run['command']}` at commit `{run['commit']}`  " for scenario, run in record["runs"].items()],
+        f"Base: SmolLM2-135M-Instruct (`{record['base']}`)  ",
         f"Budget: `{b}`", "",
         "Scores are each task's primary metric (accuracy; SQuAD2.0 exact match; IWSLT BLEU), 0-100, on the first "
         f"{b['limit']} test examples per task, so one example is {100 / b['limit']:.1f} points: differences below "
