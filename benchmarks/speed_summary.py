@@ -93,7 +93,10 @@ def main() -> None:
         lines += ["## The default run, by stage", "", "| stage | seconds (all steps) | share |", "|---|---|---|"]
         lines += [f"| {s} | {t:.0f} | {t / run['sum_of_stage_seconds']:.0%} |" for s, t in run["stage_seconds"].items()]
         lines += ["", f"First stage start to last stage end: {run['first_start_to_last_end_s']:.0f} s "
-                      f"(run at commit `{run['commit'][:10]}` in `{run['checkout']}`).", ""]
+                      f"(run at commit `{run['commit'][:10]}` in `{run['checkout']}`); the "
+                      f"{run['first_start_to_last_end_s'] - run['sum_of_stage_seconds']:.0f} s outside the stages' MLflow runs "
+                      "are each stage process starting (Python, torch and transformers imports, Prefect flow, MLflow run) "
+                      "and DVC hashing outputs between stages.", ""]
         if ft := run["finetune"]:
             lines += [f"Why fine-tuning dominates: {ft['fine_tunes']} LoRA fine-tunes of {ft['steps']} steps in all train on "
                       f"{ft['train_tokens']} tokens at {ft['tokens_per_s']:.0f} tok/s ({ft['train_seconds']:.0f} s in the loop): "
