@@ -20,8 +20,8 @@ optional; each score is the task's primary metric (the first one in its metrics.
     similarity: [runs/seq/2/similarity.json]              # layer-wise similarity curves
 
 Output folder (written atomically): report.md (every table, the metric definitions and the plots),
-one CSV per table (table1.csv, table2.csv, table7.csv, continual.csv), forgetting.png,
-merge_weights_<n>.png and similarity_<n>.png.
+one CSV per table (table1.csv, table2.csv, table7.csv, continual.csv), every table's numbers in
+metrics.json, forgetting.png, merge_weights_<n>.png and similarity_<n>.png.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from recall.atomic import atomic_dir, atomic_file, read_json
+from recall.atomic import atomic_dir, atomic_file, read_json, write_json
 from recall.errors import RecallError
 from recall.metrics import (
     Metrics,
@@ -289,6 +289,18 @@ def _layer_plots(spec: Spec, section: str, out: Path, lines: list[str]) -> None:
         lines.append(f"### {title}\n\nFrom `{relative}`.\n\n![{title}]({png})\n")
 
 
+def table_metrics(tables: list[Table]) -> dict:
+    """Every table's numbers as {table: {row label: {column: value}}} (the row label joins its text cells,
+    e.g. "recall/Task 2/gen_translation"): what `dvc metrics` and `dvc exp show` compare across runs."""
+    out: dict = {}
+    for table in tables:
+        rows = out.setdefault(table.name, {})
+        for row in table.rows:
+            label = "/".join(c for c in row if isinstance(c, str) and c)
+            rows[label] = {h: round(c, 4) for h, c in zip(table.header, row) if isinstance(c, (int, float))}
+    return out
+
+
 def write_report(spec_path: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Render every section of the spec into the folder `out` (replaced atomically); return report.md."""
     spec = Spec(spec_path)
@@ -311,6 +323,7 @@ def write_report(spec_path: str | os.PathLike, out: str | os.PathLike) -> Path:
             lines.append("### Scores over the task sequence (figure 5)\n\n![forgetting](forgetting.png)\n")
         for section in ("merge_weights", "similarity"):
             _layer_plots(spec, section, tmp, lines)
+        write_json(tmp / "metrics.json", table_metrics(tables))
         with atomic_file(tmp / "report.md") as fh:
             fh.write("\n".join(lines))
     return Path(out) / "report.md"

@@ -23,10 +23,11 @@ fi
 start=$(date +%s)
 dvc repro
 echo
-sed -n '/^### /,$p' reports/report.md | sed '/^!\[/d' | head -40
+# the report's tables (a heading is printed only when a table follows it; plots stay in the file)
+awk '/^### /{h=$0; next} /^\|/{if(h){print ""; print h; print ""; h=""} print}' reports/report.md
 echo
 echo "wall time: $(( $(date +%s) - start )) s"
-echo "report:    reports/report.md (tables, CSV and PNG plots in reports/)"
+echo "report:    reports/report.md (tables, CSV and PNG plots in reports/); metrics.json (dvc metrics show)"
 echo "MLflow:    ${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlflow.db}"
 echo "           open the UI: MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false .venv/bin/mlflow ui --backend-store-uri sqlite:///$PWD/mlflow.db --host 127.0.0.1 --workers 1"
 echo "lineage:   .venv/bin/recall lineage data/steps/$(python -c 'import yaml; print(yaml.safe_load(open("params.yaml"))["sequence"][-1]["task"])')/model"

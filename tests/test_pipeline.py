@@ -1,5 +1,6 @@
 """The pipeline end to end on a tiny model: dvc repro -> Prefect stage flows -> MLflow, real tools."""
 
+import json
 import os
 import shutil
 import socket
@@ -109,7 +110,9 @@ def test_dvc_repro_runs_the_sequence_end_to_end(tmp_path, prefect_server):
     tiny_model(project / "tiny", layers=2)
     write_params(project, tiny_params())
     env = {**prefect_server, "PATH": f"{BIN}:{os.environ['PATH']}", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+           "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1",
+           **{f"GIT_{who}_{what}": value for who in ("AUTHOR", "COMMITTER")
+              for what, value in (("NAME", "recall tests"), ("EMAIL", "tests@recall.invalid"))}}
     env.pop("MLFLOW_TRACKING_URI", None)
     subprocess.run(["git", "init", "-q"], cwd=project, check=True)
     dvc(project, env, "init", "-q")
@@ -124,17 +127,20 @@ def test_dvc_repro_runs_the_sequence_end_to_end(tmp_path, prefect_server):
     report = (project / "reports" / "report.md").read_text()
     assert "Table 7" in report and (project / "reports" / "forgetting.png").stat().st_size > 1000
 
-    # Nothing changed: nothing reruns. One RECALL param changed: only what reads it reruns.
+    # Nothing changed: nothing reruns. A variant with one RECALL param changed: only what reads it reruns.
     assert "Data and pipelines are up to date" in dvc(project, env, "repro")
-    params = tiny_params()
-    params["recall"]["temperature"] = 0.5
-    write_params(project, params)
-    out = dvc(project, env, "repro")
+    metrics = json.loads(dvc(project, env, "metrics", "show", "--json"))
+    assert "Final average" in str(metrics) and "BWT" in str(metrics)
+    subprocess.run(["git", "add", "-A"], cwd=project, env=env, check=True)
+    subprocess.run(["git", "commit", "-qm", "default run"], cwd=project, env=env, check=True)
+    out = dvc(project, env, "exp", "run", "-S", "recall.temperature=0.5", "--name", "cooler")
     # Step 0 reruns from its merge on; step 1 learns from step 0's new model, so it reruns whole.
     for stage in ("merge@0", "evaluate@0", "finetune@1", "merge@1"):
         assert f"Running stage '{stage}'" in out, stage
     for stage in ("base", "data", "finetune@0", "features@0", "typical@0", "similarity@0"):
         assert f"Running stage '{stage}'" not in out, stage
+    assert "cooler" in dvc(project, env, "exp", "list", "--name-only")
+    assert yaml.safe_load((project / "params.yaml").read_text())["recall"]["temperature"] == 0.5
 
     # MLflow: a sequence run, its step runs, stage runs; metrics per step; registered merges with lineage tags.
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")

@@ -107,6 +107,13 @@ def test_tables_reproduce_the_paper(spec: Path, tmp_path: Path):
     # RECALL's SST-2 score peaked after step 2 (96.61), not right after step 1
     assert float(continual["RECALL"]["Forgetting sst2"]) == pytest.approx(96.61 - 92.89)
 
+    # the same numbers as DVC metrics: {table: {row label: {column: value}}}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["continual"]["LoRA SFT"]["BWT"] == pytest.approx(-9.995)
+    assert metrics["table1"]["sst2/RECALL"]["Avg from all tasks"] == pytest.approx(43.93, abs=0.01)
+    assert metrics["table7"]["RECALL/Task 2/squad_v2"]["Average"] == pytest.approx(58.218, abs=1e-3)
+    assert "Method" not in metrics["continual"]["RECALL"]  # text cells label the row; they are not metrics
+
     text = report.read_text()
     for heading in ("Table 1", "Table 2", "Table 7", "Continual-learning metrics", "BWT ="):
         assert heading in text
@@ -127,7 +134,7 @@ def test_sections_are_optional(tmp_path: Path):
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"multi": [{"method": "RECALL", "metrics": relative}]}))
     write_report(spec, tmp_path / "out")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["report.md", "table2.csv"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metrics.json", "report.md", "table2.csv"]
     assert list(read_csv(tmp_path / "out" / "table2.csv")[0])[2:7] == TASKS  # default: the file's task order
 
 
@@ -158,7 +165,7 @@ def test_plots_alone(spec: Path, tmp_path: Path):
     data = yaml.safe_load(spec.read_text())
     spec.write_text(yaml.safe_dump({"merge_weights": data["merge_weights"], "similarity": data["similarity"]}))
     write_report(spec, tmp_path / "out")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["merge_weights_1.png", "report.md", "similarity_1.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["merge_weights_1.png", "metrics.json", "report.md", "similarity_1.png"]
 
 
 def test_bad_metrics_file(tmp_path: Path):

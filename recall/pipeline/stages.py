@@ -239,7 +239,10 @@ def report(params: Params) -> Path:
     out = params.root / "reports"
     spec_path = params.root / "data" / "report_spec.json"
     write_json(spec_path, report_spec(params, spec_path.parent))
-    return write_report(spec_path, out)
+    report_md = write_report(spec_path, out)
+    # DVC metrics may not sit inside an output folder, so the run's metrics also live at the top.
+    write_json(params.root / "metrics.json", read_json(out / "metrics.json"))
+    return report_md
 
 
 def log_stage(params: Params, task: str, stage: str, sequence_run: str) -> None:
