@@ -447,11 +447,12 @@ def main() -> int:
               "to add scenarios, or pass another --out", file=sys.stderr)
         return 2
     results, runs = previous.get("scenarios", {}), previous.get("runs", {})
+    bench.twins.update(previous.get("twins", {}))  # evaluations shared in an earlier run
     for scenario in [s for s in SCENARIOS if s in args.scenarios]:
         log.info("scenario %s", scenario)
         results[scenario] = bench.single(args.single_tasks) if scenario == "single" else getattr(bench, scenario)()
         runs[scenario] = {"command": command_line(), "commit": git_commit(), "machine": machine()}
-        record = {"scenarios": results, "runs": runs, "budget": asdict(budget), "seed": budget.seed,
+        record = {"scenarios": results, "runs": runs, "twins": bench.twins, "budget": asdict(budget), "seed": budget.seed,
                   "base": str(bench.base), "tasks": TASKS, "timings_s": {**previous.get("timings_s", {}), **bench.timings},
                   "analysis": analysis(bench, results)}
         write_json(json_path, record)
