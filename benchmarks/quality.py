@@ -354,10 +354,12 @@ def recall_analysis(bench: Bench, name: str) -> dict:
 
 def analysis(bench: Bench, results: dict) -> dict:
     found: dict = {"relative_delta_from_base": {}, "recall": {}}
+    found["train_tokens_per_task"] = {}
     for task in TASKS:
         e = bench.work / "models" / f"expert-{task}"
         if e.is_dir():
             found["relative_delta_from_base"][f"expert-{task}"] = relative_delta(e, bench.base)
+            found["train_tokens_per_task"][task] = read_json(e / "train_metrics.json")["train_tokens"]
     for name in [f"single-{t}-recall" for t in TASKS] + ["multi-recall", "multi-base-recall"]:
         if (bench.work / "models" / name / WEIGHTS_FILE).is_file() and (bench.work / "features" / name).is_dir():
             found["recall"][name] = recall_analysis(bench, name)
@@ -476,7 +478,10 @@ def write_markdown(path: Path, record: dict, report: Path) -> None:
         "# Quality benchmark (RECALL tables 1, 2, 7 in small)", "",
         *[f"{scenario}: `{run['command']}` at commit `{run['commit']}`  " for scenario, run in record["runs"].items()],
         f"Base: SmolLM2-135M-Instruct (`{record['base']}`)  ",
-        f"Budget: `{b}`", "",
+        f"Budget: `{b}`  ",
+        "Training tokens per task (prompt + answer, one fine-tune): "
+        + ", ".join(f"{t} {n}" for t, n in record["analysis"]["train_tokens_per_task"].items())
+        + f"; test examples per task: {b['limit']}.", "",
         "Scores are each task's primary metric (accuracy; SQuAD2.0 exact match; IWSLT BLEU), 0-100, on the first "
         f"{b['limit']} test examples per task, so one example is {100 / b['limit']:.1f} points: differences below "
         "that are noise.", "",
