@@ -8,8 +8,9 @@ Scenarios (RECALL, arXiv 2510.20479, sections 4.1-4.3):
                 task arithmetic, TIES, RECALL in multi-expert mode)
     sequential  table 7 / figure 5: LoRA SFT chain, EWC chain, RECALL chain over
                 SST-2 -> SQuAD2.0 -> MedMCQA -> IWSLT2017 -> RACE; accuracy matrix, BWT, forgetting
+    ablation    appendix F: table 1's RECALL merges with a lower temperature or cosine similarity
 
-    .venv/bin/python benchmarks/quality.py --scenarios single multi sequential \
+    .venv/bin/python benchmarks/quality.py --scenarios single multi sequential ablation \
         --work data/quality --out benchmarks/results [--steps 24 --batch 4 --max-length 384 ...]
 
 Every model and evaluation lands under --work and is skipped when it already exists (the library
@@ -53,7 +54,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # The paper's sequential order (table 7); also the column order of every table.
 TASKS = ["sst2", "squad_v2", "medmcqa", "iwslt2017_en_fr", "race"]
-SCENARIOS = ("single", "multi", "sequential")
+SCENARIOS = ("single", "multi", "sequential", "ablation")
+# RECALL settings changed one at a time in the ablation scenario (paper appendix F)
+ABLATIONS = {"recall_t0.25": {"temperature": 0.25}, "recall_cosine": {"similarity": "cosine"}}
 SIGMAS = (0.3, 1.0, 3.0, 10.0, 30.0)
 
 
@@ -158,8 +161,9 @@ class Bench:
 
     def merge(self, name: str, method: str, models: list[Path], weights: list[float] | None = None,
               references: list[tuple[int, str]] | None = None, params: dict | None = None,
-              reference: int = -1) -> Path:
-        """`method` over `models`; `references` (model index, task) feed RECALL and LM-Cocktail."""
+              reference: int = -1, recall: dict | None = None) -> Path:
+        """`method` over `models`; `references` (model index, task) feed RECALL and LM-Cocktail;
+        `recall` overrides RECALL settings (the ablations)."""
         out = self.work / "models" / name
         if (out / WEIGHTS_FILE).is_file():
             return out
@@ -168,8 +172,8 @@ class Bench:
         groups = infos[0].num_layers + 1
         extra: dict = {}
         if m.weights == "representations":
-            settings = RecallSettings(typical=self.b.typical, sigma=self.b.sigma, max_length=self.b.max_length,
-                                      seed=self.b.seed)
+            settings = RecallSettings(**{"typical": self.b.typical, "sigma": self.b.sigma,
+                                         "max_length": self.b.max_length, "seed": self.b.seed, **(recall or {})})
             refs = [(i, self.probe(t)) for i, t in references]
             w, extra = self._timed(f"recall weights {name}", recall_weights, infos, refs, settings,
                                    self.work / "features" / name)
@@ -204,9 +208,7 @@ class Bench:
         return self.finetune(f"expert-{task}", self.base, task)
 
     def single(self, tasks: list[str]) -> dict:
-        """Table 1. Per method: per_task = mean over the single merges (one per fine-tuning task) of
-        each task's score; avg = mean of per_task; unseen_avg = mean over the merges of each merge's
-        mean on the four tasks its expert was not trained on."""
+        """Table 1: each expert alone and merged with the base, aggregated by `table1`."""
         rows: dict[str, dict[str, dict[str, float]]] = {}
         for task in tasks:
             e = self.expert(task)
@@ -222,6 +224,26 @@ class Bench:
             }
             for method, model in variants.items():
                 rows.setdefault(method, {})[task] = self.scores(model)
+        return {"methods": self.table1(rows), "base_model": self.scores(self.base), "finetuned_on": tasks}
+
+    def ablation(self, tasks: list[str]) -> dict:
+        """Appendix F in small: table 1's RECALL merges again with one setting changed, aggregated alike."""
+        rows: dict[str, dict[str, dict[str, float]]] = {}
+        for task in tasks:
+            e = self.expert(task)
+            rows.setdefault("recall", {})[task] = self.scores(self.work / "models" / f"single-{task}-recall")
+            for label, change in ABLATIONS.items():
+                model = self.merge(f"single-{task}-{label}", "recall", [self.base, e], references=[(1, task)],
+                                   recall=change)
+                rows.setdefault(label, {})[task] = self.scores(model)
+            rows.setdefault("sft", {})[task] = self.scores(e)
+        return {"methods": self.table1(rows), "changes": ABLATIONS, "finetuned_on": tasks}
+
+    @staticmethod
+    def table1(rows: dict[str, dict[str, dict[str, float]]]) -> dict:
+        """Per method: per_task = mean over the single merges (one per fine-tuning task) of each task's
+        score; avg = mean of per_task; unseen_avg = mean over the merges of each merge's mean on the
+        four tasks its expert was not trained on."""
         methods = {}
         for method, by_task in rows.items():
             per_task = {t: fmean(s[t] for s in by_task.values()) for t in TASKS}
@@ -231,7 +253,7 @@ class Bench:
                 "per_task": per_task,
                 "rows": by_task,  # finetuned_on -> scores
             }
-        return {"methods": methods, "base_model": self.scores(self.base), "finetuned_on": tasks}
+        return methods
 
     def multi(self) -> dict:
         """Table 2: the five experts merged, without and with the base model among the inputs."""
@@ -452,7 +474,8 @@ def main() -> int:
     bench.twins.update(previous.get("twins", {}))  # evaluations shared in an earlier run
     for scenario in [s for s in SCENARIOS if s in args.scenarios]:
         log.info("scenario %s", scenario)
-        results[scenario] = bench.single(args.single_tasks) if scenario == "single" else getattr(bench, scenario)()
+        run = getattr(bench, scenario)
+        results[scenario] = run(args.single_tasks) if scenario in ("single", "ablation") else run()
         runs[scenario] = {"command": command_line(), "commit": git_commit(), "machine": machine()}
         record = {"scenarios": results, "runs": runs, "twins": bench.twins, "budget": asdict(budget), "seed": budget.seed,
                   "base": str(bench.base), "tasks": TASKS, "timings_s": {**previous.get("timings_s", {}), **bench.timings},
