@@ -151,6 +151,16 @@ def test_incompatible_models_fail_before_reading_weights(make_model, tmp_path, c
     assert not (tmp_path / "out").exists()
 
 
+def test_a_truncated_checkpoint_is_a_clear_error_not_a_crash(make_model, tmp_path, capsys):
+    """Inputs are memory-mapped, and touching a mapped page past the end of a file kills the process."""
+    a, b = make_model("a"), make_model("b", seed=1)
+    weights = b / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    assert run_cli("merge", "--method", "average", "--models", a, b, "--out", tmp_path / "out") == 2
+    assert f"{weights} is truncated" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -1,13 +1,15 @@
 """The streaming merge engine: for each tensor, read it from every input, combine, write.
 
-Peak memory is about 2N x the largest tensor (double-buffered reads, plus the kernel's output),
-never N x the model. The output folder is built in a temporary sibling and renamed into place when complete.
+Inputs are copy-on-write mappings of the files, one tensor at a time, with the next tensor's pages
+faulted in on a thread while this one merges: peak memory is about 2N x the largest tensor (plus the
+kernel's output), never N x the model. The output folder is built in a temporary sibling and renamed into place when complete.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import mmap
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -135,24 +137,24 @@ def fisher_sources(plan: MergePlan, tensors: dict) -> list[FullModel]:
 
 
 def prefetched(sources: list, names: list[str]) -> Iterator[tuple[str, list[torch.Tensor]]]:
-    """Yield (name, that tensor of every source), reading the next tensor while this one is merged.
-
-    Reads go into two reused sets of buffers, one per input each, so memory stays about
-    2 x N x the largest tensor, and no time goes to allocating and faulting in fresh pages. A yielded
-    tensor is only valid until the next one is requested.
-    """
-    slots = [[torch.empty(s.largest, dtype=torch.uint8) for s in sources] for _ in range(2)]
+    """Yield (name, that tensor of every source), faulting the next tensor's pages in on a thread
+    while this one is merged. Tensors are copy-on-write mappings of the files (see
+    `SafetensorsFile.mapped`): no copy out of the page cache, resident only while referenced."""
 
     def read(k: int) -> list[torch.Tensor]:
-        return [s.read(names[k], buf) for s, buf in zip(sources, slots[k % 2])]
+        tensors = [s.read(names[k]) for s in sources]
+        for t in tensors:  # one read per page (torch releases the GIL): the faults happen here
+            t.reshape(-1).view(torch.uint8)[:: mmap.PAGESIZE].sum() if t.numel() else None
+        return tensors
 
-    with ThreadPoolExecutor(1) as pool:  # pread and torch release the GIL: I/O overlaps compute
+    with ThreadPoolExecutor(1) as pool:
         future = pool.submit(read, 0) if names else None
         for k, name in enumerate(names):
             current = future.result()
             if k + 1 < len(names):
                 future = pool.submit(read, k + 1)
             yield name, current
+            del current
 
 
 def tensor_params(params: dict, name: str) -> dict:

@@ -1,14 +1,16 @@
 """Streaming safetensors reading and writing, one tensor at a time.
 
-Why not `safe_open`: it memory-maps the file, and every page it touches stays resident until the file
-is closed, so merging N models would hold N whole models in RSS. Reading each tensor with `pread` keeps
-resident memory at one tensor per input. The writer lays out every shard's header from the input
+Why not `safe_open`: it maps the whole file, and every page it touches stays resident until the file
+is closed, so merging N models would hold N whole models in RSS. Here each tensor is its own
+copy-on-write mapping, unmapped when the tensor is freed: no copy out of the page cache, and resident
+memory of about one tensor per input. The writer lays out every shard's header from the input
 headers before any data exists, so output bytes stream to disk as they are computed.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 from collections.abc import Iterable
@@ -51,20 +53,27 @@ class SafetensorsFile:
             name: TensorInfo(h["dtype"], tuple(h["shape"]), h["data_offsets"][1] - h["data_offsets"][0])
             for name, h in header.items()
         }
+        # Checked here because reading a mapped page past the end of a file kills the process (SIGBUS).
+        end = self._data_start + max((stop for _, stop in self._offsets.values()), default=0)
+        if self.path.stat().st_size < end:
+            raise RecallError(f"{self.path} is truncated ({self.path.stat().st_size} of {end} bytes); "
+                              "re-download or re-save it")
 
-    def read(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
-        """The tensor `name`; read into `buffer` (uint8, large enough) when given, to reuse memory."""
+    def read(self, name: str) -> torch.Tensor:
+        """The tensor `name`, an owned copy."""
+        return self.mapped(name).clone()
+
+    def mapped(self, name: str) -> torch.Tensor:
+        """The tensor `name` as a copy-on-write mapping of the file: nothing is copied out of the page
+        cache, its pages are resident only while the tensor lives, and a write would go to private
+        pages, never to the file."""
         info = self.tensors[name]
-        begin, _ = self._offsets[name]
-        if buffer is None:
-            buffer = torch.empty(info.nbytes, dtype=torch.uint8)
-        raw = buffer[: info.nbytes]
-        view, done = memoryview(raw.numpy()), 0
-        while done < info.nbytes:
-            n = os.preadv(self._fd(), [view[done:]], self._data_start + begin + done)
-            if not n:
-                raise RecallError(f"{self.path} is truncated at tensor {name}; re-download or re-save it")
-            done += n
+        begin = self._data_start + self._offsets[name][0]
+        start = begin - begin % mmap.ALLOCATIONGRANULARITY
+        if not info.nbytes:
+            return torch.empty(info.shape, dtype=DTYPES[info.dtype])
+        pages = mmap.mmap(self._fd(), begin - start + info.nbytes, access=mmap.ACCESS_COPY, offset=start)
+        raw = torch.frombuffer(pages, dtype=torch.uint8, offset=begin - start, count=info.nbytes)
         return raw.view(DTYPES[info.dtype]).reshape(info.shape)
 
     def _fd(self) -> int:
@@ -107,8 +116,11 @@ class SafetensorsModel:
     def largest(self) -> int:
         return max((info.nbytes for info in self.tensors.values()), default=0)
 
-    def read(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
-        return self._file_of[name].read(name, buffer)
+    def read(self, name: str) -> torch.Tensor:
+        return self._file_of[name].read(name)
+
+    def mapped(self, name: str) -> torch.Tensor:
+        return self._file_of[name].mapped(name)
 
 
 def plan_shards(tensors: dict[str, TensorInfo], max_shard_bytes: int) -> list[list[str]]:

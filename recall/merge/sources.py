@@ -19,10 +19,9 @@ class FullModel:
     def __init__(self, folder: Path):
         self.weights = SafetensorsModel(folder)
         self.tensors: dict[str, TensorInfo] = self.weights.tensors
-        self.largest = self.weights.largest
 
-    def read(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
-        return self.weights.read(name, buffer)
+    def read(self, name: str) -> torch.Tensor:
+        return self.weights.mapped(name)
 
 
 class LoraModel:
@@ -42,7 +41,6 @@ class LoraModel:
         self.fan_in_fan_out = bool(config.get("fan_in_fan_out"))
         self.base = base
         self.tensors = base.tensors
-        self.largest = base.largest
         adapter = SafetensorsModel(adapter_dir)
         self._ab: dict[str, tuple[str, str]] = {}
         pattern = re.compile(r"^(?:base_model\.model\.)?(.*)\.lora_([AB])(?:\.[^.]+)?\.weight$")
@@ -63,8 +61,8 @@ class LoraModel:
                 return name
         raise RecallError(f"LoRA target {target} is not a tensor of the base model; is --base the adapter's base?")
 
-    def read(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
-        base = self.base.read(name, buffer)
+    def read(self, name: str) -> torch.Tensor:
+        base = self.base.read(name)
         if name not in self._ab:
             return base
         a_key, b_key = self._ab[name]
