@@ -143,8 +143,9 @@ def prefetched(sources: list, names: list[str]) -> Iterator[tuple[str, list[torc
 
     def read(k: int) -> list[torch.Tensor]:
         tensors = [s.read(names[k]) for s in sources]
-        for t in tensors:  # one read per page (torch releases the GIL): the faults happen here
-            t.reshape(-1).view(torch.uint8)[:: mmap.PAGESIZE].sum() if t.numel() else None
+        for t in tensors:
+            if t.numel():  # one read per page (torch releases the GIL): the faults happen here
+                t.reshape(-1).view(torch.uint8)[:: mmap.PAGESIZE].sum()
         return tensors
 
     with ThreadPoolExecutor(1) as pool:
