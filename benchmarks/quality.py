@@ -39,6 +39,7 @@ from recall.errors import RecallError
 from recall.finetune import FinetuneConfig, finetune
 from recall.merge.engine import WEIGHTS_FILE, MergePlan, merge
 from recall.merge.methods import get_method
+from recall.merge.safetensors_io import SafetensorsModel
 from recall.metrics import average, backward_transfer, forgetting, primary_score, unseen_average
 from recall.models import describe, load_tokenizer
 from recall.recall_weights import RecallSettings, recall_weights
@@ -231,7 +232,8 @@ class Bench:
         rows: dict[str, dict[str, dict[str, float]]] = {}
         for task in tasks:
             e = self.expert(task)
-            rows.setdefault("recall", {})[task] = self.scores(self.work / "models" / f"single-{task}-recall")
+            rows.setdefault("recall", {})[task] = self.scores(
+                self.merge(f"single-{task}-recall", "recall", [self.base, e], references=[(1, task)]))
             for label, change in ABLATIONS.items():
                 model = self.merge(f"single-{task}-{label}", "recall", [self.base, e], references=[(1, task)],
                                    recall=change)
@@ -323,12 +325,8 @@ class Bench:
 
 
 def load_weights(folder: Path) -> dict:
-    from safetensors.torch import load_file
-
-    tensors = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        tensors.update(load_file(f))
-    return tensors
+    weights = SafetensorsModel(folder)
+    return {name: weights.read(name) for name in weights.tensors}
 
 
 def same_weights(a: Path, b: Path) -> bool:

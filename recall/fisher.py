@@ -21,7 +21,7 @@ from recall.cocktail_weights import encode, example_records
 from recall.errors import RecallError
 from recall.ewc import fisher_diagonal
 from recall.hashing import sha256_file
-from recall.merge.safetensors_io import SafetensorsModel
+from recall.merge.safetensors_io import SafetensorsModel, same_tensor
 from recall.models import ModelInfo, load_causal_lm, load_tokenizer, safetensors_folder
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def checkpoint_parameter(params: dict[str, torch.nn.Parameter], name: str) -> to
     if name in params:
         return params[name]
     for pname, p in params.items():
-        if pname.endswith("." + name) or name.endswith("." + pname):
+        if same_tensor(pname, name):
             return p
     raise RecallError(f"checkpoint tensor {name} is not a parameter of the loaded model; is the checkpoint complete?")
 

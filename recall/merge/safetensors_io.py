@@ -30,6 +30,12 @@ DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 INDEX_NAME = "model.safetensors.index.json"
 
 
+def same_tensor(a: str, b: str) -> bool:
+    """Whether two names denote the same tensor, one perhaps under a module prefix
+    ("model.layers.0.mlp.up_proj.weight" / "layers.0.mlp.up_proj.weight")."""
+    return a == b or a.endswith("." + b) or b.endswith("." + a)
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     dtype: str
@@ -68,10 +74,10 @@ class SafetensorsFile:
         cache, its pages are resident only while the tensor lives, and a write would go to private
         pages, never to the file."""
         info = self.tensors[name]
-        begin = self._data_start + self._offsets[name][0]
-        start = begin - begin % mmap.ALLOCATIONGRANULARITY
         if not info.nbytes:
             return torch.empty(info.shape, dtype=DTYPES[info.dtype])
+        begin = self._data_start + self._offsets[name][0]
+        start = begin - begin % mmap.ALLOCATIONGRANULARITY
         pages = mmap.mmap(self._fd(), begin - start + info.nbytes, access=mmap.ACCESS_COPY, offset=start)
         raw = torch.frombuffer(pages, dtype=torch.uint8, offset=begin - start, count=info.nbytes)
         return raw.view(DTYPES[info.dtype]).reshape(info.shape)

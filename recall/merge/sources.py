@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from recall.errors import RecallError
-from recall.merge.safetensors_io import SafetensorsModel, TensorInfo
+from recall.merge.safetensors_io import SafetensorsModel, TensorInfo, same_tensor
 from recall.models import ModelInfo, safetensors_folder
 
 
@@ -57,7 +57,7 @@ class LoraModel:
 
     def _match(self, target: str) -> str:
         for name in self.tensors:
-            if name == target or name.endswith("." + target) or target.endswith("." + name):
+            if same_tensor(name, target):
                 return name
         raise RecallError(f"LoRA target {target} is not a tensor of the base model; is --base the adapter's base?")
 

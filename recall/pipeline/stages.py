@@ -184,13 +184,8 @@ def multi(params: Params) -> Path:
         merge(MergePlan(infos, get_method("recall"), np.mean(rows, axis=0), reference=len(infos) - 1, extra=extra),
               tmp / "model")
         merge_baselines(params, infos, tmp / "baselines")
-        cfg = params.raw["evaluate"]
-        from recall.evaluation.pipeline import evaluate
-
-        for name in ["recall", *params.baselines]:
-            model = tmp / "model" if name == "recall" else tmp / "baselines" / name
-            evaluate(model, tasks(params), tmp / "eval" / name, data_dir=params.data_dir, limit=cfg["limit"],
-                     batch_size=cfg["batch_size"], max_new_tokens=cfg.get("max_new_tokens"))
+        evaluate_models(params, {"recall": tmp / "model", **{m: tmp / "baselines" / m for m in params.baselines}},
+                        tmp / "eval")
     return out
 
 
@@ -203,13 +198,18 @@ def variants(params: Params, task: str) -> dict[str, Path]:
 
 
 def evaluate_step(params: Params, task: str) -> dict[str, dict]:
+    return evaluate_models(params, variants(params, task), step_dir(params, task) / "eval")
+
+
+def evaluate_models(params: Params, models: dict[str, Path], out: Path) -> dict[str, dict]:
+    """Each named model on every task of the sequence, with the run's evaluation settings, into out/<name>/."""
     from recall.evaluation.pipeline import evaluate
 
     cfg = params.raw["evaluate"]
     return {
-        name: evaluate(path, tasks(params), step_dir(params, task) / "eval" / name, data_dir=params.data_dir,
-                       limit=cfg["limit"], batch_size=cfg["batch_size"], max_new_tokens=cfg.get("max_new_tokens"))
-        for name, path in variants(params, task).items()
+        name: evaluate(path, tasks(params), out / name, data_dir=params.data_dir, limit=cfg["limit"],
+                       batch_size=cfg["batch_size"], max_new_tokens=cfg.get("max_new_tokens"))
+        for name, path in models.items()
     }
 
 
