@@ -1,7 +1,8 @@
 """The continual-learning flow: every DVC stage of the sequence, in order, as a retried Prefect task.
 
 DVC owns the artifacts and their cache (a stage whose inputs are unchanged is skipped), Prefect owns
-scheduling, retries, state and logs.
+scheduling, retries, state and logs. dvc.yaml is written from params.yaml first (`recall pipeline`),
+so a task appended from incoming/ gets its stages in every method's chain.
 
     python -m flows.continual run                       # once
     python -m flows.continual serve --cron "0 3 * * *"  # a deployment: nightly, and whenever new
@@ -18,19 +19,16 @@ from pathlib import Path
 import yaml
 from prefect import flow, get_run_logger, task
 
+from recall.pipeline import plan
 from recall.pipeline.params import load_params
-from recall.pipeline.stages import PER_STEP
 from recall.tasks.base import get_task
-
-STEP_ORDER = ("finetune", "features", "typical", "similarity", "merge", "evaluate")
 
 
 def stage_names(params_file: str = "params.yaml") -> list[str]:
-    """DVC stage names in execution order."""
+    """DVC stage names in an order that respects their dependencies, after writing dvc.yaml."""
     params = load_params(params_file)
-    per_step = [f"{stage}@{i}" for i, _ in enumerate(params.steps) for stage in STEP_ORDER]
-    assert set(STEP_ORDER) == PER_STEP
-    return ["base", "data", *per_step, "multi", "report"]
+    plan.write(params)
+    return [s.name for s in plan.plan(params)]
 
 
 @task(retries=2, retry_delay_seconds=10)

@@ -1,9 +1,10 @@
 """One pipeline stage as a Prefect flow, tracked as an MLflow run. DVC's stage commands run this:
 
-    python -m flows.stage finetune --step gen_sentiment
+    python -m flows.stage finetune --method recall --step gen_sentiment
 
-params.yaml is validated first (one clear error before any work); the stage then runs with retries
-and its MLflow run is FAILED if it raises.
+params.yaml is validated first, and dvc.yaml must be the one `recall pipeline` writes for it (one
+clear error before any work); the stage then runs with retries and its MLflow run is FAILED if it
+raises. MLflow keeps one step run per chain step (`<method>/<task>`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from prefect import flow, get_run_logger, task
 
 from recall import tracking
 from recall.errors import RecallError
-from recall.pipeline import stages
-from recall.pipeline.params import BASE_STEP, load_params
+from recall.pipeline import plan, stages
+from recall.pipeline.params import load_params
 
 
 def transient(task, task_run, state) -> bool:
@@ -27,23 +28,22 @@ def transient(task, task_run, state) -> bool:
 
 
 @task(retries=1, retry_delay_seconds=5, retry_condition_fn=transient)
-def execute(stage: str, step: str | None, params_file: str) -> str:
+def execute(stage: str, step: str | None, method: str | None, params_file: str) -> str:
     params = load_params(params_file)
-    label = step or (BASE_STEP if stage == "base" else "sequence")
+    label = "/".join(filter(None, (method, step))) or stage
     experiment = params.raw.get("tracking", {}).get("experiment", "recall")
     with tracking.stage_run(params.root, experiment, params.key, label, stage) as (sequence_run, _):
-        fn = stages.STAGES[stage]
-        result = fn(params, step) if stage in stages.PER_STEP else fn(params)
-        stages.log_stage(params, label, stage, sequence_run)
+        result = stages.run(params, stage, step, method)
+        stages.log_stage(params, stage, step, method, sequence_run)
     return str(result) if isinstance(result, Path) else "ok"
 
 
 @flow(name="recall-stage", log_prints=True)
-def run_stage(stage: str, step: str | None = None, params_file: str = "params.yaml") -> str:
+def run_stage(stage: str, step: str | None = None, method: str | None = None, params_file: str = "params.yaml") -> str:
     logger = get_run_logger()
-    logger.info("stage %s, step %s", stage, step)
-    result = execute(stage, step, params_file)
-    logger.info("stage %s done: %s", stage, result)
+    logger.info("stage %s", plan.stage_name(stage, step, method))
+    result = execute(stage, step, method, params_file)
+    logger.info("stage %s done: %s", plan.stage_name(stage, step, method), result)
     return result
 
 
@@ -51,16 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stage", choices=sorted(stages.STAGES))
     parser.add_argument("--step", help="the step's task (per-step stages)")
+    parser.add_argument("--method", help="the compared method whose chain this stage belongs to")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         params = load_params(args.params)  # fail before Prefect or MLflow start
-        if args.stage in stages.PER_STEP:
-            if not args.step:
-                raise RecallError(f"stage {args.stage} needs --step TASK")
-            params.step(args.step)
-        run_stage(args.stage, args.step, args.params)
+        plan.check_current(params)
+        plan.find(params, plan.stage_name(args.stage, args.step, args.method))  # a stage of this pipeline
+        run_stage(args.stage, args.step, args.method, args.params)
     except RecallError as err:
         print(f"recall stage {args.stage}: error: {err}", file=sys.stderr)
         return 2

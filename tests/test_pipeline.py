@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -30,7 +31,7 @@ def tiny_params(**changes) -> dict:
     params["finetune"].update(max_steps=2, batch_size=2, max_length=512)
     params["recall"].update(samples=8, typical=3, max_length=512)
     params["evaluate"].update(limit=2, max_new_tokens=8)
-    params["baselines"] = ["average"]
+    params["methods"] = {"recall": {}, "sft": {}, "average": {}}
     params.update(changes)
     return params
 
@@ -49,9 +50,16 @@ def write_params(folder: Path, params: dict) -> Path:
         (dict(sequence=[{"task": "nope", "after": "base"}]), "unknown task"),
         (dict(sequence=[{"task": "gen_sentiment", "after": "base"}, {"task": "gen_squad", "after": "base"}]),
          "needs after: gen_sentiment"),
-        (dict(baselines=["magic"]), "baseline 'magic' cannot run here"),
-        (dict(baselines=["ties"]), "density"),
-        (dict(baselines=[{"ties": {"density": 2}}]), "density"),
+        (dict(methods={"magic": {}}), "method 'magic' cannot run in the pipeline"),
+        (dict(methods={"ties": {}}), "density"),
+        (dict(methods={"ties": {"density": 2}}), "density"),
+        (dict(methods={}), "non-empty mapping"),
+        (dict(methods={"ewc": {"lambda": 0}}), "lambda > 0"),
+        (dict(methods={"ewc": {"gamma": 1}}), "unknown parameter 'gamma'"),
+        (dict(methods={"recall": {}, "ewc": {}}, scenario="single",
+              sequence=[{"task": "gen_sentiment", "after": "base"}]), "needs scenario: sequential"),
+        (dict(baselines=["average"]), "`baselines` became `methods`"),
+        (dict(evaluate={"limit": 2, "batch_size": 2, "mode": {"mcq": "vote"}}), "evaluate.mode"),
     ],
 )
 def test_invalid_params_fail_before_any_stage(tmp_path, change, message):
@@ -66,8 +74,46 @@ def test_negative_sigma_is_rejected(tmp_path):
         load_params(write_params(tmp_path, params))
 
 
-def test_shipped_params_are_valid():
+def test_shipped_params_are_valid_and_dvc_yaml_is_current():
     assert [s.task for s in load_params(ROOT / "params.yaml").steps]
+    subprocess.run([BIN / "recall", "pipeline", "--check"], cwd=ROOT, check=True)
+
+
+def test_each_method_is_its_own_chain(tmp_path):
+    """Step k of a method starts from that method's step k-1; only the first fine-tune is shared."""
+    from recall.pipeline import plan, stages
+
+    sequence = [{"task": "gen_sentiment", "after": "base"}, {"task": "gen_translation", "after": "gen_sentiment"},
+                {"task": "gen_knowledge", "after": "gen_translation"}]
+    methods = {"recall": {}, "sft": {}, "ewc": {}, "ties": {"density": 0.5}}
+    params = load_params(write_params(tmp_path, tiny_params(sequence=sequence, methods=methods)))
+    chains = tmp_path / "data" / "chains"
+    for m in methods:
+        assert stages.start_model(params, m, "gen_translation") == stages.handed_on(params, m, "gen_sentiment")
+        assert stages.start_model(params, m, "gen_knowledge") == stages.handed_on(params, m, "gen_translation")
+        assert stages.new_model(params, m, "gen_sentiment") == tmp_path / "data" / "experts" / "gen_sentiment"
+    assert stages.handed_on(params, "sft", "gen_translation") == chains / "sft" / "gen_translation" / "sft"
+    assert stages.handed_on(params, "ties", "gen_translation") == chains / "ties" / "gen_translation" / "model"
+    dag = {s.name: s for s in plan.plan(params)}
+    assert chains / "ties" / "gen_sentiment" / "model" in dag["finetune-ties-gen_translation"].deps
+    assert dag["finetune-ewc-gen_knowledge"].params == ["finetune", "methods.ewc"]
+    assert tmp_path / "data" / "tasks" / "gen_translation" in dag["finetune-ewc-gen_knowledge"].deps
+    assert dag["merge-ties-gen_knowledge"].params == ["methods.ties"]
+    # RECALL's settings are read by RECALL's stages only
+    tasks = [step["task"] for step in sequence]
+    readers = {n for n, s in dag.items() if any(p.startswith("recall") for p in s.params)}
+    assert readers == {f"{stage}-{t}" for stage in ("features", "typical", "similarity", "merge-recall") for t in tasks}
+    assert "finetune-sft-gen_sentiment" not in dag and "finetune-gen_sentiment" in dag
+
+
+def test_a_stale_dvc_yaml_is_refused(tmp_path):
+    from recall.pipeline import plan
+
+    write_params(tmp_path, tiny_params())
+    plan.write(load_params(tmp_path / "params.yaml"))
+    params = load_params(write_params(tmp_path, tiny_params(methods={"recall": {}, "sft": {}, "magmax": {}})))
+    with pytest.raises(RecallError, match="run `recall pipeline`"):
+        plan.check_current(params)
 
 
 def free_port() -> int:
@@ -105,8 +151,7 @@ def dvc(project: Path, env: dict, *args: str) -> str:
 def test_dvc_repro_runs_the_sequence_end_to_end(tmp_path, prefect_server):
     project = tmp_path / "project"
     project.mkdir()
-    for name in ("dvc.yaml", "incoming"):
-        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, project / name)
+    shutil.copytree(ROOT / "incoming", project / "incoming")
     tiny_model(project / "tiny", layers=2)
     write_params(project, tiny_params())
     env = {**prefect_server, "PATH": f"{BIN}:{os.environ['PATH']}", "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -116,29 +161,37 @@ def test_dvc_repro_runs_the_sequence_end_to_end(tmp_path, prefect_server):
     env.pop("MLFLOW_TRACKING_URI", None)
     subprocess.run(["git", "init", "-q"], cwd=project, check=True)
     dvc(project, env, "init", "-q")
+    subprocess.run([BIN / "recall", "pipeline"], cwd=project, env=env, check=True)
 
     dvc(project, env, "repro")
-    steps = project / "data" / "steps"
+    chains = project / "data" / "chains"
     for task in ("gen_sentiment", "gen_translation"):
-        for variant in ("recall", "sft", "average"):
-            metrics = yaml.safe_load((steps / task / "eval" / variant / "metrics.json").read_text())
+        for method in ("recall", "sft", "average"):
+            metrics = yaml.safe_load((chains / method / task / "eval" / "metrics.json").read_text())
             assert set(metrics) == {"gen_sentiment", "gen_translation"}
-        assert (steps / task / "model" / "merge_weights.json").is_file()
+    # Each chain's step 2 starts from its own step 1: the fine-tune's base, the merge's inputs.
+    started = lambda m: yaml.safe_load((chains / m / "gen_translation" / "sft" / "train_metrics.json").read_text())["base"]  # noqa: E731
+    assert Path(started("recall")) == chains / "recall" / "gen_sentiment" / "model"
+    assert Path(started("average")) == chains / "average" / "gen_sentiment" / "model"
+    assert Path(started("sft")) == project / "data" / "experts" / "gen_sentiment"
+    merged = yaml.safe_load((chains / "average" / "gen_translation" / "model" / "merge_weights.json").read_text())
+    assert [Path(m) for m in merged["models"]] == [chains / "average" / "gen_sentiment" / "model",
+                                                   chains / "average" / "gen_translation" / "sft"]
     report = (project / "reports" / "report.md").read_text()
     assert "Table 7" in report and (project / "reports" / "forgetting.png").stat().st_size > 1000
 
-    # Nothing changed: nothing reruns. A variant with one RECALL param changed: only what reads it reruns.
+    # Nothing changed: nothing reruns. A variant with one RECALL param changed: only RECALL's chain
+    # from its first merge on reruns.
     assert "Data and pipelines are up to date" in dvc(project, env, "repro")
     metrics = json.loads(dvc(project, env, "metrics", "show", "--json"))
     assert "Final average" in str(metrics) and "BWT" in str(metrics)
     subprocess.run(["git", "add", "-A"], cwd=project, env=env, check=True)
     subprocess.run(["git", "commit", "-qm", "default run"], cwd=project, env=env, check=True)
     out = dvc(project, env, "exp", "run", "-S", "recall.temperature=0.5", "--name", "cooler")
-    # Step 0 reruns from its merge on; step 1 learns from step 0's new model, so it reruns whole.
-    for stage in ("merge@0", "evaluate@0", "finetune@1", "merge@1"):
-        assert f"Running stage '{stage}'" in out, stage
-    for stage in ("base", "data", "finetune@0", "features@0", "typical@0", "similarity@0"):
-        assert f"Running stage '{stage}'" not in out, stage
+    ran = set(re.findall(r"Running stage '([^']+)'", out))
+    assert ran == {"merge-recall-gen_sentiment", "evaluate-recall-gen_sentiment", "finetune-recall-gen_translation",
+                   "features-gen_translation", "typical-gen_translation", "similarity-gen_translation",
+                   "merge-recall-gen_translation", "evaluate-recall-gen_translation", "report"}, ran
     assert "cooler" in dvc(project, env, "exp", "list", "--name-only")
     assert yaml.safe_load((project / "params.yaml").read_text())["recall"]["temperature"] == 0.5
 
@@ -151,11 +204,13 @@ def test_dvc_repro_runs_the_sequence_end_to_end(tmp_path, prefect_server):
     assert levels == {"sequence", "step", "stage"}
     assert all(r.info.status == "FINISHED" for r in runs)
     sequence = [r for r in runs if r.data.tags["recall.level"] == "sequence"][0]
-    history = client.get_metric_history(sequence.info.run_id, "recall.gen_sentiment.accuracy")
-    assert sorted({m.step for m in history}) == [1, 2]
+    for method in ("recall", "sft", "average"):
+        history = client.get_metric_history(sequence.info.run_id, f"{method}.gen_sentiment.accuracy")
+        assert sorted({m.step for m in history}) == [1, 2]
+    assert {"recall/gen_translation", "sft/gen_translation"} <= {r.data.tags["recall.step"] for r in runs}
     versions = client.search_model_versions("name='recall-merged'")
-    assert len(versions) >= 2
-    latest = max(versions, key=lambda v: int(v.version))
+    assert {v.tags["chain"] for v in versions} == {"recall", "average"}
+    latest = max((v for v in versions if v.tags["chain"] == "recall"), key=lambda v: int(v.version))
     assert Path(latest.source).is_dir() and latest.tags["method"] == "recall"
     assert {"parents", "weights_sha256", "data_sha256", "git_commit", "dvc_stage"} <= set(latest.tags)
 
@@ -168,6 +223,9 @@ def test_a_failing_stage_is_marked_failed_in_mlflow(tmp_path, prefect_server):
     project = tmp_path / "project"
     project.mkdir()
     write_params(project, tiny_params())  # no base model built and no task data: the stage must fail
+    from recall.pipeline import plan
+
+    plan.write(load_params(project / "params.yaml"))
     env = {**prefect_server, "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.run([sys.executable, "-m", "flows.stage", "features", "--step", "gen_sentiment"], cwd=project,
@@ -188,7 +246,7 @@ def test_multi_scenario_merges_every_expert(tmp_path, monkeypatch):
     project = tmp_path / "project"
     project.mkdir()
     tiny_model(project / "tiny", layers=2)
-    params = tiny_params(scenario="multi", baselines=[], multi={"with_base": True})
+    params = tiny_params(scenario="multi", methods={"recall": {}}, multi={"with_base": True})
     params["sequence"] = [{"task": "gen_sentiment", "after": "base"}, {"task": "gen_knowledge", "after": "base"}]
     loaded = load_params(write_params(project, params))
     stages.base(loaded)
@@ -196,13 +254,15 @@ def test_multi_scenario_merges_every_expert(tmp_path, monkeypatch):
     for task in ("gen_sentiment", "gen_knowledge"):
         for stage in (stages.finetune_step, stages.features, stages.typical):
             stage(loaded, task)
-    out = stages.multi(loaded)
+    out = stages.multi(loaded, "recall")
 
     record = yaml.safe_load((out / "model" / "merge_weights.json").read_text())
-    assert [Path(m).parent.name for m in record["models"]] == ["base", "gen_sentiment", "gen_knowledge"]
+    data = project / "data"
+    assert [Path(m) for m in record["models"]] == [data / "base" / "model", data / "experts" / "gen_sentiment",
+                                                   data / "experts" / "gen_knowledge"]
     rows = [np.exp(np.array(r["similarity"])) / np.exp(np.array(r["similarity"])).sum(1, keepdims=True)
             for r in record["references"]]
     np.testing.assert_allclose(record["layers"], np.mean(rows, axis=0), rtol=1e-6)
-    metrics = yaml.safe_load((out / "eval" / "recall" / "metrics.json").read_text())
+    metrics = yaml.safe_load((out / "eval" / "metrics.json").read_text())
     assert set(metrics) == {"gen_sentiment", "gen_knowledge"}
     assert stages.report_spec(loaded, project / "data")["multi"][0]["setting"] == "with base model"

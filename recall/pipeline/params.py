@@ -17,6 +17,10 @@ from recall.tasks.base import get_task
 
 SCENARIOS = ("sequential", "single", "multi")
 BASE_STEP = "base"
+# Compared methods that train rather than merge: their model after a step is the fine-tune itself.
+TRAINING_METHODS = {"sft": {}, "ewc": {"lambda": 1000.0, "samples": 64}}
+MERGE_SOURCES = ("given",)  # registry methods the pipeline can run: weights need no extra input
+EVAL_MODES = ("ppl", "gen")
 
 
 @dataclass(frozen=True)
@@ -54,13 +58,31 @@ class Params:
         return RecallSettings(**cfg)
 
     @property
-    def baselines(self) -> dict[str, dict]:
-        """Baseline method -> its kernel parameters. Items are a name or {name: {param: value}}."""
-        out = {}
-        for item in self.raw["baselines"]:
-            name, given = (item, {}) if isinstance(item, str) else next(iter(item.items()))
-            out[name] = dict(given or {})
-        return out
+    def methods(self) -> dict[str, dict]:
+        """Compared method -> its parameters (`{}`: defaults), in the order params.yaml lists them."""
+        return {name: dict(given or {}) for name, given in self.raw["methods"].items()}
+
+    @property
+    def merge_methods(self) -> list[str]:
+        """The compared methods that produce a merged model (RECALL and the merge baselines)."""
+        return [m for m in self.methods if m not in TRAINING_METHODS]
+
+    def ewc(self) -> dict:
+        return {**TRAINING_METHODS["ewc"], **self.methods.get("ewc", {})}
+
+    @property
+    def eval_modes(self) -> dict[str, str]:
+        """Task format -> evaluation mode ("ppl": option log-likelihood, "gen": generation)."""
+        return dict(self.raw["evaluate"].get("mode") or {})
+
+    @property
+    def sequential(self) -> bool:
+        return self.raw["scenario"] == "sequential"
+
+    @property
+    def with_base(self) -> bool:
+        """Multi scenario: merge the base model with the experts (or the experts alone)."""
+        return self.raw.get("multi", {}).get("with_base", True)
 
     @property
     def key(self) -> str:
@@ -87,7 +109,10 @@ def _require(raw: dict, *keys: str) -> None:
 def validate(params: Params) -> None:
     """Every problem with params.yaml, named with its fix, before any stage runs."""
     raw = params.raw
-    _require(raw, "base", "data", "scenario", "sequence", "finetune", "recall", "baselines", "evaluate")
+    _require(raw, "base", "data", "scenario", "sequence", "methods", "finetune", "recall", "evaluate")
+    if "baselines" in raw:
+        raise RecallError("params.yaml: `baselines` became `methods` (a mapping, each method its own chain), "
+                          "e.g. methods: {recall: {}, sft: {}, ties: {density: 0.5}}")
     if raw["scenario"] not in SCENARIOS:
         raise RecallError(f"unknown scenario {raw['scenario']!r}; choose one of {', '.join(SCENARIOS)}")
     sequence = raw["sequence"]
@@ -107,14 +132,8 @@ def validate(params: Params) -> None:
                 f"needs after: {expected}"
             )
         seen.append(step["task"])
-    usable = sorted(m for m, spec in METHODS.items() if spec.weights == "given" and not spec.needs_fisher)
-    for item in raw["baselines"]:
-        if not isinstance(item, str) and not (isinstance(item, dict) and len(item) == 1):
-            raise RecallError(f"baseline {item!r} must be a method name or {{method: {{param: value}}}}")
-    for method, given in params.baselines.items():
-        if method not in usable:
-            raise RecallError(f"baseline {method!r} cannot run here; choose from {', '.join(usable)}")
-        METHODS[method].resolve(given)  # a missing or out-of-range parameter names its flag
+    validate_methods(params)
+    validate_modes(raw["evaluate"].get("mode"))
     recall_cfg = raw["recall"]
     if recall_cfg.get("samples", 0) < 1:
         raise RecallError("recall.samples (task examples used for representations) must be >= 1")
@@ -123,7 +142,45 @@ def validate(params: Params) -> None:
         params.recall_settings().validate()
     except TypeError as err:
         raise RecallError(f"params.yaml: {err}; check the finetune and recall sections") from None
-    if raw["scenario"] == "multi" and not isinstance(raw.get("multi", {}).get("with_base", True), bool):
+    if not isinstance(params.with_base, bool):
         raise RecallError("multi.with_base must be true or false")
     if raw["data"]["source"] != "generated" and not (params.root / raw["data"]["source"]).is_dir():
         raise RecallError(f"data.source {raw['data']['source']} is not a folder; give 'generated' or a data folder")
+
+
+def validate_methods(params: Params) -> None:
+    methods = params.raw["methods"]
+    if not isinstance(methods, dict) or not methods:
+        raise RecallError("methods must be a non-empty mapping of method -> parameters, "
+                          "e.g. methods: {recall: {}, sft: {}}")
+    merges = sorted(m for m, spec in METHODS.items() if spec.weights in MERGE_SOURCES and not spec.needs_fisher)
+    usable = ["recall", *TRAINING_METHODS, *merges]
+    for name, given in methods.items():
+        if given is not None and not isinstance(given, dict):
+            raise RecallError(f"methods.{name} must be a mapping of parameters ({{}} for the defaults), got {given!r}")
+        if name == "recall":
+            if given:
+                raise RecallError("methods.recall takes no parameters here; RECALL's settings are the `recall` section")
+        elif name in TRAINING_METHODS:
+            if extra := sorted(set(given or {}) - set(TRAINING_METHODS[name])):
+                raise RecallError(f"methods.{name}: unknown parameter {extra[0]!r}; "
+                                  f"known: {', '.join(TRAINING_METHODS[name]) or 'none'}")
+        elif name in merges:
+            METHODS[name].resolve(given or {})  # a missing or out-of-range parameter names its flag
+        else:
+            raise RecallError(f"method {name!r} cannot run in the pipeline; choose from {', '.join(usable)}")
+    if "ewc" in methods:
+        ewc = params.ewc()
+        if not ewc["lambda"] > 0 or not (isinstance(ewc["samples"], int) and ewc["samples"] > 0):
+            raise RecallError(f"methods.ewc needs lambda > 0 and samples >= 1, got {ewc}")
+        if params.raw["scenario"] != "sequential":
+            raise RecallError("method ewc anchors a fine-tune to the previous task's model, so it needs "
+                              "scenario: sequential; drop it from methods for a single or multi run")
+
+
+def validate_modes(modes) -> None:
+    if modes is None:
+        return
+    if not isinstance(modes, dict) or any(v not in EVAL_MODES for v in modes.values()):
+        raise RecallError(f"evaluate.mode must map task formats to one of {', '.join(EVAL_MODES)}, "
+                          f"e.g. {{classification: ppl, mcq: ppl}}; got {modes!r}")

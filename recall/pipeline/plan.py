@@ -1,0 +1,171 @@
+"""The DVC pipeline of a params file: one stage per (stage, method, step), with exact dependencies.
+
+The DAG's shape depends on the params (scenario, sequence, compared methods): a method's step
+depends on *its own* previous model, RECALL's steps on their similarities, the multi merges on every
+expert. DVC's `foreach`/`matrix` cannot vary dependencies per item, so `recall pipeline` writes
+dvc.yaml from params.yaml. Everything else a stage reads is a params dependency, so `dvc exp run -S`
+of a setting reruns exactly the stages that read it. dvc.yaml records the key of the shape it was
+written for; a stage refuses to run when params.yaml has another shape.
+
+Stage names: `<stage>-<method>-<task>` (e.g. `finetune-recall-gen_sentiment`), `<stage>-<task>` for
+RECALL's weight inputs and the shared experts, `multi-<method>`, then `base`, `data`, `report`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from recall.atomic import atomic_file
+from recall.errors import RecallError
+from recall.merge.methods import get_method
+from recall.pipeline import stages as S
+from recall.pipeline.params import TRAINING_METHODS, Params
+
+KEY_PREFIX = "# plan key: "
+
+
+@dataclass
+class Stage:
+    name: str
+    stage: str
+    task: str | None = None
+    method: str | None = None
+    deps: list[Path] = field(default_factory=list)
+    params: list[str] = field(default_factory=list)
+    outs: list[Path] = field(default_factory=list)
+
+    def entry(self, root: Path) -> dict:
+        args = "".join(f" --{k} {v}" for k, v in (("method", self.method), ("step", self.task)) if v)
+        rel = lambda ps: [os.path.relpath(p, root) for p in ps]  # noqa: E731
+        entry = {"cmd": f"python -m flows.stage {self.stage}{args}"}
+        entry.update({k: v for k, v in (("deps", rel(self.deps)), ("params", self.params), ("outs", rel(self.outs))) if v})
+        return entry
+
+
+def stage_name(stage: str, task: str | None = None, method: str | None = None) -> str:
+    return "-".join(part for part in (stage, method, task) if part)
+
+
+def shape_key(params: Params) -> str:
+    """What decides the DAG's shape; every other setting is a params dependency of some stage."""
+    shape = {"scenario": params.raw["scenario"], "sequence": params.raw["sequence"],
+             "methods": list(params.methods), "with_base": params.with_base,
+             "needs_base": [m for m in params.merge_methods if m != "recall" and get_method(m).needs_base]}
+    return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def recall_keys(params: Params, *used: str) -> list[str]:
+    """`recall.<key>` params a stage reads, among those params.yaml sets (DVC fails on absent keys)."""
+    return [f"recall.{k}" for k in used if k in params.raw["recall"]]
+
+
+def plan(params: Params) -> list[Stage]:
+    tasks = S.tasks(params)
+    task_data = lambda *ts: [params.data_dir / t for t in ts]  # noqa: E731
+    out: list[Stage] = [
+        Stage("base", "base", params=["base"], outs=[S.base_model(params)]),
+        Stage("data", "data", deps=[params.root / "incoming"], params=["data"], outs=[params.data_dir]),
+    ]
+    for t in tasks:
+        after = params.step(t).after
+        if S.shared_expert(params, t):
+            out.append(Stage(stage_name("finetune", t), "finetune", t, deps=[*task_data(t), S.base_model(params)],
+                             params=["finetune"], outs=[S.new_model(params, "sft", t)]))
+        for m in params.methods:
+            new, start = S.new_model(params, m, t), S.start_model(params, m, t)
+            if not S.shared_expert(params, t):
+                extra = ["methods.ewc"] if m == "ewc" else []
+                anchor = task_data(after) if m == "ewc" else []
+                out.append(Stage(stage_name("finetune", t, m), "finetune", t, m, deps=[*task_data(t), *anchor, start],
+                                 params=["finetune", *extra], outs=[new]))
+            if m == "recall":
+                out += recall_stages(params, t)
+            elif m not in TRAINING_METHODS:
+                base = [S.base_model(params)] if get_method(m).needs_base else []
+                out.append(Stage(stage_name("merge", t, m), "merge", t, m, deps=[start, new, *base],
+                                 params=[f"methods.{m}"], outs=[S.chain_dir(params, m, t) / "model"]))
+            out.append(Stage(stage_name("evaluate", t, m), "evaluate", t, m,
+                             deps=[*task_data(*tasks), S.handed_on(params, m, t)], params=["evaluate"],
+                             outs=[S.chain_dir(params, m, t) / "eval"]))
+    if params.raw["scenario"] == "multi":
+        for m in params.merge_methods:
+            inputs = ([S.base_model(params)] if params.with_base else []) + [S.new_model(params, m, t) for t in tasks]
+            if m == "recall":
+                inputs += [S.recall_dir(params, t) / f for t in tasks for f in ("probe.jsonl", "features.npy", "typical.json")]
+            setting = recall_keys(params, *params.raw["recall"]) if m == "recall" else [f"methods.{m}"]
+            if m != "recall" and get_method(m).needs_base and not params.with_base:
+                inputs.append(S.base_model(params))
+            out.append(Stage(stage_name("multi", method=m), "multi", method=m, deps=[*task_data(*tasks), *inputs],
+                             params=["multi", "evaluate", *setting], outs=[S.multi_dir(params, m)]))
+    reads = [p for s in out if s.stage in ("evaluate", "multi") for p in s.outs]
+    if "recall" in params.methods:
+        reads += [S.recall_dir(params, t) / "similarity.json" for t in tasks]
+        reads += [S.chain_dir(params, "recall", t) / "model" for t in tasks]
+    out.append(Stage("report", "report", deps=reads, outs=[params.root / "reports", S.data_root(params) / "report_spec.json"]))
+    return out
+
+
+def recall_stages(params: Params, task: str) -> list[Stage]:
+    """RECALL's weight inputs (features, typical samples, similarity) and, in a chain, its merge."""
+    folder, new, start = S.recall_dir(params, task), S.new_model(params, "recall", task), S.start_model(params, "recall", task)
+    stages = [
+        Stage(stage_name("features", task), "features", task, deps=[params.data_dir / task, new],
+              params=recall_keys(params, "samples", "batch_size", "max_length"),
+              outs=[folder / "probe.jsonl", folder / "features.npy"]),
+        Stage(stage_name("typical", task), "typical", task, deps=[folder / "features.npy"],
+              params=recall_keys(params, "typical", "seed"), outs=[folder / "typical.json"]),
+        Stage(stage_name("similarity", task), "similarity", task,
+              deps=[folder / "typical.json", folder / "probe.jsonl", folder / "features.npy", new, start],
+              params=recall_keys(params, "similarity", "sigma", "normalize", "batch_size", "max_length"),
+              outs=[folder / "similarity.json"]),
+        Stage(stage_name("merge", task, "recall"), "merge", task, "recall", deps=[folder / "similarity.json", new, start],
+              params=recall_keys(params, "temperature"), outs=[S.chain_dir(params, "recall", task) / "model"]),
+    ]
+    return stages
+
+
+def render(params: Params) -> str:
+    entries = {s.name: s.entry(params.root) for s in plan(params)}
+    entries["report"]["metrics"] = [{"metrics.json": {"cache": False}}]  # every report table's numbers
+    header = (
+        "# Generated by `recall pipeline` from params.yaml: edit params.yaml, then run `recall pipeline`.\n"
+        "# One stage per (stage, method, step); every command runs one stage as a Prefect flow tracked in\n"
+        "# MLflow (flows/stage.py); the library functions live in recall/pipeline/stages.py.\n"
+        f"{KEY_PREFIX}{shape_key(params)}\n"
+    )
+    return header + yaml.safe_dump({"stages": entries}, sort_keys=False, width=120)
+
+
+def dvc_yaml(params: Params) -> Path:
+    return params.root / "dvc.yaml"
+
+
+def write(params: Params) -> Path:
+    with atomic_file(dvc_yaml(params)) as fh:
+        fh.write(render(params))
+    return dvc_yaml(params)
+
+
+def check_current(params: Params) -> None:
+    """Refuse to run a stage of a dvc.yaml written for another shape of params.yaml."""
+    path = dvc_yaml(params)
+    lines = path.read_text().splitlines() if path.is_file() else []
+    key = next((line[len(KEY_PREFIX):] for line in lines if line.startswith(KEY_PREFIX)), None)
+    if key != shape_key(params):
+        raise RecallError(
+            f"{path} was not written for the scenario, sequence and methods of params.yaml; run "
+            "`recall pipeline` to write it again, then `dvc repro`"
+        )
+
+
+def find(params: Params, name: str) -> Stage:
+    for stage in plan(params):
+        if stage.name == name:
+            return stage
+    raise RecallError(f"no stage {name!r} in the pipeline of params.yaml; `dvc stage list` shows them")
