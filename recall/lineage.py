@@ -27,7 +27,8 @@ def describe_node(folder: Path) -> tuple[str, list[str], list[Path]]:
             lines.append(f"typical samples {record.get('typical')} of {record['probe']}")
         if record.get("similarity_metric"):
             lines.append(f"similarity {record['similarity_metric']}, settings {record.get('settings')}")
-        return f"merged ({record['method']})", lines, [Path(m) for m in record["models"]]
+        chain = f", {record['chain']} chain" if record.get("chain") else ""
+        return f"merged ({record['method']}{chain})", lines, [Path(m) for m in record["models"]]
     if (folder / "train_metrics.json").is_file():
         m = read_json(folder / "train_metrics.json")
         data = Path(m["data_dir"]) / m["task"] if m.get("data_dir") else None

@@ -18,7 +18,7 @@ import numpy as np
 from recall.errors import RecallError
 from recall.features import extract_features, load_features
 from recall.models import ModelInfo
-from recall.similarity import METRICS, layer_similarity
+from recall.similarity import METRICS, NORMALIZATIONS, check_sigma, layer_sigmas, layer_similarity
 from recall.typical import select_typical
 from recall.weights import softmax_weights
 
@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 class RecallSettings:
     typical: int = 20
     similarity: str = "rbf"
-    sigma: float = 1.0
+    sigma: float | str = 1.0  # the paper's bandwidth, or "median": per layer, the median heuristic
+    normalize: str = "none"  # none | unit | sqrt_dim: rescale the pooled states before the similarity
     temperature: float = 1.0
     batch_size: int = 8
     max_length: int = 512
@@ -41,16 +42,19 @@ class RecallSettings:
         for name in ("typical", "batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise RecallError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("sigma", "temperature"):
-            if getattr(self, name) <= 0:
-                raise RecallError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise RecallError(f"temperature must be > 0, got {self.temperature}")
+        check_sigma(self.sigma)
+        if self.normalize not in NORMALIZATIONS:
+            raise RecallError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}")
 
 
-def similarity_to_reference(
+def similarity_and_sigmas(
     models: list[ModelInfo], reference: int, data: Path, ref_features: np.ndarray, typical: list[int],
     settings: RecallSettings, workdir: Path,
-) -> np.ndarray:
-    """Similarity (L+1, N) of every model to models[reference] on the typical samples of `data`.
+) -> tuple[np.ndarray, list[float]]:
+    """Similarity (L+1, N) of every model to models[reference] on the typical samples of `data`, and
+    the bandwidth used at each of the L+1 layers (settings.sigma everywhere unless it is "median").
 
     `ref_features` are the reference's features of all of `data`; the others' are extracted here,
     for the typical samples only.
@@ -63,18 +67,21 @@ def similarity_to_reference(
         else:
             path = extract_features(info, data, workdir / f"ref{reference}-model{q}.npy", indices=typical, **kw)
             reps.append(np.asarray(load_features(path)))
-    return layer_similarity(reps[reference], np.stack(reps), settings.similarity, settings.sigma)
+    reps = np.stack(reps)
+    sim = layer_similarity(reps[reference], reps, settings.similarity, settings.sigma, settings.normalize)
+    return sim, layer_sigmas(reps, settings.sigma, settings.normalize).tolist()
 
 
 def reference_similarity(
     models: list[ModelInfo], reference: int, data: Path, settings: RecallSettings, workdir: Path
-) -> tuple[np.ndarray, list[int]]:
-    """Features of the reference on all of `data` -> typical samples -> similarity of every model."""
+) -> tuple[np.ndarray, list[float], list[int]]:
+    """Features of the reference on all of `data` -> typical samples -> similarity of every model
+    (and the per-layer sigmas, and the typical samples)."""
     ref_path = workdir / f"ref{reference}-all.npy"
     extract_features(models[reference], data, ref_path, batch_size=settings.batch_size, max_length=settings.max_length)
     ref_features = load_features(ref_path)
     typical = select_typical(ref_features, settings.typical, settings.seed)
-    return similarity_to_reference(models, reference, data, ref_features, typical, settings, workdir), typical
+    return *similarity_and_sigmas(models, reference, data, ref_features, typical, settings, workdir), typical
 
 
 def recall_weights(
@@ -83,15 +90,17 @@ def recall_weights(
     settings: RecallSettings,
     workdir: Path | None = None,
 ) -> tuple[np.ndarray, dict]:
-    """Per-layer weights (L+1, N) and their provenance (similarities, typical samples, settings)."""
+    """Per-layer weights (L+1, N) and their provenance (settings; per reference: typical samples,
+    similarities and the per-layer sigmas)."""
     settings.validate()
     rows, detail = [], []
     with tempfile.TemporaryDirectory(prefix="recall-features-") as tmp:
         work = Path(workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         for index, data in references:
-            sim, typical = reference_similarity(models, index, Path(data), settings, work)
+            sim, sigmas, typical = reference_similarity(models, index, Path(data), settings, work)
             rows.append(softmax_weights(sim, settings.temperature))
-            detail.append({"reference": models[index].spec, "data": str(data), "typical": typical, "similarity": sim.tolist()})
+            detail.append({"reference": models[index].spec, "data": str(data), "typical": typical,
+                           "similarity": sim.tolist(), "sigmas": sigmas})
     weights = np.mean(rows, axis=0)
     return weights, {"settings": asdict(settings), "references": detail}

@@ -7,20 +7,10 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/env.sh
 
-# One Prefect server for every stage process (each would otherwise start a temporary one, ~12 s).
-if [ -z "${PREFECT_API_URL:-}" ]; then
-    port=$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    prefect server start --host 127.0.0.1 --port "$port" > .prefect/server.log 2>&1 &
-    server=$!
-    trap 'kill $server 2>/dev/null || true' EXIT
-    export PREFECT_API_URL="http://127.0.0.1:$port/api"
-    for _ in $(seq 60); do
-        python -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1] + '/health')" "$PREFECT_API_URL" 2>/dev/null && break
-        sleep 1
-    done
-fi
+source scripts/prefect_server.sh
 
 start=$(date +%s)
+recall pipeline     # dvc.yaml for the scenario, sequence and methods of params.yaml
 dvc repro
 echo
 # the report's tables (a heading is printed only when a table follows it; plots stay in the file)
@@ -30,4 +20,4 @@ echo "wall time: $(( $(date +%s) - start )) s"
 echo "report:    reports/report.md (tables, CSV and PNG plots in reports/); metrics.json (dvc metrics show)"
 echo "MLflow:    ${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlflow.db}"
 echo "           open the UI: MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false .venv/bin/mlflow ui --backend-store-uri sqlite:///$PWD/mlflow.db --host 127.0.0.1 --workers 1"
-echo "lineage:   .venv/bin/recall lineage data/steps/$(python -c 'import yaml; print(yaml.safe_load(open("params.yaml"))["sequence"][-1]["task"])')/model"
+echo "lineage:   .venv/bin/recall lineage data/chains/recall/$(python -c 'import yaml; print(yaml.safe_load(open("params.yaml"))["sequence"][-1]["task"])')/model"

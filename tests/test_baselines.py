@@ -188,6 +188,71 @@ def test_dare_cli_is_repeatable_per_tensor_and_reduces_to_its_base_method(trio, 
         assert all(torch.equal(ours[k], ref[k]) for k in ours), dare
 
 
+def magmax_reference(thetas: list[np.ndarray], base: np.ndarray, weights=None, scale=1.0) -> np.ndarray:
+    """Stack the task vectors, take each entry's argmax of |w_q delta_q| (first index on ties), add to base.
+
+    Deltas in float32 as the models store them, so near-ties are decided by the same rounded values.
+    """
+    weights = np.ones(len(thetas), dtype=np.float32) if weights is None else np.asarray(weights, dtype=np.float32)
+    deltas = np.stack([(t.astype(np.float32) - base.astype(np.float32)) * w for t, w in zip(thetas, weights)])
+    chosen = np.take_along_axis(deltas, np.abs(deltas).argmax(0)[None], 0)[0]
+    return base.astype(np.float64) + scale * chosen.astype(np.float64)
+
+
+def test_magmax_kernel_matches_an_independent_reference():
+    base = torch.tensor([1.0, 1.0, 1.0, 1.0, -2.0, 0.0])
+    a = torch.tensor([3.0, 0.0, 1.5, -1.0, -2.0, 0.0])  # deltas  2, -1,  .5, -2, 0, 0
+    b = torch.tensor([0.0, 4.0, 0.5, 3.0, -2.0, 0.0])   # deltas -1,  3, -.5,  2, 0, 0
+    # largest magnitude wins whatever its sign; on a tie (.5 / -.5, -2 / 2, 0 / 0) the earlier model
+    out = kernels.magmax([a, b], torch.ones(2), base)
+    assert out.tolist() == [3.0, 4.0, 1.5, -1.0, -2.0, 0.0]
+    assert kernels.magmax([b, a], torch.ones(2), base).tolist() == [3.0, 4.0, 0.5, 3.0, -2.0, 0.0]
+    assert kernels.magmax([a, b], torch.ones(2), base, scale=0.5).tolist() == [2.0, 2.5, 1.25, 0.0, -2.0, 0.0]
+    assert a.tolist() == [3.0, 0.0, 1.5, -1.0, -2.0, 0.0] and base.tolist()[0] == 1.0  # inputs untouched
+
+    g = torch.Generator().manual_seed(0)
+    theta0 = torch.randn(7, 9, generator=g)
+    thetas = [theta0 + torch.randn(7, 9, generator=g) * s for s in (0.5, 1.0, 2.0)]
+    thetas[1][0] = theta0[0] - (thetas[0][0] - theta0[0])  # row 0: model 1's delta is -model 0's
+    for weights, scale in [(None, 1.0), ([1.0, 0.3, 2.0], 0.7)]:
+        w = torch.ones(3) if weights is None else torch.tensor(weights)
+        merged = kernels.magmax(thetas, w, theta0, scale=scale)
+        expected = magmax_reference([t.numpy() for t in thetas], theta0.numpy(), weights, scale)
+        np.testing.assert_allclose(merged.numpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_magmax_is_associative():
+    """maxmag(maxmag(a, b), c) = maxmag(a, b, c): a sequential chain equals merging all at once."""
+    g = torch.Generator().manual_seed(1)
+    base = torch.randint(-3, 4, (50, 40), generator=g).float()
+    # Small integers: exact arithmetic, and many ties in magnitude, of either sign.
+    a, b, c = (base + torch.randint(-4, 5, (50, 40), generator=g).float() for _ in range(3))
+    ones = torch.ones(2)
+    chained = kernels.magmax([kernels.magmax([a, b], ones, base), c], ones, base)
+    assert torch.equal(chained, kernels.magmax([a, b, c], torch.ones(3), base))
+    assert torch.equal(kernels.magmax([a, kernels.magmax([b, c], ones, base)], ones, base), chained)
+
+
+@pytest.mark.parametrize(("weights", "scale"), [(None, None), ([1.0, 0.5], 0.8)])
+def test_magmax_cli_adds_the_largest_task_vector_of_each_entry(trio, tmp_path, weights, scale):
+    base, experts = trio
+    args = (["--weights", *weights] if weights else []) + (["--scale", scale] if scale else [])
+    assert run_cli("merge", "--method", "magmax", "--base", base, "--models", *experts, *args,
+                   "--out", tmp_path / "out") == 0
+    theta0, inputs, merged = tensors(base), [tensors(e) for e in experts], tensors(tmp_path / "out")
+    for name, value in merged.items():
+        expected = magmax_reference([t[name].numpy() for t in inputs], theta0[name].numpy(), weights, scale or 1.0)
+        np.testing.assert_allclose(value.numpy(), expected, rtol=1e-5, atol=1e-6, err_msg=name)
+    if not weights:  # each entry is one expert's, and both experts contribute about half the entries
+        first = sum(int(torch.isclose(merged[k], inputs[0][k], rtol=0, atol=1e-6).sum()) for k in merged)
+        second = sum(int(torch.isclose(merged[k], inputs[1][k], rtol=0, atol=1e-6).sum()) for k in merged)
+        n = sum(v.numel() for v in merged.values())
+        assert first + second >= n and 0.3 * n < first < 0.7 * n
+    record = json.loads((tmp_path / "out" / "merge_weights.json").read_text())
+    assert record["method"] == "magmax" and record["base"] == str(base)
+    assert record["params"] == {"scale": scale or 1.0} and record["layers"][0] == (weights or [1.0, 1.0])
+
+
 def test_ties_merges_lora_adapters_on_their_base(make_model, tmp_path):
     base = make_model("base")
     (a, full_a), (b, full_b) = make_adapter(base, tmp_path / "lora_a", 1), make_adapter(base, tmp_path / "lora_b", 2)
@@ -264,6 +329,8 @@ def test_lm_cocktail_weights_are_softmax_of_negative_losses(make_model, tmp_path
         (["--method", "dare_ties", "--base", "{a}", "--density", 0.5, "--seed", -1], "--seed must be >= 0"),
         (["--method", "task_arithmetic", "--base", "{a}", "--scale", "nan"], "--scale must be a finite number"),
         (["--method", "task_arithmetic"], "method task_arithmetic needs --base"),
+        (["--method", "magmax"], "method magmax needs --base"),
+        (["--method", "magmax", "--base", "{a}", "--density", 0.5], "--density does not apply to --method magmax"),
         (["--method", "average", "--density", 0.5], "--density does not apply to --method average; it is used by ties"),
         (["--method", "ties", "--base", "{a}", "--density", 0.5, "--temperature", 2], "--temperature does not apply"),
         (["--method", "task_arithmetic", "--base", "{a}", "--seed", 1], "it is used by recall, dare_linear, dare_ties"),

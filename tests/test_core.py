@@ -11,7 +11,8 @@ from recall.features import extract_features, load_features
 from recall.layers import tensor_groups
 from recall.merge.safetensors_io import SafetensorsModel
 from recall.models import check_compatible, describe
-from recall.similarity import METRICS, layer_similarity
+from recall.recall_weights import RecallSettings
+from recall.similarity import METRICS, layer_sigmas, layer_similarity, median_distance, similarity_range
 from recall.typical import select_typical
 from recall.weights import softmax_weights
 
@@ -143,7 +144,84 @@ def test_bad_settings_are_errors():
     ref = np.zeros((2, 1, 2))
     with pytest.raises(RecallError, match="unknown similarity 'l2'"):
         layer_similarity(ref, ref[None], "l2")
-    with pytest.raises(RecallError, match="sigma must be > 0"):
-        layer_similarity(ref, ref[None], "rbf", sigma=-1)
+    for sigma in (-1, 0, float("nan"), "mean", True):
+        with pytest.raises(RecallError, match="sigma must be > 0 or 'median'"):
+            layer_similarity(ref, ref[None], "rbf", sigma=sigma)
+    with pytest.raises(RecallError, match="normalize must be one of none, unit, sqrt_dim, got 'l2'"):
+        layer_similarity(ref, ref[None], "rbf", normalize="l2")
     with pytest.raises(RecallError, match="temperature must be > 0"):
         softmax_weights(np.zeros((1, 2)), temperature=0)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"sigma": "mean"}, "sigma must be > 0 or 'median' (the per-layer median heuristic), got 'mean'"),
+        ({"sigma": -0.5}, "sigma must be > 0 or 'median'"),
+        ({"normalize": "l2"}, "normalize must be one of none, unit, sqrt_dim, got 'l2'"),
+        ({"temperature": 0}, "temperature must be > 0"),
+    ],
+)
+def test_bad_recall_settings_name_the_field_and_the_allowed_values(settings, message):
+    with pytest.raises(RecallError) as err:
+        RecallSettings(**settings).validate()
+    assert message in str(err.value)
+    RecallSettings(sigma="median", normalize="unit").validate()
+    assert RecallSettings().sigma == 1.0 and RecallSettings().normalize == "none"  # the paper's kernel by default
+
+
+# ---- kernel scale ------------------------------------------------------------------------------
+
+def pooled_median(reps, layer):
+    """The median heuristic written out: every distinct pair of the pooled states at `layer`."""
+    pool = reps[:, :, layer].reshape(-1, reps.shape[-1])
+    i, j = np.triu_indices(len(pool), k=1)
+    return np.median(np.sqrt(((pool[i] - pool[j]) ** 2).sum(-1)))
+
+
+def test_median_heuristic_matches_numpy():
+    rng = np.random.default_rng(4)
+    reps = rng.normal(size=(3, 7, 4, 16)) * rng.uniform(1, 50, size=(1, 1, 4, 1))  # a scale per layer
+    expected = [pooled_median(reps, i) for i in range(4)]
+    np.testing.assert_allclose(layer_sigmas(reps, "median"), expected, rtol=1e-12)
+    np.testing.assert_allclose(layer_sigmas(reps, "median", "sqrt_dim"), np.array(expected) / 4, rtol=1e-12)
+    np.testing.assert_allclose(layer_sigmas(reps, 2.5), 2.5)
+    # rbf then uses each layer's own sigma (eq. 1 with sigma_i)
+    sim = layer_similarity(reps[0], reps, "rbf", "median")
+    by_hand = [[np.mean(np.exp(-((reps[0, :, i] - r[:, i]) ** 2).sum(-1) / (2 * expected[i] ** 2))) for r in reps]
+               for i in range(4)]
+    np.testing.assert_allclose(sim, by_hand, rtol=1e-12)
+
+
+def test_median_of_coincident_states_is_guarded():
+    point = np.ones((1, 5))
+    assert median_distance(np.repeat(point, 4, axis=0)) == 1.0  # all identical: any sigma gives kernel 1
+    assert median_distance(point) == 1.0  # no pair at all
+    mostly_same = np.concatenate([np.repeat(point, 4, axis=0), point + [[3, 4, 0, 0, 0]]])  # 6 zero pairs, 4 of 5
+    assert median_distance(mostly_same) == 5.0  # the median of the pairs that differ
+
+
+@pytest.mark.parametrize("name", sorted(METRICS))
+@pytest.mark.parametrize("sigma", [1.0, "median"])
+def test_unit_normalisation_ignores_the_scale_of_each_state(name, sigma):
+    rng = np.random.default_rng(5)
+    ref, other = rng.normal(size=(6, 3, 8)), rng.normal(size=(6, 3, 8))
+    sim = layer_similarity(ref, np.stack([ref, other]), name, sigma, "unit")
+    c_ref, c_other = rng.uniform(0.1, 40, size=(6, 3, 1)), rng.uniform(0.1, 40, size=(6, 3, 1))
+    scaled = layer_similarity(ref * c_ref, np.stack([ref * c_ref, other * c_other]), name, sigma, "unit")
+    np.testing.assert_allclose(scaled, sim, rtol=1e-9, atol=1e-12)
+
+
+def test_median_sigma_does_not_saturate_on_two_random_models(make_model, task_data, tmp_path):
+    reps = np.stack([load_features(extract_features(make_model(n, seed=s), task_data, tmp_path / f"{n}.npy"))
+                     for n, s in [("old", 1), ("new", 2)]])
+    big = reps * 1000  # the tiny models' norms (0.02-1.4) made like real models' (tens and more)
+    assert (layer_similarity(big[1], big, "rbf", 1.0)[:, 0] < 1e-6).all()  # the paper's sigma saturates there
+    sim = layer_similarity(reps[1], reps, "rbf", "median")
+    np.testing.assert_allclose(sim[:, 1], 1.0)  # the reference
+    assert ((sim[:, 0] > 0.05) & (sim[:, 0] < 0.95)).all(), sim[:, 0]
+    np.testing.assert_allclose(layer_similarity(big[1], big, "rbf", "median"), sim, rtol=1e-6)  # scale-free
+
+
+def test_similarity_range_per_layer():
+    assert similarity_range(np.array([[1.0, 0.2], [1.0, 0.7]])) == {"min": [0.2, 0.7], "max": [1.0, 1.0]}

@@ -115,6 +115,29 @@ def test_multi_expert_mode_averages_reference_rows(make_model, tmp_path, task_da
     assert [r["reference"] for r in record["references"]] == [str(e1), str(e2)]
 
 
+def test_recall_with_median_sigma_and_unit_states_records_its_kernel(make_model, tmp_path, task_data):
+    models = [make_model("old", seed=1), make_model("new", seed=2)]
+    out = tmp_path / "out"
+    assert run_cli("merge", "--method", "recall", "--models", *models, "--data", task_data, "--typical", 100,
+                   "--sigma", "median", "--normalize-states", "unit", "--out", out) == 0
+    record = json.loads((out / "merge_weights.json").read_text())
+    assert record["settings"]["sigma"] == "median" and record["settings"]["normalize"] == "unit"
+
+    tok = AutoTokenizer.from_pretrained(models[-1])
+    texts = [render(tok, r) for r in read_records(task_data)]
+    reps = np.stack([independent_representations(m, texts) for m in models])  # (2, n, L+1, E)
+    reps /= np.linalg.norm(reps, axis=-1, keepdims=True)
+    pooled = reps.transpose(2, 0, 1, 3).reshape(3, -1, reps.shape[-1])  # per layer, both models' states
+    sigmas = [np.median([np.linalg.norm(a - b) for k, a in enumerate(p) for b in p[k + 1:]]) for p in pooled]
+    reference = record["references"][0]
+    np.testing.assert_allclose(reference["sigmas"], sigmas, rtol=1e-4)
+    sim = np.array([[np.mean(np.exp(-((reps[1][:, i] - r[:, i]) ** 2).sum(-1) / (2 * sigmas[i] ** 2))) for r in reps]
+                    for i in range(3)])
+    np.testing.assert_allclose(reference["similarity"], sim, rtol=1e-3)
+    assert all(0 < row[0] < 1 for row in reference["similarity"])  # not saturated at any layer
+    np.testing.assert_allclose(record["layers"], np.exp(sim) / np.exp(sim).sum(1, keepdims=True), rtol=1e-3)
+
+
 def make_adapter(base_path, out, seed):
     """A LoRA adapter with random (non-zero) B, saved with peft."""
     torch.manual_seed(seed)
@@ -165,7 +188,10 @@ def test_a_truncated_checkpoint_is_a_clear_error_not_a_crash(make_model, tmp_pat
     ("args", "message"),
     [
         (["--method", "recall", "--similarity", "l2"], "unknown similarity 'l2'"),
-        (["--method", "recall", "--sigma", "-1"], "sigma must be > 0"),
+        (["--method", "recall", "--sigma", "-1"], "sigma must be > 0 or 'median'"),
+        (["--method", "recall", "--sigma", "mean"], "sigma must be > 0 or 'median' (the per-layer median heuristic)"),
+        (["--method", "recall", "--normalize-states", "l2"], "normalize must be one of none, unit, sqrt_dim, got 'l2'"),
+        (["--method", "average", "--normalize-states", "unit"], "--normalize-states does not apply to --method average"),
         (["--method", "recall", "--typical", "0"], "typical must be >= 1"),
         (["--method", "average", "--weights", "1"], "--weights has 1 values for 2 models"),
         (["--method", "recall", "--new", "elsewhere"], "--new elsewhere is not one of --models"),

@@ -21,13 +21,14 @@ from recall.merge.engine import MergePlan, merge
 from recall.merge.methods import METHODS, PARAMS, Method, get_method
 from recall.models import ModelInfo, check_compatible, describe
 from recall.recall_weights import RecallSettings, recall_weights
+from recall.similarity import MEDIAN, NORMALIZATIONS
 from recall.weights import uniform_weights
 
 # The options each source of merge weights reads (argparse dest names).
 WEIGHT_OPTIONS = {
     "given": {"weights"},
     "representations": {"data", "temperature", "max_length", "seed", "experts", "typical", "similarity", "sigma",
-                        "batch_size", "workdir"},
+                        "normalize_states", "batch_size", "workdir"},
     "loss": {"data", "temperature", "max_length", "examples"},
 }
 FISHER_OPTIONS = {"data", "max_length", "examples", "workdir"}  # methods that need each model's Fisher
@@ -74,11 +75,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     add(r, "experts", "multi-expert mode: reference models, each with its --data file", nargs="+")
     add(r, "typical", f"typical samples per layer (KMeans k, default {RecallSettings.typical})", type=int)
     add(r, "similarity", f"rbf, cosine, euclidean, cka, mmd or dot (default {RecallSettings.similarity})")
-    add(r, "sigma", f"RBF/MMD bandwidth (default {RecallSettings.sigma})", type=float)
+    add(r, "sigma", f"RBF/MMD bandwidth: a number > 0, or {MEDIAN} for the per-layer median heuristic "
+                    f"(default {RecallSettings.sigma}, as in the paper)", type=sigma_value)
+    # Not --normalize: that flag is TIES's (divide by the agreeing weights); one flag, one meaning.
+    add(r, "normalize_states", f"rescale the pooled hidden states before the similarity: {', '.join(NORMALIZATIONS)} "
+                               f"(default {RecallSettings.normalize})")
     add(r, "batch_size", f"feature extraction batch size (default {RecallSettings.batch_size})", type=int)
     add(r, "workdir", "keep extracted features (recall) or Fisher folders (fisher) here (default: a temporary folder)",
         type=Path)
     p.set_defaults(func=run)
+
+
+def sigma_value(text: str) -> float | str:
+    """--sigma's value: a number where it parses as one, else the word (RecallSettings checks both)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _index(models: list[str], spec: str, flag: str) -> int:
@@ -87,9 +100,13 @@ def _index(models: list[str], spec: str, flag: str) -> int:
     return models.index(spec)
 
 
-def _given(args: argparse.Namespace, settings_type: type):
-    """A settings dataclass from the options the user gave; the rest keep the dataclass defaults."""
-    return settings_type(**{f.name: getattr(args, f.name) for f in fields(settings_type) if getattr(args, f.name) is not None})
+def _given(args: argparse.Namespace, settings_type: type, **dests: str):
+    """A settings dataclass from the options the user gave; the rest keep the dataclass defaults.
+
+    `dests` maps a field to its option's dest where the two are named differently.
+    """
+    values = {f.name: getattr(args, dests.get(f.name, f.name)) for f in fields(settings_type)}
+    return settings_type(**{name: value for name, value in values.items() if value is not None})
 
 
 def check_options(args: argparse.Namespace, method: Method) -> None:
@@ -112,7 +129,7 @@ def representation_weights(args: argparse.Namespace, method: Method, infos: list
     experts = args.experts or [args.new or args.models[-1]]
     if not args.data or len(args.data) != len(experts):
         raise RecallError(f"--method {method.name} needs --data: one JSONL file per reference model ({len(experts)})")
-    settings = _given(args, RecallSettings)
+    settings = _given(args, RecallSettings, normalize="normalize_states")
     settings.validate()
     references = [(_index(args.models, e, "--experts/--new"), d) for e, d in zip(experts, args.data)]
     return recall_weights(infos, references, settings, args.workdir)

@@ -153,6 +153,30 @@ def dare_ties(
     return disjoint_merge(deltas, weights, normalize).mul_(scale).add_(base)
 
 
+def magmax(
+    tensors: list[torch.Tensor], weights: torch.Tensor, base: torch.Tensor, *, scale: float = 1.0
+) -> torch.Tensor:
+    """MagMax (Marczak et al. 2024): per entry, the task vector of largest magnitude over the models.
+
+    theta = base + scale * delta_{q*}, q* = argmax_q |w_q delta_q| entrywise, delta_q = theta_q - base.
+    MagMax itself has no per-model weights: they default to 1 (then this is the paper's rule), and
+    other weights scale each task vector before the selection, as in the other task-vector methods.
+    On a tie in magnitude (+d against -d included) the earlier model wins, as the first index of an
+    argmax would.
+
+    With unit weights and scale 1 the selection is associative, maxmag(maxmag(a, b), c) =
+    maxmag(a, b, c) (earlier-wins breaks ties consistently at every step), so a sequential chain that
+    merges (previous merged model, new fine-tune) on the same base at each step gives the same model
+    as merging all the fine-tunes at once (up to the rounding of each stored intermediate model).
+    """
+    best = None
+    for t, w in zip(tensors, weights):
+        delta = (t - base).mul_(float(w))
+        # Strictly greater: on a tie the earlier model keeps the entry.
+        best = delta if best is None else torch.where(delta.abs() > best.abs(), delta, best)
+    return best.mul_(scale).add_(base)
+
+
 def fisher(
     tensors: list[torch.Tensor], weights: torch.Tensor, base: torch.Tensor | None = None, *,
     fishers: list[torch.Tensor], floor: float = 1e-10,

@@ -136,5 +136,8 @@ register("dare_linear", needs_base=True, default_weight=1.0, params={"density": 
 register("dare_ties", needs_base=True, default_weight=1.0,
          params={"density": REQUIRED, "scale": 1.0, "seed": 0, "normalize": False},
          help="DARE + TIES sign election (unnormalized by default, as in mergekit)")(kernels.dare_ties)
+register("magmax", needs_base=True, default_weight=1.0, params={"scale": 1.0},
+         help="MagMax: per entry, the task vector of largest magnitude, added to base; weights default 1"
+         )(kernels.magmax)
 register("fisher", needs_fisher=True, params={"floor": 1e-10},
          help="Fisher merging: per-entry average weighted by each model's diagonal Fisher on its --data")(kernels.fisher)

@@ -70,6 +70,12 @@ class Params:
     def ewc(self) -> dict:
         return {**TRAINING_METHODS["ewc"], **self.methods.get("ewc", {})}
 
+    def eval_limits(self) -> dict[str, int | None]:
+        """Task -> test examples scored: `evaluate.limit` is one number, or one per task format."""
+        limit = self.raw["evaluate"].get("limit")
+        formats = {s.task: get_task(s.task).format for s in self.steps}
+        return {t: limit.get(f) if isinstance(limit, dict) else limit for t, f in formats.items()}
+
     @property
     def eval_modes(self) -> dict[str, str]:
         """Task format -> evaluation mode ("ppl": option log-likelihood, "gen": generation)."""
@@ -134,6 +140,11 @@ def validate(params: Params) -> None:
         seen.append(step["task"])
     validate_methods(params)
     validate_modes(raw["evaluate"].get("mode"))
+    limit = raw["evaluate"].get("limit")
+    limits = limit.values() if isinstance(limit, dict) else [limit]
+    if not all(n is None or (isinstance(n, int) and n >= 1) for n in limits):
+        raise RecallError(f"evaluate.limit must be a number of test examples >= 1 (or null for all), or one per "
+                          f"task format, e.g. {{classification: 200, translation: 100}}; got {limit!r}")
     recall_cfg = raw["recall"]
     if recall_cfg.get("samples", 0) < 1:
         raise RecallError("recall.samples (task examples used for representations) must be >= 1")

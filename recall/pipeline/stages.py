@@ -42,7 +42,8 @@ from recall.merge.engine import MergePlan, merge
 from recall.merge.methods import get_method
 from recall.models import describe, safetensors_folder
 from recall.pipeline.params import BASE_STEP, TRAINING_METHODS, Params
-from recall.recall_weights import similarity_to_reference
+from recall.recall_weights import similarity_and_sigmas
+from recall.similarity import similarity_range
 from recall.tasks.export import export_task
 from recall.tasks.generated import generate_suite
 from recall.typical import select_typical
@@ -167,10 +168,11 @@ def similarity(params: Params, task: str) -> Path:
     inputs = merge_inputs(params, "recall", task)
     indices = read_json(folder / "typical.json")["indices"]
     with tempfile.TemporaryDirectory(prefix="recall-sim-") as tmp:
-        sim = similarity_to_reference([describe(m) for m in inputs], len(inputs) - 1, folder / "probe.jsonl",
-                                      load_features(folder / "features.npy"), indices, settings, Path(tmp))
-    record = {"metric": settings.similarity, "sigma": settings.sigma, "models": inputs,
-              "reference": inputs[-1], "typical": indices, "layers": sim.tolist()}
+        sim, sigmas = similarity_and_sigmas([describe(m) for m in inputs], len(inputs) - 1, folder / "probe.jsonl",
+                                            load_features(folder / "features.npy"), indices, settings, Path(tmp))
+    record = {"metric": settings.similarity, "sigma": settings.sigma, "normalize": settings.normalize,
+              "sigmas": sigmas, "range": similarity_range(sim), "models": inputs, "reference": inputs[-1],
+              "typical": indices, "layers": sim.tolist()}
     write_json(folder / "similarity.json", record)
     return folder / "similarity.json"
 
@@ -185,7 +187,7 @@ def merge_step(params: Params, task: str, method: str) -> Path:
     folder = recall_dir(params, task)
     sim = read_json(folder / "similarity.json")
     weights = softmax_weights(np.array(sim["layers"]), params.recall_settings().temperature)
-    extra = {"similarity": sim["layers"], "similarity_metric": sim["metric"], "typical": sim["typical"],
+    extra = {"similarity": sim["layers"], "similarity_metric": sim["metric"], "sigmas": sim["sigmas"], "typical": sim["typical"],
              "probe": str(folder / "probe.jsonl"), "settings": params.raw["recall"], "chain": method}
     return merge(MergePlan(infos, get_method("recall"), weights, reference=1, extra=extra), out)
 
@@ -222,11 +224,11 @@ def merge_multi_recall(params: Params, infos: list, out: Path) -> Path:
         for i, task in enumerate(tasks(params)):
             folder, ref = recall_dir(params, task), i + int(params.with_base)
             indices = read_json(folder / "typical.json")["indices"]
-            sim = similarity_to_reference(infos, ref, folder / "probe.jsonl", load_features(folder / "features.npy"),
-                                          indices, settings, Path(tmp))
+            sim, sigmas = similarity_and_sigmas(infos, ref, folder / "probe.jsonl", load_features(folder / "features.npy"),
+                                                indices, settings, Path(tmp))
             rows.append(softmax_weights(sim, settings.temperature))
             references.append({"reference": infos[ref].spec, "data": str(folder / "probe.jsonl"), "typical": indices,
-                               "similarity": sim.tolist()})
+                               "similarity": sim.tolist(), "sigmas": sigmas})
     extra = {"settings": params.raw["recall"], "references": references, "with_base": params.with_base, "chain": "recall"}
     return merge(MergePlan(infos, get_method("recall"), np.mean(rows, axis=0), reference=len(infos) - 1, extra=extra), out)
 
@@ -240,7 +242,7 @@ def evaluate_model(params: Params, model: Path, out: Path) -> dict[str, dict]:
     from recall.evaluation.pipeline import evaluate
 
     cfg = params.raw["evaluate"]
-    return evaluate(model, tasks(params), out, data_dir=params.data_dir, limit=cfg["limit"],
+    return evaluate(model, tasks(params), out, data_dir=params.data_dir, limit=params.eval_limits(),
                     batch_size=cfg["batch_size"], max_new_tokens=cfg.get("max_new_tokens"), modes=params.eval_modes)
 
 

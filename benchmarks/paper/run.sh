@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# One paper benchmark scenario through the pipeline users run (a benchmark is a params file):
+#     bash benchmarks/paper/run.sh sequential|multi
+# Resumable: a rerun takes every finished stage from DVC's cache. Then benchmarks/quality.py collects
+# every scenario's metrics.json into benchmarks/results/quality.{json,md}.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+scenario=${1:?usage: bash benchmarks/paper/run.sh sequential|multi}
+folder=benchmarks/paper/$scenario
+[ -f "$folder/params.yaml" ] || { echo "no $folder/params.yaml; scenarios: $(ls benchmarks/paper | grep -v run.sh | tr '\n' ' ')" >&2; exit 2; }
+bash scripts/setup.sh
+source scripts/env.sh
+source scripts/prefect_server.sh
+start=$(date +%s)
+recall pipeline "$folder/params.yaml"
+dvc repro "$folder/dvc.yaml"
+echo "$scenario: dvc repro took $(( $(date +%s) - start )) s"
+python benchmarks/quality.py
