@@ -56,6 +56,7 @@ def shape_key(params: Params) -> str:
     """What decides the DAG's shape; every other setting is a params dependency of some stage."""
     shape = {"scenario": params.raw["scenario"], "sequence": params.raw["sequence"],
              "methods": list(params.methods), "with_base": params.with_base,
+             "eval_tasks": params.raw["evaluate"].get("tasks", "all"),
              "needs_base": [m for m in params.merge_methods if m != "recall" and get_method(m).needs_base]}
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -91,7 +92,7 @@ def plan(params: Params) -> list[Stage]:
                 out.append(Stage(stage_name("merge", t, m), "merge", t, m, deps=[start, new, *base],
                                  params=[f"methods.{m}"], outs=[S.chain_dir(params, m, t) / "model"]))
             out.append(Stage(stage_name("evaluate", t, m), "evaluate", t, m,
-                             deps=[*task_data(*tasks), S.handed_on(params, m, t)], params=["evaluate"],
+                             deps=[*task_data(*params.eval_tasks(t)), S.handed_on(params, m, t)], params=["evaluate"],
                              outs=[S.chain_dir(params, m, t) / "eval"]))
     if params.raw["scenario"] == "multi":
         for m in params.merge_methods:

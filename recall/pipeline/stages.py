@@ -234,15 +234,16 @@ def merge_multi_recall(params: Params, infos: list, out: Path) -> Path:
 
 
 def evaluate_step(params: Params, task: str, method: str) -> dict[str, dict]:
-    return evaluate_model(params, handed_on(params, method, task), chain_dir(params, method, task) / "eval")
+    return evaluate_model(params, handed_on(params, method, task), chain_dir(params, method, task) / "eval",
+                          params.eval_tasks(task))
 
 
-def evaluate_model(params: Params, model: Path, out: Path) -> dict[str, dict]:
-    """`model` on every task of the sequence, with the run's evaluation settings, into `out`."""
+def evaluate_model(params: Params, model: Path, out: Path, names: list[str] | None = None) -> dict[str, dict]:
+    """`model` on `names` (default: every task of the sequence) with the run's evaluation settings, into `out`."""
     from recall.evaluation.pipeline import evaluate
 
     cfg = params.raw["evaluate"]
-    return evaluate(model, tasks(params), out, data_dir=params.data_dir, limit=params.eval_limits(),
+    return evaluate(model, names or tasks(params), out, data_dir=params.data_dir, limit=params.eval_limits(),
                     batch_size=cfg["batch_size"], max_new_tokens=cfg.get("max_new_tokens"), modes=params.eval_modes)
 
 
