@@ -24,14 +24,16 @@ def primary_score(metrics: Metrics, task: str) -> float:
     return float(next(iter(metrics[task].values())))
 
 
-def accuracy_matrix(evaluations: Sequence[Metrics], tasks: Sequence[str]) -> list[list[float]]:
-    """R[t][j]: primary score of tasks[j] in evaluations[t] (the model after step t)."""
-    return [[primary_score(metrics, task) for task in tasks] for metrics in evaluations]
+def accuracy_matrix(evaluations: Sequence[Metrics], tasks: Sequence[str]) -> list[list[float | None]]:
+    """R[t][j]: primary score of tasks[j] in evaluations[t] (the model after step t); None where step t
+    did not score task j (a sequence evaluated on the tasks seen so far)."""
+    return [[primary_score(metrics, task) if task in metrics else None for task in tasks] for metrics in evaluations]
 
 
-def average(row: Sequence[float]) -> float:
-    """Mean over all tasks: the paper's "Avg from all tasks" / "Average" columns."""
-    return fmean(row)
+def average(row: Sequence[float | None]) -> float | None:
+    """Mean over all tasks: the paper's "Avg from all tasks" / "Average" columns; None when a task
+    was not scored (an average over fewer tasks would not compare with the others)."""
+    return None if None in row else fmean(row)
 
 
 def unseen_average(scores: Mapping[str, float], seen: Sequence[str]) -> float | None:
@@ -68,4 +70,4 @@ def forgetting(matrix: Sequence[Sequence[float]]) -> list[float]:
     """f_j = max over t < T-1 of R[t][j], minus R[T-1][j], for each task j < T-1: the drop from the
     best score any earlier model reached on task j to the final model's score."""
     last = _check_sequence(matrix) - 1
-    return [max(matrix[t][j] for t in range(last)) - matrix[last][j] for j in range(last)]
+    return [max(matrix[t][j] for t in range(last) if matrix[t][j] is not None) - matrix[last][j] for j in range(last)]

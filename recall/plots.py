@@ -98,7 +98,8 @@ def plot_forgetting(curves: Mapping[str, Sequence[Sequence[float]]], tasks: Sequ
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
     for j, (ax, task) in enumerate(zip(axes, tasks)):
         for method, matrix in curves.items():
-            ax.plot(range(1, len(matrix) + 1), [row[j] for row in matrix], marker="o", label=method)
+            steps_scored = [(t + 1, row[j]) for t, row in enumerate(matrix) if row[j] is not None]
+            ax.plot(*zip(*steps_scored), marker="o", label=method)
         if j < steps:
             ax.axvline(j + 1, color="grey", linestyle=":", linewidth=1)
         ax.set_title(task)

@@ -18,24 +18,39 @@ optional; each score is the task's primary metric (the first one in its metrics.
           - {task: squad_v2, metrics: runs/seq/2/eval/metrics.json}
     merge_weights: [runs/seq/2/model/merge_weights.json]  # heatmaps
     similarity: [runs/seq/2/similarity.json]              # layer-wise similarity curves
+    bootstrap: {replicates: 1000, seed: 0}                # the paired bootstrap (these are the defaults)
+
+Evidence: beside each metrics.json, `examples/<task>.jsonl` holds one scored record per test example
+(older evaluations have none: their intervals read "n/a"). Every model is scored on the same examples,
+so a paired bootstrap (`recall.statistics`) resamples them once per replicate for all models and steps
+and gives each section's statistics (average; unseen-task average in `single`; final average and BWT
+in `sequential`) a 95% interval, and the same for each method's difference to `sft` (the method named
+sft or "SFT only", if any) and to the best other method by average. A difference whose interval
+excludes 0 is marked `*`; otherwise it is reported as no difference. Every table states n, the
+examples scored per task.
 
 Output folder (written atomically): report.md (every table, the metric definitions and the plots),
-one CSV per table (table1.csv, table2.csv, table7.csv, continual.csv), every table's numbers in
-metrics.json, forgetting.png, merge_weights_<n>.png and similarity_<n>.png.
+one CSV per table (table1.csv, table2.csv, table7.csv, continual.csv, and the intervals in
+table1_ci.csv, table2_ci.csv, continual_ci.csv), every table's numbers in metrics.json (plus, per
+section, n_test and each method's intervals and differences), forgetting.png, merge_weights_<n>.png
+and similarity_<n>.png.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import fmean
 from typing import Any
 
+import numpy as np
 import yaml
 
+from recall import statistics as paired
 from recall.atomic import atomic_dir, atomic_file, read_json, write_json
 from recall.errors import RecallError
 from recall.metrics import (
@@ -48,11 +63,17 @@ from recall.metrics import (
     unseen_average,
 )
 from recall.plots import plot_forgetting, plot_merge_weights, plot_similarity
+from recall.statistics import Interval, Statistic
 
-# Fields each entry of a section needs; the other sections are lists of names or paths.
+# Fields each entry of a section needs; the other list sections are lists of names or paths.
 ENTRY_FIELDS = {"single": ("finetuned_on", "method", "metrics"), "multi": ("method", "metrics"),
                 "sequential": ("method", "steps")}
-SECTIONS = {"tasks", "merge_weights", "similarity", *ENTRY_FIELDS}
+LIST_SECTIONS = {"tasks", "merge_weights", "similarity", *ENTRY_FIELDS}
+SECTIONS = {*LIST_SECTIONS, "bootstrap"}
+BOOTSTRAP = {"replicates": paired.REPLICATES, "seed": 0}
+SFT_NAMES = {"sft", "sft only"}  # the reference method of "vs sft" (lower case)
+# How far a metrics.json score may be from the aggregate of its examples/ records (rounding only).
+CONSISTENT = 0.05
 Cell = str | float | None
 
 
@@ -62,11 +83,13 @@ class Table:
     title: str
     header: list[str]
     rows: list[list[Cell]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # lines under the table: n, legends
 
     def markdown(self) -> str:
         lines = [f"### {self.title}", "", "| " + " | ".join(self.header) + " |",
                  "|" + "|".join("---" for _ in self.header) + "|"]
         lines += ["| " + " | ".join(_show(cell) for cell in row) + " |" for row in self.rows]
+        lines += ["", *self.notes] if self.notes else []
         return "\n".join(lines) + "\n"
 
     def write_csv(self, path: Path) -> None:
@@ -103,15 +126,16 @@ class Spec:
         if unknown:
             raise RecallError(f"report spec {self.path}: unknown section(s) {', '.join(sorted(unknown))}; "
                               f"known: {', '.join(sorted(SECTIONS))}")
-        if not set(data) - {"tasks"}:
+        if not set(data) - {"tasks", "bootstrap"}:
             raise RecallError(f"report spec {self.path} has nothing to report; add a section such as `single`")
         self.data = data
         self._check_structure()
+        self.replicates, self.seed = self._bootstrap()
         self._metrics: dict[Path, Metrics] = {}
 
     def _check_structure(self) -> None:
         """Every section a list; entries with their fields; each sequence a non-empty list of steps."""
-        for section in SECTIONS:
+        for section in LIST_SECTIONS:
             items = self.entries(section)
             if not isinstance(items, list):
                 raise RecallError(f"report spec {self.path}: `{section}` must be a list")
@@ -132,6 +156,18 @@ class Spec:
                     raise RecallError(
                         f"report spec {self.path}: step {i + 1} of {item['method']!r} needs `task` and `metrics`"
                     )
+
+    def _bootstrap(self) -> tuple[int, int]:
+        """The `bootstrap` section's replicates and seed, defaults filled in."""
+        given = self.data.get("bootstrap") or {}
+        if not isinstance(given, dict) or set(given) - set(BOOTSTRAP):
+            raise RecallError(f"report spec {self.path}: `bootstrap` takes `replicates` and `seed`, got {given!r}")
+        settings = {**BOOTSTRAP, **given}
+        if any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in settings.values()) \
+                or settings["replicates"] < 1:
+            raise RecallError(f"report spec {self.path}: bootstrap replicates must be a positive integer and seed a "
+                              f"non-negative integer, got {given!r}")
+        return settings["replicates"], settings["seed"]
 
     def entries(self, section: str) -> list[Any]:
         return self.data.get(section) or []
@@ -158,6 +194,12 @@ class Spec:
         except RecallError as err:
             raise RecallError(f"{self.file(relative)}: {err}") from None
 
+    def records(self, relative: str, tasks: Sequence[str]) -> dict[str, list[dict]]:
+        """The per-example records in examples/<task>.jsonl beside a metrics file, for each task that has
+        them (older evaluations have no examples/ folder: no records, no intervals)."""
+        folder = self.file(relative).parent / "examples"
+        return {task: _read_records(folder / f"{task}.jsonl") for task in tasks if (folder / f"{task}.jsonl").is_file()}
+
     def tasks(self) -> list[str]:
         """The `tasks` section, else the tasks of the first metrics file named in the spec."""
         if self.entries("tasks"):
@@ -165,6 +207,23 @@ class Spec:
         first = [i["metrics"] for s in ("single", "multi") for i in self.entries(s)]
         first += [step["metrics"] for item in self.entries("sequential") for step in item["steps"]]
         return list(self.metrics(first[0])) if first else []
+
+
+def _read_records(path: Path) -> list[dict]:
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise RecallError(f"{path} line {number} is not JSON: {err}") from None
+        if not isinstance(record, dict) or not isinstance(record.get("score"), (int, float)):
+            raise RecallError(f"{path} line {number}: each line needs a numeric `score` (0-100), got {line[:80]!r}")
+        records.append(record)
+    if not records:
+        raise RecallError(f"{path} holds no records; remove it or re-run the evaluation")
+    return records
 
 
 def single_table(spec: Spec, tasks: list[str]) -> Table:
@@ -220,8 +279,9 @@ def sequences(spec: Spec, tasks: list[str]) -> tuple[list[str], list[TaskSequenc
     result = []
     for method, order, paths in found:
         evaluations = []
-        for path in paths:
-            spec.scores(path, columns)  # names the file if a task is missing
+        for t, path in enumerate(paths):
+            # Step t must score the tasks learned so far, the last step every task (BWT, final average).
+            spec.scores(path, columns if t == len(paths) - 1 else order[: t + 1])  # names the file
             evaluations.append(spec.metrics(path))
         result.append(TaskSequence(method, order, accuracy_matrix(evaluations, columns)))
     return columns, result
@@ -251,11 +311,203 @@ def continual_table(columns: list[str], seqs: list[TaskSequence]) -> Table:
     return table
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """Every evaluation of the report as a row of one score matrix, with its bootstrap replicates."""
+
+    columns: list[str]  # tasks, in the order of the score matrix's columns
+    rows: dict[Path, int]  # metrics file -> its row
+    scores: np.ndarray  # (E, T) primary scores from the metrics files; NaN: task not evaluated
+    draws: np.ndarray  # (B, E, T) on each resample of the examples; NaN: no examples/<task>.jsonl
+    n: dict[str, int | None]  # examples scored per task; None: no records
+
+    def row(self, spec: Spec, relative: str) -> int:
+        return self.rows[spec.file(relative)]
+
+    def column(self, task: str) -> int:
+        return self.columns.index(task)
+
+    def interval(self, statistic: Statistic) -> Interval:
+        return paired.interval(statistic, self.scores, self.draws)
+
+
+def _score(metrics: Metrics, task: str) -> float:
+    return primary_score(metrics, task) if metrics.get(task) else float("nan")
+
+
+def _check_same_examples(files: Sequence[Path], records: Sequence[Mapping[str, list[dict]]],
+                         tasks: Sequence[str]) -> None:
+    """Pairing compares models example by example: each task's records must be the same examples
+    (same count, same references) in every evaluation."""
+    for task in tasks:
+        having = [(f, r[task]) for f, r in zip(files, records) if task in r]
+        for file, recs in having[1:]:
+            first_file, first = having[0]
+            if [x.get("reference") for x in recs] != [x.get("reference") for x in first]:
+                raise RecallError(f"the examples of {task} beside {file} ({len(recs)}) and beside {first_file} "
+                                  f"({len(first)}) are not the same test examples; a paired comparison needs every "
+                                  f"model scored on the same examples (same limit, same test file)")
+
+
+def gather_evidence(spec: Spec, columns: list[str]) -> Evidence:
+    """Read every metrics file of the sections and the examples beside it; bootstrap them together."""
+    named = [item["metrics"] for s in ("single", "multi") for item in spec.entries(s)]
+    named += [step["metrics"] for item in spec.entries("sequential") for step in item["steps"]]
+    relative: dict[Path, str] = {}  # one row per file, however often the spec names it
+    for path in named:
+        relative.setdefault(spec.file(path), path)
+    files = list(relative)
+    scores = np.array([[_score(spec.metrics(relative[f]), t) for t in columns] for f in files])
+    scores = scores.reshape(len(files), len(columns))
+    records = [spec.records(relative[f], columns) for f in files]
+    _check_same_examples(files, records, columns)
+    full = paired.full_scores(records, columns)
+    for e, t in zip(*np.nonzero(np.abs(full - scores) > CONSISTENT)):
+        raise RecallError(f"{files[e].parent / 'examples' / columns[t]}.jsonl gives {columns[t]} {full[e, t]:.2f}, "
+                          f"but {files[e]} says {scores[e, t]:.2f}: these examples are not from that evaluation")
+    draws = paired.score_draws(records, columns, spec.replicates, spec.seed)
+    rows = {f: e for e, f in enumerate(files)}
+    return Evidence(columns, rows, scores, draws, paired.example_counts(records, columns))
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of an interval table: its text cells and its statistics by name."""
+
+    labels: tuple[str, ...]  # e.g. (fine-tuned on, method)
+    method: str
+    stats: dict[str, Statistic]  # the first one ranks the "best other" method
+
+
+def is_sft(method: str) -> bool:
+    return method.strip().lower() in SFT_NAMES
+
+
+def single_rows(spec: Spec, ev: Evidence, tasks: list[str]) -> list[list[Row]]:
+    """Table 1's rows, grouped by fine-tuning task (methods compete within a group), then the
+    "All Average" group: each method's statistics averaged over its fine-tuning tasks."""
+    groups: dict[str, list[Row]] = {}
+    for item in spec.entries("single"):
+        e = ev.row(spec, item["metrics"])
+        stats = {"avg": paired.mean_score(e, [ev.column(t) for t in tasks])}
+        unseen = [ev.column(t) for t in tasks if t != item["finetuned_on"]]
+        if unseen:
+            stats["unseen_avg"] = paired.mean_score(e, unseen)
+        row = Row((item["finetuned_on"], item["method"]), item["method"], stats)
+        groups.setdefault(item["finetuned_on"], []).append(row)
+    result = list(groups.values())
+    if len(groups) > 1:
+        by_method: dict[str, list[Row]] = {}
+        for row in (r for group in result for r in group):
+            by_method.setdefault(row.method, []).append(row)
+        result.append([
+            Row(("All Average", method), method, {s: paired.mean_of([r.stats[s] for r in rows])
+                                                  for s in rows[0].stats if all(s in r.stats for r in rows)})
+            for method, rows in by_method.items()
+        ])
+    return result
+
+
+def multi_rows(spec: Spec, ev: Evidence, tasks: list[str]) -> list[list[Row]]:
+    """Table 2's rows: one group, every setting and method competing."""
+    columns = [ev.column(t) for t in tasks]
+    return [[Row((item.get("setting", ""), item["method"]), item["method"],
+                 {"avg": paired.mean_score(ev.row(spec, item["metrics"]), columns)})
+             for item in spec.entries("multi")]]
+
+
+def sequential_rows(spec: Spec, ev: Evidence) -> list[list[Row]]:
+    """Each method's final model: final average and BWT; methods compete among those with as many steps."""
+    groups: dict[int, list[Row]] = {}
+    for item in spec.entries("sequential"):
+        steps = [ev.row(spec, step["metrics"]) for step in item["steps"]]
+        stats = {"avg": paired.mean_score(steps[-1], range(len(ev.columns)))}
+        if len(steps) > 1:
+            stats["bwt"] = paired.backward_transfer(steps, [ev.column(step["task"]) for step in item["steps"]])
+        groups.setdefault(len(steps), []).append(Row((item["method"],), item["method"], stats))
+    return list(groups.values())
+
+
+def n_note(n: Mapping[str, int | None]) -> str:
+    """The line under a table that says how many test examples each task's scores rest on."""
+    known = {t: v for t, v in n.items() if v is not None}
+    if not known:
+        return "n/a: no per-example results (examples/<task>.jsonl) beside these metrics files, so no intervals."
+    if len(known) == len(n) and len(set(known.values())) == 1:
+        return f"n = {next(iter(known.values()))} test examples scored per task, the same ones for every model."
+    return "Test examples scored per task: " + ", ".join(f"{t} n = {v or 'n/a'}" for t, v in n.items()) + "."
+
+
+def _estimate_cell(iv: Interval | None) -> str | None:
+    if iv is None:
+        return None
+    return f"{iv.estimate:.2f} [n/a]" if iv.low is None else f"{iv.estimate:.2f} [{iv.low:.2f}, {iv.high:.2f}]"
+
+
+def _difference_cell(iv: Interval | None) -> str | None:
+    if iv is None:
+        return None
+    if iv.low is None:
+        return f"{iv.estimate:+.2f} [n/a]"
+    return f"{iv.estimate:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}] " + ("*" if iv.excludes_zero else "no difference")
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def interval_table(name: str, title: str, labels: list[str], names: dict[str, str], groups: list[list[Row]],
+                   ev: Evidence, tasks: Sequence[str], legend: str) -> tuple[Table, dict]:
+    """Each row's statistics with their intervals and its paired differences to sft and to the best
+    other row of its group (by the first statistic's estimate); also as metrics:
+    {"n_test": {task: n}, row label: {stat, stat_ci95, diff_vs_sft, best_other, diff_vs_best_other}}."""
+    stats = list(dict.fromkeys(s for group in groups for row in group for s in row.stats))
+    with_sft = any(is_sft(row.method) for group in groups for row in group)
+    header = [*labels, *(names[s] for s in stats)]
+    header += [f"Δ {names[s]} vs sft" for s in stats] if with_sft else []
+    header += ["Best other", *(f"Δ {names[s]} vs best other" for s in stats)]
+    n = {t: ev.n[t] for t in tasks}
+    table = Table(name, title, header, notes=[n_note(n), "", legend])
+    metrics: dict[str, Any] = {"n_test": n}
+
+    def differences(row: Row, other: Row | None) -> dict[str, Interval]:
+        if other is None:
+            return {}
+        return {s: ev.interval(paired.difference(row.stats[s], other.stats[s])) for s in stats
+                if s in row.stats and s in other.stats}
+
+    for group in groups:
+        owns = [{s: ev.interval(stat) for s, stat in row.stats.items()} for row in group]
+        primary = [next(iter(own.values())).estimate for own in owns]
+        for i, (row, own) in enumerate(zip(group, owns)):
+            sft = next((r for r in group if is_sft(r.method) and r is not row), None)
+            others = [j for j in range(len(group)) if j != i]
+            best = group[max(others, key=primary.__getitem__)] if others else None
+            vs_sft, vs_best = differences(row, sft), differences(row, best)
+            cells: list[Cell] = [*row.labels, *(_estimate_cell(own.get(s)) for s in stats)]
+            cells += [_difference_cell(vs_sft.get(s)) for s in stats] if with_sft else []
+            cells += [best.method if best else None, *(_difference_cell(vs_best.get(s)) for s in stats)]
+            table.rows.append(cells)
+            entry: dict[str, Any] = {}
+            for s, iv in own.items():
+                entry[s] = _rounded(iv.estimate)
+                entry[f"{s}_ci95"] = None if iv.low is None else [_rounded(iv.low), _rounded(iv.high)]
+            if sft:
+                entry["diff_vs_sft"] = {s: [_rounded(v) for v in iv] for s, iv in vs_sft.items()}
+            if best:
+                entry["best_other"] = best.method
+                entry["diff_vs_best_other"] = {s: [_rounded(v) for v in iv] for s, iv in vs_best.items()}
+            metrics["/".join(label for label in row.labels if label)] = entry
+    return table, metrics
+
+
 DEFINITIONS = """\
 Scores are each task's primary metric (0-100). R[t][j] is the score on task j after step t of T.
 Avg from unseen tasks: mean over the tasks the model was not fine-tuned on.
 BWT = mean over j < T of (R[T][j] - R[j][j]); negative means forgetting.
 Forgetting of task j = max over t < T of R[t][j], minus R[T][j].
+Intervals: 95% paired bootstrap over test examples, "estimate [low, high]"; Δ: a method minus another
+(sft, or the best other method of its group by average) on the same resampled examples.
 """
 
 
@@ -305,14 +557,33 @@ def write_report(spec_path: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Render every section of the spec into the folder `out` (replaced atomically); return report.md."""
     spec = Spec(spec_path)
     tasks = spec.tasks()
-    tables = []
-    if spec.entries("single"):
-        tables.append(single_table(spec, tasks))
-    if spec.entries("multi"):
-        tables.append(multi_table(spec, tasks))
     columns, seqs = sequences(spec, tasks)
+    ev = gather_evidence(spec, columns or tasks)
+    legend = (f"\\* : 95% paired-bootstrap interval excludes 0; otherwise no difference. Intervals are the 2.5th "
+              f"and 97.5th percentiles over {spec.replicates} resamples of the test examples (seed {spec.seed}), "
+              f"each resample shared by every model and step.")
+    paper: list[Table] = []  # the paper's tables; their numbers are metrics.json's table keys
+    tables: list[Table] = []  # every table in report order: each section's paper tables, then its intervals
+    scenarios: dict[str, dict] = {}  # metrics.json's per-section n, intervals and differences
+
+    def add(section: str, section_tables: list[Table], shown: list[str], name: str, title: str,
+            labels: list[str], names: dict[str, str], rows: list[list[Row]]) -> None:
+        for table in section_tables:
+            table.notes.append(n_note({t: ev.n[t] for t in shown}))
+        interval, scenarios[section] = interval_table(name, title, labels, names, rows, ev, shown, legend)
+        paper.extend(section_tables)
+        tables.extend([*section_tables, interval])
+
+    if spec.entries("single"):
+        add("single", [single_table(spec, tasks)], tasks, "table1_ci", "Table 1 with 95% intervals",
+            ["Fine-tuned on", "Method"], {"avg": "Avg", "unseen_avg": "Unseen avg"}, single_rows(spec, ev, tasks))
+    if spec.entries("multi"):
+        add("multi", [multi_table(spec, tasks)], tasks, "table2_ci", "Table 2 with 95% intervals",
+            ["Setting", "Method"], {"avg": "Avg"}, multi_rows(spec, ev, tasks))
     if seqs:
-        tables += [sequential_table(columns, seqs), continual_table(columns, seqs)]
+        add("sequential", [sequential_table(columns, seqs), continual_table(columns, seqs)], columns, "continual_ci",
+            "Final models of the sequences with 95% intervals", ["Method"], {"avg": "Final avg", "bwt": "BWT"},
+            sequential_rows(spec, ev))
     with atomic_dir(out) as tmp:
         lines = ["# RECALL report", "", f"From `{spec.path}`.", "", DEFINITIONS]
         for table in tables:
@@ -323,7 +594,7 @@ def write_report(spec_path: str | os.PathLike, out: str | os.PathLike) -> Path:
             lines.append("### Scores over the task sequence (figure 5)\n\n![forgetting](forgetting.png)\n")
         for section in ("merge_weights", "similarity"):
             _layer_plots(spec, section, tmp, lines)
-        write_json(tmp / "metrics.json", table_metrics(tables))
+        write_json(tmp / "metrics.json", {**table_metrics(paper), **scenarios})
         with atomic_file(tmp / "report.md") as fh:
             fh.write("\n".join(lines))
     return Path(out) / "report.md"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 from pathlib import Path
 
 import matplotlib.image
@@ -113,10 +114,18 @@ def test_tables_reproduce_the_paper(spec: Path, tmp_path: Path):
     assert metrics["table1"]["sst2/RECALL"]["Avg from all tasks"] == pytest.approx(43.93, abs=0.01)
     assert metrics["table7"]["RECALL/Task 2/squad_v2"]["Average"] == pytest.approx(58.218, abs=1e-3)
     assert "Method" not in metrics["continual"]["RECALL"]  # text cells label the row; they are not metrics
+    # no examples/ beside these metrics files: estimates and differences, but no intervals
+    assert metrics["single"]["n_test"] == {t: None for t in TASKS}
+    assert metrics["single"]["sst2/RECALL"]["avg_ci95"] is None
+    assert metrics["single"]["sst2/RECALL"]["diff_vs_sft"]["avg"] == [None, pytest.approx(43.928 - 43.55), None]
+    assert metrics["sequential"]["RECALL"]["bwt"] == pytest.approx(((92.89 - 94.5) + (71.66 - 86.34)) / 2)
+    assert "diff_vs_sft" not in metrics["sequential"]["RECALL"]  # no method is named sft there
 
     text = report.read_text()
-    for heading in ("Table 1", "Table 2", "Table 7", "Continual-learning metrics", "BWT ="):
+    for heading in ("Table 1", "Table 2", "Table 7", "Continual-learning metrics", "BWT =", "Table 1 with 95% intervals"):
         assert heading in text
+    assert "| sst2 | RECALL | 43.93 [n/a] | 31.28 [n/a] | +0.38 [n/a] |" in text  # "SFT only" is the sft reference
+    assert "n/a: no per-example results" in text
     assert "| sst2 | SFT only | 95.76 | 31.68 | 13.28 | 44.71 | 32.32 | 43.55 | 30.50 |" in text
     for png in ("forgetting.png", "merge_weights_1.png", "similarity_1.png"):
         assert f"]({png})" in text
@@ -134,7 +143,7 @@ def test_sections_are_optional(tmp_path: Path):
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"multi": [{"method": "RECALL", "metrics": relative}]}))
     write_report(spec, tmp_path / "out")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metrics.json", "report.md", "table2.csv"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metrics.json", "report.md", "table2.csv", "table2_ci.csv"]
     assert list(read_csv(tmp_path / "out" / "table2.csv")[0])[2:7] == TASKS  # default: the file's task order
 
 
@@ -151,6 +160,8 @@ def test_sections_are_optional(tmp_path: Path):
     (lambda s: s.update(multi={"method": "m"}), "`multi` must be a list"),
     (lambda s: s.update(merge_weights=["runs/similarity.json", "runs/nothing.json"]), "nothing.json .* does not exist"),
     (lambda s: {k: s.pop(k) for k in list(s) if k != "tasks"}, "nothing to report"),
+    (lambda s: s.update(bootstrap={"replicates": 0}), "bootstrap replicates must be a positive integer"),
+    (lambda s: s.update(bootstrap={"resamples": 100}), "`bootstrap` takes `replicates` and `seed`"),
 ])
 def test_bad_specs_fail_clearly_and_write_nothing(spec: Path, tmp_path: Path, change, message):
     data = yaml.safe_load(spec.read_text())
@@ -184,3 +195,138 @@ def test_merge_weights_rows_must_match_models(tmp_path: Path):
 def test_short_names_tell_models_apart():
     assert short_names(["runs/sst2/model", "runs/race/model", "models/base"]) == ["sst2/model", "race/model", "models/base"]
     assert short_names(["a/x", "b/y"]) == ["x", "y"]
+
+
+# Evidence: synthetic evaluations with per-example records (examples/<task>.jsonl) for registered
+# accuracy tasks, each scored on the same n examples.
+EVIDENCE_TASKS = ["gen_sentiment", "gen_knowledge"]
+
+
+def flags(n: int, right: int, seed: int = 0) -> list[bool]:
+    """n examples of which `right` are correct, shuffled."""
+    ok = [i < right for i in range(n)]
+    random.Random(seed).shuffle(ok)
+    return ok
+
+
+def write_eval(folder: Path, results: dict[str, list[bool]], examples: bool = True) -> str:
+    """An evaluation folder: metrics.json (accuracy first, then nll) and, unless `examples` is False,
+    examples/<task>.jsonl; returns the metrics path relative to the spec (two folders up)."""
+    folder.mkdir(parents=True)
+    metrics = {task: {"accuracy": 100 * sum(ok) / len(ok), "nll": 0.5} for task, ok in results.items()}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    if examples:
+        (folder / "examples").mkdir()
+        for task, ok in results.items():
+            lines = [{"index": i, "score": 100.0 * right, "nll": 0.5, "prediction": "p", "reference": f"{task} {i}"}
+                     for i, right in enumerate(ok)]
+            (folder / "examples" / f"{task}.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return str((folder / "metrics.json").relative_to(folder.parents[1]))
+
+
+def write_spec(path: Path, spec: dict) -> Path:
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_intervals_decide_which_differences_count(tmp_path: Path):
+    low, high = flags(200, 20), flags(200, 180)
+    nudged = list(low)
+    nudged[low.index(False)] = True  # one example of 200 more correct
+    results = {"sft": {"gen_sentiment": low, "gen_knowledge": low}, "recall": {"gen_sentiment": high, "gen_knowledge": high},
+               "copy": {"gen_sentiment": low, "gen_knowledge": low}, "nudge": {"gen_sentiment": nudged, "gen_knowledge": low}}
+    single = [{"finetuned_on": "gen_sentiment", "method": m, "metrics": write_eval(tmp_path / "runs" / m, r)}
+              for m, r in results.items()]
+    spec = write_spec(tmp_path / "spec.yaml", {"tasks": EVIDENCE_TASKS, "single": single})
+    out = tmp_path / "out"
+    text = write_report(spec, out).read_text()
+
+    rows = {r["Method"]: r for r in read_csv(out / "table1_ci.csv")}
+    assert rows["recall"]["Δ Avg vs sft"].endswith(" *")  # 90% vs 10% correct
+    assert rows["copy"]["Δ Avg vs sft"] == "+0.00 [+0.00, +0.00] no difference"  # identical results
+    assert rows["nudge"]["Δ Avg vs sft"].endswith("no difference")  # one example of 200
+    assert rows["sft"]["Δ Avg vs sft"] == "" and rows["sft"]["Best other"] == "recall"
+    assert rows["recall"]["Best other"] == "nudge"  # the highest average of the others
+    assert "n = 200 test examples scored per task" in text
+    assert "* : 95% paired-bootstrap interval excludes 0; otherwise no difference" in text
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    single = metrics["single"]
+    assert single["n_test"] == {"gen_sentiment": 200, "gen_knowledge": 200}
+    recall = single["gen_sentiment/recall"]
+    assert recall["avg"] == 90.0 and recall["avg_ci95"][0] < 90.0 < recall["avg_ci95"][1]
+    low_diff, estimate, high_diff = recall["diff_vs_sft"]["avg"]
+    assert 0 < low_diff < estimate == 80.0 < high_diff
+    assert single["gen_sentiment/copy"]["diff_vs_sft"] == {"avg": [0.0, 0.0, 0.0], "unseen_avg": [0.0, 0.0, 0.0]}
+    nudge = single["gen_sentiment/nudge"]["diff_vs_sft"]["avg"]
+    assert nudge[0] <= 0 <= nudge[2] and nudge[1] == 0.25  # half a point on one of two tasks
+    assert "diff_vs_sft" not in single["gen_sentiment/sft"]
+    assert metrics["table1"]["gen_sentiment/recall"]["Avg from all tasks"] == 90.0  # the paper tables stay
+
+
+def test_sequential_bwt_interval(tmp_path: Path):
+    # sft forgets gen_sentiment (80% -> 40%); recall keeps it (80% -> 78%); both learn gen_knowledge
+    after = {"sft": [flags(100, 80, 1), flags(100, 40, 1)], "recall": [flags(100, 80, 1), flags(100, 78, 1)]}
+    knowledge = [flags(100, 25, 2), flags(100, 70, 3)]
+    sequential = [{"method": m, "steps": [
+        {"task": task, "metrics": write_eval(tmp_path / "runs" / f"{m}{t}",
+                                             {"gen_sentiment": after[m][t], "gen_knowledge": knowledge[t]})}
+        for t, task in enumerate(EVIDENCE_TASKS)]} for m in after]
+    spec = write_spec(tmp_path / "spec.yaml", {"sequential": sequential, "bootstrap": {"replicates": 200, "seed": 1}})
+    text = write_report(spec, tmp_path / "out").read_text()
+    seq = json.loads((tmp_path / "out" / "metrics.json").read_text())["sequential"]
+    assert seq["n_test"] == {"gen_sentiment": 100, "gen_knowledge": 100}
+    assert seq["sft"]["bwt"] == -40.0  # by hand: R[1][0] - R[0][0] = 40 - 80
+    assert seq["sft"]["bwt_ci95"][0] < -40.0 < seq["sft"]["bwt_ci95"][1] < 0
+    assert seq["recall"]["avg"] == (78 + 70) / 2
+    assert seq["recall"]["diff_vs_sft"]["bwt"][1] == 38.0 and seq["recall"]["diff_vs_sft"]["bwt"][0] > 0
+    assert "| recall | 74.00 [" in text and "200 resamples of the test examples (seed 1)" in text
+    write_report(spec, tmp_path / "again")  # deterministic by seed
+    assert (tmp_path / "again" / "metrics.json").read_text() == (tmp_path / "out" / "metrics.json").read_text()
+
+
+def test_a_sequence_scored_on_seen_tasks_only(tmp_path: Path):
+    """`evaluate.tasks: seen`: step 1 scores only its own task, the last step every task. BWT and the
+    final average need nothing more; the first row's average is left empty rather than over fewer tasks."""
+    first = {"gen_sentiment": flags(100, 80, 1)}
+    last = {"gen_sentiment": flags(100, 50, 1), "gen_knowledge": flags(100, 70, 3)}
+    steps = [{"task": "gen_sentiment", "metrics": write_eval(tmp_path / "runs" / "s0", first)},
+             {"task": "gen_knowledge", "metrics": write_eval(tmp_path / "runs" / "s1", last)}]
+    spec = write_spec(tmp_path / "spec.yaml", {"sequential": [{"method": "sft", "steps": steps}]})
+    write_report(spec, tmp_path / "out")
+    rows = read_csv(tmp_path / "out" / "table7.csv")
+    assert rows[0]["gen_knowledge"] == "" and rows[0]["Average"] == "" and rows[1]["Average"] == "60.0"
+    seq = json.loads((tmp_path / "out" / "metrics.json").read_text())["sequential"]
+    assert seq["sft"]["bwt"] == -30.0 and seq["sft"]["avg"] == 60.0
+    # a middle or last step missing a task it must score names its file
+    del last["gen_knowledge"]
+    steps[1]["metrics"] = write_eval(tmp_path / "runs" / "s1-short", last)
+    with pytest.raises(RecallError, match="s1-short"):
+        write_report(write_spec(tmp_path / "bad.yaml", {"sequential": [{"method": "sft", "steps": steps}]}),
+                     tmp_path / "bad")
+
+
+def test_evaluations_without_examples_have_no_intervals(tmp_path: Path):
+    ok = {"gen_sentiment": flags(50, 30), "gen_knowledge": flags(50, 20)}
+    multi = [{"method": "sft", "metrics": write_eval(tmp_path / "runs" / "old", ok, examples=False)},
+             {"method": "recall", "metrics": write_eval(tmp_path / "runs" / "new", ok)}]
+    out = tmp_path / "out"
+    text = write_report(write_spec(tmp_path / "spec.yaml", {"multi": multi}), out).read_text()
+    multi_metrics = json.loads((out / "metrics.json").read_text())["multi"]
+    assert multi_metrics["sft"]["avg_ci95"] is None and multi_metrics["recall"]["avg_ci95"] is not None
+    assert multi_metrics["recall"]["diff_vs_sft"] == {"avg": [None, 0.0, None]}
+    assert "| recall | 50.00 [" in text and "+0.00 [n/a]" in text
+    assert "n = 50 test examples scored per task" in text
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda e: e.write_text(e.read_text().replace('"score": 0.0', '"score": 100.0')), "are not from that evaluation"),
+    (lambda e: e.write_text(e.read_text().replace("gen_sentiment 3", "gen_sentiment 4")), "not the same test examples"),
+    (lambda e: e.write_text(e.read_text() + "{oops\n"), "line 21 is not JSON"),
+])
+def test_inconsistent_examples_fail_clearly(tmp_path: Path, damage, message):
+    ok = {"gen_sentiment": flags(20, 10)}
+    multi = [{"method": m, "metrics": write_eval(tmp_path / "runs" / m, ok)} for m in ("a", "b")]
+    damage(tmp_path / "runs" / "b" / "examples" / "gen_sentiment.jsonl")
+    with pytest.raises(RecallError, match=message):
+        write_report(write_spec(tmp_path / "spec.yaml", {"multi": multi}), tmp_path / "out")
