@@ -1,23 +1,36 @@
 """`recall evaluate`: input checks before OpenCompass starts, the generated OpenCompass config,
-result collection, and one real OpenCompass run on a tiny random model (plus a forced failure)."""
+result collection, per-example records, and one real OpenCompass run on a tiny random model (plus a
+forced failure) whose likelihoods are checked against the model run directly."""
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from recall.cli import main
+from recall.data import chat_prompt
 from recall.errors import RecallError
 from recall.evaluation import evaluate, pipeline
-from recall.evaluation.config import DatasetSpec, ModelSpec, dataset_abbr, model_abbr, render_config, write_dataset
-from recall.evaluation.results import read_metrics
+from recall.evaluation.config import (
+    DatasetSpec,
+    ModelSpec,
+    dataset_abbr,
+    dataset_specs,
+    model_abbr,
+    render_config,
+    write_dataset,
+)
+from recall.evaluation.results import read_results, task_outcome
+from recall.tasks import scoring
 from recall.tasks.base import Example, get_task
 from recall.tasks.generated import generate_suite
-from recall.testing import tiny_model
+from recall.testing import tiny_model, tiny_tokenizer
 
-TASKS = ["gen_sentiment", "gen_squad"]
+TASKS = ["gen_sentiment", "gen_knowledge", "gen_squad"]  # likelihood (two label sets) and generation
 PAPER_TASKS = ["sst2", "squad_v2", "medmcqa", "race", "iwslt2017_en_fr"]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -42,23 +55,66 @@ def no_opencompass(monkeypatch):
     monkeypatch.setattr(pipeline, "run_opencompass", refuse)
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def answer_logprob(lm, tokenizer, prompt: str, answer: str) -> tuple[float, int]:
+    """Sum of the log-probabilities of the answer's tokens right after the chat-rendered prompt, and
+    their number: plain transformers, one unpadded sequence."""
+    context = tokenizer(chat_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+    target = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([context + target])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(lm(ids).logits[0, :-1].float(), dim=-1)
+    picked = logprobs[torch.arange(len(context) - 1, ids.shape[1] - 1), torch.tensor(target)]
+    return picked.sum().item(), len(target)
+
+
 def test_real_opencompass_run_and_forced_failure(model: Path, suite: Path, tmp_path: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     out = tmp_path / "eval"
+    # Batches of 3 mix examples of different lengths: likelihoods must not depend on the padding.
     assert main(["evaluate", "--model", str(model), "--tasks", ",".join(TASKS), "--data-dir", str(suite),
-                 "--limit", "3", "--batch-size", "2", "--out", str(out)]) == 0
+                 "--limit", "3", "--batch-size", "3", "--threads", "1", "--out", str(out)]) == 0
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics) == TASKS
+    examples = {task: get_task(task).load("test", suite, 3) for task in TASKS}
+    records = {task: read_jsonl(out / "examples" / f"{task}.jsonl") for task in TASKS}
     for task in TASKS:
-        assert list(metrics[task]) == list(get_task(task).metrics)
-        assert all(0.0 <= v <= 100.0 for v in metrics[task].values())
+        scorer = get_task(task)
+        assert list(metrics[task]) == [*scorer.metrics, "nll"]  # the primary metric stays first
+        assert all(0.0 <= metrics[task][m] <= 100.0 for m in scorer.metrics)
+        assert [r["index"] for r in records[task]] == [0, 1, 2]
+        assert [r["reference"] for r in records[task]] == [e.answer for e in examples[task]]
+        assert scorer.aggregate(records[task]) == pytest.approx(metrics[task][scorer.metrics[0]])
+        assert sum(r["nll"] for r in records[task]) / 3 == pytest.approx(metrics[task]["nll"])
+
+    # Every likelihood against the model run directly: PPL picks the most likely choice per token
+    # (here every label has as many tokens as the others, so also the highest total log-probability),
+    # and nll is the reference's mean negative log-probability per token, in both modes.
+    lm, tokenizer = AutoModelForCausalLM.from_pretrained(model), AutoTokenizer.from_pretrained(model)
+    for task in TASKS:
+        choices = get_task(task).choices
+        for example, record in zip(examples[task], records[task]):
+            total, n = answer_logprob(lm, tokenizer, example.prompt, example.answer)
+            assert record["nll"] == pytest.approx(-total / n, rel=1e-4)
+            if choices:
+                logprobs = {c: answer_logprob(lm, tokenizer, example.prompt, c) for c in choices}
+                per_token = {c: total / n for c, (total, n) in logprobs.items()}
+                assert per_token[record["prediction"]] == pytest.approx(max(per_token.values()), abs=1e-5)
+
     abbr = model_abbr(model)
-    predictions = sorted((out / "opencompass" / "predictions" / abbr).glob("*.json"))
-    assert [p.name.split("-")[0] for p in predictions] == ["gen_sentiment", "gen_squad"]
-    first = json.loads(predictions[0].read_text())["0"]
-    assert set(first) >= {"origin_prompt", "prediction", "gold"}
-    assert first["origin_prompt"][0]["prompt"] == get_task("gen_sentiment").load("test", suite, 1)[0].prompt
-    assert len(list((out / "opencompass" / "results" / abbr).glob("*.json"))) == 2
+    predictions = {p.name.rsplit("-", 1)[0]: p for p in (out / "opencompass" / "predictions" / abbr).glob("*.json")}
+    assert sorted(predictions) == ["gen_knowledge-ppl", "gen_sentiment-ppl", "gen_squad-gen", "gen_squad-nll"]
+    generated = json.loads(predictions["gen_squad-gen"].read_text())["0"]
+    assert generated["origin_prompt"][0]["prompt"] == examples["gen_squad"][0].prompt  # OpenCompass renders it
+    ranked = json.loads(predictions["gen_sentiment-ppl"].read_text())["0"]
+    assert ranked["origin_prompt"] == chat_prompt(tokenizer, examples["gen_sentiment"][0].prompt)
+    assert list(ranked["answer_nll"]) == ["negative", "positive"]
+    assert len(list((out / "opencompass" / "results" / abbr).glob("*.json"))) == 4
     assert list((out / "opencompass" / "summary").glob("summary_*.md"))
     assert (out / "opencompass.log").stat().st_size > 0
 
@@ -70,34 +126,92 @@ def test_real_opencompass_run_and_forced_failure(model: Path, suite: Path, tmp_p
     with pytest.raises(RecallError, match=r"no result for task\(s\) gen_sentiment.*see the log .*opencompass.log"):
         evaluate(broken, ["gen_sentiment"], out, data_dir=suite, limit=2)
     assert not (out / "metrics.json").exists()  # the earlier, complete-looking one is gone too
+    assert not (out / "examples").exists()
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data (real dataset subsets) absent")
-def test_paper_tasks_wiring_scores_gold_answers_100(model, tmp_path, monkeypatch):
-    """The five real tasks through config, datasets, TaskEvaluator and result files, with OpenCompass
-    replaced by a stand-in that 'predicts' each gold answer: every metric must be 100."""
+def fake_opencompass(predict):
+    """A stand-in for `run_opencompass` without a model: each dataset of the generated config gets the
+    predictions `predict(answers, choices)` (choices: the likelihood inferencer's candidates, if any)
+    and is scored by its configured evaluator through OpenCompass's own `evaluate`, the result written
+    where OpenCompass writes it, details included."""
     from mmengine.config import Config
+    from opencompass.utils import build_dataset_from_cfg
 
-    from recall.evaluation.evaluator import TaskEvaluator
-
-    def gold_opencompass(config, work_dir, log):
+    def run(config, work_dir, log, threads=None):
         log.write_text("")
         cfg = Config.fromfile(str(config))
         for dataset in cfg.datasets:
-            answers = [json.loads(line)["answer"] for line in Path(dataset.path).read_text().splitlines()]
-            result = TaskEvaluator(task=dataset.eval_cfg.evaluator.task).score(answers, answers)
+            test_set = build_dataset_from_cfg(dataset).test
+            answers = list(test_set["answer"])
+            choices = tuple(dataset.infer_cfg.inferencer.get("candidates") or ())
+            predictions = predict(answers, choices)
+            answer_nll = [{c: float(c != p) for c in choices or [a]} for p, a in zip(predictions, answers)]
+            evaluator_cfg = dict(dataset.eval_cfg.evaluator)
+            evaluator = evaluator_cfg.pop("type")(**evaluator_cfg)
+            given = {"predictions": predictions, "references": answers, "answer_nll": answer_nll}
+            wanted = inspect.signature(evaluator.score).parameters  # as OpenCompass picks them
+            result = evaluator.evaluate(1, 1, test_set, **{k: given[k] for k in wanted})
             path = work_dir / "results" / cfg.models[0].abbr / f"{dataset.abbr}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(result))
         return 0
-    monkeypatch.setattr(pipeline, "run_opencompass", gold_opencompass)
-    metrics = evaluate(model, PAPER_TASKS, tmp_path / "out", data_dir=SHARED_DATA, limit=5)
+    return run
+
+
+def half_wrong(answers: list[str], choices: tuple[str, ...]) -> list[str]:
+    """The gold answer for even examples; another choice, or the answer short of its last word, for odd ones."""
+    def wrong(answer: str) -> str:
+        return next(c for c in choices if c != answer) if choices else answer.rsplit(" ", 1)[0]
+    return [a if i % 2 == 0 else wrong(a) for i, a in enumerate(answers)]
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data (real dataset subsets) absent")
+def test_paper_tasks_wiring_and_per_example_records(model, tmp_path, monkeypatch):
+    """The five real tasks through config, datasets, evaluators, result files and examples/, with
+    OpenCompass replaced by a stand-in that 'predicts' the gold answer for even examples: those score
+    full marks, and each task's aggregate of its records reproduces metrics.json."""
+    monkeypatch.setattr(pipeline, "run_opencompass", fake_opencompass(half_wrong))
+    out = tmp_path / "out"
+    metrics = evaluate(model, PAPER_TASKS, out, data_dir=SHARED_DATA, limit=6)
     assert list(metrics) == PAPER_TASKS
-    assert list(metrics["iwslt2017_en_fr"]) == ["bleu", "exact_match"]  # primary metric first
-    assert all(v == pytest.approx(100.0) for scores in metrics.values() for v in scores.values())
-    assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == metrics
-    config = (tmp_path / "out" / "opencompass_config.py").read_text()
+    assert list(metrics["iwslt2017_en_fr"]) == ["bleu", "exact_match", "nll"]  # primary metric first
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    for task in PAPER_TASKS:
+        scorer, records = get_task(task), read_jsonl(out / "examples" / f"{task}.jsonl")
+        assert [r["index"] for r in records] == list(range(6))
+        assert [r["reference"] for r in records] == [e.answer for e in scorer.load("test", SHARED_DATA, 6)]
+        assert all(r["score"] == pytest.approx(100.0) and r["prediction"] == r["reference"] for r in records[::2])
+        assert scorer.aggregate(records) == pytest.approx(metrics[task][scorer.metrics[0]], abs=1e-9)
+    translation = read_jsonl(out / "examples" / "iwslt2017_en_fr.jsonl")
+    assert all(len(r["bleu_stats"]) == 10 for r in translation)
+    assert 0 < metrics["iwslt2017_en_fr"]["bleu"] < 100
+    subset = translation[1:4]  # any subset's corpus BLEU, from the statistics alone
+    expected = scoring.corpus_bleu([r["prediction"] for r in subset], [r["reference"] for r in subset])
+    assert get_task("iwslt2017_en_fr").aggregate(subset) == pytest.approx(expected, abs=1e-9)
+    config = (out / "opencompass_config.py").read_text()
     assert "max_out_len': 128" in config and "max_out_len': 48" in config  # translation, extractive QA
+
+
+def test_modes_choose_inference_and_predictions_reuse(model, suite, tmp_path, monkeypatch):
+    """`--mode classification=gen` generates sentiment replies (and scores the reference's likelihood
+    apart); MCQ stays PPL; the mode is in the dataset names, so cached predictions never cross modes."""
+    monkeypatch.setattr(pipeline, "run_opencompass", fake_opencompass(lambda answers, choices: answers))
+    out = tmp_path / "out"
+    assert main(["evaluate", "--model", str(model), "--tasks", "gen_sentiment,gen_knowledge", "--data-dir",
+                 str(suite), "--limit", "2", "--mode", "classification=gen", "--out", str(out)]) == 0
+    from mmengine.config import Config
+
+    datasets = Config.fromfile(str(out / "opencompass_config.py")).datasets
+    kinds = {d.abbr.rsplit("-", 1)[0]: d.infer_cfg.inferencer.type.__name__ for d in datasets}
+    assert kinds == {"gen_sentiment-gen": "GenInferencer", "gen_sentiment-nll": "AnswerPPLInferencer",
+                     "gen_knowledge-ppl": "AnswerPPLInferencer"}
+    assert json.loads((out / "metrics.json").read_text())["gen_sentiment"] == {"accuracy": 100.0, "nll": 0.0}
+
+    evaluate(model, ["gen_sentiment"], out, data_dir=suite, limit=2)  # the default: PPL
+    ppl = Config.fromfile(str(out / "opencompass_config.py")).datasets
+    assert [d.abbr.rsplit("-", 1)[0] for d in ppl] == ["gen_sentiment-ppl"]
+    assert ppl[0].infer_cfg.inferencer.candidates == ["negative", "positive"]
+    assert not {d.abbr for d in ppl} & {d.abbr for d in datasets}
 
 
 @pytest.mark.parametrize("tasks, kwargs, message", [
@@ -107,6 +221,11 @@ def test_paper_tasks_wiring_scores_gold_answers_100(model, tmp_path, monkeypatch
     (["gen_sentiment"], {"data_dir": "/nonexistent"}, "gen_sentiment/test.jsonl"),
     (["gen_sentiment"], {"batch_size": 0}, "--batch-size must be at least 1"),
     (["gen_sentiment"], {"max_new_tokens": 0}, "--max-new-tokens must be at least 1"),
+    (["gen_sentiment"], {"threads": 0}, "--threads must be at least 1"),
+    (["gen_squad"], {"modes": {"extractive_qa": "ppl"}}, "format extractive_qa cannot be scored by likelihood"),
+    (["gen_translation"], {"modes": {"translation": "ppl"}}, "format translation cannot be scored by likelihood"),
+    (["gen_sentiment"], {"modes": {"classification": "beam"}}, "mode 'beam' for format classification"),
+    (["gen_sentiment"], {"modes": {"sentiment": "gen"}}, "unknown task format 'sentiment'"),
 ])
 def test_bad_input_fails_before_opencompass(model, suite, tmp_path, no_opencompass, tasks, kwargs, message):
     kwargs.setdefault("data_dir", suite)
@@ -115,10 +234,17 @@ def test_bad_input_fails_before_opencompass(model, suite, tmp_path, no_opencompa
     assert not (tmp_path / "out").exists()
 
 
+def test_cli_mode_syntax(model, tmp_path, capsys, no_opencompass):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--model", str(model), "--tasks", "gen_sentiment", "--out", str(tmp_path),
+              "--mode", "classification"])
+    assert "expected FORMAT=MODE" in capsys.readouterr().err
+
+
 def test_context_too_short_for_replies(suite, tmp_path, no_opencompass):
     short = tiny_model(tmp_path / "short", max_position_embeddings=64)
     with pytest.raises(RecallError, match="context of 64 tokens, too short for replies of up to 64"):
-        evaluate(short, ["gen_sentiment"], tmp_path / "out", data_dir=suite, max_new_tokens=64)
+        evaluate(short, ["gen_squad"], tmp_path / "out", data_dir=suite, max_new_tokens=64)
 
 
 def test_bad_model_folders(model, suite, tmp_path, no_opencompass):
@@ -142,16 +268,18 @@ def test_empty_test_split(model, tmp_path, no_opencompass):
 
 def test_crash_leaves_no_metrics(model, suite, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    out.mkdir()
+    (out / "examples").mkdir(parents=True)
     (out / "metrics.json").write_text("{}")  # from an earlier run
+    (out / "examples" / "gen_sentiment.jsonl").write_text('{"index": 0, "score": 100.0}\n')
 
-    def crash(config, work_dir, log):
+    def crash(config, work_dir, log, threads=None):
         log.write_text("Traceback ...\nRuntimeError: CUDA out of memory\n")
         return 1
     monkeypatch.setattr(pipeline, "run_opencompass", crash)
     with pytest.raises(RecallError, match="gen_sentiment: OpenCompass exited with status 1: RuntimeError: CUDA out of memory"):
         evaluate(model, ["gen_sentiment"], out, data_dir=suite, limit=1)
     assert not (out / "metrics.json").exists()
+    assert not (out / "examples").exists()
     assert (out / "data" / "gen_sentiment.jsonl").read_text().count("\n") == 1
 
 
@@ -159,31 +287,51 @@ def test_config_is_a_valid_opencompass_config(tmp_path):
     from mmengine.config import Config
     from opencompass.openicl.icl_evaluator import BaseEvaluator
 
-    from recall.evaluation.evaluator import TaskEvaluator
+    from recall.evaluation.evaluator import ChoiceEvaluator, TaskEvaluator
+    from recall.evaluation.inferencer import AnswerPPLInferencer
+    from recall.evaluation.model import ChatModel
 
     data = tmp_path / "gen_sentiment.jsonl"
-    write_dataset([Example("Is {this} good?", "positive")], data)
-    spec = DatasetSpec("gen_sentiment", "gen_sentiment-x", data, 16)
+    write_dataset([Example("Is {this} good?", "positive")], tiny_tokenizer(), data)
+    row = json.loads(data.read_text())
+    assert row == {"prompt": "Is {this} good?", "answer": "positive",
+                   "chat_prompt": "<|im_start|>user\nIs {this} good?<|im_end|>\n<|im_start|>assistant\n"}
+    specs = [*dataset_specs("gen_sentiment", "gen", data, 16, ()),
+             *dataset_specs("gen_sentiment", "ppl", data, 16, ("negative", "positive"))]
     path = tmp_path / "config.py"
-    path.write_text(render_config(ModelSpec(tmp_path, "m-1", 4, 100, False, "float32"), [spec]))
+    path.write_text(render_config(ModelSpec(tmp_path, "m-1", 4, 100, False, "float32"), specs))
     config = Config.fromfile(str(path))
-    model, dataset = config.models[0], config.datasets[0]
+    model = config.models[0]
+    assert model.type is ChatModel
     assert model.model_kwargs == {"torch_dtype": "float32", "device_map": "cpu"}
     assert model.run_cfg == {"num_gpus": 0} and model.generation_kwargs == {"do_sample": False}
-    assert dataset.infer_cfg.inferencer.max_out_len == 16
-    evaluator = dataset.eval_cfg.evaluator
-    assert evaluator.type is TaskEvaluator and issubclass(TaskEvaluator, BaseEvaluator)
+    generated, reference, ranked = config.datasets
+    assert generated.infer_cfg.inferencer.max_out_len == 16
+    assert generated.reader_cfg.input_columns == ["prompt"]
+    assert reference.infer_cfg.inferencer.type is AnswerPPLInferencer
+    assert "candidates" not in reference.infer_cfg.inferencer  # the reference alone
+    assert ranked.infer_cfg.inferencer.candidates == ["negative", "positive"]
+    assert ranked.reader_cfg.input_columns == ["chat_prompt"]
+    assert generated.eval_cfg.evaluator.type is TaskEvaluator and issubclass(TaskEvaluator, BaseEvaluator)
+    assert ranked.eval_cfg.evaluator.type is ChoiceEvaluator
     scores = TaskEvaluator(task="gen_sentiment").score(["It is positive.", "negative"], ["positive", "positive"])
-    assert scores == {"accuracy": 50.0}
+    assert scores["accuracy"] == 50.0
+    assert [d["score"] for d in scores["details"]] == [100.0, 0.0]
+    answer_nll = [{"negative": 2.0, "positive": 1.0}, {"negative": 1.0, "positive": 3.0}]
+    scores = ChoiceEvaluator(task="gen_sentiment").score(["positive", "negative"], ["positive", "positive"], answer_nll)
+    assert (scores["accuracy"], scores["nll"]) == (50.0, 2.0)
+    assert [d["nll"] for d in scores["details"]] == [1.0, 3.0]
 
 
 def test_abbrs_change_with_inputs(model, tmp_path):
     data = tmp_path / "d.jsonl"
-    write_dataset([Example("p", "a")], data)
-    first = dataset_abbr("t", data, 16)
-    assert dataset_abbr("t", data, 32) != first
-    write_dataset([Example("p", "b")], data)
-    assert dataset_abbr("t", data, 16) != first
+    write_dataset([Example("p", "a")], tiny_tokenizer(), data)
+    first = dataset_abbr("t", "gen", data, "16")
+    assert first.startswith("t-gen-")
+    assert dataset_abbr("t", "gen", data, "32") != first
+    assert dataset_abbr("t", "ppl", data, "16").startswith("t-ppl-")
+    write_dataset([Example("p", "b")], tiny_tokenizer(), data)
+    assert dataset_abbr("t", "gen", data, "16") != first
 
     copy = tmp_path / "tiny"
     copy.mkdir()
@@ -196,15 +344,26 @@ def test_abbrs_change_with_inputs(model, tmp_path):
 
 
 def test_result_errors_name_the_task(tmp_path):
-    spec = DatasetSpec("gen_sentiment", "gen_sentiment-x", tmp_path / "d.jsonl", 16)
+    task = get_task("gen_sentiment")
+    spec = DatasetSpec("gen_sentiment", "ppl", "gen_sentiment-ppl-x", tmp_path / "d.jsonl", choices=task.choices)
     log = tmp_path / "opencompass.log"
-    metrics = {"gen_sentiment": ("accuracy",)}
     with pytest.raises(RecallError, match=r"no result for task\(s\) gen_sentiment; see the log"):
-        read_metrics(tmp_path, "m", [spec], metrics, log)
-    result = tmp_path / "results" / "m" / "gen_sentiment-x.json"
+        read_results(tmp_path, "m", [spec], log)
+    result = tmp_path / "results" / "m" / "gen_sentiment-ppl-x.json"
     result.parent.mkdir(parents=True)
     result.write_text(json.dumps({"error": "preds and refrs have different length"}))
     with pytest.raises(RecallError, match="could not score task gen_sentiment: preds and refrs"):
-        read_metrics(tmp_path, "m", [spec], metrics, log)
-    result.write_text(json.dumps({"accuracy": 25.0, "details": {}}))
-    assert read_metrics(tmp_path, "m", [spec], metrics, log) == {"gen_sentiment": {"accuracy": 25.0}}
+        read_results(tmp_path, "m", [spec], log)
+
+    def outcome(result: dict, examples: int = 1):
+        return task_outcome(task, [spec], {spec.abbr: result}, examples, "see there")
+    # OpenCompass's layout: each field a list over replicas, beside the example's abbr.
+    detail = {"example_abbr": "x_0", "score": [100.0], "prediction": ["positive"], "reference": ["positive"],
+              "nll": [0.5]}
+    with pytest.raises(RecallError, match="result of task gen_sentiment lacks metric.s. nll; see there"):
+        outcome({"accuracy": 100.0, "details": [detail]})
+    with pytest.raises(RecallError, match="has 1 per-example details for 2 test examples"):
+        outcome({"accuracy": 100.0, "nll": 0.5, "details": [detail]}, examples=2)
+    metrics, records = outcome({"nll": 0.5, "accuracy": 100.0, "details": [detail]})
+    assert list(metrics) == ["accuracy", "nll"]
+    assert records == [{"index": 0, "score": 100.0, "nll": 0.5, "prediction": "positive", "reference": "positive"}]

@@ -1,4 +1,4 @@
-"""`recall evaluate`: score a model on tasks with OpenCompass and write OUT/metrics.json."""
+"""`recall evaluate`: score a model on tasks with OpenCompass; write OUT/metrics.json and OUT/examples/."""
 
 from __future__ import annotations
 
@@ -12,27 +12,41 @@ def _task_list(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
+def _mode(text: str) -> tuple[str, str]:
+    fmt, sep, mode = text.partition("=")
+    if not sep or not fmt.strip() or not mode.strip():
+        raise argparse.ArgumentTypeError(f"expected FORMAT=MODE, e.g. classification=gen, got {text!r}")
+    return fmt.strip(), mode.strip()
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="evaluate a model on tasks with OpenCompass", description=__doc__)
     p.add_argument("--model", required=True, type=Path, help="Hugging Face model folder (with a chat template)")
     p.add_argument("--tasks", required=True, type=_task_list, help="comma-separated task names, e.g. sst2,race")
-    p.add_argument("--out", required=True, type=Path, help="output folder: metrics.json + OpenCompass outputs")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output folder: metrics.json, examples/<task>.jsonl, OpenCompass outputs")
     p.add_argument("--data-dir", type=Path, help="folder holding <task>/test.jsonl (default: the Hugging Face hub)")
     p.add_argument("--limit", type=int, help="evaluate only the first N test examples of each task")
-    p.add_argument("--batch-size", type=int, default=8, help="generation batch size (default 8)")
+    p.add_argument("--mode", type=_mode, action="append", metavar="FORMAT=MODE",
+                   help="how a task format is inferred: ppl (its choices ranked by likelihood) or gen (greedy "
+                        "reply); repeatable. Default: classification=ppl, mcq=ppl; other formats always gen")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="sequences per forward pass: prompts (gen) or prompt+answer pairs (ppl) (default 8)")
     p.add_argument(
         "--max-new-tokens", type=int,
-        help="reply length for every task (default per format: 16 labels/letters, 48 QA, 128 translation)",
+        help="reply length for every generated task (default per format: 16 labels/letters, 48 QA, 128 translation)",
     )
+    p.add_argument("--threads", type=int, help="CPU threads of the OpenCompass process (default: torch's choice)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     metrics = evaluate(
         args.model, args.tasks, args.out, data_dir=args.data_dir, limit=args.limit,
-        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, modes=dict(args.mode or []),
+        threads=args.threads,
     )
     for task, scores in metrics.items():
         print(task, " ".join(f"{metric}={value:.2f}" for metric, value in scores.items()))
-    print(f"wrote {args.out / 'metrics.json'}")
+    print(f"wrote {args.out / 'metrics.json'} and {args.out / 'examples'}/")
     return 0

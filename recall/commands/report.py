@@ -1,4 +1,5 @@
-"""`recall report`: the paper's tables (1, 2, 7), continual-learning metrics and plots from a report spec.
+"""`recall report`: the paper's tables (1, 2, 7), continual-learning metrics and plots from a report spec,
+with paired-bootstrap 95% intervals over test examples for every average, BWT and difference.
 
 The spec (YAML or JSON) lists metrics.json files by method, fine-tuning task or sequence step, plus
 merge_weights.json and similarity JSON files to plot; see `recall.report` for its format.

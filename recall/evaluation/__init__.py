@@ -1,8 +1,10 @@
 """Evaluation of a model folder on registered tasks through OpenCompass.
 
 `evaluate(model, tasks, out)` validates its inputs, writes each task's test examples as an OpenCompass
-custom dataset, runs OpenCompass on them, and writes `out/metrics.json`:
-`{"<task>": {"<metric>": score 0-100, ...}, ...}`, each task's primary metric first.
+custom dataset, runs OpenCompass on them (label and letter tasks ranked by likelihood, the others
+generated), and writes `out/examples/<task>.jsonl` (one scored record per test example) and
+`out/metrics.json`: `{"<task>": {"<metric>": score 0-100, ..., "nll": ...}, ...}`, each task's primary
+metric first.
 """
 
 from recall.evaluation.pipeline import evaluate

@@ -1,8 +1,12 @@
-"""The OpenCompass config of one evaluation: a jsonl custom dataset per task and one chat model.
+"""The OpenCompass config of one evaluation: jsonl custom datasets per task and one chat model.
 
-Each dataset's prompt is the task's instruction as a single user turn, rendered by the model's own
-chat template (the same rendering `recall.data.chat_prompt` gives fine-tuning), answered greedily
-and scored by `recall.evaluation.evaluator.TaskEvaluator`.
+Every prompt is the task's instruction as a single user turn, rendered by the model's own chat
+template (the same rendering `recall.data.chat_prompt` gives fine-tuning). A task is inferred in
+one of two modes:
+- "gen": answered greedily (OpenCompass's GenInferencer renders the turn itself), scored by
+  `TaskEvaluator`; a second dataset scores the reference's likelihood alone for the `nll` metric;
+- "ppl": each of the task's choices scored by likelihood after the prompt, which recall renders,
+  the most likely one chosen (`AnswerPPLInferencer`), scored by `ChoiceEvaluator`, `nll` included.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recall.atomic import atomic_file
+from recall.data import chat_prompt
 from recall.tasks.base import Example
 
 # Longest reply worth generating per task format: room for a short chat lead-in before a label or
@@ -31,9 +36,11 @@ META_TEMPLATE = dict(
 @dataclass(frozen=True)
 class DatasetSpec:
     task: str
+    kind: str  # "gen": generated replies; "ppl": choices ranked by likelihood; "nll": the reference's likelihood
     abbr: str  # OpenCompass's name for the dataset: file names under predictions/ and results/
-    path: Path  # jsonl with `prompt` and `answer` fields
-    max_out_len: int
+    path: Path  # jsonl with `prompt`, `chat_prompt` and `answer` fields (`write_dataset`)
+    max_out_len: int | None = None  # "gen" only
+    choices: tuple[str, ...] = ()  # "ppl" only
 
 
 @dataclass(frozen=True)
@@ -58,26 +65,42 @@ class _Name:
 
 IMPORTS = """\
 from opencompass.datasets import JsonlDataset
-from opencompass.models import HuggingFacewithChatTemplate
 from opencompass.openicl.icl_inferencer import GenInferencer
 from opencompass.openicl.icl_prompt_template import PromptTemplate
 from opencompass.openicl.icl_retriever import ZeroRetriever
 
-from recall.evaluation.evaluator import TaskEvaluator
+from recall.evaluation.evaluator import AnswerNLLEvaluator, ChoiceEvaluator, TaskEvaluator
+from recall.evaluation.inferencer import AnswerPPLInferencer
+from recall.evaluation.model import ChatModel
 """
 
 
-def write_dataset(examples: Sequence[Example], path: Path) -> None:
-    """One `{"prompt", "answer"}` line per example."""
+def write_dataset(examples: Sequence[Example], tokenizer, path: Path) -> None:
+    """One line per example: the instruction (`prompt`; OpenCompass renders it for generation), the
+    same rendered by the model's chat template (`chat_prompt`; scored as is by likelihood), `answer`."""
     with atomic_file(path) as fh:
         for example in examples:
-            fh.write(json.dumps({"prompt": example.prompt, "answer": example.answer}, ensure_ascii=False) + "\n")
+            rendered = chat_prompt(tokenizer, example.prompt)
+            row = {"prompt": example.prompt, "chat_prompt": rendered, "answer": example.answer}
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def dataset_abbr(task: str, path: Path, max_out_len: int) -> str:
-    """Task name + hash of the examples and reply length: predictions are reused only for the same inputs."""
-    digest = hashlib.sha256(path.read_bytes() + f"\n{max_out_len}".encode()).hexdigest()
-    return f"{task}-{digest[:8]}"
+def dataset_abbr(task: str, kind: str, path: Path, setting: str = "") -> str:
+    """Task, kind and a hash of the examples and the inference setting (reply length, choices):
+    OpenCompass reuses predictions only for the very same inputs, in the same mode."""
+    digest = hashlib.sha256(path.read_bytes() + f"\n{kind}\n{setting}".encode()).hexdigest()
+    return f"{task}-{kind}-{digest[:8]}"
+
+
+def dataset_specs(task: str, mode: str, path: Path, max_out_len: int, choices: Sequence[str]) -> list[DatasetSpec]:
+    """The datasets one task needs in `mode`: its scored one first, then (gen) the reference's likelihood."""
+    if mode == "ppl":
+        abbr = dataset_abbr(task, "ppl", path, json.dumps(list(choices)))
+        return [DatasetSpec(task, "ppl", abbr, path, choices=tuple(choices))]
+    return [
+        DatasetSpec(task, "gen", dataset_abbr(task, "gen", path, str(max_out_len)), path, max_out_len=max_out_len),
+        DatasetSpec(task, "nll", dataset_abbr(task, "nll", path), path),
+    ]
 
 
 def model_abbr(model: Path) -> str:
@@ -94,25 +117,35 @@ def model_abbr(model: Path) -> str:
 
 
 def dataset_config(spec: DatasetSpec) -> dict:
+    if spec.kind == "gen":
+        column = "prompt"
+        template: str | dict = dict(round=[dict(role="HUMAN", prompt="{prompt}")])
+        inferencer = dict(type=_Name("GenInferencer"), max_out_len=spec.max_out_len)
+        evaluator = "TaskEvaluator"
+    else:
+        # The likelihood inferencer reads the rendered prompt as is; OpenCompass only requires a template.
+        column, template = "chat_prompt", "{chat_prompt}"
+        inferencer = dict(type=_Name("AnswerPPLInferencer"))
+        if spec.kind == "ppl":
+            inferencer["candidates"] = list(spec.choices)
+        evaluator = "ChoiceEvaluator" if spec.kind == "ppl" else "AnswerNLLEvaluator"
     return dict(
         abbr=spec.abbr,
         type=_Name("JsonlDataset"),
         path=str(spec.path),
-        reader_cfg=dict(input_columns=["prompt"], output_column="answer"),
+        reader_cfg=dict(input_columns=[column], output_column="answer"),
         infer_cfg=dict(
-            prompt_template=dict(
-                type=_Name("PromptTemplate"), template=dict(round=[dict(role="HUMAN", prompt="{prompt}")])
-            ),
+            prompt_template=dict(type=_Name("PromptTemplate"), template=template),
             retriever=dict(type=_Name("ZeroRetriever")),
-            inferencer=dict(type=_Name("GenInferencer"), max_out_len=spec.max_out_len),
+            inferencer=inferencer,
         ),
-        eval_cfg=dict(evaluator=dict(type=_Name("TaskEvaluator"), task=spec.task)),
+        eval_cfg=dict(evaluator=dict(type=_Name(evaluator), task=spec.task)),
     )
 
 
 def model_config(spec: ModelSpec) -> dict:
     config = dict(
-        type=_Name("HuggingFacewithChatTemplate"),
+        type=_Name("ChatModel"),
         abbr=spec.abbr,
         path=str(spec.path),
         # OpenCompass's defaults are fp16 and device_map "auto": always say both explicitly.

@@ -20,8 +20,12 @@ def main(argv: list[str]) -> None:
     from opencompass.cli.main import main as opencompass_main
 
     # --reuse NAME makes WORK_DIR itself the run folder instead of a new timestamped one inside it,
-    # and lets OpenCompass resume from the predictions a killed run left there.
-    sys.argv = ["opencompass", config, "--work-dir", str(work_dir.parent), "--reuse", work_dir.name, "--debug"]
+    # and lets OpenCompass resume from the predictions a killed run left there. --dump-eval-details
+    # (0.5.4's default, said explicitly) keeps the evaluators' per-example details in the result files.
+    sys.argv = [
+        "opencompass", config, "--work-dir", str(work_dir.parent), "--reuse", work_dir.name, "--debug",
+        "--dump-eval-details", "True",
+    ]
     opencompass_main()
 
 

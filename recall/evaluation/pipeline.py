@@ -1,48 +1,66 @@
-"""`evaluate`: validate, write the OpenCompass inputs, run OpenCompass, collect `metrics.json`.
+"""`evaluate`: validate, write the OpenCompass inputs, run OpenCompass, collect `metrics.json` and
+the per-example records.
 
 Layout of `out/`:
-    metrics.json           {"<task>": {"<metric>": score 0-100, ...}, ...}; written last, atomically
+    metrics.json           {"<task>": {"<metric>": score, ...}, ...}: the task's metrics (0-100, primary
+                           first), then `nll`; written last, atomically
+    examples/<task>.jsonl  one line per test example, in test-file order: {"index", "score" (0-100, the
+                           example's part of the primary metric), "nll", "prediction", "reference"}, and
+                           for translation "bleu_stats"; `Task.aggregate` of the lines gives the primary
+                           metric. The folder is written whole, atomically, just before metrics.json
     opencompass_config.py  the generated OpenCompass config
     data/<task>.jsonl      the test examples as OpenCompass custom datasets
     opencompass.log        everything OpenCompass printed
     opencompass/           OpenCompass's own outputs: predictions/, results/, summary/, configs/
+
+`nll` is the mean over examples of the reference answer's mean negative log-likelihood per token
+after the chat-rendered prompt (natural log; lower is better), for every task and mode.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from recall.atomic import atomic_file, write_json
+from recall.atomic import atomic_dir, atomic_file, write_json
 from recall.errors import RecallError
 from recall.evaluation.config import (
     MAX_NEW_TOKENS,
     DatasetSpec,
     ModelSpec,
-    dataset_abbr,
+    dataset_specs,
     model_abbr,
     render_config,
     write_dataset,
 )
-from recall.evaluation.results import read_metrics
+from recall.evaluation.results import read_results, task_outcome
 from recall.evaluation.runner import last_error, run_opencompass
-from recall.tasks.base import Task, get_task
+from recall.tasks.base import Task, get_task, list_tasks
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
+
+MODES = ("ppl", "gen")
+# Label and letter tasks are scored by likelihood unless asked otherwise; free-text ones always generate.
+DEFAULT_MODES = {"classification": "ppl", "mcq": "ppl"}
 
 # Config fields that bound a model's sequence length, by architecture family.
 _CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "seq_length")
 
 
-def prompt_budget(model: Path, reply_tokens: int) -> int | None:
-    """Check that `model` is a chat model folder; return how many prompt tokens fit beside a reply.
+def chat_model_info(model: Path) -> tuple[PreTrainedTokenizerBase, int | None]:
+    """(tokenizer, context length or None) of a chat model folder, checked.
 
     Reads the config and tokenizer only, so a wrong path fails in a second rather than after
-    OpenCompass has started. None when the config states no context length.
+    OpenCompass has started. The context is None when the config states none.
     """
     from transformers import AutoConfig, AutoTokenizer
 
@@ -59,7 +77,11 @@ def prompt_budget(model: Path, reply_tokens: int) -> int | None:
             "`chat_template` to its tokenizer_config.json"
         )
     text_config = config.get_text_config()
-    context = next((getattr(text_config, f) for f in _CONTEXT_FIELDS if getattr(text_config, f, None)), None)
+    return tokenizer, next((getattr(text_config, f) for f in _CONTEXT_FIELDS if getattr(text_config, f, None)), None)
+
+
+def prompt_budget(model: Path, context: int | None, reply_tokens: int) -> int | None:
+    """How many prompt tokens fit beside a generated reply; None when the context is unknown."""
     if context is None:
         return None
     if context <= reply_tokens:
@@ -79,6 +101,26 @@ def resolve_tasks(names: Sequence[str]) -> list[Task]:
     return [get_task(name) for name in names]
 
 
+def resolve_modes(modes: Mapping[str, str] | None) -> dict[str, str]:
+    """Every task format's mode: `DEFAULT_MODES` (else "gen"), overridden by `modes`."""
+    tasks = list_tasks()
+    formats = list(dict.fromkeys(t.format for t in tasks))
+    with_choices = {t.format for t in tasks if t.choices}
+    resolved = {f: DEFAULT_MODES.get(f, "gen") for f in formats}
+    for fmt, mode in (modes or {}).items():
+        if fmt not in resolved:
+            raise RecallError(f"unknown task format {fmt!r} in the modes; the formats are {', '.join(formats)}")
+        if mode not in MODES:
+            raise RecallError(f"mode {mode!r} for format {fmt} is not one of {', '.join(MODES)}")
+        if mode == "ppl" and fmt not in with_choices:
+            raise RecallError(
+                f"format {fmt} cannot be scored by likelihood (ppl): its answers are free text, not a fixed set "
+                f"of choices; use {fmt}=gen"
+            )
+        resolved[fmt] = mode
+    return resolved
+
+
 def use_gpu() -> tuple[bool, str]:
     """(GPU available, dtype to evaluate in): fp32 on CPU, bf16 on GPUs that have it, else fp16."""
     import torch
@@ -88,58 +130,92 @@ def use_gpu() -> tuple[bool, str]:
     return True, "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
 
 
+def write_examples(folder: Path, records: Mapping[str, Sequence[dict]]) -> None:
+    """examples/<task>.jsonl for every task, the folder replaced as a whole."""
+    with atomic_dir(folder) as tmp:
+        for task, lines in records.items():
+            with (tmp / f"{task}.jsonl").open("w", encoding="utf-8") as fh:
+                fh.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+
+
 def evaluate(
     model: str | os.PathLike,
     tasks: Sequence[str],
     out: str | os.PathLike,
     data_dir: str | os.PathLike | None = None,
-    limit: int | None = None,
+    limit: int | Mapping[str, int | None] | None = None,
     batch_size: int = 8,
     max_new_tokens: int | None = None,
+    modes: Mapping[str, str] | None = None,
+    threads: int | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Score `model` on the test split of each task (first `limit` examples) with OpenCompass.
+    """Score `model` on the test split of each task (first `limit` examples, or limit[task]) with OpenCompass.
 
-    Returns and writes `out/metrics.json`. Raises RecallError on bad input before OpenCompass
-    starts, and naming the task and log file when any task fails; metrics.json then does not exist.
-    Predictions OpenCompass already made in `out/` for the very same model files, examples and reply
-    length are reused, so a killed run resumes; scores are always recomputed.
+    `modes` maps a task format to "ppl" (choices ranked by likelihood) or "gen" (greedy replies); by
+    default `DEFAULT_MODES`. `batch_size` is sequences per forward pass: prompts when generating,
+    prompt + answer pairs when scoring likelihoods. `max_new_tokens` bounds generated replies;
+    `threads` sets the CPU threads of OpenCompass's process.
+
+    Returns and writes `out/metrics.json`, after `out/examples/`. Raises RecallError on bad input
+    before OpenCompass starts, and naming the task and log file when any task fails; metrics.json and
+    examples/ then do not exist. Predictions OpenCompass already made in `out/` for the very same model
+    files, examples, mode and reply length are reused, so a killed run resumes; scores are always
+    recomputed.
     """
     model, out = Path(model).resolve(), Path(out).resolve()
     if batch_size < 1:
         raise RecallError(f"--batch-size must be at least 1, got {batch_size}")
     if max_new_tokens is not None and max_new_tokens < 1:
         raise RecallError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    if threads is not None and threads < 1:
+        raise RecallError(f"--threads must be at least 1, got {threads}")
     task_list = resolve_tasks(tasks)
+    mode_of = resolve_modes(modes)
     reply_tokens = {t.name: max_new_tokens or MAX_NEW_TOKENS[t.format] for t in task_list}
-    max_seq_len = prompt_budget(model, max(reply_tokens.values()))
-    examples = {t.name: t.load("test", Path(data_dir) if data_dir is not None else None, limit) for t in task_list}
+    generated = [reply_tokens[t.name] for t in task_list if mode_of[t.format] == "gen"]
+    tokenizer, context = chat_model_info(model)
+    max_seq_len = prompt_budget(model, context, max(generated, default=0))
+    limits = limit if isinstance(limit, Mapping) else {t.name: limit for t in task_list}
+    examples = {t.name: t.load("test", Path(data_dir) if data_dir is not None else None, limits.get(t.name))
+                for t in task_list}
 
     out.mkdir(parents=True, exist_ok=True)
-    # Whatever happens next, an older metrics.json must not pass for this run's result.
+    # Whatever happens next, an older metrics.json or examples/ must not pass for this run's result.
     (out / "metrics.json").unlink(missing_ok=True)
-    datasets = []
+    shutil.rmtree(out / "examples", ignore_errors=True)
+    datasets: dict[str, list[DatasetSpec]] = {}
     for task in task_list:
-        path, length = out / "data" / f"{task.name}.jsonl", reply_tokens[task.name]
-        write_dataset(examples[task.name], path)
-        datasets.append(DatasetSpec(task.name, dataset_abbr(task.name, path, length), path, length))
+        path = out / "data" / f"{task.name}.jsonl"
+        write_dataset(examples[task.name], tokenizer, path)
+        mode = mode_of[task.format]
+        datasets[task.name] = dataset_specs(task.name, mode, path, reply_tokens[task.name], task.choices)
+    everything = [d for specs in datasets.values() for d in specs]
     gpu, dtype = use_gpu()
     spec = ModelSpec(model, model_abbr(model), batch_size, max_seq_len, gpu, dtype)
     config = out / "opencompass_config.py"
     with atomic_file(config) as fh:
-        fh.write(render_config(spec, datasets))
+        fh.write(render_config(spec, everything))
 
     work_dir, log_path = out / "opencompass", out / "opencompass.log"
     shutil.rmtree(work_dir / "results", ignore_errors=True)  # scores always come from this run
     log.info(
-        "evaluating %s on %s (%s examples) with OpenCompass on %s; log: %s",
-        model, ", ".join(examples), sum(map(len, examples.values())), "GPU" if gpu else "CPU", log_path,
+        "evaluating %s on %s (%s examples; %s) with OpenCompass on %s; log: %s",
+        model, ", ".join(examples), sum(map(len, examples.values())),
+        ", ".join(f"{t.name} {mode_of[t.format]}" for t in task_list), "GPU" if gpu else "CPU", log_path,
     )
     started = time.monotonic()
-    status = run_opencompass(config, work_dir, log_path)
+    status = run_opencompass(config, work_dir, log_path, threads)
     failure = f"OpenCompass exited with status {status}: {last_error(log_path)}" if status else None
-    metrics = read_metrics(work_dir, spec.abbr, datasets, {t.name: t.metrics for t in task_list}, log_path, failure)
+    results = read_results(work_dir, spec.abbr, everything, log_path, failure)
     if failure:  # every result present yet the run crashed (e.g. in the summary): do not trust it
         raise RecallError(f"{failure}; see the log {log_path}")
+    where = f"see {work_dir / 'results'} and {log_path}"
+    metrics, records = {}, {}
+    for task in task_list:
+        metrics[task.name], records[task.name] = task_outcome(
+            task, datasets[task.name], results, len(examples[task.name]), where
+        )
+    write_examples(out / "examples", records)
     write_json(out / "metrics.json", metrics)
     log.info("evaluated in %.0f s: %s", time.monotonic() - started, metrics)
     return metrics

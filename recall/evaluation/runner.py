@@ -20,10 +20,15 @@ import recall
 _SOURCE_ROOT = str(Path(recall.__file__).resolve().parents[1])
 
 
-def run_opencompass(config: Path, work_dir: Path, log: Path) -> int:
-    """Evaluate `config` with OpenCompass, outputs under `work_dir`; return the child's exit status."""
+def run_opencompass(config: Path, work_dir: Path, log: Path, threads: int | None = None) -> int:
+    """Evaluate `config` with OpenCompass, outputs under `work_dir`; return the child's exit status.
+
+    `threads`: the child's CPU threads (torch reads OMP_NUM_THREADS at start); None inherits them.
+    """
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [_SOURCE_ROOT, env.get("PYTHONPATH")]))
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     command = [sys.executable, "-m", "recall.evaluation.opencompass_main", str(config), str(work_dir)]
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     # OpenCompass leaves `tmp/` and `icl_inference_output/` in its working directory: give it a scratch one.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,9 @@ class Task(ABC):
     source: str  # hub dataset id and config, e.g. "stanfordnlp/sst2"
     format: str  # "classification" | "extractive_qa" | "mcq" | "translation"
     metrics: tuple[str, ...]  # primary first: ("accuracy",), ("exact_match",), ("bleu", "exact_match")
+    # The closed set of answers of label and letter tasks, e.g. ("negative", "positive") or A-D: every
+    # answer is one of them, so they can be ranked by likelihood. Empty for free-text tasks.
+    choices: tuple[str, ...] = ()
 
     @abstractmethod
     def load(self, split: str, data_dir: Path | None = None, limit: int | None = None) -> list[Example]:
@@ -34,6 +38,20 @@ class Task(ABC):
     @abstractmethod
     def score(self, predictions: list[str], references: list[str]) -> dict[str, float]:
         """Every metric of `metrics` on a 0-100 scale; predictions may be verbose chat replies."""
+
+    def records(self, predictions: list[str], references: list[str]) -> list[dict]:
+        """One record per example, in order: its `score` (0-100), what it contributes to the primary
+        metric, plus whatever `aggregate` needs. Default: the primary metric of the example alone."""
+        primary = self.metrics[0]
+        return [{"score": self.score([p], [r])[primary]} for p, r in zip(predictions, references, strict=True)]
+
+    def aggregate(self, records: Sequence[Mapping]) -> float:
+        """The primary metric (0-100) of a sample of per-example records (`examples/<task>.jsonl`
+        lines), so that a bootstrap can resample examples. Mean-decomposable metrics average each
+        record's `score`; corpus-level metrics (BLEU) override this."""
+        if not records:
+            raise RecallError(f"task {self.name}: no per-example records to aggregate")
+        return sum(float(r["score"]) for r in records) / len(records)
 
 
 _REGISTRY: dict[str, Task] = {}

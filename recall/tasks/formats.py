@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from abc import abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -135,6 +135,7 @@ class SentimentTask(JsonlTask):
 
     format = "classification"
     metrics = ("accuracy",)
+    choices = SENTIMENT_LABELS
     required = ("sentence", "label")
 
     def example(self, row: Mapping[str, Any]) -> Example:
@@ -171,6 +172,7 @@ class MCQTask(JsonlTask):
 
     format = "mcq"
     metrics = ("accuracy",)
+    choices = tuple(scoring.CHOICES)
 
     def score(self, predictions: list[str], references: list[str]) -> dict[str, float]:
         return {"accuracy": scoring.choice_accuracy(predictions, references)}
@@ -218,3 +220,17 @@ class TranslationTask(JsonlTask):
             "bleu": scoring.corpus_bleu(predictions, references),
             "exact_match": scoring.translation_exact_match(predictions, references),
         }
+
+    def records(self, predictions: list[str], references: list[str]) -> list[dict]:
+        """Sentence BLEU as each `score`, and the sentence's `bleu_stats` for corpus BLEU of any subset."""
+        scoring.check_lengths(predictions, references)
+        return [
+            {"score": scoring.sentence_bleu(p, r), "bleu_stats": scoring.bleu_stats(p, r)}
+            for p, r in zip(predictions, references)
+        ]
+
+    def aggregate(self, records: Sequence[Mapping]) -> float:
+        """Corpus BLEU of the records: BLEU is not a mean of sentence scores, so their statistics are summed."""
+        if not records:
+            raise RecallError(f"task {self.name}: no per-example records to aggregate")
+        return scoring.bleu_from_stats([r["bleu_stats"] for r in records])

@@ -10,6 +10,7 @@ import string
 from collections.abc import Callable, Sequence
 
 import sacrebleu
+from sacrebleu.metrics import BLEU
 
 from recall.errors import RecallError
 
@@ -117,3 +118,34 @@ def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
     check_lengths(predictions, references)
     bleu = sacrebleu.corpus_bleu([p.strip() for p in predictions], [[r.strip() for r in references]])
     return round(float(bleu.score), 6)  # sacrebleu returns 100.00000000000004 for a perfect match
+
+
+def sentence_bleu(prediction: str, reference: str) -> float:
+    """sacrebleu's sentence BLEU (effective n-gram order, so a short sentence need not match 4-grams)."""
+    return round(float(sacrebleu.sentence_bleu(prediction.strip(), [reference.strip()]).score), 6)
+
+
+# corpus_bleu's settings (13a, exponential smoothing), so statistics summed over segments give its score.
+_BLEU = BLEU()
+
+
+def bleu_stats(prediction: str, reference: str) -> list[int]:
+    """sacrebleu's sufficient statistics of one segment: 4 n-gram match counts, 4 n-gram totals,
+    hypothesis length, reference length. Corpus BLEU of any set of segments is `bleu_from_stats` of
+    theirs, since sacrebleu itself sums these over segments."""
+    score = _BLEU.corpus_score([prediction.strip()], [[reference.strip()]])
+    return [*score.counts, *score.totals, score.sys_len, score.ref_len]
+
+
+def bleu_from_stats(stats: Sequence[Sequence[int]]) -> float:
+    """Corpus BLEU (0-100) from per-segment `bleu_stats`, equal to `corpus_bleu` of those segments."""
+    if not stats:
+        raise RecallError("no segments to compute BLEU from")
+    total = [sum(column) for column in zip(*stats, strict=True)]
+    order = _BLEU.max_ngram_order
+    bleu = BLEU.compute_bleu(
+        correct=total[:order], total=total[order : 2 * order], sys_len=total[2 * order],
+        ref_len=total[2 * order + 1], smooth_method=_BLEU.smooth_method, smooth_value=_BLEU.smooth_value,
+        effective_order=_BLEU.effective_order, max_ngram_order=order,
+    )
+    return round(float(bleu.score), 6)
