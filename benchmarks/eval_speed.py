@@ -1,19 +1,23 @@
-"""Evaluation speed: `recall evaluate` in PPL mode against a plain batched forward pass.
+"""Evaluation speed of likelihood (PPL) tasks: `recall evaluate`'s one pass per prompt against one
+forward per (prompt, answer) pair, and against a plain batched forward.
 
-    .venv/bin/python benchmarks/eval_speed.py --model /tmp/smolbase [--task sst2] [--limit 32]
-        [--batch-size 8] [--threads 1] [--data-dir ../shared/data]
+    .venv/bin/python benchmarks/eval_speed.py --model /tmp/smolbase [--case sst2:32 --case race:12]
+        [--batch-size 8] [--threads 1] [--repeats 1] [--data-dir ../shared/data]
 
-All three score the same (prompt, label) pairs: each of the task's first `--limit` test examples,
-rendered with the model's chat template, followed by each label, in the same length-sorted batches of
-`--batch-size` pairs, on `--threads` CPU threads:
+Each `--case TASK:LIMIT` (default: sst2, short prompts and two labels, and race, ~500-token articles
+and four options) scores every label after each of the task's first LIMIT test examples, rendered with
+the model's chat template, on `--threads` CPU threads, `--batch-size` rows per forward pass:
 - plain: transformers alone on the already loaded model: a left-padded forward pass over each batch
-  (the model's logits at every position, as a plain forward gives them), then the log-softmax at the
-  answer positions only;
-- core: the likelihood call `recall evaluate` makes inside OpenCompass, `ChatModel.get_answer_nll`;
+  of (prompt, label) pairs (the model's logits at every position, as a plain forward gives them), then
+  the log-softmax at the answer positions only;
+- per pair: the likelihood `recall evaluate` computed before it ran each prompt once: the same
+  batches of pairs, the output layer at the answer positions only (`logits_to_keep`);
+- one pass: the likelihood call `recall evaluate` makes inside OpenCompass,
+  `ChatModel.get_answer_nll`: each prompt once, in batches of prompts, every label scored from it;
 - evaluate: `recall evaluate` end to end in a fresh process (fresh output folder, so nothing cached):
   imports, OpenCompass, model load, inference, scoring, examples/ and metrics.json.
-plain and core alternate, best of `--repeats`; the labels plain and evaluate choose are compared.
-Writes benchmarks/results/eval_speed.json and eval_speed.md.
+plain, per pair and one pass alternate, best of `--repeats`; their NLLs and the labels plain and
+evaluate choose are compared. Writes benchmarks/results/eval_speed.json and eval_speed.md.
 """
 
 from __future__ import annotations
@@ -40,6 +44,13 @@ from recall.tasks.base import get_task
 Pair = tuple[int, str]  # (example index, answer)
 
 
+def pair_batches(prompts: list[str], choices: list[str], size: int) -> list[list[Pair]]:
+    """Every (example, label) pair in batches of `size`, longest text first (the per-pair batching)."""
+    pairs = [(i, c) for i in range(len(prompts)) for c in choices]
+    order = sorted(pairs, key=lambda pair: len(prompts[pair[0]]) + len(pair[1]), reverse=True)
+    return [order[start : start + size] for start in range(0, len(order), size)]
+
+
 def plain_forward(lm, tokenizer, prompts: list[str], batches: list[list[Pair]]) -> dict[Pair, float]:
     """Mean NLL per answer token of every pair, with nothing but transformers."""
     nll = {}
@@ -58,10 +69,44 @@ def plain_forward(lm, tokenizer, prompts: list[str], batches: list[list[Pair]]) 
     return nll
 
 
-def core_forward(model, prompts: list[str], batches: list[list[Pair]]) -> dict[Pair, float]:
+def per_pair_nll(model, prompts: list[str], answers: list[str]) -> list[float]:
+    """Mean NLL per token of each answer after its prompt, one left-padded row per pair (the
+    computation `ChatModel.get_answer_nll` replaced), the output layer at the answer positions only."""
+    encode = model.tokenizer
+    rows = [
+        (encode(p, add_special_tokens=False)["input_ids"], encode(a, add_special_tokens=False)["input_ids"])
+        for p, a in zip(prompts, answers)
+    ]
+    rows = [(prompt[-(model.max_seq_len - len(answer)) :] + answer, len(answer)) for prompt, answer in rows]
+    width = max(len(ids) for ids, _ in rows)
+    longest = max(n for _, n in rows)
+    pad = encode.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids, _ in rows])
+    attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids, _ in rows])
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        logits = model.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            logits_to_keep=longest + 1, use_cache=False,
+        ).logits[:, :-1].float()
+    targets = input_ids[:, -longest:]
+    nll = -torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return [nll[i, longest - n :].mean().item() for i, (_, n) in enumerate(rows)]
+
+
+def per_pair(model, prompts: list[str], batches: list[list[Pair]]) -> dict[Pair, float]:
     nll = {}
     for batch in batches:
-        nll.update(zip(batch, model.get_answer_nll([prompts[i] for i, _ in batch], [a for _, a in batch])))
+        nll.update(zip(batch, per_pair_nll(model, [prompts[i] for i, _ in batch], [a for _, a in batch])))
+    return nll
+
+
+def one_pass(model, prompts: list[str], choices: list[str], batches: list[list[int]]) -> dict[Pair, float]:
+    nll = {}
+    for batch in batches:
+        values = model.get_answer_nll([prompts[i] for i in batch], [choices] * len(batch))
+        for i, scores in zip(batch, values):
+            nll.update({(i, c): v for c, v in zip(choices, scores)})
     return nll
 
 
@@ -71,10 +116,10 @@ def timed(fn, *args):
     return time.perf_counter() - started, result
 
 
-def run_evaluate(args: argparse.Namespace, out: Path) -> tuple[float, list[str]]:
+def run_evaluate(args: argparse.Namespace, task: str, limit: int, out: Path) -> tuple[float, list[str]]:
     """Wall time of `recall evaluate` in a fresh process, and the command."""
     command = [str(Path(sys.executable).with_name("recall")), "evaluate", "--model", str(args.model),
-               "--tasks", args.task, "--data-dir", str(args.data_dir), "--limit", str(args.limit),
+               "--tasks", task, "--data-dir", str(args.data_dir), "--limit", str(limit),
                "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--out", str(out)]
     started = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True)
@@ -84,40 +129,116 @@ def run_evaluate(args: argparse.Namespace, out: Path) -> tuple[float, list[str]]
     return wall, command
 
 
-def markdown(result: dict) -> str:
-    r = result
-    return f"""# Evaluation speed: `recall evaluate` (PPL) vs a plain batched forward
+def run_case(args: argparse.Namespace, name: str, limit: int, lm, model, tokenizer) -> dict:
+    task = get_task(name)
+    if not task.choices:
+        raise RecallError(f"task {name} has no choices to rank; pick a classification or mcq task")
+    choices = list(task.choices)
+    examples = task.load("test", args.data_dir, limit)
+    prompts = [chat_prompt(tokenizer, e.prompt) for e in examples]
+    pairs = pair_batches(prompts, choices, args.batch_size)
+    prompt_batches = length_sorted_batches(prompts, args.batch_size)
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    pair_tokens = sum(count(prompts[i] + c) for batch in pairs for i, c in batch)
+    prompt_tokens = sum(map(count, prompts))
+    times = {"plain": [], "per_pair": [], "one_pass": []}
+    for _ in range(args.repeats):
+        seconds, plain = timed(plain_forward, lm, tokenizer, prompts, pairs)
+        times["plain"].append(seconds)
+        seconds, old = timed(per_pair, model, prompts, pairs)
+        times["per_pair"].append(seconds)
+        seconds, new = timed(one_pass, model, prompts, choices, prompt_batches)
+        times["one_pass"].append(seconds)
+    best = {key: min(values) for key, values in times.items()}
 
-{r['examples']} {r['task']} test examples x {len(r['choices'])} labels = {r['pairs']} (prompt, label) pairs,
-{r['tokens']} tokens, batches of {r['batch_size']} pairs, {r['threads']} thread(s), {r['model']}.
-Command: `{r['command']}`
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "eval"
+        wall, command = run_evaluate(args, name, limit, out)
+        metrics = json.loads((out / "metrics.json").read_text())[name]
+        records = [json.loads(line) for line in (out / "examples" / f"{name}.jsonl").read_text().splitlines()]
+    chosen = [min(choices, key=lambda c, i=i: plain[i, c]) for i in range(len(examples))]
+    keys = list(plain)
+    return {
+        "evaluate_command": " ".join(command),
+        "task": name, "choices": choices, "examples": len(examples), "pairs": len(keys),
+        "label_tokens": [count(c) for c in choices],
+        "pair_tokens": pair_tokens, "prompt_tokens": prompt_tokens,
+        "plain_s": best["plain"], "per_pair_s": best["per_pair"], "one_pass_s": best["one_pass"],
+        "evaluate_wall_s": wall, "times_s": times,
+        "per_pair_over_plain_time": best["per_pair"] / best["plain"],
+        "one_pass_over_plain_time": best["one_pass"] / best["plain"],
+        "one_pass_over_per_pair_time": best["one_pass"] / best["per_pair"],
+        "evaluate_over_plain_time": wall / best["plain"],
+        "evaluate_fixed_s": wall - best["one_pass"],
+        "max_nll_difference_plain": max(abs(plain[k] - new[k]) for k in keys),
+        "max_nll_difference_per_pair": max(abs(old[k] - new[k]) for k in keys),
+        "max_nll_relative_difference_per_pair": max(abs(old[k] - new[k]) / abs(old[k]) for k in keys),
+        "label_agreement": sum(c == r["prediction"] for c, r in zip(chosen, records)) / len(examples),
+        "accuracy": metrics["accuracy"], "nll": metrics["nll"],
+    }
 
-| what | seconds | time / plain |
-|---|---|---|
-| plain batched forward (transformers, model loaded) | {r['plain_s']:.2f} | 1.00 |
-| likelihood call inside OpenCompass (`ChatModel.get_answer_nll`) | {r['core_s']:.2f} | {r['core_over_plain_time']:.2f} |
-| `recall evaluate` end to end (fresh process) | {r['evaluate_wall_s']:.2f} | {r['evaluate_over_plain_time']:.2f} |
 
-The likelihood call computes the model's output layer at the answer positions only (`logits_to_keep`),
-which is why it beats a plain forward. Fixed cost of `recall evaluate` over the likelihood call
-(imports, OpenCompass, model load, scoring, files): {r['evaluate_fixed_s']:.1f} s.
-Plain and `recall evaluate` chose the same label for {r['label_agreement']:.0%} of examples;
-largest |NLL difference| plain vs core: {r['max_nll_difference']:.2e}.
+def case_markdown(r: dict, batch_size: int) -> str:
+    return f"""## {r['task']}: {r['examples']} examples x {len(r['choices'])} labels
+
+{r['pairs']} (prompt, label) pairs of {r['pair_tokens']} tokens in all; the prompts alone:
+{r['prompt_tokens']} tokens; tokens per label: {r['label_tokens']}.
+Batches of {batch_size} rows: pairs for plain and per pair, prompts for one pass and `recall evaluate`.
+
+| what | seconds | time / plain | time / per pair |
+|---|---|---|---|
+| plain batched forward per pair (transformers, model loaded) | {r['plain_s']:.2f} | 1.00 | \
+{r['plain_s'] / r['per_pair_s']:.2f} |
+| per pair, answer positions only (the former `get_answer_nll`) | {r['per_pair_s']:.2f} | \
+{r['per_pair_over_plain_time']:.2f} | 1.00 |
+| one pass per prompt (`ChatModel.get_answer_nll`) | {r['one_pass_s']:.2f} | {r['one_pass_over_plain_time']:.2f} | \
+{r['one_pass_over_per_pair_time']:.2f} |
+| `recall evaluate` end to end (fresh process) | {r['evaluate_wall_s']:.2f} | {r['evaluate_over_plain_time']:.2f} | |
+
+Fixed cost of `recall evaluate` over the one-pass call (imports, OpenCompass, model load, scoring,
+files): {r['evaluate_fixed_s']:.1f} s.
+Largest |NLL difference| of one pass against per pair: {r['max_nll_difference_per_pair']:.2e}
+(relative {r['max_nll_relative_difference_per_pair']:.2e}); against plain: {r['max_nll_difference_plain']:.2e}.
+Plain and `recall evaluate` chose the same label for {r['label_agreement']:.0%} of examples.
 Accuracy {r['accuracy']:.2f}, nll {r['nll']:.4f}.
 """
+
+
+def markdown(result: dict) -> str:
+    r = result
+    cases = "\n".join(case_markdown(case, r["batch_size"]) for case in r["cases"].values())
+    return f"""# Evaluation speed of PPL tasks: one pass per prompt vs one forward per (prompt, label) pair
+
+{r['model']}, {r['threads']} thread(s), best of {r['repeats']}.
+Command: `{r['command']}`
+
+One pass runs each prompt once: a label of one token is scored from the prompt's last position (the
+output layer there only), a longer one continues from the prompt's key/value cache with its other
+tokens. Per pair runs prompt + label once per label.
+
+{cases}"""
+
+
+def parse_case(text: str) -> tuple[str, int]:
+    task, _, limit = text.partition(":")
+    if not limit.isdigit() or int(limit) < 1:
+        raise argparse.ArgumentTypeError(f"expected TASK:LIMIT, got {text!r}")
+    return task, int(limit)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=Path("data/steps/base/model"))
-    parser.add_argument("--task", default="sst2")
+    parser.add_argument("--case", type=parse_case, action="append", dest="cases",
+                        help="TASK:LIMIT, repeatable (default: sst2:32 and race:12)")
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--limit", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "eval_speed.json")
     args = parser.parse_args()
+    args.cases = args.cases or [("sst2", 32), ("race", 12)]
     if not (args.model / "config.json").is_file():
         raise RecallError(
             f"{args.model} is not a model folder; pull one with `.venv/bin/recall base pull --out /tmp/smolbase`"
@@ -125,53 +246,21 @@ def main() -> None:
     args.model, args.data_dir = args.model.resolve(), args.data_dir.resolve()
     torch.set_num_threads(args.threads)
 
-    task = get_task(args.task)
-    if not task.choices:
-        raise RecallError(f"task {args.task} has no choices to rank; pick a classification or mcq task")
-    examples = task.load("test", args.data_dir, args.limit)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    prompts = [chat_prompt(tokenizer, e.prompt) for e in examples]
-    pairs = [(i, c) for i in range(len(examples)) for c in task.choices]
-    batches = length_sorted_batches(pairs, prompts, args.batch_size)
-    tokens = sum(len(tokenizer(prompts[i] + c, add_special_tokens=False)["input_ids"]) for i, c in pairs)
-
     from recall.evaluation.compat import restore_batch_encode_plus
     from recall.evaluation.model import ChatModel
 
     restore_batch_encode_plus()
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
     lm = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
-    core = ChatModel(path=str(args.model), model_kwargs=dict(torch_dtype="float32", device_map="cpu"))
-    plain_times, core_times = [], []
-    for _ in range(args.repeats):
-        seconds, plain = timed(plain_forward, lm, tokenizer, prompts, batches)
-        plain_times.append(seconds)
-        seconds, ours = timed(core_forward, core, prompts, batches)
-        core_times.append(seconds)
-    del lm, core
-
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "eval"
-        wall, command = run_evaluate(args, out)
-        metrics = json.loads((out / "metrics.json").read_text())[args.task]
-        records = [json.loads(line) for line in (out / "examples" / f"{args.task}.jsonl").read_text().splitlines()]
-    chosen = [min(task.choices, key=lambda c, i=i: plain[i, c]) for i in range(len(examples))]
+    model = ChatModel(path=str(args.model), model_kwargs=dict(torch_dtype="float32", device_map="cpu"))
+    # Warm-up: the first forward of a process pays one-off costs that none of the timed paths should.
+    plain_forward(lm, tokenizer, ["Hello"], [[(0, "A")]])
+    one_pass(model, ["Hello"], ["A"], [[0]])
+    cases = {name: run_case(args, name, limit, lm, model, tokenizer) for name, limit in args.cases}
     result = {
-        "benchmark": "eval_speed",
-        "command": command_line(),
-        "evaluate_command": " ".join(command),
-        "model": str(args.model), "task": args.task, "choices": list(task.choices),
-        "examples": len(examples), "pairs": len(pairs), "tokens": tokens,
-        "batch_size": args.batch_size, "threads": args.threads,
-        "plain_s": min(plain_times), "core_s": min(core_times), "evaluate_wall_s": wall,
-        "plain_tokens_per_s": tokens / min(plain_times), "core_tokens_per_s": tokens / min(core_times),
-        "evaluate_tokens_per_s": tokens / wall,
-        "core_over_plain_time": min(core_times) / min(plain_times),
-        "evaluate_over_plain_time": wall / min(plain_times),
-        "evaluate_fixed_s": wall - min(core_times),
-        "max_nll_difference": max(abs(plain[p] - ours[p]) for p in pairs),
-        "label_agreement": sum(c == r["prediction"] for c, r in zip(chosen, records)) / len(examples),
-        "accuracy": metrics["accuracy"], "nll": metrics["nll"],
-        "machine": machine(), "commit": git_commit(),
+        "benchmark": "eval_speed", "command": command_line(), "model": str(args.model),
+        "batch_size": args.batch_size, "threads": args.threads, "repeats": args.repeats,
+        "cases": cases, "machine": machine(), "commit": git_commit(),
     }
     write_json(args.out, result)
     with atomic_file(args.out.with_suffix(".md")) as fh:

@@ -129,6 +129,44 @@ def test_real_opencompass_run_and_forced_failure(model: Path, suite: Path, tmp_p
     assert not (out / "examples").exists()
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])  # rotary and absolute position embeddings
+def test_answer_nll_matches_one_forward_per_answer(tmp_path, family):
+    """`ChatModel.get_answer_nll` (each prompt run once, answers of several tokens continued from its
+    cache) against a plain unpadded forward per (prompt, answer): one batch with prompts of different
+    lengths, one of them cut to the context, and answers of one and of several tokens."""
+    from recall.evaluation.compat import restore_batch_encode_plus
+
+    restore_batch_encode_plus()
+    from recall.evaluation.model import ChatModel
+
+    context = 64
+    chat = ChatModel(path=str(tiny_model(tmp_path / family, family=family)), max_seq_len=context,
+                     model_kwargs=dict(torch_dtype="float32", device_map="cpu"))
+    tokenizer = chat.tokenizer
+
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    prompts = [chat_prompt(tokenizer, text) for text in
+               ["Good?", "Question: What is the capital of France? Answer:", "The movie was great. " * 12]]
+    candidates = [["A", "B", "Paris"], ["Paris", "impossible to answer", "A"], ["positive", "negative"]]
+    lengths = {len(encode(answer)) for group in candidates for answer in group}
+    assert 1 in lengths and len(lengths) >= 3
+    assert len(encode(prompts[2])) > context and len({len(encode(p)) for p in prompts}) == 3
+
+    nll = chat.get_answer_nll(prompts, candidates)
+    assert [len(values) for values in nll] == [3, 3, 2]
+    for prompt, group, values in zip(prompts, candidates, nll):
+        answers = [encode(answer) for answer in group]
+        kept = encode(prompt)[-(context - max(map(len, answers))) :]  # room for the longest answer
+        for answer, value in zip(answers, values):
+            ids = torch.tensor([kept + answer])
+            with torch.no_grad():
+                logprobs = torch.log_softmax(chat.model(ids).logits[0, :-1].float(), dim=-1)
+            picked = logprobs[torch.arange(len(kept) - 1, ids.shape[1] - 1), torch.tensor(answer)]
+            assert value == pytest.approx(-picked.mean().item(), rel=1e-4)
+
+
 def fake_opencompass(predict):
     """A stand-in for `run_opencompass` without a model: each dataset of the generated config gets the
     predictions `predict(answers, choices)` (choices: the likelihood inferencer's candidates, if any)

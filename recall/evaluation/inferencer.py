@@ -21,6 +21,7 @@ from recall.atomic import write_json
 
 class AnswerPPLInferencer(BaseInferencer):
     """Per test example: the mean NLL of each candidate answer after the prompt, and the lowest one.
+    A batch is `batch_size` examples, each prompt run once for all its candidates.
 
     `candidates`: the closed answer set (labels, option letters); None scores each example's own
     reference only, which gives the `nll` metric of generated tasks. The prompt is the dataset's
@@ -45,10 +46,10 @@ class AnswerPPLInferencer(BaseInferencer):
         prompts = list(retriever.test_ds[reader.input_columns[0]])
         golds = list(retriever.test_ds[reader.output_column])
         options = [self.candidates or [gold] for gold in golds]
-        nll = self._score([(i, answer) for i, answers in enumerate(options) for answer in answers], prompts)
+        nll = self._score(prompts, options)
         results = {}
         for i, answers in enumerate(options):
-            scores = {answer: nll[i, answer] for answer in answers}
+            scores = dict(zip(answers, nll[i], strict=True))
             best = min(answers, key=scores.__getitem__)  # ties: the first candidate
             results[str(i)] = {"origin_prompt": prompts[i], "prediction": best, "gold": golds[i], "answer_nll": scores}
         # Atomic: OpenCompass reuses any predictions file it finds, so a killed run must leave none.
@@ -56,16 +57,17 @@ class AnswerPPLInferencer(BaseInferencer):
         write_json(folder / (output_json_filename or self.output_json_filename), results)
         return [entry["prediction"] for entry in results.values()]
 
-    def _score(self, pairs: list[tuple[int, str]], prompts: list[str]) -> dict[tuple[int, str], float]:
-        """Mean answer NLL of each (example, answer) pair."""
-        nll = {}
-        for batch in length_sorted_batches(pairs, prompts, self.batch_size or 1):
-            values = self.model.get_answer_nll([prompts[i] for i, _ in batch], [answer for _, answer in batch])
-            nll.update(zip(batch, values))
+    def _score(self, prompts: list[str], options: list[list[str]]) -> list[list[float]]:
+        """Mean NLL of each example's answers, in the order of `options`."""
+        nll: list[list[float]] = [[] for _ in prompts]
+        for batch in length_sorted_batches(prompts, self.batch_size or 1):
+            values = self.model.get_answer_nll([prompts[i] for i in batch], [options[i] for i in batch])
+            for i, scores in zip(batch, values, strict=True):
+                nll[i] = scores
         return nll
 
 
-def length_sorted_batches(pairs: list[tuple[int, str]], prompts: list[str], size: int) -> list[list[tuple[int, str]]]:
-    """(example, answer) pairs in batches of `size`, longest text first, so a batch pads little."""
-    order = sorted(pairs, key=lambda pair: len(prompts[pair[0]]) + len(pair[1]), reverse=True)
+def length_sorted_batches(prompts: list[str], size: int) -> list[list[int]]:
+    """Example indices in batches of `size`, longest prompt first, so a batch pads little."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
     return [order[start : start + size] for start in range(0, len(order), size)]

@@ -5,54 +5,95 @@ Generation is OpenCompass's own (`HuggingFacewithChatTemplate.generate`). Likeli
 because OpenCompass 0.5.4 has no correct answer-only likelihood for batches: `HuggingFaceBaseModel.get_ppl`
 masks the first `mask_length` positions of the *padded* row, but its tokenizer pads on the left, so
 every shorter row of a batch is scored on part of its prompt too; and `get_loglikelihood` masks as
-many leading tokens as the continuation has, not the context.
+many leading tokens as the continuation has, not the context. It also runs the prompt once per
+candidate answer; here each prompt runs once for all its candidates.
 """
 
 from __future__ import annotations
 
 import torch
 from opencompass.models import HuggingFacewithChatTemplate
+from transformers import Cache
+
+Tail = tuple[int, list[int]]  # (prompt row in the batch, token ids of an answer of 2+ tokens)
 
 
 class ChatModel(HuggingFacewithChatTemplate):
-    def get_answer_nll(self, prompts: list[str], answers: list[str]) -> list[float]:
-        """Mean negative log-likelihood per token of each answer right after its prompt.
+    def get_answer_nll(self, prompts: list[str], candidates: list[list[str]]) -> list[list[float]]:
+        """Mean negative log-likelihood per token of each candidate answer right after its prompt:
+        `candidates[i]` are prompt i's answers, and the result has their values in the same order.
 
         Prompts arrive chat-rendered (`recall.data.chat_prompt`). Prompt and answer are tokenised apart
         and without added special tokens, as fine-tuning tokenises them (`recall.finetune`), so the
-        answer tokens scored are the ones a fine-tuned model was trained to produce. A prompt too long
-        for the context loses its start, as in generation.
+        answer tokens scored are the ones a fine-tuned model was trained to produce, and they do not
+        depend on the prompt. Hence one forward pass per prompt: its last position scores every
+        answer's first token, and answers of several tokens continue from the prompt's key/value cache
+        with their remaining tokens. A prompt too long for the context loses its start, as in
+        generation, leaving room for its longest answer (so all its answers follow the same context).
         """
-        rows = [self._encode(prompt, answer) for prompt, answer in zip(prompts, answers, strict=True)]
-        width = max(len(ids) for ids, _ in rows)
-        longest = max(n for _, n in rows)
+        answers = [[self._answer_ids(answer) for answer in group] for group in candidates]
+        contexts = [
+            self._prompt_ids(prompt, max(map(len, group))) for prompt, group in zip(prompts, answers, strict=True)
+        ]
+        tails = [(row, ids) for row, group in enumerate(answers) for ids in group if len(ids) > 1]
+        width = max(map(len, contexts))
         pad = self.tokenizer.pad_token_id
-        # Left padding ends every row with its answer, so the logits needed are the last few positions.
-        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids, _ in rows])
-        attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids, _ in rows])
-        # Positions counted from each row's first real token: models with absolute position embeddings
-        # (GPT-2) then score a row in a batch exactly as alone.
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        # Left padding ends every row with its prompt's last token, whose logits score the first answer tokens.
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in contexts])
+        attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in contexts])
         device = self.model.device
         with torch.inference_mode():
-            logits = self.model(
+            out = self.model(
                 input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                position_ids=position_ids.to(device), logits_to_keep=longest + 1, use_cache=False,
-            ).logits[:, :-1].float()
-        targets = input_ids[:, -longest:].to(device)
-        nll = -torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        return [nll[i, longest - n :].mean().item() for i, (_, n) in enumerate(rows)]
+                position_ids=positions(attention_mask).to(device), logits_to_keep=1, use_cache=bool(tails),
+            )
+            first = torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()
+            rest = iter(self._tail_nll(out.past_key_values, attention_mask, tails) if tails else [])
+        return [
+            [(-first[row, ids[0]].item() + (next(rest) if len(ids) > 1 else 0.0)) / len(ids) for ids in group]
+            for row, group in enumerate(answers)
+        ]
 
-    def _encode(self, prompt: str, answer: str) -> tuple[list[int], int]:
-        """(prompt + answer token ids, number of answer tokens), cut to the model's context."""
-        prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        answer_ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
-        if not prompt_ids or not answer_ids:
-            raise ValueError(f"empty prompt or answer (prompt {prompt[:80]!r}, answer {answer!r}); nothing to score")
-        room = self.max_seq_len - len(answer_ids)
-        if room < 1:
+    def _tail_nll(self, cache: Cache, prompt_mask: torch.Tensor, tails: list[Tail]) -> list[float]:
+        """Summed NLL of each answer's tokens after its first, run on its prompt's cached keys and values."""
+        rows = torch.tensor([row for row, _ in tails])
+        device = self.model.device
+        cache.reorder_cache(rows.to(device))  # a copy of the prompt's cache per answer (index_select)
+        width = max(len(ids) for _, ids in tails) - 1
+        pad = self.tokenizer.pad_token_id
+        # Right padding: every answer starts right after its prompt; the pads after it are not scored.
+        inputs = torch.tensor([ids[:-1] + [pad] * (width + 1 - len(ids)) for _, ids in tails])
+        targets = torch.tensor([ids[1:] + [pad] * (width + 1 - len(ids)) for _, ids in tails])
+        answer_mask = torch.tensor([[1] * (len(ids) - 1) + [0] * (width + 1 - len(ids)) for _, ids in tails])
+        context_mask = prompt_mask[rows]
+        position_ids = context_mask.sum(-1, keepdim=True) + torch.arange(width)
+        logits = self.model(
+            input_ids=inputs.to(device), attention_mask=torch.cat([context_mask, answer_mask], dim=1).to(device),
+            position_ids=position_ids.to(device), past_key_values=cache, use_cache=True,
+        ).logits.float()
+        nll = -torch.log_softmax(logits, dim=-1).gather(-1, targets.to(device).unsqueeze(-1)).squeeze(-1)
+        return (nll.cpu() * answer_mask).sum(-1).tolist()
+
+    def _answer_ids(self, answer: str) -> list[int]:
+        ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError(f"empty answer {answer!r}; nothing to score")
+        if len(ids) >= self.max_seq_len:
             raise ValueError(
-                f"an answer of {len(answer_ids)} tokens does not fit in the {self.max_seq_len}-token "
+                f"an answer of {len(ids)} tokens does not fit in the {self.max_seq_len}-token "
                 f"context beside any prompt: {answer[:80]!r}"
             )
-        return prompt_ids[-room:] + answer_ids, len(answer_ids)
+        return ids
+
+    def _prompt_ids(self, prompt: str, answer_tokens: int) -> list[int]:
+        """The prompt's token ids, cut at the start to leave `answer_tokens` of the context free."""
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError(f"empty prompt {prompt[:80]!r}; nothing to score")
+        return ids[-(self.max_seq_len - answer_tokens) :]
+
+
+def positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted from each row's first real token: models with absolute position embeddings
+    (GPT-2) then score a row in a left-padded batch exactly as alone."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)

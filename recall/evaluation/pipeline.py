@@ -152,8 +152,8 @@ def evaluate(
     """Score `model` on the test split of each task (first `limit` examples, or limit[task]) with OpenCompass.
 
     `modes` maps a task format to "ppl" (choices ranked by likelihood) or "gen" (greedy replies); by
-    default `DEFAULT_MODES`. `batch_size` is sequences per forward pass: prompts when generating,
-    prompt + answer pairs when scoring likelihoods. `max_new_tokens` bounds generated replies;
+    default `DEFAULT_MODES`. `batch_size` is prompts per forward pass (when scoring likelihoods, each
+    prompt runs once for all its candidates). `max_new_tokens` bounds generated replies;
     `threads` sets the CPU threads of OpenCompass's process.
 
     Returns and writes `out/metrics.json`, after `out/examples/`. Raises RecallError on bad input
