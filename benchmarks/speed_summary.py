@@ -45,7 +45,8 @@ def stage_times(uri: str) -> dict:
 
 def finetune_totals(run_dir: Path) -> dict:
     """Tokens and seconds of every fine-tune of the run (from each step's train_metrics.json)."""
-    runs = [json.loads(p.read_text()) for p in sorted(run_dir.glob("data/steps/*/sft/train_metrics.json"))]
+    found = [*run_dir.glob("data/experts/*/train_metrics.json"), *run_dir.glob("data/chains/*/*/sft/train_metrics.json")]
+    runs = [json.loads(p.read_text()) for p in sorted(found)]
     if not runs:
         return {}
     tokens, seconds = sum(r["train_tokens"] for r in runs), sum(r["train_seconds"] for r in runs)
