@@ -71,7 +71,9 @@ def plan(params: Params) -> list[Stage]:
     task_data = lambda *ts: [params.data_dir / t for t in ts]  # noqa: E731
     out: list[Stage] = [
         Stage("base", "base", params=["base"], outs=[S.base_model(params)]),
-        Stage("data", "data", deps=[params.root / "incoming"], params=["data"], outs=[params.data_dir]),
+        # incoming/<task>/ overrides a task's data (the scheduled flow drops new tasks there), if the folder exists
+        Stage("data", "data", deps=[p for p in [params.root / "incoming"] if p.is_dir()], params=["data"],
+              outs=[params.data_dir]),
     ]
     for t in tasks:
         after = params.step(t).after
