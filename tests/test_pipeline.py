@@ -74,9 +74,11 @@ def test_negative_sigma_is_rejected(tmp_path):
         load_params(write_params(tmp_path, params))
 
 
-def test_shipped_params_are_valid_and_dvc_yaml_is_current():
-    assert [s.task for s in load_params(ROOT / "params.yaml").steps]
-    subprocess.run([BIN / "recall", "pipeline", "--check"], cwd=ROOT, check=True)
+@pytest.mark.parametrize("params", ["params.yaml", "benchmarks/paper/sequential/params.yaml",
+                                    "benchmarks/paper/multi/params.yaml"])
+def test_shipped_params_are_valid_and_their_dvc_yaml_is_current(params):
+    assert [s.task for s in load_params(ROOT / params).steps]
+    subprocess.run([BIN / "recall", "pipeline", params, "--check"], cwd=ROOT, check=True)
 
 
 def test_each_method_is_its_own_chain(tmp_path):
