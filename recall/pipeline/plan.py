@@ -56,8 +56,7 @@ def shape_key(params: Params) -> str:
     """What decides the DAG's shape; every other setting is a params dependency of some stage."""
     shape = {"scenario": params.raw["scenario"], "sequence": params.raw["sequence"],
              "methods": list(params.methods), "with_base": params.with_base,
-             "eval_tasks": params.raw["evaluate"].get("tasks", "all"),
-             "needs_base": [m for m in params.merge_methods if m != "recall" and get_method(m).needs_base]}
+             "eval_tasks": params.raw["evaluate"].get("tasks", "all"), "incoming": (params.root / "incoming").is_dir()}
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
 
