@@ -269,3 +269,20 @@ def test_multi_scenario_merges_every_expert(tmp_path, monkeypatch):
     metrics = yaml.safe_load((out / "eval" / "metrics.json").read_text())
     assert set(metrics) == {"gen_sentiment", "gen_knowledge"}
     assert stages.report_spec(loaded, project / "data")["multi"][0]["setting"] == "with base model"
+
+
+def test_the_scheduled_flow_adopts_incoming_task_data_into_every_chain(tmp_path):
+    """A registered task dropped into incoming/ is appended to the sequence, and dvc.yaml gets its
+    stages in every method's chain, in an order that respects their dependencies."""
+    from flows.continual import adopt_incoming, stage_names
+
+    write_params(tmp_path, tiny_params())
+    (tmp_path / "incoming" / "gen_knowledge").mkdir(parents=True)
+    (tmp_path / "incoming" / "gen_knowledge" / "train.jsonl").write_text("{}\n")
+    assert adopt_incoming(tmp_path) == ["gen_knowledge"]
+    assert load_params(tmp_path / "params.yaml").step("gen_knowledge").after == "gen_translation"
+    names = stage_names(str(tmp_path / "params.yaml"))
+    for method in ("recall", "sft", "average"):
+        assert names.index(f"finetune-{method}-gen_translation") < names.index(f"finetune-{method}-gen_knowledge")
+    assert names[-1] == "report" and "finetune-recall-gen_knowledge" in (tmp_path / "dvc.yaml").read_text()
+    assert adopt_incoming(tmp_path) == []  # already in the sequence
