@@ -39,7 +39,6 @@ and similarity_<n>.png.
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ import yaml
 
 from recall import statistics as paired
 from recall.atomic import atomic_dir, atomic_file, read_json, write_json
+from recall.data import iter_jsonl
 from recall.errors import RecallError
 from recall.metrics import (
     Metrics,
@@ -211,15 +211,9 @@ class Spec:
 
 def _read_records(path: Path) -> list[dict]:
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise RecallError(f"{path} line {number} is not JSON: {err}") from None
-        if not isinstance(record, dict) or not isinstance(record.get("score"), (int, float)):
-            raise RecallError(f"{path} line {number}: each line needs a numeric `score` (0-100), got {line[:80]!r}")
+    for number, record in iter_jsonl(path):
+        if not isinstance(record.get("score"), (int, float)):
+            raise RecallError(f"{path}:{number}: each line needs a numeric `score` (0-100), got {record!r:.80}")
         records.append(record)
     if not records:
         raise RecallError(f"{path} holds no records; remove it or re-run the evaluation")

@@ -322,7 +322,7 @@ def test_evaluations_without_examples_have_no_intervals(tmp_path: Path):
 @pytest.mark.parametrize("damage, message", [
     (lambda e: e.write_text(e.read_text().replace('"score": 0.0', '"score": 100.0')), "are not from that evaluation"),
     (lambda e: e.write_text(e.read_text().replace("gen_sentiment 3", "gen_sentiment 4")), "not the same test examples"),
-    (lambda e: e.write_text(e.read_text() + "{oops\n"), "line 21 is not JSON"),
+    (lambda e: e.write_text(e.read_text() + "{oops\n"), ":21: not valid JSON"),
 ])
 def test_inconsistent_examples_fail_clearly(tmp_path: Path, damage, message):
     ok = {"gen_sentiment": flags(20, 10)}
