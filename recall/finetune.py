@@ -8,14 +8,24 @@ fine-tuning), a LoRA adapter folder or a .gguf file.
 The loop is a plain torch loop: each example is the chat-template prompt (user turn) followed by the
 answer (assistant turn + eos), exactly as `recall.data.render` writes it; the loss covers the answer
 tokens only.
+
+Every `checkpoint_every` steps the training state (LoRA weights, optimizer, schedule, RNG, log so far)
+is saved atomically to a hidden sibling of OUT, `.OUT.checkpoint/state.pt` (not inside OUT: DVC deletes
+a stage's outputs before rerunning it). A killed run rerun with the same base, data and settings
+resumes there and ends with the same weights as an uninterrupted run; a checkpoint of any other run is
+ignored. The checkpoint is deleted once OUT is written.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import itertools
+import json
 import logging
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,11 +34,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from recall.atomic import atomic_dir, write_json
+from recall.atomic import atomic_dir, atomic_path, write_json
 from recall.data import Record, chat_prompt, read_records, render
 from recall.errors import RecallError
-from recall.ewc import EWCPenalty, fisher_diagonal
-from recall.models import describe, load_causal_lm, load_tokenizer, saveable
+from recall.ewc import EWCPenalty, fisher_diagonal, trainable
+from recall.models import ModelInfo, describe, load_causal_lm, load_tokenizer, saveable
 from recall.tasks import Example, get_task
 
 log = logging.getLogger(__name__)
@@ -56,6 +66,7 @@ class FinetuneConfig:
     ewc_samples: int = 64  # examples of the previous task used to estimate the Fisher
     seed: int = 0
     dtype: str = "float32"
+    checkpoint_every: int = 25  # optimizer steps between resumable checkpoints; 0: none
 
     def validate(self) -> None:
         positive = {"epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size, "max_length": self.max_length,
@@ -66,6 +77,8 @@ class FinetuneConfig:
                 raise RecallError(f"--{name.replace('_', '-')} must be positive, got {value}")
         if not 0 <= self.lora_dropout < 1:
             raise RecallError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.checkpoint_every < 0:
+            raise RecallError(f"--checkpoint-every must be >= 0 (0: no checkpoints), got {self.checkpoint_every}")
         if self.ewc_lambda < 0:
             raise RecallError(f"--ewc-lambda must be >= 0, got {self.ewc_lambda}")
         if (self.ewc_lambda > 0) != (self.ewc_from is not None):
@@ -161,6 +174,89 @@ class TrainLog:
         return self.train_tokens / self.seconds if self.seconds else 0.0
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """A run's training state in `folder`/state.pt, tagged with the run's fingerprint, saved every
+    `every` steps (0: never)."""
+
+    folder: Path
+    fingerprint: str
+    every: int
+
+    @property
+    def file(self) -> Path:
+        return self.folder / "state.pt"
+
+    def load(self) -> dict | None:
+        """The saved state, if there is one and it belongs to this run."""
+        if not self.file.is_file():
+            return None
+        state = torch.load(self.file, map_location="cpu", weights_only=True)
+        if state["fingerprint"] != self.fingerprint:
+            log.warning("ignoring stale checkpoint %s: it is from another run (base, data or settings differ); "
+                        "starting over", self.folder)
+            return None
+        return state
+
+    def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             schedule: torch.optim.lr_scheduler.LRScheduler, record: TrainLog) -> None:
+        state = {
+            "fingerprint": self.fingerprint,
+            "step": step,
+            "model": {name: p.detach().cpu() for name, p in trainable(model).items()},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": schedule.state_dict(),
+            "rng": {"cpu": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "log": dataclasses.asdict(record),
+        }
+        # A kill mid-save leaves the previous state.pt intact; its temp file dies with the folder.
+        with atomic_path(self.file) as tmp:
+            torch.save(state, tmp)
+
+    @staticmethod
+    def restore(state: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                schedule: torch.optim.lr_scheduler.LRScheduler) -> tuple[int, TrainLog]:
+        """Put a saved state back into freshly built ones; returns the step it was saved at and the log."""
+        params = trainable(model)
+        with torch.no_grad():
+            for name, value in state["model"].items():
+                params[name].copy_(value)
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["cpu"])  # dropout continues as if never interrupted
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        return state["step"], TrainLog(**state["log"])
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def checkpoint_folder(out: str | Path) -> Path:
+    out = Path(out)
+    return out.parent / f".{out.name}.checkpoint"
+
+
+def run_fingerprint(info: ModelInfo, task: str, data_dir: Path | None, config: FinetuneConfig,
+                    encoded: list[Encoded]) -> str:
+    """What a checkpoint must match to be resumed: the base (resolved path, and its files' sizes and
+    times, which a rerun upstream stage changes), the task, the tokenised examples and every setting
+    but `checkpoint_every`, which does not change the result."""
+    settings = dataclasses.asdict(config)
+    del settings["checkpoint_every"]
+    stamps = {}
+    for path in [info.path] + ([info.base.path] if info.base else []):
+        files = [path] if path.is_file() else sorted(f for f in path.iterdir() if f.is_file())
+        stamps[str(path.resolve())] = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    described = {"base": stamps, "task": task, "data_dir": str(data_dir.resolve()) if data_dir else None,
+                 "config": settings}
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
+    for e in encoded:
+        digest.update(f"{e.input_ids}{e.labels}".encode())
+    return digest.hexdigest()
+
+
 def train_loop(
     model: torch.nn.Module,
     batches: Iterator[Batch],
@@ -168,17 +264,24 @@ def train_loop(
     lr: float,
     penalty: Callable[[], torch.Tensor] | None = None,
     desc: str = "finetune",
+    checkpoint: Checkpoint | None = None,
+    resume: dict | None = None,
 ) -> TrainLog:
-    """AdamW with linear decay to 0 and gradient clipping at 1.0; a progress bar shows loss and tokens/s."""
+    """AdamW with linear decay to 0 and gradient clipping at 1.0; a progress bar shows loss and tokens/s.
+
+    With `checkpoint` the state is saved every `checkpoint.every` steps; `resume`, a state that
+    `Checkpoint.load` returned, continues that run from where it was saved (`batches` are still the
+    whole run's: those already trained on are skipped)."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 - s / steps)
     device = next(model.parameters()).device
-    record = TrainLog()
+    done, record = Checkpoint.restore(resume, model, optimizer, schedule) if resume else (0, TrainLog())
+    batches = itertools.islice(batches, done, None)
     model.train()
-    start = time.perf_counter()
-    with tqdm(total=steps, desc=desc, unit="step") as bar:
-        for step, batch in enumerate(batches, 1):
+    start = time.perf_counter() - record.seconds  # seconds accumulate across a resume
+    with tqdm(total=steps, initial=done, desc=desc, unit="step") as bar:
+        for step, batch in enumerate(batches, done + 1):
             record.train_tokens += int(batch["attention_mask"].sum())
             record.answer_tokens += int((batch["labels"] != IGNORE).sum())
             loss = model(**to_device(batch, device)).loss
@@ -193,6 +296,8 @@ def train_loop(
                 entry["ewc_penalty"] = round(extra.item(), 6)
             record.steps.append(entry)
             record.seconds = time.perf_counter() - start
+            if checkpoint and checkpoint.every and step % checkpoint.every == 0 and step < steps:
+                checkpoint.save(step, model, optimizer, schedule, record)
             bar.set_postfix(loss=f"{entry['loss']:.4f}", tok_s=f"{record.tokens_per_s:.0f}")
             bar.update()
     return record
@@ -228,6 +333,10 @@ def finetune(
     previous_encoded = encode(tokenizer, previous, config.max_length, f"{config.ewc_from} (EWC)")
     steps = total_steps(len(encoded), config)
     pad_id = tokenizer.pad_token_id
+    checkpoint = Checkpoint(checkpoint_folder(out), run_fingerprint(info, task, data_dir, config,
+                                                                    encoded + previous_encoded),
+                            config.checkpoint_every)
+    resume = checkpoint.load()
 
     from transformers import set_seed
 
@@ -240,8 +349,11 @@ def finetune(
         fisher = fisher_diagonal(model, (to_device(collate([e], pad_id), device) for e in previous_encoded))
         penalty = EWCPenalty(model, fisher, config.ewc_lambda)
     log.info("fine-tuning %s on %s: %d examples, %d steps of batch %d", base, task, len(encoded), steps, config.batch_size)
+    if resume:
+        log.info("resuming %s from step %d of %d (checkpoint %s)", task, resume["step"], steps, checkpoint.folder)
+    # The RNG is restored (on resume) only now: building the model and LoRA init consumed it.
     record = train_loop(model, iterate_batches(encoded, config.batch_size, steps, config.seed, pad_id),
-                        steps, config.lr, penalty, desc=f"finetune {task}")
+                        steps, config.lr, penalty, desc=f"finetune {task}", checkpoint=checkpoint, resume=resume)
 
     metrics = {
         "base": str(base),
@@ -264,5 +376,6 @@ def finetune(
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_json(tmp / "train_metrics.json", metrics)
+    checkpoint.remove()
     log.info("wrote %s (final loss %.4f, %.0f tokens/s)", out, metrics["final_loss"], record.tokens_per_s)
     return Path(out)

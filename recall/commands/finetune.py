@@ -30,6 +30,9 @@ def register(subparsers) -> None:
     p.add_argument("--ewc-samples", type=int, default=DEFAULTS.ewc_samples, help="examples for the Fisher estimate")
     p.add_argument("--dtype", default=DEFAULTS.dtype, choices=("float32", "bfloat16", "float16"))
     p.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    p.add_argument("--checkpoint-every", type=int, default=DEFAULTS.checkpoint_every,
+                   help="save a resumable checkpoint beside --out every N steps; a killed run rerun with the same "
+                        "inputs resumes from it (0: no checkpoints)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 is faster on a busy CPU)")
     p.set_defaults(func=run)
 
@@ -43,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         max_steps=args.max_steps, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
         max_length=args.max_length, limit=args.limit, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout, ewc_lambda=args.ewc_lambda, ewc_from=args.ewc_from,
-        ewc_samples=args.ewc_samples, dtype=args.dtype, seed=args.seed,
+        ewc_samples=args.ewc_samples, dtype=args.dtype, seed=args.seed, checkpoint_every=args.checkpoint_every,
     )
     out = finetune(args.base, args.task, args.out, args.data_dir, config)
     print(f"fine-tuned model written to {out}")
