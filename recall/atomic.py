@@ -1,7 +1,8 @@
 """Atomic artifacts: write to a temporary sibling, rename when complete.
 
 A killed run therefore never leaves a half-written file or folder under the final name, and a rerun
-can trust whatever exists.
+can trust whatever exists. Every folder written here carries a marker file, so that recall replaces
+its own earlier outputs but never a folder it did not write (unless told to).
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from recall.errors import RecallError
+
+MARKER = ".recall-output"  # in every folder atomic_dir writes: "recall may replace this"
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -22,20 +27,33 @@ def _umask() -> int:
     return mask
 
 
-@contextlib.contextmanager
-def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temporary folder that replaces `out` only if the block succeeds."""
+def check_output(out: str | os.PathLike, overwrite: bool = False, flag: str = "--out") -> None:
+    """Refuse to replace `out` when it holds something recall did not write; called before heavy work."""
     out = Path(out)
+    if overwrite or not out.exists() or (out / MARKER).is_file() or (out.is_dir() and not any(out.iterdir())):
+        return
+    what = "a file" if not out.is_dir() else "a folder recall did not write"
+    raise RecallError(f"{flag} {out} is {what}; recall only replaces its own outputs. "
+                      "Choose another path, or pass --overwrite to replace it")
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder that replaces `out` only if the block succeeds; an existing `out`
+    must be an earlier recall output (or empty) unless `overwrite`."""
+    out = Path(out)
+    check_output(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it owner-only; the result is an ordinary folder
     try:
         yield tmp
+        (tmp / MARKER).write_text("written by recall; recall may replace this folder\n")
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)
             tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
         else:
             tmp.rename(out)
     finally:

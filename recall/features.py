@@ -26,8 +26,13 @@ log = logging.getLogger(__name__)
 
 
 def load_features(path: str | os.PathLike) -> np.ndarray:
-    """Features written by `extract_features`, memory-mapped: (n_samples, L+1, hidden)."""
-    return np.load(path, mmap_mode="r")
+    """Features written by `extract_features`, memory-mapped: (n_samples, L+1, hidden), checked finite."""
+    features = np.load(path, mmap_mode="r")
+    if not np.isfinite(features.sum(dtype=np.float64)):
+        bad = int((~np.isfinite(features)).sum())
+        raise RecallError(f"{path} holds {bad} NaN/Inf values: the model that produced these features is "
+                          "damaged (a diverged fine-tune?); re-extract them from a sound model")
+    return features
 
 
 def pooled_hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

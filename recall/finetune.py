@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from recall.atomic import atomic_dir, atomic_path, write_json
+from recall.atomic import atomic_dir, atomic_path, check_output, write_json
 from recall.data import Record, chat_prompt, read_records, render
 from recall.errors import RecallError
 from recall.ewc import EWCPenalty, fisher_diagonal, trainable
@@ -318,10 +318,13 @@ def finetune(
     out: str | Path,
     data_dir: str | Path | None = None,
     config: FinetuneConfig = FinetuneConfig(),
+    overwrite: bool = False,
 ) -> Path:
-    """Fine-tune `base` with LoRA on `task` (a task name or a prompt/response JSONL) into `out`."""
+    """Fine-tune `base` with LoRA on `task` (a task name or a prompt/response JSONL) into `out`; an
+    existing `out` that recall did not write is refused unless `overwrite`."""
     # Everything that can be wrong with the inputs is checked before any weights are loaded.
     config.validate()
+    check_output(out, overwrite)
     data_dir = Path(data_dir) if data_dir is not None else None
     info = describe(base)
     examples = load_examples(task, data_dir, config.limit)
@@ -370,7 +373,7 @@ def finetune(
         "ewc": {"from": config.ewc_from, "samples": len(previous_encoded), **penalty.stats()} if penalty else None,
         "config": dataclasses.asdict(config),
     }
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, overwrite) as tmp:
         model.save_pretrained(tmp / "adapter")  # adapter_config.json + adapter_model.safetensors
         merged = saveable(model.merge_and_unload())
         merged.save_pretrained(tmp)

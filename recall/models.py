@@ -7,6 +7,7 @@ mistakes surface before gigabytes are loaded.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -74,8 +75,9 @@ def describe(spec: str | os.PathLike, base: str | os.PathLike | None = None) -> 
     return ModelInfo(str(spec), path, "full", AutoConfig.from_pretrained(path))
 
 
-def check_compatible(infos: list[ModelInfo]) -> None:
-    """All models must share architecture, depth, width and vocabulary; name the first that differs."""
+def check_compatible(infos: list[ModelInfo], tokenizers: bool = True) -> None:
+    """All models must share architecture, depth, width and vocabulary size, and (unless `tokenizers`
+    is False) the tokenizer itself; name the first that differs. Reads configs and tokenizers only."""
     ref = infos[0]
     for info in infos[1:]:
         for field in COMPAT_FIELDS:
@@ -85,19 +87,84 @@ def check_compatible(infos: list[ModelInfo]) -> None:
                     f"models are incompatible: {info.spec} has {field}={b} but {ref.spec} has {field}={a}; "
                     "RECALL merges models fine-tuned from the same base"
                 )
+    if tokenizers:
+        for info in infos[1:]:
+            check_same_tokenizer(ref, info)
 
 
-def load_tokenizer(info: ModelInfo):
+@dataclass(frozen=True)
+class TokenizerSummary:
+    """What must agree for two models' token ids to mean the same text."""
+
+    tokens: tuple[str, ...]  # by id; "" for an unused id
+    special: tuple[tuple[str, str], ...]  # (role, token), e.g. ("eos_token", "<|im_end|>")
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps([self.tokens, self.special]).encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=64)
+def _tokenizer_summary(where: Path, stamp: tuple) -> TokenizerSummary:
+    tok = load_tokenizer_from(where)
+    vocab = tok.get_vocab()
+    tokens = [""] * (max(vocab.values(), default=-1) + 1)
+    for token, index in vocab.items():
+        tokens[index] = token
+    special = tuple(sorted((role, str(value)) for role, value in tok.special_tokens_map.items()))
+    return TokenizerSummary(tuple(tokens), special)
+
+
+def tokenizer_summary(info: ModelInfo) -> TokenizerSummary:
+    where = tokenizer_source(info)
+    files = [where] if where.is_file() else sorted(p for p in where.iterdir() if p.is_file())
+    stamp = tuple((p.name, p.stat().st_mtime_ns) for p in files)
+    return _tokenizer_summary(where, stamp)  # cached: the CLI and the engine both check
+
+
+def check_same_tokenizer(a: ModelInfo, b: ModelInfo) -> None:
+    """Same shapes and vocab_size do not make the same tokenizer (mergekit #47, #139): a merge of models
+    whose ids mean different tokens speaks garbage. Compared by content, never by file name."""
+    x, y = tokenizer_summary(a), tokenizer_summary(b)
+    if x.digest == y.digest:
+        return
+    fix = "merge models fine-tuned from the same base, or pass --allow-tokenizer-mismatch if you know why they differ"
+    for index, (s, t) in enumerate(zip(x.tokens, y.tokens)):
+        if s != t:
+            raise RecallError(f"{a.spec} and {b.spec} have different tokenizers: token id {index} is {s!r} in the "
+                              f"first and {t!r} in the second; {fix}")
+    if len(x.tokens) != len(y.tokens):
+        raise RecallError(f"{a.spec} and {b.spec} have different tokenizers: {len(x.tokens)} and {len(y.tokens)} "
+                          f"tokens; {fix}")
+    xs, ys = dict(x.special), dict(y.special)
+    role = next(r for r in sorted(xs.keys() | ys.keys()) if xs.get(r) != ys.get(r))
+    raise RecallError(f"{a.spec} and {b.spec} have different special tokens: {role} is {xs.get(role)!r} in the "
+                      f"first and {ys.get(role)!r} in the second; {fix}")
+
+
+def tokenizer_source(info: ModelInfo) -> Path:
+    """Where a model's tokenizer lives: its own folder (or .gguf file), or an adapter's base's."""
+    if info.kind == "gguf":
+        return info.path
+    has_own = (info.path / "tokenizer_config.json").is_file() or (info.path / "tokenizer.json").is_file()
+    return info.path if has_own or not info.base else tokenizer_source(info.base)
+
+
+def load_tokenizer_from(where: Path):
+    """A tokenizer from a folder or a .gguf file; without a pad token it pads with eos."""
     from transformers import AutoTokenizer
 
-    if info.kind == "gguf":
-        tok = AutoTokenizer.from_pretrained(info.path.parent, gguf_file=info.path.name)
+    if where.suffix == ".gguf":
+        tok = AutoTokenizer.from_pretrained(where.parent, gguf_file=where.name)
     else:
-        has_own = (info.path / "tokenizer_config.json").is_file() or (info.path / "tokenizer.json").is_file()
-        tok = AutoTokenizer.from_pretrained(info.path if has_own or not info.base else info.base.path)
+        tok = AutoTokenizer.from_pretrained(where)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def load_tokenizer(info: ModelInfo):
+    return load_tokenizer_from(tokenizer_source(info))
 
 
 def load_causal_lm(info: ModelInfo, dtype: torch.dtype = torch.float32, device: str | None = None):

@@ -50,7 +50,7 @@ import numpy as np
 import yaml
 
 from recall import statistics as paired
-from recall.atomic import atomic_dir, atomic_file, read_json, write_json
+from recall.atomic import atomic_dir, atomic_file, check_output, read_json, write_json
 from recall.data import iter_jsonl
 from recall.errors import RecallError
 from recall.metrics import (
@@ -547,8 +547,9 @@ def table_metrics(tables: list[Table]) -> dict:
     return out
 
 
-def write_report(spec_path: str | os.PathLike, out: str | os.PathLike) -> Path:
+def write_report(spec_path: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Path:
     """Render every section of the spec into the folder `out` (replaced atomically); return report.md."""
+    check_output(out, overwrite)
     spec = Spec(spec_path)
     tasks = spec.tasks()
     columns, seqs = sequences(spec, tasks)
@@ -578,7 +579,7 @@ def write_report(spec_path: str | os.PathLike, out: str | os.PathLike) -> Path:
         add("sequential", [sequential_table(columns, seqs), continual_table(columns, seqs)], columns, "continual_ci",
             "Final models of the sequences with 95% intervals", ["Method"], {"avg": "Final avg", "bwt": "BWT"},
             sequential_rows(spec, ev))
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, overwrite) as tmp:
         lines = ["# RECALL report", "", f"From `{spec.path}`.", "", DEFINITIONS]
         for table in tables:
             table.write_csv(tmp / f"{table.name}.csv")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from recall.atomic import MARKER
 from recall.cli import main
 from recall.data import chat_prompt
 from recall.errors import RecallError
@@ -308,6 +309,7 @@ def test_crash_leaves_no_metrics(model, suite, tmp_path, monkeypatch):
     out = tmp_path / "out"
     (out / "examples").mkdir(parents=True)
     (out / "metrics.json").write_text("{}")  # from an earlier run
+    (out / MARKER).touch()
     (out / "examples" / "gen_sentiment.jsonl").write_text('{"index": 0, "score": 100.0}\n')
 
     def crash(config, work_dir, log, threads=None):

@@ -1,6 +1,7 @@
 """The streaming merge engine, `average` and `recall` methods, LoRA inputs, and the CLI."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -54,11 +55,12 @@ def test_average_is_the_weighted_sum(make_model, tmp_path, family):
     assert (tmp_path / "out" / "merge_weights.png").stat().st_size > 1000
 
 
-def test_merging_a_model_with_itself_returns_it(make_model, tmp_path, task_data):
+def test_merging_identical_models_returns_them(make_model, tmp_path, task_data):
     a = make_model("a")
+    twin = shutil.copytree(a, tmp_path / "twin")  # the same folder twice is refused (test_faults.py)
     for method, extra in [("average", []), ("recall", ["--data", task_data, "--typical", 3])]:
         out = tmp_path / method
-        assert run_cli("merge", "--method", method, "--models", a, a, "--out", out, *extra) == 0
+        assert run_cli("merge", "--method", method, "--models", a, twin, "--out", out, *extra) == 0
         ta, to = tensors(a), tensors(out)
         for name in ta:
             torch.testing.assert_close(to[name], ta[name], rtol=1e-6, atol=1e-7)

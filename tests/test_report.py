@@ -12,6 +12,7 @@ import matplotlib.image
 import pytest
 import yaml
 
+from recall.atomic import MARKER
 from recall.cli import main
 from recall.errors import RecallError
 from recall.plots import plot_merge_weights
@@ -143,7 +144,7 @@ def test_sections_are_optional(tmp_path: Path):
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"multi": [{"method": "RECALL", "metrics": relative}]}))
     write_report(spec, tmp_path / "out")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["metrics.json", "report.md", "table2.csv", "table2_ci.csv"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [MARKER, "metrics.json", "report.md", "table2.csv", "table2_ci.csv"]
     assert list(read_csv(tmp_path / "out" / "table2.csv")[0])[2:7] == TASKS  # default: the file's task order
 
 
@@ -176,7 +177,7 @@ def test_plots_alone(spec: Path, tmp_path: Path):
     data = yaml.safe_load(spec.read_text())
     spec.write_text(yaml.safe_dump({"merge_weights": data["merge_weights"], "similarity": data["similarity"]}))
     write_report(spec, tmp_path / "out")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["merge_weights_1.png", "metrics.json", "report.md", "similarity_1.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [MARKER, "merge_weights_1.png", "metrics.json", "report.md", "similarity_1.png"]
 
 
 def test_bad_metrics_file(tmp_path: Path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from recall.commands import add_output
 from recall.evaluation import evaluate
 
 
@@ -23,8 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="evaluate a model on tasks with OpenCompass", description=__doc__)
     p.add_argument("--model", required=True, type=Path, help="Hugging Face model folder (with a chat template)")
     p.add_argument("--tasks", required=True, type=_task_list, help="comma-separated task names, e.g. sst2,race")
-    p.add_argument("--out", required=True, type=Path,
-                   help="output folder: metrics.json, examples/<task>.jsonl, OpenCompass outputs")
+    add_output(p, "output folder: metrics.json, examples/<task>.jsonl, OpenCompass outputs")
     p.add_argument("--data-dir", type=Path, help="folder holding <task>/test.jsonl (default: the Hugging Face hub)")
     p.add_argument("--limit", type=int, help="evaluate only the first N test examples of each task")
     p.add_argument("--mode", type=_mode, action="append", metavar="FORMAT=MODE",
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = evaluate(
         args.model, args.tasks, args.out, data_dir=args.data_dir, limit=args.limit,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, modes=dict(args.mode or []),
-        threads=args.threads,
+        threads=args.threads, overwrite=args.overwrite,
     )
     for task, scores in metrics.items():
         print(task, " ".join(f"{metric}={value:.2f}" for metric, value in scores.items()))

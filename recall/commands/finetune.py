@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from recall.commands import add_output
 from recall.finetune import FinetuneConfig, finetune
 
 DEFAULTS = FinetuneConfig()
@@ -15,7 +16,7 @@ def register(subparsers) -> None:
     p.add_argument("--base", required=True, help="model folder, LoRA adapter folder, .gguf file or hub id")
     p.add_argument("--task", required=True, help="task name (see `recall tasks`) or a prompt/response JSONL file")
     p.add_argument("--data-dir", type=Path, help="folder holding <task>/train.jsonl (default: the HF hub)")
-    p.add_argument("--out", type=Path, required=True, help="output model folder")
+    add_output(p, "output model folder")
     p.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
     p.add_argument("--epochs", type=float, default=DEFAULTS.epochs)
     p.add_argument("--lr", type=float, default=DEFAULTS.lr)
@@ -48,6 +49,6 @@ def run(args: argparse.Namespace) -> int:
         lora_dropout=args.lora_dropout, ewc_lambda=args.ewc_lambda, ewc_from=args.ewc_from,
         ewc_samples=args.ewc_samples, dtype=args.dtype, seed=args.seed, checkpoint_every=args.checkpoint_every,
     )
-    out = finetune(args.base, args.task, args.out, args.data_dir, config)
+    out = finetune(args.base, args.task, args.out, args.data_dir, config, args.overwrite)
     print(f"fine-tuned model written to {out}")
     return 0

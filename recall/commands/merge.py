@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from recall.atomic import check_output
 from recall.cocktail_weights import CocktailSettings, cocktail_weights
+from recall.commands import add_output
 from recall.errors import RecallError
 from recall.fisher import FisherSettings, fisher_folders
 from recall.merge.engine import MergePlan, merge
@@ -49,8 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", required=True, choices=sorted(METHODS), help="merge method (listed below)")
     p.add_argument("--models", nargs="+", required=True, help="models to merge: HF folders, LoRA adapters, .gguf, hub ids")
-    p.add_argument("--out", required=True, type=Path, help="output HF model folder")
+    add_output(p, "output HF model folder")
     p.add_argument("--base", help="the base model (for LoRA adapters and task-vector methods)")
+    p.add_argument("--allow-tokenizer-mismatch", action="store_true",
+                   help="merge models whose tokenizers differ (their token ids then mean different text)")
     p.add_argument("--new", help="the model whose config and tokenizer the output carries, and RECALL's new model "
                                  "(default: the last of --models)")
 
@@ -143,11 +147,25 @@ def loss_weights(args: argparse.Namespace, method: Method, infos: list[ModelInfo
 WEIGHTS = {"given": given_weights, "representations": representation_weights, "loss": loss_weights}
 
 
+def check_request(args: argparse.Namespace, method: Method) -> None:
+    """Refuse requests that cannot mean what the user wants: a copy, a model twice, output over an input."""
+    inputs = [Path(m).resolve() for m in args.models]
+    if len(inputs) == 1 and not method.needs_base:
+        raise RecallError(f"--method {method.name} with one model would only copy it; give two or more --models")
+    if twice := next((m for m, p in zip(args.models, inputs) if inputs.count(p) > 1), None):
+        raise RecallError(f"{twice} is given twice in --models; list each model once (use --weights to weight one more)")
+    if args.out.resolve() in inputs + ([Path(args.base).resolve()] if args.base else []):
+        raise RecallError(f"--out {args.out} is one of the input models; write the merge to a new folder")
+    check_output(args.out, args.overwrite)
+
+
 def run(args: argparse.Namespace) -> int:
     method = get_method(args.method)
+    check_request(args, method)
     infos = [describe(m, args.base) for m in args.models]
     base = describe(args.base) if args.base else None
-    check_compatible(infos + ([base] if base else []))  # before any weight or feature work
+    # Before any weight or feature work.
+    check_compatible(infos + ([base] if base else []), tokenizers=not args.allow_tokenizer_mismatch)
     check_options(args, method)
     params = method.resolve({name: getattr(args, name) for name in method.params})
     reference = _index(args.models, args.new or args.models[-1], "--new")
@@ -157,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
         if method.needs_fisher:
             settings = _given(args, FisherSettings)
             fisher = fisher_folders(infos, args.data or [], settings, args.workdir or Path(tmp))
-        plan = MergePlan(infos, method, weights, base, params, reference=reference, extra=extra, fisher=fisher)
-        out = merge(plan, args.out)
+        plan = MergePlan(infos, method, weights, base, params, reference=reference, extra=extra, fisher=fisher,
+                         allow_tokenizer_mismatch=args.allow_tokenizer_mismatch)
+        out = merge(plan, args.out, overwrite=args.overwrite)
     print(f"merged model: {out}")
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from recall.commands import add_output
 from recall import report
 
 
@@ -19,12 +20,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=f"{__doc__}\n{report.__doc__}", formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("spec", type=Path, help="report spec (YAML or JSON)")
-    p.add_argument("--out", required=True, type=Path, help="output folder: report.md, CSV tables, PNG plots")
+    add_output(p, "output folder: report.md, CSV tables, PNG plots")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    markdown = report.write_report(args.spec, args.out)
+    markdown = report.write_report(args.spec, args.out, args.overwrite)
     print(markdown.read_text())
     print(f"wrote {markdown} and its CSV tables and plots in {args.out}")
     return 0

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from recall.atomic import atomic_dir, atomic_file, write_json
+from recall.atomic import MARKER, atomic_dir, atomic_file, check_output, write_json
 from recall.errors import RecallError
 from recall.evaluation.config import (
     MAX_NEW_TOKENS,
@@ -148,6 +148,7 @@ def evaluate(
     max_new_tokens: int | None = None,
     modes: Mapping[str, str] | None = None,
     threads: int | None = None,
+    overwrite: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Score `model` on the test split of each task (first `limit` examples, or limit[task]) with OpenCompass.
 
@@ -160,7 +161,7 @@ def evaluate(
     before OpenCompass starts, and naming the task and log file when any task fails; metrics.json and
     examples/ then do not exist. Predictions OpenCompass already made in `out/` for the very same model
     files, examples, mode and reply length are reused, so a killed run resumes; scores are always
-    recomputed.
+    recomputed. An existing `out` that recall did not write is refused unless `overwrite`.
     """
     model, out = Path(model).resolve(), Path(out).resolve()
     if batch_size < 1:
@@ -169,6 +170,7 @@ def evaluate(
         raise RecallError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     if threads is not None and threads < 1:
         raise RecallError(f"--threads must be at least 1, got {threads}")
+    check_output(out, overwrite)
     task_list = resolve_tasks(tasks)
     mode_of = resolve_modes(modes)
     reply_tokens = {t.name: max_new_tokens or MAX_NEW_TOKENS[t.format] for t in task_list}
@@ -180,6 +182,7 @@ def evaluate(
                 for t in task_list}
 
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).touch()  # recall's from here on: a rerun may resume in it and replace it
     # Whatever happens next, an older metrics.json or examples/ must not pass for this run's result.
     (out / "metrics.json").unlink(missing_ok=True)
     shutil.rmtree(out / "examples", ignore_errors=True)

@@ -52,16 +52,18 @@ class MergePlan:
     reference: int = -1  # whose config and tokenizer the output carries
     extra: dict = field(default_factory=dict)  # provenance for merge_weights.json (similarity, typical samples)
     fisher: list[Path] | None = None  # methods that need it: each model's diagonal Fisher folder (recall.fisher)
+    allow_tokenizer_mismatch: bool = False
 
 
-def merge(plan: MergePlan, out: str | Path, max_shard_bytes: int = 2 << 30) -> Path:
-    """Merge `plan.models` into the HF model folder `out`, plus merge_weights.json and a heatmap."""
+def merge(plan: MergePlan, out: str | Path, max_shard_bytes: int = 2 << 30, overwrite: bool = False) -> Path:
+    """Merge `plan.models` into the HF model folder `out`, plus merge_weights.json and a heatmap.
+    An existing `out` that recall did not write is refused unless `overwrite`."""
     models, method = plan.models, plan.method
     params = method.resolve(plan.params)
     base_info = plan.base or next((m.base for m in models if m.kind == "lora"), None)
     if method.needs_base and base_info is None:
         raise RecallError(f"method {method.name} needs --base (the model the others were fine-tuned from)")
-    check_compatible(models + ([plan.base] if plan.base else []))
+    check_compatible(models + ([plan.base] if plan.base else []), tokenizers=not plan.allow_tokenizer_mismatch)
     n_groups = models[0].num_layers + 1
     if plan.weights.shape != (n_groups, len(models)):
         raise RecallError(f"merge weights have shape {plan.weights.shape}, expected ({n_groups}, {len(models)})")
@@ -82,12 +84,14 @@ def merge(plan: MergePlan, out: str | Path, max_shard_bytes: int = 2 << 30) -> P
     groups = tensor_groups(models[0].config, ref_src.tensors)
 
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, overwrite) as tmp:
         writer = StreamingWriter(tmp, ref_src.tensors, max_shard_bytes)
         weights = torch.tensor(plan.weights, dtype=torch.float32)
         inputs = sources + ([base_src] if base_src else []) + fishers
+        labels = [m.spec for m in models] + ([f"base {base_info.spec}"] if base_src else []) \
+            + ([f"Fisher {f}" for f in plan.fisher] if fishers else [])
         names = list(ref_src.tensors)
-        for name, tensors in tqdm(prefetched(inputs, names), total=len(names), desc=f"merge ({method.name})",
+        for name, tensors in tqdm(prefetched(inputs, names, labels), total=len(names), desc=f"merge ({method.name})",
                                   unit="tensor", disable=None):
             dtype = DTYPES[ref_src.tensors[name].dtype]
             if not dtype.is_floating_point:
@@ -97,7 +101,11 @@ def merge(plan: MergePlan, out: str | Path, max_shard_bytes: int = 2 << 30) -> P
             extra = {"fishers": [tensors.pop() for _ in fishers][::-1]} if fishers else {}  # inputs end with them
             base = tensors.pop() if base_src else None
             merged = method.kernel(tensors, weights[groups[name]], base, **tensor_params(params, name), **extra)
-            writer.write(name, merged.to(dtype))
+            merged = merged.to(dtype)
+            if bad := nonfinite(merged):  # after the cast: a half-precision output can overflow
+                raise RecallError(f"the {method.name} merge produced {bad} NaN/Inf values in tensor {name} "
+                                  f"({dtype}) from finite inputs; check the method's parameters {params}")
+            writer.write(name, merged)
             del tensors, base, merged, extra
         writer.close()
         _copy_aux(safetensors_folder(models[reference]), tmp)
@@ -136,15 +144,21 @@ def fisher_sources(plan: MergePlan, tensors: dict) -> list[FullModel]:
     return sources
 
 
-def prefetched(sources: list, names: list[str]) -> Iterator[tuple[str, list[torch.Tensor]]]:
-    """Yield (name, that tensor of every source), faulting the next tensor's pages in on a thread
+def prefetched(sources: list, names: list[str], labels: list[str]) -> Iterator[tuple[str, list[torch.Tensor]]]:
+    """Yield (name, that tensor of every source; `labels` name the sources in errors), faulting the next tensor's pages in on a thread
     while this one is merged. Tensors are copy-on-write mappings of the files (see
     `SafetensorsFile.mapped`): no copy out of the page cache, resident only while referenced."""
 
     def read(k: int) -> list[torch.Tensor]:
         tensors = [s.read(names[k]) for s in sources]
-        for t in tensors:
-            if t.numel():  # one read per page (torch releases the GIL): the faults happen here
+        for t, label in zip(tensors, labels):
+            # The page faults happen here, off the merging thread (torch releases the GIL). A float
+            # tensor is summed whole, which faults its pages in and checks it for NaN/Inf in one pass.
+            if t.is_floating_point():
+                if bad := nonfinite(t):
+                    raise RecallError(f"{label}: tensor {names[k]} holds {bad} NaN/Inf values (of {t.numel()}); "
+                                      "the checkpoint is damaged or its training diverged, so nothing was merged")
+            elif t.numel():
                 t.reshape(-1).view(torch.uint8)[:: mmap.PAGESIZE].sum()
         return tensors
 
@@ -156,6 +170,13 @@ def prefetched(sources: list, names: list[str]) -> Iterator[tuple[str, list[torc
                 future = pool.submit(read, k + 1)
             yield name, current
             del current
+
+
+def nonfinite(tensor: torch.Tensor) -> int:
+    """How many NaN/Inf entries `tensor` holds, in one pass (a sum) when there are none."""
+    if torch.isfinite(tensor.sum()):
+        return 0
+    return int((~torch.isfinite(tensor)).sum())  # the sum may also have overflowed on finite values
 
 
 def tensor_params(params: dict, name: str) -> dict:

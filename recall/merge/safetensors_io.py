@@ -10,6 +10,7 @@ headers before any data exists, so output bytes stream to disk as they are compu
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import struct
@@ -43,27 +44,69 @@ class TensorInfo:
     nbytes: int
 
 
+def read_header(path: Path) -> tuple[dict, int]:
+    """The parsed header of a .safetensors file and where its data starts, every entry checked against the file: a damaged or
+    foreign file gives one error naming it, never a traceback, and never a SIGBUS from mapping a page
+    past its end."""
+
+    def bad(what: str) -> RecallError:
+        return RecallError(f"{path} is not a readable safetensors file: {what}; re-download or re-save it")
+
+    file_size = path.stat().st_size
+    with path.open("rb") as fh:
+        prefix = fh.read(8)
+        if len(prefix) < 8:
+            raise bad(f"{file_size} bytes, shorter than the 8-byte header length")
+        (size,) = struct.unpack("<Q", prefix)
+        if size > file_size - 8:
+            raise bad(f"its header length ({size} bytes) runs past the end of the file ({file_size} bytes)")
+        try:
+            header = json.loads(fh.read(size))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise bad(f"its header is not valid JSON ({err})") from None
+    if not isinstance(header, dict):
+        raise bad("its header is not a JSON object")
+    spans = []
+    for name, h in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(h, dict) or not {"dtype", "shape", "data_offsets"} <= h.keys():
+            raise bad(f"tensor {name} lacks dtype, shape or data_offsets")
+        if h["dtype"] not in DTYPES:
+            raise bad(f"tensor {name} has unknown dtype {h['dtype']!r} (known: {', '.join(DTYPES)})")
+        shape, offsets = h["shape"], h["data_offsets"]
+        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+            raise bad(f"tensor {name} has shape {shape!r}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+                and 0 <= offsets[0] <= offsets[1]):
+            raise bad(f"tensor {name} has data_offsets {offsets!r}")
+        expected = math.prod(shape) * DTYPES[h["dtype"]].itemsize
+        if offsets[1] - offsets[0] != expected:
+            raise bad(f"tensor {name} spans {offsets[1] - offsets[0]} bytes but {h['dtype']} {shape} needs {expected}")
+        spans.append((offsets[0], offsets[1], name))
+    spans.sort()
+    for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+        if start < end:
+            raise bad(f"tensors {first} and {second} overlap")
+    end = 8 + size + (spans[-1][1] if spans else 0)
+    if file_size < end:
+        raise RecallError(f"{path} is truncated ({file_size} of {end} bytes); re-download or re-save it")
+    return header, 8 + size
+
+
 class SafetensorsFile:
     """The header of one .safetensors file, and its tensors read on demand."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        with self.path.open("rb") as fh:
-            (size,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(size))
+        header, self._data_start = read_header(self.path)
         self.metadata = header.pop("__metadata__", None) or {}
-        self._data_start = 8 + size
         self._fdesc: int | None = None
         self._offsets = {name: tuple(h["data_offsets"]) for name, h in header.items()}
         self.tensors = {
             name: TensorInfo(h["dtype"], tuple(h["shape"]), h["data_offsets"][1] - h["data_offsets"][0])
             for name, h in header.items()
         }
-        # Checked here because reading a mapped page past the end of a file kills the process (SIGBUS).
-        end = self._data_start + max((stop for _, stop in self._offsets.values()), default=0)
-        if self.path.stat().st_size < end:
-            raise RecallError(f"{self.path} is truncated ({self.path.stat().st_size} of {end} bytes); "
-                              "re-download or re-save it")
 
     def read(self, name: str) -> torch.Tensor:
         """The tensor `name`, an owned copy."""
