@@ -88,8 +88,12 @@ def check_compatible(infos: list[ModelInfo], tokenizers: bool = True) -> None:
                     "RECALL merges models fine-tuned from the same base"
                 )
     if tokenizers:
-        for info in infos[1:]:
-            check_same_tokenizer(ref, info)
+        with_tokenizer = [info for info in infos if has_tokenizer(info)]
+        if len(with_tokenizer) < len(infos):  # weights-only folders: nothing to compare them by
+            log.warning("not comparing tokenizers of %s: no tokenizer files",
+                        ", ".join(i.spec for i in infos if i not in with_tokenizer))
+        for info in with_tokenizer[1:]:
+            check_same_tokenizer(with_tokenizer[0], info)
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,14 @@ def tokenizer_source(info: ModelInfo) -> Path:
         return info.path
     has_own = (info.path / "tokenizer_config.json").is_file() or (info.path / "tokenizer.json").is_file()
     return info.path if has_own or not info.base else tokenizer_source(info.base)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def has_tokenizer(info: ModelInfo) -> bool:
+    where = tokenizer_source(info)
+    return where.is_file() or any((where / name).is_file() for name in TOKENIZER_FILES)
 
 
 def load_tokenizer_from(where: Path):

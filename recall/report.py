@@ -274,8 +274,8 @@ def sequences(spec: Spec, tasks: list[str]) -> tuple[list[str], list[TaskSequenc
     for method, order, paths in found:
         evaluations = []
         for t, path in enumerate(paths):
-            # Step t must score the tasks learned so far, the last step every task (BWT, final average).
-            spec.scores(path, columns if t == len(paths) - 1 else order[: t + 1])  # names the file
+            # Step t must score the task it learned, the last step every task (BWT, final average).
+            spec.scores(path, columns if t == len(paths) - 1 else [order[t]])  # names the file
             evaluations.append(spec.metrics(path))
         result.append(TaskSequence(method, order, accuracy_matrix(evaluations, columns)))
     return columns, result

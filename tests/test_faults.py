@@ -206,3 +206,12 @@ def test_an_identical_copy_is_not_the_same_model_twice(make_model, tmp_path):
     a = make_model("a")
     twin = shutil.copytree(a, tmp_path / "twin")
     assert run_cli("merge", "--method", "average", "--models", a, twin, "--out", tmp_path / "out") == 0
+
+
+def test_weights_only_folders_are_merged_without_a_tokenizer_check(make_model, tmp_path, caplog):
+    a, b = make_model("a"), make_model("b", seed=1)
+    for model in (a, b):
+        for file in model.glob("tokenizer*"):
+            file.unlink()
+    assert run_cli("merge", "--method", "average", "--models", a, b, "--out", tmp_path / "out") == 0
+    assert "not comparing tokenizers" in caplog.text

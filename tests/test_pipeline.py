@@ -74,6 +74,17 @@ def test_negative_sigma_is_rejected(tmp_path):
         load_params(write_params(tmp_path, params))
 
 
+@pytest.mark.parametrize(("which", "middle"), [("all", ["a", "b", "c"]), ("seen", ["a", "b"]), ("new", ["b"])])
+def test_evaluate_tasks_picks_what_each_step_scores(tmp_path, which, middle):
+    sequence = [{"task": t, "after": a} for t, a in
+                [("gen_sentiment", "base"), ("gen_translation", "gen_sentiment"), ("gen_knowledge", "gen_translation")]]
+    names = dict(zip("abc", (s["task"] for s in sequence)))
+    params = load_params(write_params(tmp_path, tiny_params(
+        sequence=sequence, evaluate={"limit": 2, "batch_size": 2, "tasks": which})))
+    assert params.eval_tasks("gen_translation") == [names[k] for k in middle]
+    assert params.eval_tasks("gen_knowledge") == list(names.values())  # the last step scores every task
+
+
 @pytest.mark.parametrize("params", ["params.yaml", "benchmarks/paper/sequential/params.yaml",
                                     "benchmarks/paper/multi/params.yaml"])
 def test_shipped_params_are_valid_and_their_dvc_yaml_is_current(params):

@@ -286,25 +286,28 @@ def test_sequential_bwt_interval(tmp_path: Path):
     assert (tmp_path / "again" / "metrics.json").read_text() == (tmp_path / "out" / "metrics.json").read_text()
 
 
-def test_a_sequence_scored_on_seen_tasks_only(tmp_path: Path):
-    """`evaluate.tasks: seen`: step 1 scores only its own task, the last step every task. BWT and the
-    final average need nothing more; the first row's average is left empty rather than over fewer tasks."""
+def test_a_sequence_scored_on_new_tasks_only(tmp_path: Path):
+    """`evaluate.tasks: new`: a middle step scores only the task it learned, the last step every task.
+    BWT and the final average need nothing more; a row's average over fewer tasks is left empty."""
     first = {"gen_sentiment": flags(100, 80, 1)}
-    last = {"gen_sentiment": flags(100, 50, 1), "gen_knowledge": flags(100, 70, 3)}
-    steps = [{"task": "gen_sentiment", "metrics": write_eval(tmp_path / "runs" / "s0", first)},
-             {"task": "gen_knowledge", "metrics": write_eval(tmp_path / "runs" / "s1", last)}]
+    middle = {"gen_squad": flags(100, 40, 2)}
+    last = {"gen_sentiment": flags(100, 50, 1), "gen_squad": flags(100, 30, 2), "gen_knowledge": flags(100, 70, 3)}
+    steps = [{"task": t, "metrics": write_eval(tmp_path / "runs" / f"s{i}", scores)}
+             for i, (t, scores) in enumerate([("gen_sentiment", first), ("gen_squad", middle), ("gen_knowledge", last)])]
     spec = write_spec(tmp_path / "spec.yaml", {"sequential": [{"method": "sft", "steps": steps}]})
     write_report(spec, tmp_path / "out")
     rows = read_csv(tmp_path / "out" / "table7.csv")
-    assert rows[0]["gen_knowledge"] == "" and rows[0]["Average"] == "" and rows[1]["Average"] == "60.0"
+    assert rows[1]["gen_sentiment"] == "" and rows[1]["gen_squad"] == "40.0" and rows[1]["Average"] == ""
+    assert rows[2]["Average"] == "50.0"
     seq = json.loads((tmp_path / "out" / "metrics.json").read_text())["sequential"]
-    assert seq["sft"]["bwt"] == -30.0 and seq["sft"]["avg"] == 60.0
-    # a middle or last step missing a task it must score names its file
-    del last["gen_knowledge"]
-    steps[1]["metrics"] = write_eval(tmp_path / "runs" / "s1-short", last)
-    with pytest.raises(RecallError, match="s1-short"):
-        write_report(write_spec(tmp_path / "bad.yaml", {"sequential": [{"method": "sft", "steps": steps}]}),
-                     tmp_path / "bad")
+    assert seq["sft"]["bwt"] == -20.0 and seq["sft"]["avg"] == 50.0  # mean of (50 - 80, 30 - 40)
+    # a middle step missing the task it learned, or a last step missing any task, names its file
+    for i, scores in [(1, {"gen_sentiment": flags(100, 80, 1)}), (2, {**last, "gen_knowledge": None})]:
+        bad = [dict(s) for s in steps]
+        bad[i]["metrics"] = write_eval(tmp_path / "runs" / f"short{i}", {k: v for k, v in scores.items() if v})
+        with pytest.raises(RecallError, match=f"short{i}"):
+            write_report(write_spec(tmp_path / f"bad{i}.yaml", {"sequential": [{"method": "sft", "steps": bad}]}),
+                         tmp_path / f"bad{i}")
 
 
 def test_evaluations_without_examples_have_no_intervals(tmp_path: Path):

@@ -71,13 +71,14 @@ class Params:
         return {**TRAINING_METHODS["ewc"], **self.methods.get("ewc", {})}
 
     def eval_tasks(self, task: str) -> list[str]:
-        """The tasks scored after a step: every task of the sequence, or (`evaluate.tasks: seen`, a
-        sequential run's cheaper setting) those learned so far, and all of them after the last step,
-        which is all that final average, BWT and forgetting need."""
+        """The tasks scored after a step: every task of the sequence (`evaluate.tasks: all`), or, in a
+        sequential run's cheaper settings, those learned so far (`seen`) or only the task just learned
+        (`new`); every task after the last step. Final average and BWT need no more than `new` gives."""
         names = [s.task for s in self.steps]
-        if self.raw["evaluate"].get("tasks", "all") == "all" or task == names[-1]:
+        which = self.raw["evaluate"].get("tasks", "all")
+        if which == "all" or task == names[-1]:
             return names
-        return names[: names.index(task) + 1]
+        return names[: names.index(task) + 1] if which == "seen" else [task]
 
     def eval_limits(self) -> dict[str, int | None]:
         """Task -> test examples scored: `evaluate.limit` is one number, or one per task format."""
@@ -149,8 +150,8 @@ def validate(params: Params) -> None:
         seen.append(step["task"])
     validate_methods(params)
     validate_modes(raw["evaluate"].get("mode"))
-    if raw["evaluate"].get("tasks", "all") not in ("all", "seen"):
-        raise RecallError(f"evaluate.tasks must be all or seen, got {raw['evaluate']['tasks']!r}")
+    if raw["evaluate"].get("tasks", "all") not in ("all", "seen", "new"):
+        raise RecallError(f"evaluate.tasks must be all, seen or new, got {raw['evaluate']['tasks']!r}")
     limit = raw["evaluate"].get("limit")
     limits = limit.values() if isinstance(limit, dict) else [limit]
     if not all(n is None or (isinstance(n, int) and n >= 1) for n in limits):
