@@ -5,6 +5,8 @@
 For N random ~1 GB Llama checkpoints, each `recall merge --method average` runs in a fresh process
 (peak RSS from /proc). The I/O floor is measured in the same run: reading every input byte and
 writing as many bytes as the output has, with large sequential I/O. Both run on a warm page cache.
+The NaN/Inf check's CPU cost is measured here too: the check over one model's tensors held in memory,
+times N + 1 (every input and the output), as a share of the engine's wall time.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from common import command_line, git_commit, machine, random_llama, run_child
 
 from recall.atomic import write_json
+from recall.merge.engine import nonfinite
 from recall.merge.safetensors_io import SafetensorsModel
 
 CHUNK = 64 << 20
@@ -42,6 +45,15 @@ def io_floor(inputs: list[Path], out_bytes: int, scratch: Path) -> float:
     return elapsed
 
 
+def finite_check_seconds(model: Path) -> float:
+    """Seconds the engine's NaN/Inf check spends on one model's tensors, already in memory."""
+    weights = SafetensorsModel(model)
+    tensors = [weights.read(name) for name in weights.tensors]
+    start = time.perf_counter()
+    assert not any(nonfinite(t) for t in tensors)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--work", type=Path, default=Path("/tmp/recall-bench"))
@@ -54,6 +66,7 @@ def main() -> None:
     info = SafetensorsModel(models[0])
     model_bytes = info.nbytes
     largest = max(t.nbytes for t in info.tensors.values())
+    check_s = min(finite_check_seconds(models[0]) for _ in range(3))
     rows = []
     for n in args.sizes:
         inputs, out = models[:n], args.work / f"merged{n}"
@@ -71,6 +84,7 @@ def main() -> None:
             "engine_wall_s": best["engine_wall_s"],
             "command_wall_s": best["wall_s"],
             "engine_over_io_floor": best["engine_wall_s"] / min(floor),
+            "finite_check_share_of_engine": (n + 1) * check_s / best["engine_wall_s"],
             "peak_rss_over_imports_bytes": peak_over_constant,
             "largest_tensor_bytes": largest,
             "peak_over_largest_tensor": peak_over_constant / largest,
