@@ -2,7 +2,9 @@
 
 DVC owns the artifacts and their cache (a stage whose inputs are unchanged is skipped), Prefect owns
 scheduling, retries, state and logs. dvc.yaml is written from params.yaml first (`recall pipeline`),
-so a task appended from incoming/ gets its stages in every method's chain.
+so a task appended from incoming/ gets its stages in every method's chain. A folder in incoming/ is a
+task of the user's own when it holds a task.yaml; one that fails its checks stays where it is, is
+reported in the flow's log and as a FAILED MLflow run, and does not stop the others.
 
     python -m flows.continual run                       # once
     python -m flows.continual serve --cron "0 3 * * *"  # a deployment: nightly, and whenever new
@@ -19,9 +21,10 @@ from pathlib import Path
 import yaml
 from prefect import flow, get_run_logger, task
 
+from recall import tracking
+from recall.errors import RecallError
 from recall.pipeline import plan
 from recall.pipeline.params import load_params
-from recall.tasks.base import get_task
 
 
 def stage_names(params_file: str = "params.yaml") -> list[str]:
@@ -41,31 +44,44 @@ def dvc_stage(name: str, project: str) -> str:
     return name
 
 
-def adopt_incoming(project: Path) -> list[str]:
-    """Append each registered task found in incoming/<task>/ to the sequence; returns the new tasks."""
+def adopt_incoming(project: Path) -> tuple[list[str], dict[str, str]]:
+    """Append each task found in incoming/<task>/ to the sequence: a registered one, or one its
+    task.yaml declares (checked with both splits). Returns the new tasks, and the error of each
+    folder left out."""
     params_file = project / "params.yaml"
-    raw = yaml.safe_load(params_file.read_text())
+    params = load_params(params_file)
+    raw = params.raw
     known = {s["task"] for s in raw["sequence"]}
-    added = []
+    added, rejected = [], {}
     for folder in sorted(p for p in (project / "incoming").glob("*") if p.is_dir()):
         if folder.name in known or not (folder / "train.jsonl").is_file():
             continue
-        get_task(folder.name)  # only registered tasks can be learned
+        try:
+            params.find_task(folder.name)
+        except RecallError as err:
+            rejected[folder.name] = str(err)
+            continue
         after = raw["sequence"][-1]["task"] if raw["scenario"] == "sequential" else "base"
         raw["sequence"].append({"task": folder.name, "after": after})
         added.append(folder.name)
     if added:
-        params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+        params_file.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
         load_params(params_file)  # the edited file must still be valid
-    return added
+    return added, rejected
 
 
 @flow(name="recall-continual-learning", log_prints=True)
 def continual_learning(project: str = ".") -> list[str]:
     logger = get_run_logger()
-    added = adopt_incoming(Path(project))
+    added, rejected = adopt_incoming(Path(project))
     if added:
         logger.info("new task data: %s appended to the sequence", ", ".join(added))
+    if rejected:
+        params = load_params(Path(project) / "params.yaml")
+        experiment = params.raw.get("tracking", {}).get("experiment", "recall")
+        for name, error in rejected.items():
+            logger.warning("incoming/%s left out: %s", name, error)
+            tracking.record_rejected(params.root, experiment, params.key, f"incoming/{name}", error)
     done = []
     for name in stage_names(str(Path(project) / "params.yaml")):
         done.append(dvc_stage(name, project))

@@ -1,7 +1,10 @@
-"""Training/probe records from JSONL, and their rendering with a model's chat template.
+"""Training/probe records from JSONL, and how a model sees them.
 
-A line holds either `text` (used verbatim) or `prompt` with an optional `response` (rendered as a
-user turn and an assistant turn of the model's chat template).
+A line holds either `text` (used verbatim) or `prompt` with an optional `response`. A model with a
+chat template sees them as a user turn and an assistant turn ("chat" rendering); a model without
+one, like most pre-trained checkpoints, sees the prompt, a newline, then the response ("plain"
+rendering, as OpenCompass prompts base models). `rendering` decides, for fine-tuning, features,
+merge data and evaluation alike.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from recall.errors import RecallError
 
@@ -60,16 +64,33 @@ def read_records(path: str | os.PathLike) -> list[Record]:
     return records
 
 
+Rendering = Literal["chat", "plain"]
+
+
+def rendering(tokenizer) -> Rendering:
+    """"chat" for a tokenizer with a chat template, else "plain"."""
+    return "chat" if getattr(tokenizer, "chat_template", None) else "plain"
+
+
 def chat_prompt(tokenizer, prompt: str) -> str:
-    """The prompt as a user turn, ending where the assistant's answer begins."""
-    if getattr(tokenizer, "chat_template", None):
+    """The prompt as the model sees it, ending where its answer begins: a user turn of its chat
+    template, or (plain) the prompt and a newline. Every caller tokenises without special tokens, so
+    a plain prompt starts with those the tokenizer itself would put first (Llama's BOS)."""
+    if rendering(tokenizer) == "chat":
         messages = [{"role": "user", "content": prompt}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return prompt + "\n"
+    return _leading_special_tokens(tokenizer) + prompt + "\n"
+
+
+def _leading_special_tokens(tokenizer) -> str:
+    ids = tokenizer("a")["input_ids"]
+    bare = tokenizer("a", add_special_tokens=False)["input_ids"]
+    start = next((i for i in range(len(ids)) if ids[i : i + len(bare)] == bare), 0)
+    return tokenizer.decode(ids[:start])
 
 
 def render(tokenizer, record: Record) -> str:
-    """The full text a model sees for a record: verbatim text, or chat prompt + response."""
+    """The full text a model sees for a record: verbatim text, or its prompt + response + EOS."""
     if record.text is not None:
         return record.text
     text = chat_prompt(tokenizer, record.prompt)

@@ -5,8 +5,9 @@ OUT/adapter/ and OUT/train_metrics.json. Every input is checked before any weigh
 OUT appears only when complete. The base may itself be a fine-tuned or merged model (sequential
 fine-tuning), a LoRA adapter folder or a .gguf file.
 
-The loop is a plain torch loop: each example is the chat-template prompt (user turn) followed by the
-answer (assistant turn + eos), exactly as `recall.data.render` writes it; the loss covers the answer
+The loop is a plain torch loop: each example is the prompt followed by the answer and EOS, rendered
+exactly as `recall.data.render` writes it (a user and an assistant turn of the model's chat template,
+or plain text for a model without one; train_metrics.json records which); the loss covers the answer
 tokens only.
 
 Every `checkpoint_every` steps the training state (LoRA weights, optimizer, schedule, RNG, log so far)
@@ -35,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from recall.atomic import atomic_dir, atomic_path, check_output, write_json
-from recall.data import Record, chat_prompt, read_records, render
+from recall.data import Record, chat_prompt, read_records, render, rendering
 from recall.errors import RecallError
 from recall.ewc import EWCPenalty, fisher_diagonal, trainable
 from recall.models import ModelInfo, describe, load_causal_lm, load_tokenizer, saveable
@@ -102,7 +103,7 @@ def load_examples(spec: str, data_dir: Path | None, limit: int | None = None) ->
         if bad is not None:
             raise RecallError(f"{path}: record {bad} needs both 'prompt' and a non-empty 'response' to train on")
         return [Example(r.prompt, r.response) for r in records]
-    return get_task(spec).load("train", data_dir, limit)
+    return get_task(spec, data_dir).load("train", data_dir, limit)
 
 
 def encode(tokenizer, examples: list[Example], max_length: int, what: str) -> list[Encoded]:
@@ -370,6 +371,7 @@ def finetune(
         "train_seconds": round(record.seconds, 3),
         "tokens_per_s": round(record.tokens_per_s, 2),
         "device": str(device),
+        "rendering": rendering(tokenizer),
         "ewc": {"from": config.ewc_from, "samples": len(previous_encoded), **penalty.stats()} if penalty else None,
         "config": dataclasses.asdict(config),
     }

@@ -51,6 +51,20 @@ def stage_run(root: Path, experiment: str, run_key: str, step: str, stage: str) 
         yield sequence, step_run
 
 
+def record_rejected(root: Path, experiment: str, run_key: str, what: str, error: str) -> None:
+    """A FAILED run under the sequence's for input left out of it (a task folder that fails its
+    checks), with the error as a tag and as error.txt."""
+    mlflow.set_tracking_uri(tracking_uri(root))
+    exp = mlflow.set_experiment(experiment)
+    client = MlflowClient()
+    sequence = _find_or_create(client, exp.experiment_id, f"sequence-{run_key}", {"recall.run_key": run_key, "recall.level": "sequence"}, None)
+    run = client.create_run(exp.experiment_id, run_name=what, tags={
+        "recall.run_key": run_key, "recall.level": "rejected", "recall.input": what, "mlflow.parentRunId": sequence,
+        "error": error[:4000]})
+    client.log_text(run.info.run_id, error, "error.txt")
+    client.set_terminated(run.info.run_id, "FAILED")
+
+
 def register_model(folder: Path, tags: dict[str, str], description: str) -> str:
     """Register a model folder as a new version, pointing at the folder itself (no copy)."""
     client = MlflowClient()

@@ -111,7 +111,7 @@ def test_real_opencompass_run_and_forced_failure(model: Path, suite: Path, tmp_p
     predictions = {p.name.rsplit("-", 1)[0]: p for p in (out / "opencompass" / "predictions" / abbr).glob("*.json")}
     assert sorted(predictions) == ["gen_knowledge-ppl", "gen_sentiment-ppl", "gen_squad-gen", "gen_squad-nll"]
     generated = json.loads(predictions["gen_squad-gen"].read_text())["0"]
-    assert generated["origin_prompt"][0]["prompt"] == examples["gen_squad"][0].prompt  # OpenCompass renders it
+    assert generated["origin_prompt"] == chat_prompt(tokenizer, examples["gen_squad"][0].prompt)  # as recall renders it
     ranked = json.loads(predictions["gen_sentiment-ppl"].read_text())["0"]
     assert ranked["origin_prompt"] == chat_prompt(tokenizer, examples["gen_sentiment"][0].prompt)
     assert list(ranked["answer_nll"]) == ["negative", "positive"]
@@ -170,9 +170,9 @@ def test_answer_nll_matches_one_forward_per_answer(tmp_path, family):
 
 def fake_opencompass(predict):
     """A stand-in for `run_opencompass` without a model: each dataset of the generated config gets the
-    predictions `predict(answers, choices)` (choices: the likelihood inferencer's candidates, if any)
-    and is scored by its configured evaluator through OpenCompass's own `evaluate`, the result written
-    where OpenCompass writes it, details included."""
+    predictions `predict(answers, choices)` (choices: each example's candidates for the likelihood
+    inferencer, if any) and is scored by its configured evaluator through OpenCompass's own
+    `evaluate`, the result written where OpenCompass writes it, details included."""
     from mmengine.config import Config
     from opencompass.utils import build_dataset_from_cfg
 
@@ -182,9 +182,11 @@ def fake_opencompass(predict):
         for dataset in cfg.datasets:
             test_set = build_dataset_from_cfg(dataset).test
             answers = list(test_set["answer"])
-            choices = tuple(dataset.infer_cfg.inferencer.get("candidates") or ())
+            column = dataset.infer_cfg.inferencer.get("candidates")
+            choices = list(test_set[column]) if column else None
             predictions = predict(answers, choices)
-            answer_nll = [{c: float(c != p) for c in choices or [a]} for p, a in zip(predictions, answers)]
+            answer_nll = [{c: float(c != p) for c in (choices[i] if choices else [a])}
+                          for i, (p, a) in enumerate(zip(predictions, answers))]
             evaluator_cfg = dict(dataset.eval_cfg.evaluator)
             evaluator = evaluator_cfg.pop("type")(**evaluator_cfg)
             given = {"predictions": predictions, "references": answers, "answer_nll": answer_nll}
@@ -197,11 +199,11 @@ def fake_opencompass(predict):
     return run
 
 
-def half_wrong(answers: list[str], choices: tuple[str, ...]) -> list[str]:
+def half_wrong(answers: list[str], choices: list[list[str]] | None) -> list[str]:
     """The gold answer for even examples; another choice, or the answer short of its last word, for odd ones."""
-    def wrong(answer: str) -> str:
-        return next(c for c in choices if c != answer) if choices else answer.rsplit(" ", 1)[0]
-    return [a if i % 2 == 0 else wrong(a) for i, a in enumerate(answers)]
+    def wrong(i: int, answer: str) -> str:
+        return next(c for c in choices[i] if c != answer) if choices else answer.rsplit(" ", 1)[0]
+    return [a if i % 2 == 0 else wrong(i, a) for i, a in enumerate(answers)]
 
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data (real dataset subsets) absent")
@@ -213,7 +215,7 @@ def test_paper_tasks_wiring_and_per_example_records(model, tmp_path, monkeypatch
     out = tmp_path / "out"
     metrics = evaluate(model, PAPER_TASKS, out, data_dir=SHARED_DATA, limit=6)
     assert list(metrics) == PAPER_TASKS
-    assert list(metrics["iwslt2017_en_fr"]) == ["bleu", "exact_match", "nll"]  # primary metric first
+    assert list(metrics["iwslt2017_en_fr"]) == ["bleu", "rouge_l", "exact_match", "nll"]  # primary metric first
     assert json.loads((out / "metrics.json").read_text()) == metrics
     for task in PAPER_TASKS:
         scorer, records = get_task(task), read_jsonl(out / "examples" / f"{task}.jsonl")
@@ -249,7 +251,8 @@ def test_modes_choose_inference_and_predictions_reuse(model, suite, tmp_path, mo
     evaluate(model, ["gen_sentiment"], out, data_dir=suite, limit=2)  # the default: PPL
     ppl = Config.fromfile(str(out / "opencompass_config.py")).datasets
     assert [d.abbr.rsplit("-", 1)[0] for d in ppl] == ["gen_sentiment-ppl"]
-    assert ppl[0].infer_cfg.inferencer.candidates == ["negative", "positive"]
+    assert ppl[0].infer_cfg.inferencer.candidates == "choices"
+    assert read_jsonl(out / "data" / "gen_sentiment.jsonl")[0]["choices"] == ["negative", "positive"]
     assert not {d.abbr for d in ppl} & {d.abbr for d in datasets}
 
 
@@ -261,8 +264,8 @@ def test_modes_choose_inference_and_predictions_reuse(model, suite, tmp_path, mo
     (["gen_sentiment"], {"batch_size": 0}, "--batch-size must be at least 1"),
     (["gen_sentiment"], {"max_new_tokens": 0}, "--max-new-tokens must be at least 1"),
     (["gen_sentiment"], {"threads": 0}, "--threads must be at least 1"),
-    (["gen_squad"], {"modes": {"extractive_qa": "ppl"}}, "format extractive_qa cannot be scored by likelihood"),
-    (["gen_translation"], {"modes": {"translation": "ppl"}}, "format translation cannot be scored by likelihood"),
+    (["gen_squad"], {"modes": {"qa": "ppl"}}, "format qa cannot be scored by likelihood"),
+    (["gen_translation"], {"modes": {"generation": "ppl"}}, "format generation cannot be scored by likelihood"),
     (["gen_sentiment"], {"modes": {"classification": "beam"}}, "mode 'beam' for format classification"),
     (["gen_sentiment"], {"modes": {"sentiment": "gen"}}, "unknown task format 'sentiment'"),
 ])
@@ -286,16 +289,9 @@ def test_context_too_short_for_replies(suite, tmp_path, no_opencompass):
         evaluate(short, ["gen_squad"], tmp_path / "out", data_dir=suite, max_new_tokens=64)
 
 
-def test_bad_model_folders(model, suite, tmp_path, no_opencompass):
+def test_bad_model_folders(suite, tmp_path, no_opencompass):
     with pytest.raises(RecallError, match="not a model folder"):
         evaluate(tmp_path / "missing", ["gen_sentiment"], tmp_path / "out", data_dir=suite)
-    plain = tmp_path / "plain"
-    plain.mkdir()
-    for file in model.iterdir():
-        if file.name != "chat_template.jinja":
-            (plain / file.name).write_bytes(file.read_bytes())
-    with pytest.raises(RecallError, match="no chat template"):
-        evaluate(plain, ["gen_sentiment"], tmp_path / "out", data_dir=suite)
 
 
 def test_empty_test_split(model, tmp_path, no_opencompass):
@@ -332,12 +328,13 @@ def test_config_is_a_valid_opencompass_config(tmp_path):
     from recall.evaluation.model import ChatModel
 
     data = tmp_path / "gen_sentiment.jsonl"
-    write_dataset([Example("Is {this} good?", "positive")], tiny_tokenizer(), data)
+    write_dataset([Example("Is {this} good?", "positive", ("negative", "positive"))], tiny_tokenizer(), data)
     row = json.loads(data.read_text())
-    assert row == {"prompt": "Is {this} good?", "answer": "positive",
-                   "chat_prompt": "<|im_start|>user\nIs {this} good?<|im_end|>\n<|im_start|>assistant\n"}
-    specs = [*dataset_specs("gen_sentiment", "gen", data, 16, ()),
-             *dataset_specs("gen_sentiment", "ppl", data, 16, ("negative", "positive"))]
+    assert row == {"prompt": "Is {this} good?", "answer": "positive", "choices": ["negative", "positive"],
+                   "rendered": "<|im_start|>user\nIs {this} good?<|im_end|>\n<|im_start|>assistant\n"}
+    definition = get_task("gen_sentiment").spec.as_dict()
+    specs = [*dataset_specs("gen_sentiment", "gen", data, 16, definition),
+             *dataset_specs("gen_sentiment", "ppl", data, 16, definition)]
     path = tmp_path / "config.py"
     path.write_text(render_config(ModelSpec(tmp_path, "m-1", 4, 100, False, "float32"), specs))
     config = Config.fromfile(str(path))
@@ -347,18 +344,20 @@ def test_config_is_a_valid_opencompass_config(tmp_path):
     assert model.run_cfg == {"num_gpus": 0} and model.generation_kwargs == {"do_sample": False}
     generated, reference, ranked = config.datasets
     assert generated.infer_cfg.inferencer.max_out_len == 16
-    assert generated.reader_cfg.input_columns == ["prompt"]
+    assert generated.reader_cfg.input_columns == ["rendered"]
     assert reference.infer_cfg.inferencer.type is AnswerPPLInferencer
     assert "candidates" not in reference.infer_cfg.inferencer  # the reference alone
-    assert ranked.infer_cfg.inferencer.candidates == ["negative", "positive"]
-    assert ranked.reader_cfg.input_columns == ["chat_prompt"]
+    assert ranked.infer_cfg.inferencer.candidates == "choices"
+    assert ranked.reader_cfg.input_columns == ["rendered"]
     assert generated.eval_cfg.evaluator.type is TaskEvaluator and issubclass(TaskEvaluator, BaseEvaluator)
     assert ranked.eval_cfg.evaluator.type is ChoiceEvaluator
-    scores = TaskEvaluator(task="gen_sentiment").score(["It is positive.", "negative"], ["positive", "positive"])
+    scores = TaskEvaluator(task="gen_sentiment", definition=definition).score(["It is positive.", "negative"],
+                                                                            ["positive", "positive"])
     assert scores["accuracy"] == 50.0
     assert [d["score"] for d in scores["details"]] == [100.0, 0.0]
     answer_nll = [{"negative": 2.0, "positive": 1.0}, {"negative": 1.0, "positive": 3.0}]
-    scores = ChoiceEvaluator(task="gen_sentiment").score(["positive", "negative"], ["positive", "positive"], answer_nll)
+    scores = ChoiceEvaluator(task="gen_sentiment", definition=definition).score(["positive", "negative"],
+                                                                              ["positive", "positive"], answer_nll)
     assert (scores["accuracy"], scores["nll"]) == (50.0, 2.0)
     assert [d["nll"] for d in scores["details"]] == [1.0, 3.0]
 
@@ -385,7 +384,7 @@ def test_abbrs_change_with_inputs(model, tmp_path):
 
 def test_result_errors_name_the_task(tmp_path):
     task = get_task("gen_sentiment")
-    spec = DatasetSpec("gen_sentiment", "ppl", "gen_sentiment-ppl-x", tmp_path / "d.jsonl", choices=task.choices)
+    spec = DatasetSpec("gen_sentiment", "ppl", "gen_sentiment-ppl-x", tmp_path / "d.jsonl", task.spec.as_dict())
     log = tmp_path / "opencompass.log"
     with pytest.raises(RecallError, match=r"no result for task\(s\) gen_sentiment; see the log"):
         read_results(tmp_path, "m", [spec], log)

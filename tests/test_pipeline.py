@@ -290,10 +290,10 @@ def test_the_scheduled_flow_adopts_incoming_task_data_into_every_chain(tmp_path)
     write_params(tmp_path, tiny_params())
     (tmp_path / "incoming" / "gen_knowledge").mkdir(parents=True)
     (tmp_path / "incoming" / "gen_knowledge" / "train.jsonl").write_text("{}\n")
-    assert adopt_incoming(tmp_path) == ["gen_knowledge"]
+    assert adopt_incoming(tmp_path) == (["gen_knowledge"], {})
     assert load_params(tmp_path / "params.yaml").step("gen_knowledge").after == "gen_translation"
     names = stage_names(str(tmp_path / "params.yaml"))
     for method in ("recall", "sft", "average"):
         assert names.index(f"finetune-{method}-gen_translation") < names.index(f"finetune-{method}-gen_knowledge")
     assert names[-1] == "report" and "finetune-recall-gen_knowledge" in (tmp_path / "dvc.yaml").read_text()
-    assert adopt_incoming(tmp_path) == []  # already in the sequence
+    assert adopt_incoming(tmp_path) == ([], {})  # already in the sequence

@@ -8,12 +8,11 @@ import pytest
 from recall.cli import main
 from recall.data import read_records
 from recall.errors import RecallError
-from recall.tasks import Example, get_task, list_tasks
+from recall.tasks import get_task, list_tasks
 from recall.tasks.export import export_task
 from recall.tasks.generated import GENERATORS, TOWN_FACTS, generate_rows, generate_suite
 from recall.tasks.scoring import (
     corpus_bleu,
-    exact_match,
     extract_choice,
     extract_label,
     normalize_text,
@@ -40,9 +39,9 @@ def test_registry_lists_every_task_with_format_and_primary_metric():
     assert set(tasks) == set(PAPER_TASKS + GEN_TASKS)
     expected = {
         "classification": ("accuracy",),
-        "extractive_qa": ("exact_match",),
-        "mcq": ("accuracy",),
-        "translation": ("bleu", "exact_match"),
+        "qa": ("exact_match", "f1"),
+        "multiple_choice": ("accuracy",),
+        "generation": ("bleu", "rouge_l", "exact_match"),
     }
     for paper, gen in zip(PAPER_TASKS, GEN_TASKS):
         assert tasks[paper].format == tasks[gen].format
@@ -107,7 +106,8 @@ def test_prompts_match_paper_table6_for_hub_and_generated_tasks(tmp_path, paper_
     row, prompt, answer = TABLE6[paper_task]
     for name in (paper_task, gen_task):  # the generated twin reads the same fields the same way
         root = write_rows(tmp_path, name, "train", [row])
-        assert get_task(name).load("train", root) == [Example(prompt, answer)]
+        [example] = get_task(name).load("train", root)
+        assert (example.prompt, example.answer) == (prompt, answer)
 
 
 def test_squad_unanswerable_and_hub_style_answers(tmp_path):
@@ -131,10 +131,10 @@ def test_real_subsets_load_with_valid_answers(name):
     answers = [e.answer for e in test]
     if task.format == "classification":
         assert set(answers) == {"negative", "positive"}
-    elif task.format == "mcq":
+    elif task.format == "multiple_choice":
         assert set(answers) == {"A", "B", "C", "D"}
         assert all(" A: " in e.prompt and " D: " in e.prompt for e in test)
-    elif task.format == "extractive_qa":
+    elif task.format == "qa":
         assert 0 < answers.count("impossible to answer") < len(answers)
         assert all(e.answer in e.prompt for e in test if e.answer != "impossible to answer")
     else:
@@ -169,7 +169,7 @@ def test_bad_values_are_rejected(tmp_path):
     for key, (row, field) in cases.items():
         name = key.split("_options")[0]
         root = write_rows(tmp_path / key, name, "train", [row])
-        with pytest.raises(RecallError, match=rf"train.jsonl:1: bad {name} row: .*{field}"):
+        with pytest.raises(RecallError, match=rf"train.jsonl:1: .*{name} row.*{field}"):
             get_task(name).load("train", root)
 
 
@@ -225,8 +225,21 @@ def test_squad_exact_match_normalisation_and_unanswerable():
     assert qa_match("It is impossible to answer according to the passage.", "impossible to answer")
     assert not qa_match("France", "impossible to answer")
     assert not qa_match("impossible to answer", "France")
-    assert exact_match(["France", "impossible to answer", "Spain"], ["France", "impossible to answer", "Italy"]) == \
-        pytest.approx(200 / 3)
+    scores = get_task("squad_v2").score(["France", "impossible to answer", "Spain", "the river Seine"],
+                                        ["France", "impossible to answer", "Italy", "Seine river"])
+    assert scores == {"exact_match": pytest.approx(50.0), "f1": pytest.approx(75.0)}  # F1: the word overlap
+
+
+def test_generation_scores_rouge_l_and_a_chosen_primary_metric():
+    from recall.tasks.formats import TaskSpec, make_task
+
+    refs = ["the cat sat on the mat", "a dog"]
+    task = make_task("replies", TaskSpec("generation", "{q}", answer="a", metric="rouge_l"))
+    assert task.metrics == ("rouge_l", "bleu", "exact_match")
+    scores = task.score(["the cat sat on a mat", "a dog"], refs)
+    assert scores["rouge_l"] == pytest.approx((100 * 2 * 5 / 12 + 100) / 2) and scores["exact_match"] == 50.0
+    records = task.records(["the cat sat on a mat", "a dog"], refs)
+    assert "bleu_stats" not in records[0] and task.aggregate(records) == pytest.approx(scores["rouge_l"])
 
 
 def test_bleu_and_translation_scores():
@@ -273,15 +286,15 @@ def test_generated_tasks_load_with_disjoint_splits_and_balanced_answers(suite, n
     assert not {e.prompt for e in train} & {e.prompt for e in test}
     assert len({e.prompt for e in train}) == 300
     answers = [e.answer for e in train]
-    if task.format == "mcq":
+    if task.format == "multiple_choice":
         assert all(answers.count(letter) > 40 for letter in "ABCD")
     if task.format == "classification":
         assert 100 < answers.count("positive") < 200
-    if task.format == "extractive_qa":
+    if task.format == "qa":
         unanswerable = answers.count("impossible to answer")
         assert 60 < unanswerable < 150
         assert all(e.answer in e.prompt.split(" According to")[0] for e in train if e.answer != "impossible to answer")
-    if task.format == "translation":
+    if task.format == "generation":
         assert all(e.answer.endswith(".") and e.answer[0].isupper() for e in train)
     assert task.score(answers, answers)[task.metrics[0]] == pytest.approx(100.0)
 
@@ -339,7 +352,7 @@ def test_cli_list_generate_export(tmp_path, capsys):
     listing = capsys.readouterr().out
     for name in PAPER_TASKS + GEN_TASKS:
         assert name in listing
-    assert "stanfordnlp/sst2" in listing and "bleu, exact_match" in listing
+    assert "stanfordnlp/sst2" in listing and "bleu, rouge_l, exact_match" in listing
     assert main(["tasks", "generate", "--out", str(tmp_path / "d"), "--seed", "3", "--train", "5", "--test", "2"]) == 0
     assert len((tmp_path / "d" / "gen_reading" / "train.jsonl").read_text().splitlines()) == 5
     out = tmp_path / "e.jsonl"

@@ -15,7 +15,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("finetune", help="LoRA fine-tune a model on a task; writes a merged HF model folder")
     p.add_argument("--base", required=True, help="model folder, LoRA adapter folder, .gguf file or hub id")
     p.add_argument("--task", required=True, help="task name (see `recall tasks`) or a prompt/response JSONL file")
-    p.add_argument("--data-dir", type=Path, help="folder holding <task>/train.jsonl (default: the HF hub)")
+    p.add_argument("--data-dir", type=Path, help="folder holding <task>/train.jsonl, or a task of your own as "
+                   "<task>/{task.yaml,train.jsonl,test.jsonl} (default: the HF hub)")
     add_output(p, "output model folder")
     p.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
     p.add_argument("--epochs", type=float, default=DEFAULTS.epochs)

@@ -1,21 +1,32 @@
-"""`recall tasks [list|generate|export]`: the task registry, the generated suite, data export."""
+"""`recall tasks [list|show|generate|export]`: the task registry, the generated suite, data export."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from recall.tasks import list_tasks
+import yaml
+
+from recall.tasks import get_task, list_tasks
 from recall.tasks.export import export_task
 from recall.tasks.generated import DEFAULT_TEST, DEFAULT_TRAIN, generate_suite
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("tasks", help="list, generate and export tasks")
+    parser = subparsers.add_parser("tasks", help="list, show, generate and export tasks")
+    declared = "folder holding tasks of your own, each a <task>/ folder with task.yaml, train.jsonl and test.jsonl"
+    parser.add_argument("--data-dir", type=Path, help=declared)
     parser.set_defaults(func=run_list)
     sub = parser.add_subparsers(dest="tasks_command")
 
-    sub.add_parser("list", help="each task with its source, format and metrics").set_defaults(func=run_list)
+    listing = sub.add_parser("list", help="each task with its format, metrics and source")
+    listing.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help=declared)
+    listing.set_defaults(func=run_list)
+
+    show = sub.add_parser("show", help="a task's spec as a task.yaml, to copy for a task of your own")
+    show.add_argument("task")
+    show.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help=declared)
+    show.set_defaults(func=run_show)
 
     gen = sub.add_parser("generate", help="write the offline generated task suite")
     gen.add_argument("--out", type=Path, required=True, help="folder to write <task>/{train,test}.jsonl into")
@@ -35,10 +46,16 @@ def register(subparsers) -> None:
 
 def run_list(args: argparse.Namespace) -> int:
     rows = [("TASK", "FORMAT", "METRICS", "SOURCE")]
-    rows += [(t.name, t.format, ", ".join(t.metrics), t.source) for t in list_tasks()]
+    rows += [(t.name, t.format, ", ".join(t.metrics), t.source) for t in list_tasks(args.data_dir)]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3])
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    spec = get_task(args.task, args.data_dir).spec.as_dict()
+    print(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True, width=float("inf")), end="")
     return 0
 
 

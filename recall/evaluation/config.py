@@ -1,12 +1,15 @@
-"""The OpenCompass config of one evaluation: jsonl custom datasets per task and one chat model.
+"""The OpenCompass config of one evaluation: jsonl custom datasets per task and one model.
 
-Every prompt is the task's instruction as a single user turn, rendered by the model's own chat
-template (the same rendering `recall.data.chat_prompt` gives fine-tuning). A task is inferred in
-one of two modes:
-- "gen": answered greedily (OpenCompass's GenInferencer renders the turn itself), scored by
-  `TaskEvaluator`; a second dataset scores the reference's likelihood alone for the `nll` metric;
-- "ppl": each of the task's choices scored by likelihood after the prompt, which recall renders,
-  the most likely one chosen (`AnswerPPLInferencer`), scored by `ChoiceEvaluator`, `nll` included.
+Every prompt is rendered by recall as fine-tuning renders it (`recall.data.chat_prompt`: a user
+turn of the model's chat template, or the plain prompt for a model without one), and the model
+reads it verbatim. A task is inferred in one of two modes:
+- "gen": answered greedily (OpenCompass's GenInferencer), scored by `TaskEvaluator`; a second
+  dataset scores the reference's likelihood alone for the `nll` metric;
+- "ppl": each of the example's choices (label words, its option letters) scored by likelihood after
+  the prompt, the most likely one chosen (`AnswerPPLInferencer`), scored by `ChoiceEvaluator`, `nll`
+  included.
+The evaluators rebuild each task from its spec, which the config carries, so a task declared in a
+folder needs nothing else in OpenCompass's process.
 """
 
 from __future__ import annotations
@@ -14,23 +17,18 @@ from __future__ import annotations
 import hashlib
 import json
 import pprint
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from recall.atomic import atomic_file
 from recall.data import chat_prompt
 from recall.tasks.base import Example
 
 # Longest reply worth generating per task format: room for a short chat lead-in before a label or
-# letter, a SQuAD span, or a full French sentence. Generation stops earlier at the end-of-turn token.
-MAX_NEW_TOKENS = {"classification": 16, "mcq": 16, "extractive_qa": 48, "translation": 128}
-
-# A user turn and the assistant's reply, nothing else: OpenCompass's default chat template also has a
-# SYSTEM role that it merges into the user turn with a stray trailing newline.
-META_TEMPLATE = dict(
-    round=[dict(role="HUMAN", api_role="HUMAN"), dict(role="BOT", api_role="BOT", generate=True)]
-)
+# letter, a SQuAD span, or a full sentence. Generation stops earlier at the end-of-turn token.
+MAX_NEW_TOKENS = {"classification": 16, "multiple_choice": 16, "qa": 48, "generation": 128}
 
 
 @dataclass(frozen=True)
@@ -38,9 +36,9 @@ class DatasetSpec:
     task: str
     kind: str  # "gen": generated replies; "ppl": choices ranked by likelihood; "nll": the reference's likelihood
     abbr: str  # OpenCompass's name for the dataset: file names under predictions/ and results/
-    path: Path  # jsonl with `prompt`, `chat_prompt` and `answer` fields (`write_dataset`)
+    path: Path  # jsonl with `prompt`, `rendered`, `answer` (and `choices`) fields (`write_dataset`)
+    definition: Mapping[str, Any]  # the task's spec (`TaskSpec.as_dict`), for the evaluators
     max_out_len: int | None = None  # "gen" only
-    choices: tuple[str, ...] = ()  # "ppl" only
 
 
 @dataclass(frozen=True)
@@ -76,30 +74,30 @@ from recall.evaluation.model import ChatModel
 
 
 def write_dataset(examples: Sequence[Example], tokenizer, path: Path) -> None:
-    """One line per example: the instruction (`prompt`; OpenCompass renders it for generation), the
-    same rendered by the model's chat template (`chat_prompt`; scored as is by likelihood), `answer`."""
+    """One line per example: the instruction (`prompt`), the same as the model sees it (`rendered`,
+    what OpenCompass reads), `answer`, and for label tasks the `choices` likelihood ranks."""
     with atomic_file(path) as fh:
         for example in examples:
-            rendered = chat_prompt(tokenizer, example.prompt)
-            row = {"prompt": example.prompt, "chat_prompt": rendered, "answer": example.answer}
+            row = {"prompt": example.prompt, "rendered": chat_prompt(tokenizer, example.prompt), "answer": example.answer}
+            if example.choices:
+                row["choices"] = list(example.choices)
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def dataset_abbr(task: str, kind: str, path: Path, setting: str = "") -> str:
-    """Task, kind and a hash of the examples and the inference setting (reply length, choices):
-    OpenCompass reuses predictions only for the very same inputs, in the same mode."""
+    """Task, kind and a hash of the examples (their choices included) and the inference setting (reply
+    length): OpenCompass reuses predictions only for the very same inputs, in the same mode."""
     digest = hashlib.sha256(path.read_bytes() + f"\n{kind}\n{setting}".encode()).hexdigest()
     return f"{task}-{kind}-{digest[:8]}"
 
 
-def dataset_specs(task: str, mode: str, path: Path, max_out_len: int, choices: Sequence[str]) -> list[DatasetSpec]:
+def dataset_specs(task: str, mode: str, path: Path, max_out_len: int, definition: Mapping[str, Any]) -> list[DatasetSpec]:
     """The datasets one task needs in `mode`: its scored one first, then (gen) the reference's likelihood."""
     if mode == "ppl":
-        abbr = dataset_abbr(task, "ppl", path, json.dumps(list(choices)))
-        return [DatasetSpec(task, "ppl", abbr, path, choices=tuple(choices))]
+        return [DatasetSpec(task, "ppl", dataset_abbr(task, "ppl", path), path, definition)]
     return [
-        DatasetSpec(task, "gen", dataset_abbr(task, "gen", path, str(max_out_len)), path, max_out_len=max_out_len),
-        DatasetSpec(task, "nll", dataset_abbr(task, "nll", path), path),
+        DatasetSpec(task, "gen", dataset_abbr(task, "gen", path, str(max_out_len)), path, definition, max_out_len),
+        DatasetSpec(task, "nll", dataset_abbr(task, "nll", path), path, definition),
     ]
 
 
@@ -117,29 +115,28 @@ def model_abbr(model: Path) -> str:
 
 
 def dataset_config(spec: DatasetSpec) -> dict:
+    # The rendered prompt is the template: a plain string, which OpenCompass passes on unchanged (the
+    # likelihood inferencer even reads the column directly).
     if spec.kind == "gen":
-        column = "prompt"
-        template: str | dict = dict(round=[dict(role="HUMAN", prompt="{prompt}")])
         inferencer = dict(type=_Name("GenInferencer"), max_out_len=spec.max_out_len)
-        evaluator = "TaskEvaluator"
+        evaluator = dict(type=_Name("TaskEvaluator"), task=spec.task, definition=dict(spec.definition))
+    elif spec.kind == "ppl":
+        inferencer = dict(type=_Name("AnswerPPLInferencer"), candidates="choices")
+        evaluator = dict(type=_Name("ChoiceEvaluator"), task=spec.task, definition=dict(spec.definition))
     else:
-        # The likelihood inferencer reads the rendered prompt as is; OpenCompass only requires a template.
-        column, template = "chat_prompt", "{chat_prompt}"
         inferencer = dict(type=_Name("AnswerPPLInferencer"))
-        if spec.kind == "ppl":
-            inferencer["candidates"] = list(spec.choices)
-        evaluator = "ChoiceEvaluator" if spec.kind == "ppl" else "AnswerNLLEvaluator"
+        evaluator = dict(type=_Name("AnswerNLLEvaluator"), task=spec.task)
     return dict(
         abbr=spec.abbr,
         type=_Name("JsonlDataset"),
         path=str(spec.path),
-        reader_cfg=dict(input_columns=[column], output_column="answer"),
+        reader_cfg=dict(input_columns=["rendered"], output_column="answer"),
         infer_cfg=dict(
-            prompt_template=dict(type=_Name("PromptTemplate"), template=template),
+            prompt_template=dict(type=_Name("PromptTemplate"), template="{rendered}"),
             retriever=dict(type=_Name("ZeroRetriever")),
             inferencer=inferencer,
         ),
-        eval_cfg=dict(evaluator=dict(type=_Name(evaluator), task=spec.task)),
+        eval_cfg=dict(evaluator=evaluator),
     )
 
 
@@ -150,7 +147,6 @@ def model_config(spec: ModelSpec) -> dict:
         path=str(spec.path),
         # OpenCompass's defaults are fp16 and device_map "auto": always say both explicitly.
         model_kwargs=dict(torch_dtype=spec.dtype, device_map="auto" if spec.gpu else "cpu"),
-        meta_template=META_TEMPLATE,
         generation_kwargs=dict(do_sample=False),  # greedy
         batch_size=spec.batch_size,
         run_cfg=dict(num_gpus=1 if spec.gpu else 0),

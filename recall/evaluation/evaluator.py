@@ -1,7 +1,9 @@
-"""OpenCompass evaluators for every registered task: scoring is the task's own `score` and `records`.
+"""OpenCompass evaluators for every task: scoring is the task's own `score` and `records`.
 
 OpenCompass imports these classes by name from the generated config, so answer extraction and metrics
-live in one place (`recall.tasks`) whether a task is scored here or anywhere else. Each returns, besides
+live in one place (`recall.tasks`) whether a task is scored here or anywhere else. The config gives
+each task's spec (`definition`), from which the task is rebuilt here: a task declared in a folder
+needs no registry in OpenCompass's process. Each returns, besides
 its metrics, `details`: one dict per example, which OpenCompass writes into the dataset's result file
 (`recall.evaluation.results` turns them into `examples/<task>.jsonl`). OpenCompass passes `score` the
 prediction-file fields its signature names, which is how the likelihood evaluators get `answer_nll`.
@@ -15,12 +17,12 @@ from statistics import fmean
 from opencompass.openicl.icl_evaluator import BaseEvaluator
 
 from recall.errors import RecallError
-from recall.tasks.base import get_task
+from recall.tasks.base import Task
+from recall.tasks.formats import make_task, parse_spec
 
 
-def task_details(task: str, predictions: list[str], references: list[str]) -> dict:
+def task_details(scorer: Task, predictions: list[str], references: list[str]) -> dict:
     """The task's metrics, and per example its record plus the prediction and the reference."""
-    scorer = get_task(task)
     records = scorer.records(predictions, references)
     details = [
         {**record, "prediction": prediction, "reference": reference}
@@ -49,16 +51,20 @@ class _TaskEvaluatorBase(BaseEvaluator):
 class TaskEvaluator(_TaskEvaluatorBase):
     """Generated replies: the task's metrics (0-100) and per-example details."""
 
+    def __init__(self, task: str, definition: Mapping, pred_postprocessor: dict | None = None) -> None:
+        super().__init__(task, pred_postprocessor)
+        self.scorer = make_task(task, parse_spec(definition))
+
     def score(self, predictions: list[str], references: list[str]) -> dict:
-        return task_details(self.task, list(predictions), list(references))
+        return task_details(self.scorer, list(predictions), list(references))
 
 
-class ChoiceEvaluator(_TaskEvaluatorBase):
+class ChoiceEvaluator(TaskEvaluator):
     """Answers chosen by likelihood (`AnswerPPLInferencer` with candidates): the task's metrics, then
     `nll`, the mean over examples of the reference's mean NLL per token; both per example in details."""
 
-    def score(self, predictions: list[str], references: list[str], answer_nll: list[dict]) -> dict:
-        result = task_details(self.task, list(predictions), list(references))
+    def score(self, predictions: list[str], references: list[str], answer_nll: list[dict]) -> dict:  # type: ignore[override]
+        result = task_details(self.scorer, list(predictions), list(references))
         nll = reference_nll(self.task, references, answer_nll)
         for detail, value in zip(result["details"], nll):
             detail["nll"] = value

@@ -10,7 +10,6 @@ summary lists these datasets as PPL ones.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 from opencompass.openicl.icl_inferencer.icl_base_inferencer import BaseInferencer
@@ -23,16 +22,17 @@ class AnswerPPLInferencer(BaseInferencer):
     """Per test example: the mean NLL of each candidate answer after the prompt, and the lowest one.
     A batch is `batch_size` examples, each prompt run once for all its candidates.
 
-    `candidates`: the closed answer set (labels, option letters); None scores each example's own
-    reference only, which gives the `nll` metric of generated tasks. The prompt is the dataset's
-    first input column, verbatim: it is already chat-rendered, and reading it directly keeps OpenCompass's
-    template substitution away from braces in the text. Predictions file, one entry per example:
+    `candidates`: the dataset column holding each example's closed answer set (label words, its
+    option letters); None scores each example's own reference only, which gives the `nll` metric of
+    generated tasks. The prompt is the dataset's first input column, verbatim: it is already rendered
+    for the model, and reading it directly keeps OpenCompass's template substitution away from braces
+    in the text. Predictions file, one entry per example:
     `{"origin_prompt", "prediction", "gold", "answer_nll": {candidate: mean NLL per token}}`.
     """
 
-    def __init__(self, model, candidates: Sequence[str] | None = None, batch_size: int | None = 1, **kwargs) -> None:
+    def __init__(self, model, candidates: str | None = None, batch_size: int | None = 1, **kwargs) -> None:
         super().__init__(model=model, batch_size=batch_size, **kwargs)
-        self.candidates = list(candidates) if candidates else None
+        self.candidates = candidates
 
     def inference(
         self,
@@ -45,7 +45,7 @@ class AnswerPPLInferencer(BaseInferencer):
         reader = retriever.dataset_reader
         prompts = list(retriever.test_ds[reader.input_columns[0]])
         golds = list(retriever.test_ds[reader.output_column])
-        options = [self.candidates or [gold] for gold in golds]
+        options = list(retriever.test_ds[self.candidates]) if self.candidates else [[gold] for gold in golds]
         nll = self._score(prompts, options)
         results = {}
         for i, answers in enumerate(options):

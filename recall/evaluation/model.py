@@ -1,7 +1,10 @@
-"""The OpenCompass model of every evaluation: OpenCompass's Hugging Face chat model, plus answer
-likelihoods for `recall.evaluation.inferencer.AnswerPPLInferencer`.
+"""The OpenCompass model of every evaluation: OpenCompass's Hugging Face chat model fed prompts that
+recall has rendered, plus answer likelihoods for `recall.evaluation.inferencer.AnswerPPLInferencer`.
 
-Generation is OpenCompass's own (`HuggingFacewithChatTemplate.generate`). Likelihood is added here
+Generation is OpenCompass's own (`HuggingFacewithChatTemplate.generate`), with a chat template that
+passes the rendered prompt through unchanged: recall renders every prompt as fine-tuning does
+(`recall.data.chat_prompt`), with the model's own chat template or, for a model without one, plain,
+so the model's template must not apply a second time. Likelihood is added here
 because OpenCompass 0.5.4 has no correct answer-only likelihood for batches: `HuggingFaceBaseModel.get_ppl`
 masks the first `mask_length` positions of the *padded* row, but its tokenizer pads on the left, so
 every shorter row of a batch is scored on part of its prompt too; and `get_loglikelihood` masks as
@@ -16,14 +19,19 @@ from opencompass.models import HuggingFacewithChatTemplate
 from transformers import Cache
 
 Tail = tuple[int, list[int]]  # (prompt row in the batch, token ids of an answer of 2+ tokens)
+VERBATIM = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
 
 
 class ChatModel(HuggingFacewithChatTemplate):
+    def _load_tokenizer(self, path: str, kwargs: dict, pad_token_id: int | None = None) -> None:
+        super()._load_tokenizer(path, kwargs, pad_token_id)
+        self.tokenizer.chat_template = VERBATIM
+
     def get_answer_nll(self, prompts: list[str], candidates: list[list[str]]) -> list[list[float]]:
         """Mean negative log-likelihood per token of each candidate answer right after its prompt:
         `candidates[i]` are prompt i's answers, and the result has their values in the same order.
 
-        Prompts arrive chat-rendered (`recall.data.chat_prompt`). Prompt and answer are tokenised apart
+        Prompts arrive rendered (`recall.data.chat_prompt`). Prompt and answer are tokenised apart
         and without added special tokens, as fine-tuning tokenises them (`recall.finetune`), so the
         answer tokens scored are the ones a fine-tuned model was trained to produce, and they do not
         depend on the prompt. Hence one forward pass per prompt: its last position scores every

@@ -4,6 +4,8 @@ the per-example records.
 Layout of `out/`:
     metrics.json           {"<task>": {"<metric>": score, ...}, ...}: the task's metrics (0-100, primary
                            first), then `nll`; written last, atomically
+    evaluation.json        {"model", "rendering": "chat" | "plain" (how every prompt was rendered,
+                           `recall.data.rendering`), "modes": {task: "ppl" | "gen"}}; written with metrics.json
     examples/<task>.jsonl  one line per test example, in test-file order: {"index", "score" (0-100, the
                            example's part of the primary metric), "nll", "prediction", "reference"}, and
                            for translation "bleu_stats"; `Task.aggregate` of the lines gives the primary
@@ -14,7 +16,7 @@ Layout of `out/`:
     opencompass/           OpenCompass's own outputs: predictions/, results/, summary/, configs/
 
 `nll` is the mean over examples of the reference answer's mean negative log-likelihood per token
-after the chat-rendered prompt (natural log; lower is better), for every task and mode.
+after the rendered prompt (natural log; lower is better), for every task and mode.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from recall.atomic import MARKER, atomic_dir, atomic_file, check_output, write_json
+from recall.data import rendering
 from recall.errors import RecallError
 from recall.evaluation.config import (
     MAX_NEW_TOKENS,
@@ -41,7 +44,8 @@ from recall.evaluation.config import (
 )
 from recall.evaluation.results import read_results, task_outcome
 from recall.evaluation.runner import last_error, run_opencompass
-from recall.tasks.base import Task, get_task, list_tasks
+from recall.tasks.base import Task, get_task
+from recall.tasks.formats import FORMATS
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -50,14 +54,14 @@ log = logging.getLogger(__name__)
 
 MODES = ("ppl", "gen")
 # Label and letter tasks are scored by likelihood unless asked otherwise; free-text ones always generate.
-DEFAULT_MODES = {"classification": "ppl", "mcq": "ppl"}
+DEFAULT_MODES = {name: "ppl" for name, cls in FORMATS.items() if cls.ranked}
 
 # Config fields that bound a model's sequence length, by architecture family.
 _CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "seq_length")
 
 
-def chat_model_info(model: Path) -> tuple[PreTrainedTokenizerBase, int | None]:
-    """(tokenizer, context length or None) of a chat model folder, checked.
+def model_info(model: Path) -> tuple[PreTrainedTokenizerBase, int | None]:
+    """(tokenizer, context length or None) of a model folder, checked.
 
     Reads the config and tokenizer only, so a wrong path fails in a second rather than after
     OpenCompass has started. The context is None when the config states none.
@@ -71,11 +75,6 @@ def chat_model_info(model: Path) -> tuple[PreTrainedTokenizerBase, int | None]:
         tokenizer = AutoTokenizer.from_pretrained(model)
     except Exception as err:  # transformers raises many types for a bad folder; all mean the same here
         raise RecallError(f"cannot load the config and tokenizer of {model}: {type(err).__name__}: {err}") from None
-    if not getattr(tokenizer, "chat_template", None):
-        raise RecallError(
-            f"the tokenizer of {model} has no chat template; evaluation prompts are chat turns, so add a "
-            "`chat_template` to its tokenizer_config.json"
-        )
     text_config = config.get_text_config()
     return tokenizer, next((getattr(text_config, f) for f in _CONTEXT_FIELDS if getattr(text_config, f, None)), None)
 
@@ -92,27 +91,24 @@ def prompt_budget(model: Path, context: int | None, reply_tokens: int) -> int | 
     return context - reply_tokens
 
 
-def resolve_tasks(names: Sequence[str]) -> list[Task]:
+def resolve_tasks(names: Sequence[str], data_dir: Path | None = None) -> list[Task]:
     if not names:
         raise RecallError("no tasks given; name at least one (see `recall tasks list`)")
     duplicates = sorted({n for n in names if list(names).count(n) > 1})
     if duplicates:
         raise RecallError(f"task(s) {', '.join(duplicates)} given more than once; name each task once")
-    return [get_task(name) for name in names]
+    return [get_task(name, data_dir) for name in names]
 
 
 def resolve_modes(modes: Mapping[str, str] | None) -> dict[str, str]:
     """Every task format's mode: `DEFAULT_MODES` (else "gen"), overridden by `modes`."""
-    tasks = list_tasks()
-    formats = list(dict.fromkeys(t.format for t in tasks))
-    with_choices = {t.format for t in tasks if t.choices}
-    resolved = {f: DEFAULT_MODES.get(f, "gen") for f in formats}
+    resolved = {f: DEFAULT_MODES.get(f, "gen") for f in FORMATS}
     for fmt, mode in (modes or {}).items():
         if fmt not in resolved:
-            raise RecallError(f"unknown task format {fmt!r} in the modes; the formats are {', '.join(formats)}")
+            raise RecallError(f"unknown task format {fmt!r} in the modes; the formats are {', '.join(FORMATS)}")
         if mode not in MODES:
             raise RecallError(f"mode {mode!r} for format {fmt} is not one of {', '.join(MODES)}")
-        if mode == "ppl" and fmt not in with_choices:
+        if mode == "ppl" and not FORMATS[fmt].ranked:
             raise RecallError(
                 f"format {fmt} cannot be scored by likelihood (ppl): its answers are free text, not a fixed set "
                 f"of choices; use {fmt}=gen"
@@ -171,27 +167,28 @@ def evaluate(
     if threads is not None and threads < 1:
         raise RecallError(f"--threads must be at least 1, got {threads}")
     check_output(out, overwrite)
-    task_list = resolve_tasks(tasks)
+    data_dir = Path(data_dir) if data_dir is not None else None
+    task_list = resolve_tasks(tasks, data_dir)
     mode_of = resolve_modes(modes)
     reply_tokens = {t.name: max_new_tokens or MAX_NEW_TOKENS[t.format] for t in task_list}
     generated = [reply_tokens[t.name] for t in task_list if mode_of[t.format] == "gen"]
-    tokenizer, context = chat_model_info(model)
+    tokenizer, context = model_info(model)
     max_seq_len = prompt_budget(model, context, max(generated, default=0))
     limits = limit if isinstance(limit, Mapping) else {t.name: limit for t in task_list}
-    examples = {t.name: t.load("test", Path(data_dir) if data_dir is not None else None, limits.get(t.name))
-                for t in task_list}
+    examples = {t.name: t.load("test", data_dir, limits.get(t.name)) for t in task_list}
 
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).touch()  # recall's from here on: a rerun may resume in it and replace it
     # Whatever happens next, an older metrics.json or examples/ must not pass for this run's result.
     (out / "metrics.json").unlink(missing_ok=True)
+    (out / "evaluation.json").unlink(missing_ok=True)
     shutil.rmtree(out / "examples", ignore_errors=True)
     datasets: dict[str, list[DatasetSpec]] = {}
     for task in task_list:
         path = out / "data" / f"{task.name}.jsonl"
         write_dataset(examples[task.name], tokenizer, path)
         mode = mode_of[task.format]
-        datasets[task.name] = dataset_specs(task.name, mode, path, reply_tokens[task.name], task.choices)
+        datasets[task.name] = dataset_specs(task.name, mode, path, reply_tokens[task.name], task.spec.as_dict())
     everything = [d for specs in datasets.values() for d in specs]
     gpu, dtype = use_gpu()
     spec = ModelSpec(model, model_abbr(model), batch_size, max_seq_len, gpu, dtype)
@@ -201,10 +198,11 @@ def evaluate(
 
     work_dir, log_path = out / "opencompass", out / "opencompass.log"
     shutil.rmtree(work_dir / "results", ignore_errors=True)  # scores always come from this run
+    run = {"model": str(model), "rendering": rendering(tokenizer), "modes": {t.name: mode_of[t.format] for t in task_list}}
     log.info(
-        "evaluating %s on %s (%s examples; %s) with OpenCompass on %s; log: %s",
-        model, ", ".join(examples), sum(map(len, examples.values())),
-        ", ".join(f"{t.name} {mode_of[t.format]}" for t in task_list), "GPU" if gpu else "CPU", log_path,
+        "evaluating %s (%s prompts) on %s (%s examples; %s) with OpenCompass on %s; log: %s",
+        model, run["rendering"], ", ".join(examples), sum(map(len, examples.values())),
+        ", ".join(f"{t} {m}" for t, m in run["modes"].items()), "GPU" if gpu else "CPU", log_path,
     )
     started = time.monotonic()
     status = run_opencompass(config, work_dir, log_path, threads)
@@ -219,6 +217,7 @@ def evaluate(
             task, datasets[task.name], results, len(examples[task.name]), where
         )
     write_examples(out / "examples", records)
+    write_json(out / "evaluation.json", run)
     write_json(out / "metrics.json", metrics)
     log.info("evaluated in %.0f s: %s", time.monotonic() - started, metrics)
     return metrics

@@ -13,7 +13,8 @@ from recall.errors import RecallError
 from recall.finetune import FinetuneConfig
 from recall.merge.methods import METHODS
 from recall.recall_weights import RecallSettings
-from recall.tasks.base import get_task
+from recall.tasks.base import Task, get_task
+from recall.tasks.formats import FORMATS, TASK_FILE
 
 SCENARIOS = ("sequential", "single", "multi")
 BASE_STEP = "base"
@@ -49,6 +50,24 @@ class Params:
         """Where every stage reads task data: the data stage's output."""
         return self.root / "data" / "tasks"
 
+    @property
+    def task_roots(self) -> list[Path]:
+        """The folders whose `<task>/task.yaml` declares a task of the sequence: incoming/ (new tasks
+        of the scheduled flow), the `tasks` folder, the data.source folder."""
+        named = [self.raw.get("tasks"), None if self.raw["data"]["source"] == "generated" else self.raw["data"]["source"]]
+        return [self.root / "incoming", *(self.root / n for n in named if n)]
+
+    def declaring_folder(self, task: str) -> Path | None:
+        """The folder whose task.yaml declares `task` (the first of `task_roots`), or None for a built-in one."""
+        return next((root / task for root in self.task_roots if (root / task / TASK_FILE).is_file()), None)
+
+    def find_task(self, name: str) -> Task:
+        """The task `name`: declared in a folder of `task_roots` (two different declarations are an
+        error), else a built-in one."""
+        for root in self.task_roots:
+            get_task(name, root)
+        return get_task(name)
+
     def finetune_config(self) -> FinetuneConfig:
         return FinetuneConfig(**self.raw["finetune"])
 
@@ -83,7 +102,7 @@ class Params:
     def eval_limits(self) -> dict[str, int | None]:
         """Task -> test examples scored: `evaluate.limit` is one number, or one per task format."""
         limit = self.raw["evaluate"].get("limit")
-        formats = {s.task: get_task(s.task).format for s in self.steps}
+        formats = {s.task: self.find_task(s.task).format for s in self.steps}
         return {t: limit.get(f) if isinstance(limit, dict) else limit for t, f in formats.items()}
 
     @property
@@ -131,6 +150,11 @@ def validate(params: Params) -> None:
                           "e.g. methods: {recall: {}, sft: {}, ties: {density: 0.5}}")
     if raw["scenario"] not in SCENARIOS:
         raise RecallError(f"unknown scenario {raw['scenario']!r}; choose one of {', '.join(SCENARIOS)}")
+    if raw["data"]["source"] != "generated" and not (params.root / raw["data"]["source"]).is_dir():
+        raise RecallError(f"data.source {raw['data']['source']} is not a folder; give 'generated' or a data folder")
+    if "tasks" in raw and not (isinstance(raw["tasks"], str) and (params.root / raw["tasks"]).is_dir()):
+        raise RecallError(f"tasks: {raw['tasks']!r} is not a folder; give the folder holding your <task>/{TASK_FILE} "
+                          "folders, or leave `tasks` out")
     sequence = raw["sequence"]
     if not sequence:
         raise RecallError("the sequence in params.yaml is empty; list at least one {task, after} step")
@@ -138,7 +162,7 @@ def validate(params: Params) -> None:
     for i, step in enumerate(sequence):
         if not isinstance(step, dict) or set(step) != {"task", "after"}:
             raise RecallError(f"sequence item {i + 1} must be a mapping with exactly 'task' and 'after', got {step!r}")
-        get_task(step["task"])  # unknown task: an error listing the known ones
+        params.find_task(step["task"])  # a bad task folder or an unknown task: an error naming it
         if step["task"] in seen:
             raise RecallError(f"task {step['task']!r} appears twice in the sequence; each step needs its own task")
         expected = seen[-1] if raw["scenario"] == "sequential" else BASE_STEP
@@ -154,9 +178,11 @@ def validate(params: Params) -> None:
         raise RecallError(f"evaluate.tasks must be all, seen or new, got {raw['evaluate']['tasks']!r}")
     limit = raw["evaluate"].get("limit")
     limits = limit.values() if isinstance(limit, dict) else [limit]
-    if not all(n is None or (isinstance(n, int) and n >= 1) for n in limits):
+    if not all(n is None or (isinstance(n, int) and n >= 1) for n in limits) or \
+            (isinstance(limit, dict) and not set(limit) <= set(FORMATS)):
         raise RecallError(f"evaluate.limit must be a number of test examples >= 1 (or null for all), or one per "
-                          f"task format, e.g. {{classification: 200, translation: 100}}; got {limit!r}")
+                          f"task format ({', '.join(FORMATS)}), e.g. {{classification: 200, generation: 100}}; "
+                          f"got {limit!r}")
     recall_cfg = raw["recall"]
     if recall_cfg.get("samples", 0) < 1:
         raise RecallError("recall.samples (task examples used for representations) must be >= 1")
@@ -167,8 +193,6 @@ def validate(params: Params) -> None:
         raise RecallError(f"params.yaml: {err}; check the finetune and recall sections") from None
     if not isinstance(params.with_base, bool):
         raise RecallError("multi.with_base must be true or false")
-    if raw["data"]["source"] != "generated" and not (params.root / raw["data"]["source"]).is_dir():
-        raise RecallError(f"data.source {raw['data']['source']} is not a folder; give 'generated' or a data folder")
 
 
 def validate_methods(params: Params) -> None:
@@ -204,6 +228,6 @@ def validate_methods(params: Params) -> None:
 def validate_modes(modes) -> None:
     if modes is None:
         return
-    if not isinstance(modes, dict) or any(v not in EVAL_MODES for v in modes.values()):
-        raise RecallError(f"evaluate.mode must map task formats to one of {', '.join(EVAL_MODES)}, "
-                          f"e.g. {{classification: ppl, mcq: ppl}}; got {modes!r}")
+    if not isinstance(modes, dict) or any(v not in EVAL_MODES for v in modes.values()) or not set(modes) <= set(FORMATS):
+        raise RecallError(f"evaluate.mode must map task formats ({', '.join(FORMATS)}) to one of "
+                          f"{', '.join(EVAL_MODES)}, e.g. {{classification: ppl, multiple_choice: ppl}}; got {modes!r}")

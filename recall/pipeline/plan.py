@@ -57,6 +57,8 @@ def shape_key(params: Params) -> str:
     shape = {"scenario": params.raw["scenario"], "sequence": params.raw["sequence"],
              "methods": list(params.methods), "with_base": params.with_base,
              "eval_tasks": params.raw["evaluate"].get("tasks", "all"), "incoming": (params.root / "incoming").is_dir()}
+    if "tasks" in params.raw:  # the data stage's dependencies (absent from earlier keys, which stay valid)
+        shape["tasks"] = params.raw["tasks"]
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -68,11 +70,13 @@ def recall_keys(params: Params, *used: str) -> list[str]:
 def plan(params: Params) -> list[Stage]:
     tasks = S.tasks(params)
     task_data = lambda *ts: [params.data_dir / t for t in ts]  # noqa: E731
+    declared = [params.root / params.raw["tasks"]] if "tasks" in params.raw else []
     out: list[Stage] = [
         Stage("base", "base", params=["base"], outs=[S.base_model(params)]),
-        # incoming/<task>/ overrides a task's data (the scheduled flow drops new tasks there), if the folder exists
-        Stage("data", "data", deps=[p for p in [params.root / "incoming"] if p.is_dir()], params=["data"],
-              outs=[params.data_dir]),
+        # incoming/<task>/ overrides a task's data (the scheduled flow drops new tasks there), if the
+        # folder exists; the `tasks` folder declares tasks of the user's own
+        Stage("data", "data", deps=[p for p in [params.root / "incoming"] if p.is_dir()] + declared,
+              params=["data", *(["tasks"] if declared else [])], outs=[params.data_dir]),
     ]
     for t in tasks:
         after = params.step(t).after

@@ -45,6 +45,7 @@ from recall.pipeline.params import BASE_STEP, TRAINING_METHODS, Params
 from recall.recall_weights import similarity_and_sigmas
 from recall.similarity import similarity_range
 from recall.tasks.export import export_task
+from recall.tasks.formats import TASK_FILE
 from recall.tasks.generated import generate_suite
 from recall.typical import select_typical
 from recall.weights import softmax_weights, uniform_weights
@@ -115,20 +116,29 @@ def base(params: Params) -> Path:
 
 
 def data(params: Params) -> Path:
-    """The sequence's task data under data/tasks: `incoming/<task>/` when present, else generated or
-    taken from the data.source folder."""
+    """The sequence's task data under data/tasks: `incoming/<task>/` when present, else the folder
+    that declares the task, else generated or taken from the data.source folder. A declared task's
+    task.yaml goes with its data, so every later stage reads the task from there."""
     cfg = params.raw["data"]
     out = params.data_dir
     if cfg["source"] == "generated":
         generate_suite(out, seed=cfg["seed"], train=cfg["train_size"], test=cfg["test_size"])
     for task in tasks(params):
-        source = params.root / "incoming" if (params.root / "incoming" / task).is_dir() else params.root / cfg["source"]
-        if source.name == "generated":
+        declared, incoming = params.declaring_folder(task), params.root / "incoming" / task
+        if incoming.is_dir():
+            source = incoming
+        elif declared is not None:
+            source = declared
+        elif cfg["source"] != "generated":
+            source = params.root / cfg["source"] / task
+        else:
             continue
         with atomic_dir(out / task) as tmp:
             for split, size in (("train", cfg["train_size"]), ("test", cfg["test_size"])):
-                lines = (source / task / f"{split}.jsonl").read_text().splitlines(keepends=True)
+                lines = (source / f"{split}.jsonl").read_text().splitlines(keepends=True)
                 (tmp / f"{split}.jsonl").write_text("".join(lines[:size]))
+            if declared is not None:
+                shutil.copyfile(declared / TASK_FILE, tmp / TASK_FILE)
     return out
 
 
@@ -305,7 +315,9 @@ def log_stage(params: Params, stage: str, task: str | None, method: str | None, 
         mlflow.log_params({f"finetune.{k}": v for k, v in params.raw["finetune"].items()})
         if method == "ewc":
             mlflow.log_params({f"ewc.{k}": v for k, v in params.ewc().items()})
-        for row in read_json(new_model(params, method or "sft", task) / "train_metrics.json")["steps"]:
+        trained = read_json(new_model(params, method or "sft", task) / "train_metrics.json")
+        mlflow.log_param("rendering", trained["rendering"])  # chat template or plain prompts
+        for row in trained["steps"]:
             mlflow.log_metric("train_loss", row["loss"], step=row["step"])
     elif "recall" in (stage, method) or stage in ("typical", "similarity"):
         mlflow.log_params({f"recall.{k}": v for k, v in params.raw["recall"].items()})
@@ -343,10 +355,12 @@ def register_merge(params: Params, model: Path, data_tasks: list[str], dvc_stage
 
 
 def log_scores(evals: dict[str, Path], prefix: str, step: int, sequence_run: str) -> None:
-    """Every task's metrics of each evaluated model, on this stage's run and the sequence's."""
+    """Every task's metrics of each evaluated model, on this stage's run and the sequence's, and how
+    its prompts were rendered."""
     import mlflow
 
     for variant, folder in evals.items():
+        mlflow.log_param(f"{prefix}{variant}.rendering", read_json(folder / "evaluation.json")["rendering"])
         for task, metrics in read_json(folder / "metrics.json").items():
             for name, value in metrics.items():
                 key = f"{prefix}{variant}.{task}.{name}"

@@ -1,31 +1,40 @@
 """The task interface: a task turns raw dataset rows into instruction prompts + reference answers
 and scores a model's replies against those answers.
 
-Evaluation (OpenCompass), fine-tuning and data export all code against this interface only.
+Evaluation (OpenCompass), fine-tuning and data export all code against this interface only. The
+registry holds the built-in tasks and those declared in data: a folder `<name>/` with `task.yaml`,
+`train.jsonl` and `test.jsonl` (`recall.tasks.declared`), found under a task data folder by name.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from recall.errors import RecallError
+
+if TYPE_CHECKING:
+    from recall.tasks.formats import TaskSpec
 
 
 @dataclass(frozen=True)
 class Example:
     prompt: str  # instruction in the paper's appendix-C QA format
     answer: str  # reference answer (label word, letter, answer text or "impossible to answer", French sentence)
+    choices: tuple[str, ...] = ()  # the answers it can have, when a closed set: label words, its option letters
 
 
 class Task(ABC):
     name: str  # e.g. "sst2"
-    source: str  # hub dataset id and config, e.g. "stanfordnlp/sst2"
-    format: str  # "classification" | "extractive_qa" | "mcq" | "translation"
-    metrics: tuple[str, ...]  # primary first: ("accuracy",), ("exact_match",), ("bleu", "exact_match")
+    spec: TaskSpec  # what the task is, in a task.yaml's terms: enough to score it anywhere
+    source: str  # hub dataset id and config ("stanfordnlp/sst2"), or a declared task's task.yaml
+    format: str  # "classification" | "multiple_choice" | "qa" | "generation"
+    metrics: tuple[str, ...]  # primary first: ("accuracy",), ("exact_match", "f1"), ("bleu", "rouge_l", "exact_match")
     # The closed set of answers of label and letter tasks, e.g. ("negative", "positive") or A-D: every
     # answer is one of them, so they can be ranked by likelihood. Empty for free-text tasks.
     choices: tuple[str, ...] = ()
@@ -55,26 +64,44 @@ class Task(ABC):
 
 
 _REGISTRY: dict[str, Task] = {}
-# Importing this module registers the built-in tasks; done lazily so `base` has no import cycle.
+# Imported lazily so that `base` has no import cycle: the catalog registers the built-in tasks on
+# import, and `declared` reads task folders.
 _CATALOG = "recall.tasks.catalog"
+_DECLARED = "recall.tasks.declared"
 
 
 def register(task: Task) -> Task:
-    if task.name in _REGISTRY:
-        raise ValueError(f"task {task.name!r} is registered twice")
-    _REGISTRY[task.name] = task
-    return task
+    """Add `task`, or return the registered task of that name if it is the same task (a task folder
+    read again, or its copy in a pipeline's data); two different tasks of one name are an error."""
+    known = _REGISTRY.setdefault(task.name, task)
+    if known is not task and (type(known), getattr(known, "spec", None)) != (type(task), getattr(task, "spec", None)):
+        raise RecallError(f"two different tasks are named {task.name!r}: {known.source} and {task.source}; "
+                          "rename one of the task folders")
+    return known
 
 
-def list_tasks() -> list[Task]:
+def registered(name: str) -> Task | None:
+    return _REGISTRY.get(name)
+
+
+def list_tasks(data_dir: str | os.PathLike | None = None) -> list[Task]:
+    """Every task: the built-in ones, and those declared in `data_dir`."""
     importlib.import_module(_CATALOG)
+    if data_dir is not None:
+        importlib.import_module(_DECLARED).declare_all(Path(data_dir))
     return list(_REGISTRY.values())
 
 
-def get_task(name: str) -> Task:
+def get_task(name: str, data_dir: str | os.PathLike | None = None) -> Task:
+    """The task `name`, declared by `data_dir/<name>/task.yaml` if that exists, else registered."""
     importlib.import_module(_CATALOG)
+    if data_dir is not None:
+        importlib.import_module(_DECLARED).declare_in(Path(data_dir), name)
     try:
         return _REGISTRY[name]
     except KeyError:
         known = ", ".join(_REGISTRY)
-        raise RecallError(f"unknown task {name!r}; known tasks: {known} (see `recall tasks list`)") from None
+        raise RecallError(
+            f"unknown task {name!r}; known tasks: {known} (see `recall tasks list`). A task of your own is a "
+            "folder <name>/ holding task.yaml, train.jsonl and test.jsonl in the data folder (see the README)"
+        ) from None

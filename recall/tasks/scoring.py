@@ -5,9 +5,11 @@ normalisation. Every metric is on a 0-100 scale.
 
 from __future__ import annotations
 
+import functools
 import re
 import string
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Sequence
 
 import sacrebleu
 from sacrebleu.metrics import BLEU
@@ -15,27 +17,34 @@ from sacrebleu.metrics import BLEU
 from recall.errors import RecallError
 
 UNANSWERABLE = "impossible to answer"
-CHOICES = "ABCD"
+LETTERS = string.ascii_uppercase  # option letters, A to Z
+CHOICES = LETTERS[:4]  # the paper's four options
 
-# Option-letter patterns, most specific first. Letters must be capitals standing alone, so words
-# like "a", "I'd" or "Because" never count.
-_LETTER_PATTERNS = [
-    re.compile(r"^\W*([A-D])(?:\W*$|\s*[.:)\]]|\s+-)"),  # "B", "(B)", "B: text", "B. text", "B - text"
-    re.compile(r"(?i:answer|option|choice)(?:\s+(?i:is|would be))?\s*[:\-]?\s*\(?([A-D])\b(?!['’])"),
-    # Any lone capital; "A" followed by a lowercase word is the article ("A good choice is C").
-    re.compile(r"\b((?!A\s+[a-z])[A-D])\b(?!['’])"),
-]
+
+@functools.cache
+def _letter_patterns(letters: str) -> list[re.Pattern]:
+    """Option-letter patterns, most specific first. Letters must be capitals standing alone, so words
+    like "a", "I'd" or "Because" never count."""
+    letter = f"[{letters}]"
+    return [
+        re.compile(rf"^\W*({letter})(?:\W*$|\s*[.:)\]]|\s+-)"),  # "B", "(B)", "B: text", "B. text", "B - text"
+        re.compile(rf"(?i:answer|option|choice)(?:\s+(?i:is|would be))?\s*[:\-]?\s*\(?({letter})\b(?!['’])"),
+        # Any lone capital; "A" or "I" followed by a lowercase word is the article or the pronoun.
+        re.compile(rf"\b((?![AI]\s+[a-z]){letter})\b(?!['’])"),
+    ]
+
+
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation) | set("«»“”‘’…")
 
 
-def extract_choice(reply: str, choices: str = CHOICES) -> str | None:
-    """The option letter a reply picks, or None when it names none."""
+def extract_choice(reply: str, choices: Sequence[str] = CHOICES) -> str | None:
+    """The option letter (one of `choices`) a reply picks, or None when it names none."""
     reply = reply.strip()
-    for pattern in _LETTER_PATTERNS:
-        for match in pattern.finditer(reply):
-            if match.group(1) in choices:
-                return match.group(1)
+    for pattern in _letter_patterns("".join(choices)):
+        match = pattern.search(reply)
+        if match:
+            return match.group(1)
     return None
 
 
@@ -71,16 +80,34 @@ def qa_match(prediction: str, reference: str) -> bool:
     return normalize_text(extract_answer_text(prediction)) == normalize_text(reference)
 
 
-def mean_percent(hits: Sequence[bool]) -> float:
-    return 100.0 * sum(hits) / len(hits)
+def qa_f1(prediction: str, reference: str) -> float:
+    """SQuAD token F1 (0-100) of the normalised answers; unanswerable questions score as `qa_match`."""
+    if normalize_text(reference) == normalize_text(UNANSWERABLE):
+        return 100.0 * qa_match(prediction, reference)
+    predicted, expected = normalize_text(extract_answer_text(prediction)).split(), normalize_text(reference).split()
+    common = sum((Counter(predicted) & Counter(expected)).values())
+    if not common:
+        return 100.0 * (predicted == expected)
+    return 100.0 * 2 * common / (len(predicted) + len(expected))
 
 
-def paired(
-    predictions: Sequence[str], references: Sequence[str], match: Callable[[str, str], bool]
-) -> float:
-    """Percentage of (prediction, reference) pairs for which `match` holds."""
-    check_lengths(predictions, references)
-    return mean_percent([match(p, r) for p, r in zip(predictions, references)])
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F1 (0-100): the longest common subsequence of the normalised words (articles kept)."""
+    predicted, expected = (normalize_text(t, drop_articles=False).split() for t in (prediction, reference))
+    if not predicted or not expected:
+        return 100.0 * (predicted == expected)
+    previous = [0] * (len(expected) + 1)
+    for word in predicted:
+        current = [0]
+        for j, other in enumerate(expected):
+            current.append(previous[j] + 1 if word == other else max(previous[j + 1], current[j]))
+        previous = current
+    return 100.0 * 2 * previous[-1] / (len(predicted) + len(expected))
+
+
+def text_match(prediction: str, reference: str) -> bool:
+    """Case-, punctuation- and whitespace-insensitive equality; no article stripping (French)."""
+    return normalize_text(prediction, drop_articles=False) == normalize_text(reference, drop_articles=False)
 
 
 def check_lengths(predictions: Sequence[str], references: Sequence[str]) -> None:
@@ -90,27 +117,6 @@ def check_lengths(predictions: Sequence[str], references: Sequence[str]) -> None
         )
     if not references:
         raise RecallError("nothing to score: no predictions and no references")
-
-
-def label_accuracy(predictions: Sequence[str], references: Sequence[str], labels: Sequence[str]) -> float:
-    return paired(predictions, references, lambda p, r: extract_label(p, labels) == r)
-
-
-def choice_accuracy(predictions: Sequence[str], references: Sequence[str]) -> float:
-    return paired(predictions, references, lambda p, r: extract_choice(p) == r)
-
-
-def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
-    return paired(predictions, references, qa_match)
-
-
-def translation_exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Case-, punctuation- and whitespace-insensitive equality; no article stripping (French)."""
-    return paired(
-        predictions,
-        references,
-        lambda p, r: normalize_text(p, drop_articles=False) == normalize_text(r, drop_articles=False),
-    )
 
 
 def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:

@@ -1,0 +1,72 @@
+"""Tasks declared in data, without code: a folder `<name>/` holding `task.yaml`, `train.jsonl` and
+`test.jsonl`. task.yaml has the fields of `recall.tasks.formats.TaskSpec`, e.g.
+
+    format: classification
+    template: "Ticket: {subject}\\n{body}\\nCategory:"
+    answer: category
+    labels: [billing, outage, account]
+
+Declaring a folder checks its spec and every row of both splits before any work starts; an error
+names the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from recall.errors import RecallError
+from recall.tasks.base import Task, register, registered
+from recall.tasks.formats import SPEC_FIELDS, SPLITS, TASK_FILE, SpecError, TaskSpec, make_task, parse_spec
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # a task name is a file, stage and dataset name part
+
+
+def read_spec(path: Path) -> TaskSpec:
+    """The checked spec of a task.yaml; RecallError naming the file, line and field."""
+    if not path.is_file():
+        raise RecallError(f"{path} does not exist; a task folder holds {TASK_FILE}, train.jsonl and test.jsonl")
+    try:
+        source = path.read_text(encoding="utf-8")
+        node, raw = yaml.compose(source), yaml.safe_load(source)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        raise RecallError(f"{path}{f':{mark.line + 1}' if mark else ''}: not valid YAML: "
+                          f"{getattr(err, 'problem', None) or err}") from None
+    if not isinstance(raw, dict):
+        raise RecallError(f"{path}:1: expected a mapping of the fields {', '.join(SPEC_FIELDS)}")
+    lines = {key.value: key.start_mark.line + 1 for key, _ in node.value}
+    try:
+        return parse_spec(raw)
+    except SpecError as err:
+        raise RecallError(f"{path}:{lines.get(err.field, 1)}: field {err.field!r}: {err}") from None
+
+
+def declare(folder: Path) -> Task:
+    """Register the task `folder` declares, once its spec and both splits are checked."""
+    folder = folder.resolve()
+    known = registered(folder.name)
+    if getattr(known, "folder", None) == folder:
+        return known
+    if not NAME.fullmatch(folder.name):
+        raise RecallError(f"{folder}: {folder.name!r} cannot name a task; name its folder with letters, digits, "
+                          "_ and - only")
+    task = make_task(folder.name, read_spec(folder / TASK_FILE), folder=folder)
+    for split in SPLITS:
+        task.load(split)
+    return register(task)
+
+
+def declare_in(root: Path, name: str) -> None:
+    """Declare `root/<name>/` if it holds a task.yaml."""
+    if (root / name / TASK_FILE).is_file():
+        declare(root / name)
+
+
+def declare_all(root: Path) -> list[Task]:
+    """Declare every task folder in `root`."""
+    if not root.is_dir():
+        raise RecallError(f"{root} is not a folder; give the folder that holds the <task>/{TASK_FILE} folders")
+    return [declare(folder) for folder in sorted(root.iterdir()) if (folder / TASK_FILE).is_file()]
