@@ -1,7 +1,8 @@
 """Tiny random models for tests and examples: built in milliseconds, no download.
 
 A small byte-level BPE tokenizer is trained on the fly and given a chat template, so chat rendering,
-padding and generation work exactly as with a real instruct model.
+padding and generation work exactly as with a real instruct model; `chat=False` leaves the template
+out, as in most pre-trained checkpoints.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ FAMILIES = {
 }
 
 
-def tiny_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
+def tiny_tokenizer(vocab_size: int = 320, chat: bool = True) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -44,7 +45,8 @@ def tiny_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", bos_token="<|endoftext|>", pad_token="<pad>"
     )
-    fast.chat_template = CHAT_TEMPLATE
+    if chat:
+        fast.chat_template = CHAT_TEMPLATE
     return fast
 
 
@@ -55,10 +57,12 @@ def tiny_model(
     hidden: int = 32,
     seed: int = 0,
     tie: bool = False,
+    chat: bool = True,
     **overrides,
 ) -> Path:
-    """Save a randomly initialised causal LM (+ tokenizer) of `family` to `out` and return it."""
-    tokenizer = tiny_tokenizer()
+    """Save a randomly initialised causal LM (+ tokenizer, with a chat template if `chat`) of `family`
+    to `out` and return it."""
+    tokenizer = tiny_tokenizer(chat=chat)
     kwargs = dict(FAMILIES[family])
     model_type = kwargs.pop("model_type")
     if model_type == "gpt2":

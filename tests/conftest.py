@@ -39,3 +39,13 @@ def task_data(tmp_path) -> Path:
     path = tmp_path / "task.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
+
+
+@pytest.fixture(autouse=True)
+def task_registry(monkeypatch):
+    """Each test starts from the built-in tasks only: tasks a test declares leave with it."""
+    import recall.tasks.catalog  # noqa: F401  registers the built-in tasks
+    from recall.tasks import base
+
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+

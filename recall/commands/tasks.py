@@ -53,9 +53,18 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
+class _SpecDumper(yaml.SafeDumper):
+    """Writes a multi-line template as one double-quoted line, as a task.yaml is written by hand."""
+
+
+_SpecDumper.add_representer(
+    str, lambda dumper, text: dumper.represent_scalar("tag:yaml.org,2002:str", text, style='"' if "\n" in text else None)
+)
+
+
 def run_show(args: argparse.Namespace) -> int:
     spec = get_task(args.task, args.data_dir).spec.as_dict()
-    print(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True, width=float("inf")), end="")
+    print(yaml.dump(spec, Dumper=_SpecDumper, sort_keys=False, allow_unicode=True, width=float("inf")), end="")
     return 0
 
 
