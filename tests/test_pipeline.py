@@ -21,6 +21,7 @@ from recall.testing import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+EXAMPLES = ROOT / "examples" / "tasks"
 
 
 def tiny_params(**changes) -> dict:
@@ -161,12 +162,8 @@ def dvc(project: Path, env: dict, *args: str) -> str:
     return proc.stdout
 
 
-def test_dvc_repro_runs_the_sequence_end_to_end(tmp_path, prefect_server):
-    project = tmp_path / "project"
-    project.mkdir()
-    shutil.copytree(ROOT / "incoming", project / "incoming")
-    tiny_model(project / "tiny", layers=2)
-    write_params(project, tiny_params())
+def dvc_project(project: Path, prefect_server: dict) -> dict:
+    """`project` as a git + DVC repository; the environment its commands run in."""
     env = {**prefect_server, "PATH": f"{BIN}:{os.environ['PATH']}", "MLFLOW_DISABLE_TELEMETRY": "true",
            "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1",
            **{f"GIT_{who}_{what}": value for who in ("AUTHOR", "COMMITTER")
@@ -174,6 +171,16 @@ def test_dvc_repro_runs_the_sequence_end_to_end(tmp_path, prefect_server):
     env.pop("MLFLOW_TRACKING_URI", None)
     subprocess.run(["git", "init", "-q"], cwd=project, check=True)
     dvc(project, env, "init", "-q")
+    return env
+
+
+def test_dvc_repro_runs_the_sequence_end_to_end(tmp_path, prefect_server):
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copytree(ROOT / "incoming", project / "incoming")
+    tiny_model(project / "tiny", layers=2)
+    write_params(project, tiny_params())
+    env = dvc_project(project, prefect_server)
     subprocess.run([BIN / "recall", "pipeline"], cwd=project, env=env, check=True)
 
     dvc(project, env, "repro")
@@ -297,3 +304,44 @@ def test_the_scheduled_flow_adopts_incoming_task_data_into_every_chain(tmp_path)
         assert names.index(f"finetune-{method}-gen_translation") < names.index(f"finetune-{method}-gen_knowledge")
     assert names[-1] == "report" and "finetune-recall-gen_knowledge" in (tmp_path / "dvc.yaml").read_text()
     assert adopt_incoming(tmp_path) == ([], {})  # already in the sequence
+
+
+def test_the_scheduled_flow_learns_declared_tasks_and_leaves_a_bad_folder(tmp_path, prefect_server):
+    """The real flow (Prefect, then DVC stage by stage, MLflow) on a base model without a chat
+    template: the sequence's task is declared in the `tasks` folder; a task folder dropped into
+    incoming/ is checked, appended and learned; one that fails its checks stays where it is, is
+    logged and recorded as a FAILED MLflow run, and the others run."""
+    project = tmp_path / "project"
+    shutil.copytree(EXAMPLES / "tickets", project / "mytasks" / "tickets")
+    shutil.copytree(EXAMPLES / "quiz", project / "incoming" / "quiz")
+    broken = project / "incoming" / "broken"
+    shutil.copytree(EXAMPLES / "faq", broken)
+    (broken / "task.yaml").write_text("format: qa\nmetric: bleu\n")
+    tiny_model(project / "tiny", layers=2, chat=False)
+    write_params(project, tiny_params(tasks="mytasks", sequence=[{"task": "tickets", "after": "base"}],
+                                      methods={"sft": {}}))
+    env = dvc_project(project, prefect_server)
+
+    proc = subprocess.run([sys.executable, "-m", "flows.continual", "--project", str(project), "run"], cwd=project,
+                          env=env, capture_output=True, text=True)
+    logs = proc.stdout + proc.stderr
+    assert proc.returncode == 0, logs[-4000:]
+    assert "incoming/broken left out" in logs and "task.yaml:2: field 'metric'" in logs
+    assert (broken / "task.yaml").is_file()  # left where it was
+    sequence = yaml.safe_load((project / "params.yaml").read_text())["sequence"]
+    assert sequence == [{"task": "tickets", "after": "base"}, {"task": "quiz", "after": "tickets"}]
+    assert (project / "data" / "tasks" / "quiz" / "task.yaml").read_text() == (EXAMPLES / "quiz" / "task.yaml").read_text()
+    folder = project / "data" / "chains" / "sft" / "quiz" / "eval"
+    assert set(json.loads((folder / "metrics.json").read_text())) == {"tickets", "quiz"}
+    assert json.loads((folder / "evaluation.json").read_text())["rendering"] == "plain"
+    trained = json.loads((project / "data" / "chains" / "sft" / "quiz" / "sft" / "train_metrics.json").read_text())
+    assert trained["task"] == "quiz" and trained["rendering"] == "plain"
+    assert (project / "reports" / "report.md").is_file()
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("recall").experiment_id], max_results=500)
+    [rejected] = [r for r in runs if r.data.tags["recall.level"] == "rejected"]
+    assert rejected.info.status == "FAILED" and rejected.data.tags["recall.input"] == "incoming/broken"
+    assert "field 'metric'" in rejected.data.tags["error"]
+    assert {r.info.status for r in runs if r is not rejected} == {"FINISHED"}

@@ -14,6 +14,7 @@ from recall.finetune import FinetuneConfig
 from recall.merge.methods import METHODS
 from recall.recall_weights import RecallSettings
 from recall.tasks.base import Task, get_task
+from recall.tasks.declared import declare_in
 from recall.tasks.formats import FORMATS, TASK_FILE
 
 SCENARIOS = ("sequential", "single", "multi")
@@ -65,7 +66,7 @@ class Params:
         """The task `name`: declared in a folder of `task_roots` (two different declarations are an
         error), else a built-in one."""
         for root in self.task_roots:
-            get_task(name, root)
+            declare_in(root, name)
         return get_task(name)
 
     def finetune_config(self) -> FinetuneConfig:

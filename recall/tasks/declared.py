@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+import recall.tasks.catalog  # noqa: F401  the built-in tasks come first: a folder cannot take their names
 from recall.errors import RecallError
 from recall.tasks.base import Task, register, registered
 from recall.tasks.formats import SPEC_FIELDS, SPLITS, TASK_FILE, SpecError, TaskSpec, make_task, parse_spec
