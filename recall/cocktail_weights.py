@@ -52,7 +52,8 @@ def encode(tokenizer, record: Record, max_length: int) -> tuple[torch.Tensor, to
         raise RecallError("an example renders to no tokens; remove empty records from --data")
     labels = list(ids)
     if record.prompt is not None and record.response:
-        # The chat template ends the prompt at a turn boundary, so its tokens are a prefix of the whole.
+        # A rendered prompt ends at a token boundary (the chat turn's end, a plain prompt's newline),
+        # so its tokens are a prefix of the whole.
         n_prompt = len(tokenizer(chat_prompt(tokenizer, record.prompt), add_special_tokens=False)["input_ids"])
         if n_prompt < len(ids):
             labels[:n_prompt] = [-100] * n_prompt

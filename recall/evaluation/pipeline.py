@@ -8,7 +8,7 @@ Layout of `out/`:
                            `recall.data.rendering`), "modes": {task: "ppl" | "gen"}}; written with metrics.json
     examples/<task>.jsonl  one line per test example, in test-file order: {"index", "score" (0-100, the
                            example's part of the primary metric), "nll", "prediction", "reference"}, and
-                           for translation "bleu_stats"; `Task.aggregate` of the lines gives the primary
+                           with BLEU primary "bleu_stats"; `Task.aggregate` of the lines gives the primary
                            metric. The folder is written whole, atomically, just before metrics.json
     opencompass_config.py  the generated OpenCompass config
     data/<task>.jsonl      the test examples as OpenCompass custom datasets
