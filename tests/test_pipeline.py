@@ -345,3 +345,27 @@ def test_the_scheduled_flow_learns_declared_tasks_and_leaves_a_bad_folder(tmp_pa
     assert rejected.info.status == "FAILED" and rejected.data.tags["recall.input"] == "incoming/broken"
     assert "field 'metric'" in rejected.data.tags["error"]
     assert {r.info.status for r in runs if r is not rejected} == {"FINISHED"}
+
+
+def test_declared_tasks_come_from_the_tasks_folder_or_data_source_with_their_spec(tmp_path):
+    """Stage functions alone: the data stage copies a declared task's task.yaml beside its data; the
+    `tasks` folder is the data stage's dependency; one name declared twice differently is refused."""
+    from recall.pipeline import plan, stages
+
+    shutil.copytree(EXAMPLES / "tickets", tmp_path / "source" / "tickets")
+    shutil.copytree(EXAMPLES / "quiz", tmp_path / "mytasks" / "quiz")
+    sequence = [{"task": "tickets", "after": "base"}, {"task": "quiz", "after": "tickets"}]
+    params = load_params(write_params(tmp_path, tiny_params(tasks="mytasks", sequence=sequence,
+                                                            data={"source": "source", "train_size": 5, "test_size": 2})))
+    assert [params.find_task(t).format for t in ("tickets", "quiz")] == ["classification", "multiple_choice"]
+    data = plan.find(params, "data")
+    assert tmp_path / "mytasks" in data.deps and data.params == ["data", "tasks"]
+    stages.data(params)
+    for task in ("tickets", "quiz"):
+        copy = tmp_path / "data" / "tasks" / task
+        assert (copy / "task.yaml").read_text() == (EXAMPLES / task / "task.yaml").read_text()
+        assert len((copy / "train.jsonl").read_text().splitlines()) == 5
+    shutil.copytree(EXAMPLES / "faq", tmp_path / "source" / "quiz", dirs_exist_ok=True)  # another task named quiz
+    with pytest.raises(RecallError, match=r"two different tasks are named 'quiz': .*mytasks/quiz/task.yaml and "
+                                          r".*source/quiz/task.yaml"):
+        load_params(tmp_path / "params.yaml")
