@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # One paper benchmark scenario through the pipeline users run (a benchmark is a params file):
-#     bash benchmarks/paper/run.sh sequential|multi
+#     bash benchmarks/paper/run.sh sequential|multi [STAGE GLOB...]
+# With globs, only those stages and what they need, e.g. one chain first:
+#     bash benchmarks/paper/run.sh sequential 'evaluate-sft-*'
 # Resumable: a rerun takes every finished stage from DVC's cache. Then benchmarks/quality.py collects
 # every scenario's metrics.json into benchmarks/results/quality.{json,md}.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-scenario=${1:?usage: bash benchmarks/paper/run.sh sequential|multi}
+scenario=${1:?usage: bash benchmarks/paper/run.sh sequential|multi [STAGE GLOB...]}
+shift
 folder=benchmarks/paper/$scenario
 [ -f "$folder/params.yaml" ] || { echo "no $folder/params.yaml; scenarios: $(ls benchmarks/paper | grep -v run.sh | tr '\n' ' ')" >&2; exit 2; }
 bash scripts/setup.sh
@@ -13,6 +16,11 @@ source scripts/env.sh
 source scripts/prefect_server.sh
 start=$(date +%s)
 recall pipeline "$folder/params.yaml"
+if [ $# -gt 0 ]; then
+    dvc repro --glob "${@/#/$folder/dvc.yaml:}"
+    echo "$scenario $*: dvc repro took $(( $(date +%s) - start )) s"
+    exit 0
+fi
 dvc repro "$folder/dvc.yaml"
 echo "$scenario: dvc repro took $(( $(date +%s) - start )) s"
 python benchmarks/quality.py
