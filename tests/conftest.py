@@ -10,6 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from recall.tasks.generated import generate_suite  # noqa: E402
 from recall.testing import tiny_model  # noqa: E402
 
 # Tiny models' matmuls lose to thread synchronisation; on a busy 2-core machine by 5-20x.
@@ -49,3 +50,20 @@ def task_registry(monkeypatch):
 
     monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
 
+
+
+# A fine-tuning test module's shared inputs: one tiny base and one generated suite per module.
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, request) -> Path:
+    return tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+
+
+@pytest.fixture(scope="module")
+def base(work) -> Path:
+    return tiny_model(work / "base", layers=2, hidden=32, initializer_range=0.2)
+
+
+@pytest.fixture(scope="module")
+def data(work) -> Path:
+    generate_suite(work / "data", seed=0, train=64, test=8)
+    return work / "data"

@@ -11,8 +11,6 @@ from transformers import AutoModelForCausalLM
 from recall.cli import main
 from recall.errors import RecallError
 from recall.finetune import FinetuneConfig, finetune
-from recall.tasks.generated import generate_suite
-from recall.testing import tiny_model
 
 # initializer_range 0.2: with the default 0.02 a frozen random lm_head caps every logit near 0, so a
 # LoRA-only model could not fit anything; larger weights leave it room to learn.
@@ -27,22 +25,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def work(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("finetune")
-
-
-@pytest.fixture(scope="module")
-def base(work) -> Path:
-    return tiny_model(work / "base", layers=2, hidden=32, initializer_range=0.2)
-
-
-@pytest.fixture(scope="module")
-def data(work) -> Path:
-    generate_suite(work / "data", seed=0, train=64, test=8)
-    return work / "data"
 
 
 @pytest.fixture(scope="module")

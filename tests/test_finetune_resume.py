@@ -16,27 +16,9 @@ from safetensors.torch import load_file
 
 from recall.errors import RecallError
 from recall.finetune import FinetuneConfig, checkpoint_folder, finetune
-from recall.tasks.generated import generate_suite
-from recall.testing import tiny_model
 
 # Dropout on, so that resuming must also restore the RNG to match.
 SETTINGS = {"lr": 2e-2, "batch_size": 8, "lora_dropout": 0.1, "seed": 0}
-
-
-@pytest.fixture(scope="module")
-def work(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("resume")
-
-
-@pytest.fixture(scope="module")
-def base(work) -> Path:
-    return tiny_model(work / "base", layers=2, hidden=32, initializer_range=0.2)
-
-
-@pytest.fixture(scope="module")
-def data(work) -> Path:
-    generate_suite(work / "data", seed=0, train=64, test=8)
-    return work / "data"
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
