@@ -132,7 +132,7 @@ def run_evaluate(args: argparse.Namespace, task: str, limit: int, out: Path) -> 
 def run_case(args: argparse.Namespace, name: str, limit: int, lm, model, tokenizer) -> dict:
     task = get_task(name)
     if not task.choices:
-        raise RecallError(f"task {name} has no choices to rank; pick a classification or mcq task")
+        raise RecallError(f"task {name} has no choices to rank; pick a classification or multiple_choice task")
     choices = list(task.choices)
     examples = task.load("test", args.data_dir, limit)
     prompts = [chat_prompt(tokenizer, e.prompt) for e in examples]
