@@ -334,3 +334,17 @@ def test_inconsistent_examples_fail_clearly(tmp_path: Path, damage, message):
     damage(tmp_path / "runs" / "b" / "examples" / "gen_sentiment.jsonl")
     with pytest.raises(RecallError, match=message):
         write_report(write_spec(tmp_path / "spec.yaml", {"multi": multi}), tmp_path / "out")
+
+
+def test_a_report_on_declared_tasks_is_given_their_folder(tmp_path: Path, capsys):
+    """The report recomputes each task's metric per resample, so it must know the task: a declared one
+    comes from --data-dir, as for `recall evaluate`."""
+    tasks = Path(__file__).resolve().parents[1] / "examples" / "tasks"
+    multi = [{"method": m, "metrics": write_eval(tmp_path / "runs" / m, {"tickets": flags(30, right)})}
+             for m, right in [("sft", 10), ("recall", 20)]]
+    spec = write_spec(tmp_path / "spec.yaml", {"multi": multi})
+    assert main(["report", str(spec), "--out", str(tmp_path / "out")]) == 2
+    assert "unknown task 'tickets'" in capsys.readouterr().err
+    assert main(["report", str(spec), "--out", str(tmp_path / "out"), "--data-dir", str(tasks)]) == 0
+    report = json.loads((tmp_path / "out" / "metrics.json").read_text())["multi"]
+    assert report["recall"]["avg"] == pytest.approx(200 / 3, abs=1e-3) and report["sft"]["avg"] == pytest.approx(100 / 3, abs=1e-3)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from recall.commands import add_output
 from recall import report
+from recall.tasks import list_tasks
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,10 +22,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("spec", type=Path, help="report spec (YAML or JSON)")
     add_output(p, "output folder: report.md, CSV tables, PNG plots")
+    p.add_argument("--data-dir", type=Path,
+                   help="folder of the spec's own tasks (<task>/task.yaml), as given to `recall evaluate`")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.data_dir:
+        list_tasks(args.data_dir)  # declares them: the report recomputes their metrics per resample
     markdown = report.write_report(args.spec, args.out, args.overwrite)
     print(markdown.read_text())
     print(f"wrote {markdown} and its CSV tables and plots in {args.out}")
