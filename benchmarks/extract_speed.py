@@ -21,7 +21,7 @@ from common import command_line, git_commit, machine
 
 from recall.atomic import write_json
 from recall.data import read_records
-from recall.features import encode, length_sorted_batches, write_features
+from recall.weights.features import encode, length_sorted_batches, write_features
 from recall.models import describe, load_causal_lm, load_tokenizer
 from recall.tasks.export import export_task
 from recall.tasks.generated import generate_suite

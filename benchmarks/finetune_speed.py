@@ -1,4 +1,4 @@
-"""Fine-tuning loop overhead: training tokens/s of `recall.finetune.train_loop` vs a bare loop.
+"""Fine-tuning loop overhead: training tokens/s of `recall.training.finetune.train_loop` vs a bare loop.
 
     .venv/bin/python benchmarks/finetune_speed.py [--base models/base] [--rounds 3] [--steps 4] [--threads N]
 
@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from recall.atomic import write_json
 from recall.base_model import pull_base
-from recall.finetune import FinetuneConfig, add_lora, encode, iterate_batches, to_device, train_loop
+from recall.training.finetune import FinetuneConfig, add_lora, encode, iterate_batches, to_device, train_loop
 from recall.models import describe, load_causal_lm, load_tokenizer
 from recall.tasks import get_task
 from recall.tasks.generated import generate_suite

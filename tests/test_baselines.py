@@ -413,7 +413,7 @@ def test_library_callers_get_the_same_parameter_checks(make_model, tmp_path):
     from recall.merge.engine import MergePlan, merge
     from recall.merge.methods import get_method
     from recall.models import describe
-    from recall.weights import uniform_weights
+    from recall.weights.rows import uniform_weights
 
     a, b = describe(make_model("a")), describe(make_model("b", seed=1))
     for params, message in [({"density": 2.0}, "--density must be in (0, 1]"), ({"density": 0.5, "sigma": 1}, "--sigma")]:

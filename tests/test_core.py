@@ -7,14 +7,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from recall.data import read_records, render
 from recall.errors import RecallError
-from recall.features import extract_features, load_features
+from recall.weights.features import extract_features, load_features
 from recall.layers import tensor_groups
 from recall.merge.safetensors_io import SafetensorsModel
 from recall.models import check_compatible, describe
-from recall.recall_weights import RecallSettings
-from recall.similarity import METRICS, layer_sigmas, layer_similarity, median_distance, similarity_range
-from recall.typical import select_typical
-from recall.weights import softmax_weights
+from recall.weights.representations import RecallSettings
+from recall.weights.similarity import METRICS, layer_sigmas, layer_similarity, median_distance, similarity_range
+from recall.weights.typical import select_typical
+from recall.weights.rows import softmax_weights
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from recall.atomic import MARKER
 from recall.cli import main
 from recall.errors import RecallError
-from recall.features import load_features
+from recall.weights.features import load_features
 from recall.merge.safetensors_io import SafetensorsModel
 
 TENSOR = "model.layers.0.self_attn.q_proj.weight"

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from recall.cli import main
 from recall.errors import RecallError
-from recall.finetune import FinetuneConfig, finetune
+from recall.training.finetune import FinetuneConfig, finetune
 
 # initializer_range 0.2: with the default 0.02 a frozen random lm_head caps every logit near 0, so a
 # LoRA-only model could not fit anything; larger weights leave it room to learn.
@@ -163,7 +163,7 @@ def test_a_batch_too_large_for_one_forward_trains_as_micro_batches(work, base, d
     """Gradient accumulation over rows gives the batch's own step: same losses and weights."""
     config = FinetuneConfig(**FAST)
     whole = finetune(base, "gen_knowledge", work / "whole", data, config)
-    monkeypatch.setattr("recall.finetune.FORWARD_TOKENS", 1)  # one row per forward
+    monkeypatch.setattr("recall.training.finetune.FORWARD_TOKENS", 1)  # one row per forward
     split = finetune(base, "gen_knowledge", work / "split", data, config)
     steps = [json.loads((m / "train_metrics.json").read_text())["steps"] for m in (whole, split)]
     assert [s["loss"] for s in steps[0]] == pytest.approx([s["loss"] for s in steps[1]], rel=1e-4)
@@ -175,7 +175,7 @@ def test_a_batch_too_large_for_one_forward_trains_as_micro_batches(work, base, d
 
 
 def test_micro_batches_split_rows_and_drop_their_padding():
-    from recall.finetune import IGNORE, Encoded, collate, micro_batches
+    from recall.training.finetune import IGNORE, Encoded, collate, micro_batches
 
     batch = collate([Encoded([1] * n, [IGNORE] * (n - 1) + [1]) for n in (2, 9, 3, 4)], pad_id=0)
     parts = micro_batches(batch, 18)  # width 9: two rows per part

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from recall.errors import RecallError
-from recall.finetune import FinetuneConfig, checkpoint_folder, finetune
+from recall.training.finetune import FinetuneConfig, checkpoint_folder, finetune
 
 # Dropout on, so that resuming must also restore the RNG to match.
 SETTINGS = {"lr": 2e-2, "batch_size": 8, "lora_dropout": 0.1, "seed": 0}
@@ -70,7 +70,7 @@ def crash(model):
 def crash_before_writing(monkeypatch, out: Path, config: FinetuneConfig, base: Path, data: Path) -> None:
     """A run that trains to the end but dies before writing `out`: its last checkpoint stays behind."""
     with monkeypatch.context() as patch:
-        patch.setattr("recall.finetune.saveable", crash)
+        patch.setattr("recall.training.finetune.saveable", crash)
         with pytest.raises(RuntimeError, match="crash"):
             finetune(base, "gen_sentiment", out, data, config)
     assert not out.exists() and checkpoint_step(out) == 5
@@ -80,7 +80,7 @@ def test_a_checkpoint_of_other_settings_is_ignored(work, base, data, monkeypatch
     out = work / "stale"
     crash_before_writing(monkeypatch, out, FinetuneConfig(max_steps=8, checkpoint_every=5, **SETTINGS), base, data)
     config = FinetuneConfig(max_steps=8, checkpoint_every=5, **{**SETTINGS, "lr": 1e-2})
-    caplog.set_level(logging.INFO, logger="recall.finetune")
+    caplog.set_level(logging.INFO, logger="recall.training.finetune")
     finetune(base, "gen_sentiment", out, data, config)
     assert "ignoring stale checkpoint" in caplog.text and "resuming" not in caplog.text
     assert not checkpoint_folder(out).exists()
@@ -91,7 +91,7 @@ def test_checkpoint_every_does_not_change_the_run(work, base, data, monkeypatch,
     """The fingerprint leaves checkpoint_every out: a rerun with another value (here: off) still resumes."""
     out = work / "every"
     crash_before_writing(monkeypatch, out, FinetuneConfig(max_steps=8, checkpoint_every=5, **SETTINGS), base, data)
-    caplog.set_level(logging.INFO, logger="recall.finetune")
+    caplog.set_level(logging.INFO, logger="recall.training.finetune")
     finetune(base, "gen_sentiment", out, data, FinetuneConfig(max_steps=8, checkpoint_every=0, **SETTINGS))
     assert "resuming gen_sentiment from step 5 of 8" in caplog.text
     assert not checkpoint_folder(out).exists()

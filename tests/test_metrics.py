@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from recall.errors import RecallError
-from recall.metrics import (
+from recall.reporting.metrics import (
     accuracy_matrix,
     average,
     backward_transfer,

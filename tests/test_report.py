@@ -15,8 +15,8 @@ import yaml
 from recall.atomic import MARKER
 from recall.cli import main
 from recall.errors import RecallError
-from recall.plots import plot_merge_weights
-from recall.report import short_names, write_report
+from recall.reporting.plots import plot_merge_weights
+from recall.reporting.report import short_names, write_report
 
 TASKS = ["sst2", "squad_v2", "iwslt2017_en_fr", "race", "medmcqa"]  # table 1 column order
 SEQUENCE = ["sst2", "squad_v2", "medmcqa", "iwslt2017_en_fr", "race"]  # table 7 order

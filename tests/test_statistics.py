@@ -8,9 +8,9 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from recall import statistics as paired
+from recall.reporting import statistics as paired
 from recall.errors import RecallError
-from recall.metrics import backward_transfer
+from recall.reporting.metrics import backward_transfer
 from recall.tasks.base import Example, Task
 
 TASKS = ["gen_sentiment", "gen_knowledge"]  # mean-decomposable: accuracy
@@ -77,7 +77,7 @@ def test_bwt_replicates_match_bwt_by_hand():
     # by hand: ((R[2][0] - R[0][0]) + (R[2][1] - R[1][1])) / 2 = ((50 - 80) + (70 - 90)) / 2 = -25
     assert paired.interval(stat, scores, draws).estimate == pytest.approx(-25.0)
     indices = {task: paired.resample(task, 50, 50, 7) for task in tasks}
-    for b in range(50):  # each replicate: R rebuilt from the resampled records, then recall.metrics' BWT
+    for b in range(50):  # each replicate: R rebuilt from the resampled records, then recall.reporting.metrics' BWT
         R = [[np.mean([step[task][i]["score"] for i in indices[task][b]]) for task in tasks] for step in steps]
         assert stat(draws[b]) == pytest.approx(backward_transfer(R))
 

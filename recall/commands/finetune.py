@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from recall.commands import add_output
-from recall.finetune import FinetuneConfig, finetune
+from recall.training.finetune import FinetuneConfig, finetune
 
 DEFAULTS = FinetuneConfig()
 

@@ -15,16 +15,16 @@ from pathlib import Path
 import numpy as np
 
 from recall.atomic import check_output
-from recall.cocktail_weights import CocktailSettings, cocktail_weights
+from recall.weights.cocktail import CocktailSettings, cocktail_weights
 from recall.commands import add_output
 from recall.errors import RecallError
-from recall.fisher import FisherSettings, fisher_folders
+from recall.weights.fisher import FisherSettings, fisher_folders
 from recall.merge.engine import MergePlan, merge
 from recall.merge.methods import METHODS, PARAMS, Method, get_method
 from recall.models import ModelInfo, check_compatible, describe
-from recall.recall_weights import RecallSettings, recall_weights
-from recall.similarity import MEDIAN, NORMALIZATIONS
-from recall.weights import uniform_weights
+from recall.weights.representations import RecallSettings, recall_weights
+from recall.weights.similarity import MEDIAN, NORMALIZATIONS
+from recall.weights.rows import uniform_weights
 
 # The options each source of merge weights reads (argparse dest names).
 WEIGHT_OPTIONS = {

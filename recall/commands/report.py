@@ -2,7 +2,7 @@
 with paired-bootstrap 95% intervals over test examples for every average, BWT and difference.
 
 The spec (YAML or JSON) lists metrics.json files by method, fine-tuning task or sequence step, plus
-merge_weights.json and similarity JSON files to plot; see `recall.report` for its format.
+merge_weights.json and similarity JSON files to plot; see `recall.reporting.report` for its format.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from recall.commands import add_output
-from recall import report
+from recall.reporting import report
 from recall.tasks import list_tasks
 
 

@@ -32,7 +32,7 @@ class ChatModel(HuggingFacewithChatTemplate):
         `candidates[i]` are prompt i's answers, and the result has their values in the same order.
 
         Prompts arrive rendered (`recall.data.chat_prompt`). Prompt and answer are tokenised apart
-        and without added special tokens, as fine-tuning tokenises them (`recall.finetune`), so the
+        and without added special tokens, as fine-tuning tokenises them (`recall.training.finetune`), so the
         answer tokens scored are the ones a fine-tuned model was trained to produce, and they do not
         depend on the prompt. Hence one forward pass per prompt: its last position scores every
         answer's first token, and answers of several tokens continue from the prompt's key/value cache

@@ -51,7 +51,7 @@ class MergePlan:
     params: dict = field(default_factory=dict)
     reference: int = -1  # whose config and tokenizer the output carries
     extra: dict = field(default_factory=dict)  # provenance for merge_weights.json (similarity, typical samples)
-    fisher: list[Path] | None = None  # methods that need it: each model's diagonal Fisher folder (recall.fisher)
+    fisher: list[Path] | None = None  # methods that need it: each model's diagonal Fisher folder (recall.weights.fisher)
     allow_tokenizer_mismatch: bool = False
 
 
@@ -120,7 +120,7 @@ def merge(plan: MergePlan, out: str | Path, max_shard_bytes: int = 2 << 30, over
             **plan.extra,
         }
         write_json(tmp / WEIGHTS_FILE, record)
-        from recall.plots import plot_merge_weights
+        from recall.reporting.plots import plot_merge_weights
 
         plot_merge_weights(plan.weights.tolist(), [Path(m.spec).name for m in models], tmp / "merge_weights.png")
         (tmp / "README.md").write_text(model_card(record, tmp / WEIGHTS_FILE))
@@ -134,7 +134,7 @@ def fisher_sources(plan: MergePlan, tensors: dict) -> list[FullModel]:
         return []
     if not plan.fisher or len(plan.fisher) != len(plan.models):
         raise RecallError(f"method {plan.method.name} needs one Fisher folder per model ({len(plan.models)}); "
-                          "compute them with recall.fisher.fisher_folders (`recall merge --data`)")
+                          "compute them with recall.weights.fisher.fisher_folders (`recall merge --data`)")
     sources = [FullModel(Path(f)) for f in plan.fisher]
     for folder, src in zip(plan.fisher, sources):
         for name, ti in tensors.items():

@@ -10,9 +10,9 @@ from pathlib import Path
 import yaml
 
 from recall.errors import RecallError
-from recall.finetune import FinetuneConfig
+from recall.training.finetune import FinetuneConfig
 from recall.merge.methods import METHODS
-from recall.recall_weights import RecallSettings
+from recall.weights.representations import RecallSettings
 from recall.tasks.base import Task, get_task
 from recall.tasks.declared import declare_in
 from recall.tasks.formats import FORMATS, TASK_FILE

@@ -35,20 +35,20 @@ import numpy as np
 from recall import tracking
 from recall.atomic import atomic_dir, read_json, write_json
 from recall.base_model import pull_base
-from recall.features import extract_features, load_features
-from recall.finetune import finetune
+from recall.weights.features import extract_features, load_features
+from recall.training.finetune import finetune
 from recall.hashing import sha256_file, sha256_tree
 from recall.merge.engine import MergePlan, merge
 from recall.merge.methods import get_method
 from recall.models import describe, safetensors_folder
 from recall.pipeline.params import BASE_STEP, TRAINING_METHODS, Params
-from recall.recall_weights import similarity_and_sigmas
-from recall.similarity import similarity_range
+from recall.weights.representations import similarity_and_sigmas
+from recall.weights.similarity import similarity_range
 from recall.tasks.export import export_task
 from recall.tasks.formats import TASK_FILE
 from recall.tasks.generated import generate_suite
-from recall.typical import select_typical
-from recall.weights import softmax_weights, uniform_weights
+from recall.weights.typical import select_typical
+from recall.weights.rows import softmax_weights, uniform_weights
 
 log = logging.getLogger(__name__)
 DEFAULT_BASE = "smollm2"
@@ -278,7 +278,7 @@ def report_spec(params: Params, spec_dir: Path) -> dict:
 
 
 def report(params: Params) -> Path:
-    from recall.report import write_report
+    from recall.reporting.report import write_report
 
     out = params.root / "reports"
     spec_path = data_root(params) / "report_spec.json"

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from recall.atomic import atomic_dir, atomic_path, check_output, write_json
 from recall.data import Record, chat_prompt, read_records, render, rendering
 from recall.errors import RecallError
-from recall.ewc import EWCPenalty, fisher_diagonal, trainable
+from recall.training.ewc import EWCPenalty, fisher_diagonal, trainable
 from recall.models import ModelInfo, describe, load_causal_lm, load_tokenizer, saveable
 from recall.tasks import Example, get_task
 

@@ -22,7 +22,7 @@ optional; each score is the task's primary metric (the first one in its metrics.
 
 Evidence: beside each metrics.json, `examples/<task>.jsonl` holds one scored record per test example
 (older evaluations have none: their intervals read "n/a"). Every model is scored on the same examples,
-so a paired bootstrap (`recall.statistics`) resamples them once per replicate for all models and steps
+so a paired bootstrap (`recall.reporting.statistics`) resamples them once per replicate for all models and steps
 and gives each section's statistics (average; unseen-task average in `single`; final average and BWT
 in `sequential`) a 95% interval, and the same for each method's difference to `sft` (the method named
 sft or "SFT only", if any) and to the best other method by average. A difference whose interval
@@ -49,11 +49,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-from recall import statistics as paired
+from recall.reporting import statistics as paired
 from recall.atomic import atomic_dir, atomic_file, check_output, read_json, write_json
 from recall.data import iter_jsonl
 from recall.errors import RecallError
-from recall.metrics import (
+from recall.reporting.metrics import (
     Metrics,
     accuracy_matrix,
     average,
@@ -62,8 +62,8 @@ from recall.metrics import (
     primary_score,
     unseen_average,
 )
-from recall.plots import plot_forgetting, plot_merge_weights, plot_similarity
-from recall.statistics import Interval, Statistic
+from recall.reporting.plots import plot_forgetting, plot_merge_weights, plot_similarity
+from recall.reporting.statistics import Interval, Statistic
 
 # Fields each entry of a section needs; the other list sections are lists of names or paths.
 ENTRY_FIELDS = {"single": ("finetuned_on", "method", "metrics"), "multi": ("method", "metrics"),

@@ -21,7 +21,7 @@ import torch
 from recall.data import Record, chat_prompt, read_records, render
 from recall.errors import RecallError
 from recall.models import ModelInfo, load_causal_lm, load_tokenizer
-from recall.weights import softmax_weights
+from recall.weights.rows import softmax_weights
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from recall.errors import RecallError
-from recall.features import extract_features, load_features
+from recall.weights.features import extract_features, load_features
 from recall.models import ModelInfo
-from recall.similarity import METRICS, NORMALIZATIONS, check_sigma, layer_sigmas, layer_similarity
-from recall.typical import select_typical
-from recall.weights import softmax_weights
+from recall.weights.similarity import METRICS, NORMALIZATIONS, check_sigma, layer_sigmas, layer_similarity
+from recall.weights.typical import select_typical
+from recall.weights.rows import softmax_weights
 
 log = logging.getLogger(__name__)
 

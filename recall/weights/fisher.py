@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from recall.atomic import atomic_dir, write_json
-from recall.cocktail_weights import encode, example_records
+from recall.weights.cocktail import encode, example_records
 from recall.errors import RecallError
-from recall.ewc import fisher_diagonal
+from recall.training.ewc import fisher_diagonal
 from recall.hashing import sha256_file
 from recall.merge.safetensors_io import SafetensorsModel, same_tensor
 from recall.models import ModelInfo, load_causal_lm, load_tokenizer, safetensors_folder

@@ -121,7 +121,7 @@ def mean_of(statistics: Sequence[Statistic]) -> Statistic:
 
 
 def backward_transfer(steps: Sequence[int], learned: Sequence[int]) -> Statistic:
-    """BWT = mean over j < T-1 of R[T-1][j] - R[j][j] (as `recall.metrics.backward_transfer`), where
+    """BWT = mean over j < T-1 of R[T-1][j] - R[j][j] (as `recall.reporting.metrics.backward_transfer`), where
     `steps[t]` is the evaluation after step t and `learned[t]` the column of the task it learned."""
     if len(steps) < 2 or len(learned) != len(steps):
         raise RecallError(f"backward transfer needs at least 2 steps with one learned task each, "

@@ -1,0 +1,1 @@
+"""From evaluation results to the report: continual-learning metrics, paired-bootstrap statistics, plots."""

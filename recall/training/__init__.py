@@ -1,0 +1,1 @@
+"""Training a model on one task: LoRA fine-tuning, optionally with an EWC penalty."""
