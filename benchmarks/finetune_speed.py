@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from recall.atomic import write_json
 from recall.base_model import pull_base
-from recall.training.finetune import FinetuneConfig, add_lora, encode, iterate_batches, to_device, train_loop
+from recall.training.finetune import FinetuneConfig, add_lora, encode_examples, iterate_batches, to_device, train_loop
 from recall.models import describe, load_causal_lm, load_tokenizer
 from recall.tasks import get_task
 from recall.tasks.generated import generate_suite
@@ -106,7 +106,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         generate_suite(tmp, seed=0, train=64, test=1)
         examples = get_task(TASK).load("train", Path(tmp))
-    encoded = encode(tokenizer, examples, config.max_length, TASK)
+    encoded = encode_examples(tokenizer, examples, config.max_length, TASK)
     torch.manual_seed(0)
     model = add_lora(load_causal_lm(info), config)
 

@@ -18,13 +18,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
 from prefect import flow, get_run_logger, task
 
 from recall import tracking
 from recall.errors import RecallError
 from recall.pipeline import plan
-from recall.pipeline.params import load_params
+from recall.pipeline.params import add_steps, load_params
 
 
 def stage_names(params_file: str = "params.yaml") -> list[str]:
@@ -50,8 +49,7 @@ def adopt_incoming(project: Path) -> tuple[list[str], dict[str, str]]:
     folder left out."""
     params_file = project / "params.yaml"
     params = load_params(params_file)
-    raw = params.raw
-    known = {s["task"] for s in raw["sequence"]}
+    known = {s.task for s in params.steps}
     added, rejected = [], {}
     for folder in sorted(p for p in (project / "incoming").glob("*") if p.is_dir()):
         if folder.name in known or not (folder / "train.jsonl").is_file():
@@ -61,12 +59,9 @@ def adopt_incoming(project: Path) -> tuple[list[str], dict[str, str]]:
         except RecallError as err:
             rejected[folder.name] = str(err)
             continue
-        after = raw["sequence"][-1]["task"] if raw["scenario"] == "sequential" else "base"
-        raw["sequence"].append({"task": folder.name, "after": after})
         added.append(folder.name)
     if added:
-        params_file.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
-        load_params(params_file)  # the edited file must still be valid
+        add_steps(params_file, added)
     return added, rejected
 
 
@@ -78,7 +73,7 @@ def continual_learning(project: str = ".") -> list[str]:
         logger.info("new task data: %s appended to the sequence", ", ".join(added))
     if rejected:
         params = load_params(Path(project) / "params.yaml")
-        experiment = params.raw.get("tracking", {}).get("experiment", "recall")
+        experiment = params.sections.tracking.experiment
         for name, error in rejected.items():
             logger.warning("incoming/%s left out: %s", name, error)
             tracking.record_rejected(params.root, experiment, params.key, f"incoming/{name}", error)

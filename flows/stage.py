@@ -31,7 +31,7 @@ def transient(task, task_run, state) -> bool:
 def execute(stage: str, step: str | None, method: str | None, params_file: str) -> str:
     params = load_params(params_file)
     label = "/".join(filter(None, (method, step))) or stage
-    experiment = params.raw.get("tracking", {}).get("experiment", "recall")
+    experiment = params.sections.tracking.experiment
     with tracking.stage_run(params.root, experiment, params.key, label, stage) as (sequence_run, _):
         result = stages.run(params, stage, step, method)
         stages.log_stage(params, stage, step, method, sequence_run)

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "recall.commands.report",
     "recall.commands.lineage",
     "recall.commands.pipeline",
+    "recall.commands.params",
 )
 
 

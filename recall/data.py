@@ -4,7 +4,7 @@ A line holds either `text` (used verbatim) or `prompt` with an optional `respons
 chat template sees them as a user turn and an assistant turn ("chat" rendering); a model without
 one, like most pre-trained checkpoints, sees the prompt, a newline, then the response ("plain"
 rendering, as OpenCompass prompts base models). `rendering` decides, for fine-tuning, features,
-merge data and evaluation alike.
+merge data and evaluation alike, and `encode` is the one way a record becomes labelled tokens.
 """
 
 from __future__ import annotations
@@ -97,3 +97,34 @@ def render(tokenizer, record: Record) -> str:
     if record.response:
         text += record.response + (tokenizer.eos_token or "")
     return text
+
+
+IGNORE_INDEX = -100  # the label a causal-LM loss skips: prompt tokens and padding
+
+
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE_INDEX on the prompt
+    prompt_tokens: int  # tokens before the answer (all of them for a record without one)
+
+
+def encode(tokenizer, record: Record, max_length: int) -> Encoded:
+    """A record's tokens as the model sees them (`render`), cut to `max_length`, labelled on the answer.
+
+    Prompt and answer are tokenised separately, the prompt exactly as generation sees it (a rendered
+    prompt ends at a token boundary: the chat turn's end or a plain prompt's newline). A record with no
+    answer token left to learn (text, a prompt alone, or an answer cut off by `max_length`) is labelled
+    on every token, so its loss is the plain language-model loss rather than undefined.
+    """
+    def tokens(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    if record.text is not None or not record.response:
+        ids = tokens(render(tokenizer, record))[:max_length]
+        return Encoded(ids, list(ids), len(ids))
+    prompt_text = chat_prompt(tokenizer, record.prompt)
+    prompt, answer = tokens(prompt_text), tokens(render(tokenizer, record)[len(prompt_text):])
+    ids = (prompt + answer)[:max_length]
+    labels = ([IGNORE_INDEX] * len(prompt) + answer)[:max_length]
+    return Encoded(ids, labels if len(prompt) < max_length else list(ids), len(prompt))

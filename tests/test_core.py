@@ -225,3 +225,38 @@ def test_median_sigma_does_not_saturate_on_two_random_models(make_model, task_da
 
 def test_similarity_range_per_layer():
     assert similarity_range(np.array([[1.0, 0.2], [1.0, 0.7]])) == {"min": [0.2, 0.7], "max": [1.0, 1.0]}
+
+
+@pytest.mark.parametrize("chat", [True, False])
+def test_one_encoder_labels_the_answer_only_and_falls_back_to_every_token(chat):
+    from recall.data import IGNORE_INDEX, Record, chat_prompt, encode, render
+    from recall.testing import tiny_tokenizer
+
+    tok = tiny_tokenizer(chat=chat)
+    record = Record(prompt="review: fine film", response="positive")
+    whole = tok(render(tok, record), add_special_tokens=False)["input_ids"]
+    n_prompt = len(tok(chat_prompt(tok, record.prompt), add_special_tokens=False)["input_ids"])
+    e = encode(tok, record, max_length=512)
+    assert e.input_ids == whole and e.prompt_tokens == n_prompt  # the same tokens as the rendered text
+    assert e.labels == [IGNORE_INDEX] * n_prompt + whole[n_prompt:]
+    cut = encode(tok, record, max_length=n_prompt)  # the answer cut off: a plain LM loss on what is left
+    assert cut.input_ids == whole[:n_prompt] and cut.labels == cut.input_ids
+    text = encode(tok, Record(text="just text"), max_length=4)
+    assert text.labels == text.input_ids and len(text.input_ids) <= 4
+
+
+def test_resolve_weights_is_the_one_rule_for_every_weight_source(make_model):
+    from recall.merge.methods import get_method, resolve_weights
+
+    infos = [describe(make_model(n)) for n in ("a", "b")]
+    rows = infos[0].num_layers + 1
+    np.testing.assert_allclose(resolve_weights(get_method("average"), infos), np.full((rows, 2), 0.5))
+    np.testing.assert_allclose(resolve_weights(get_method("ties"), infos), np.ones((rows, 2)))  # its default 1
+    np.testing.assert_allclose(resolve_weights(get_method("average"), infos, given=[0.2, 0.8])[-1], [0.2, 0.8])
+    with pytest.raises(RecallError, match="one per model"):
+        resolve_weights(get_method("average"), infos, given=[1.0])
+    a, b = np.zeros((rows, 2)), np.tile([0.0, np.log(3)], (rows, 1))  # references: uniform, 1:3
+    np.testing.assert_allclose(resolve_weights(get_method("recall"), infos, similarities=[a, b]),
+                               np.tile([(0.5 + 0.25) / 2, (0.5 + 0.75) / 2], (rows, 1)))
+    np.testing.assert_allclose(resolve_weights(get_method("lm_cocktail"), infos, losses=[0.0, np.log(3)]),
+                               np.tile([0.75, 0.25], (rows, 1)))

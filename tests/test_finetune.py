@@ -175,9 +175,10 @@ def test_a_batch_too_large_for_one_forward_trains_as_micro_batches(work, base, d
 
 
 def test_micro_batches_split_rows_and_drop_their_padding():
-    from recall.training.finetune import IGNORE, Encoded, collate, micro_batches
+    from recall.data import IGNORE_INDEX, Encoded
+    from recall.training.finetune import collate, micro_batches
 
-    batch = collate([Encoded([1] * n, [IGNORE] * (n - 1) + [1]) for n in (2, 9, 3, 4)], pad_id=0)
+    batch = collate([Encoded([1] * n, [IGNORE_INDEX] * (n - 1) + [1], n - 1) for n in (2, 9, 3, 4)], pad_id=0)
     parts = micro_batches(batch, 18)  # width 9: two rows per part
     assert [tuple(p["input_ids"].shape) for p in parts] == [(2, 9), (2, 4)]
     assert micro_batches(batch, 36) == [batch]

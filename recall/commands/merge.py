@@ -12,19 +12,16 @@ import tempfile
 from dataclasses import fields
 from pathlib import Path
 
-import numpy as np
-
 from recall.atomic import check_output
-from recall.weights.cocktail import CocktailSettings, cocktail_weights
+from recall.weights.cocktail import CocktailSettings, cocktail_losses
 from recall.commands import add_output
 from recall.errors import RecallError
 from recall.weights.fisher import FisherSettings, fisher_folders
 from recall.merge.engine import MergePlan, merge
-from recall.merge.methods import METHODS, PARAMS, Method, get_method
+from recall.merge.methods import METHODS, PARAMS, Method, get_method, resolve_weights
 from recall.models import ModelInfo, check_compatible, describe
-from recall.weights.representations import RecallSettings, recall_weights
+from recall.weights.representations import RecallSettings, references_similarities
 from recall.weights.similarity import MEDIAN, NORMALIZATIONS
-from recall.weights.rows import uniform_weights
 
 # The options each source of merge weights reads (argparse dest names).
 WEIGHT_OPTIONS = {
@@ -121,30 +118,23 @@ def check_options(args: argparse.Namespace, method: Method) -> None:
         raise RecallError(f"{flag} does not apply to --method {method.name}; it is used by {users(unused[0])}")
 
 
-def given_weights(args: argparse.Namespace, method: Method, infos: list[ModelInfo]) -> tuple[np.ndarray, dict]:
-    n = len(infos)
-    w = args.weights or [method.default_weight or 1.0 / n] * n
-    if len(w) != n:
-        raise RecallError(f"--weights has {len(w)} values for {n} models; give one per model")
-    return uniform_weights(infos[0].num_layers + 1, w), {}
-
-
-def representation_weights(args: argparse.Namespace, method: Method, infos: list[ModelInfo]) -> tuple[np.ndarray, dict]:
-    experts = args.experts or [args.new or args.models[-1]]
-    if not args.data or len(args.data) != len(experts):
-        raise RecallError(f"--method {method.name} needs --data: one JSONL file per reference model ({len(experts)})")
-    settings = _given(args, RecallSettings, normalize="normalize_states")
-    settings.validate()
-    references = [(_index(args.models, e, "--experts/--new"), d) for e, d in zip(experts, args.data)]
-    return recall_weights(infos, references, settings, args.workdir)
-
-
-def loss_weights(args: argparse.Namespace, method: Method, infos: list[ModelInfo]) -> tuple[np.ndarray, dict]:
-    weights, extra = cocktail_weights(infos, args.data or [], _given(args, CocktailSettings))
-    return uniform_weights(infos[0].num_layers + 1, weights.tolist()), extra
-
-
-WEIGHTS = {"given": given_weights, "representations": representation_weights, "loss": loss_weights}
+def weight_evidence(args: argparse.Namespace, method: Method, infos: list[ModelInfo]) -> tuple[dict, dict]:
+    """What `resolve_weights` computes the method's weights from (its keywords), and their provenance:
+    the given weights, each reference's similarities (recall) or each model's loss (lm_cocktail)."""
+    if method.weights == "representations":
+        experts = args.experts or [args.new or args.models[-1]]
+        if not args.data or len(args.data) != len(experts):
+            raise RecallError(f"--method {method.name} needs --data: one JSONL file per reference model ({len(experts)})")
+        settings = _given(args, RecallSettings, normalize="normalize_states")
+        settings.validate()
+        references = [(_index(args.models, e, "--experts/--new"), d) for e, d in zip(experts, args.data)]
+        sims, extra = references_similarities(infos, references, settings, args.workdir)
+        return {"similarities": sims, "temperature": settings.temperature}, extra
+    if method.weights == "loss":
+        settings = _given(args, CocktailSettings)
+        losses, extra = cocktail_losses(infos, args.data or [], settings)
+        return {"losses": losses, "temperature": settings.temperature}, extra
+    return {"given": args.weights}, {}
 
 
 def check_request(args: argparse.Namespace, method: Method) -> None:
@@ -169,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
     check_options(args, method)
     params = method.resolve({name: getattr(args, name) for name in method.params})
     reference = _index(args.models, args.new or args.models[-1], "--new")
-    weights, extra = WEIGHTS[method.weights](args, method, infos)
+    evidence, extra = weight_evidence(args, method, infos)
+    weights = resolve_weights(method, infos, **evidence)
     with tempfile.TemporaryDirectory(prefix="recall-fisher-") as tmp:
         fisher = None
         if method.needs_fisher:

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from recall.atomic import atomic_dir, write_json
+from recall.atomic import atomic_dir
 from recall.errors import RecallError
-from recall.hashing import sha256_file
 from recall.layers import tensor_groups
 from recall.merge.methods import Method, tensor_seed
+from recall.merge.provenance import write_provenance
 from recall.merge.safetensors_io import DTYPES, StreamingWriter
 from recall.merge.sources import FullModel, open_source
 from recall.models import ModelInfo, check_compatible, safetensors_folder
@@ -37,7 +37,6 @@ AUX_FILES = (
     "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json", "vocab.json",
     "merges.txt",
 )
-WEIGHTS_FILE = "merge_weights.json"
 
 
 @dataclass
@@ -56,7 +55,7 @@ class MergePlan:
 
 
 def merge(plan: MergePlan, out: str | Path, max_shard_bytes: int = 2 << 30, overwrite: bool = False) -> Path:
-    """Merge `plan.models` into the HF model folder `out`, plus merge_weights.json and a heatmap.
+    """Merge `plan.models` into the HF model folder `out`, with its provenance (`recall.merge.provenance`).
     An existing `out` that recall did not write is refused unless `overwrite`."""
     models, method = plan.models, plan.method
     params = method.resolve(plan.params)
@@ -119,11 +118,7 @@ def merge(plan: MergePlan, out: str | Path, max_shard_bytes: int = 2 << 30, over
             "tensor_groups": groups,
             **plan.extra,
         }
-        write_json(tmp / WEIGHTS_FILE, record)
-        from recall.reporting.plots import plot_merge_weights
-
-        plot_merge_weights(plan.weights.tolist(), [Path(m.spec).name for m in models], tmp / "merge_weights.png")
-        (tmp / "README.md").write_text(model_card(record, tmp / WEIGHTS_FILE))
+        write_provenance(tmp, record)
     log.info("merged %d models with %s into %s", len(models), method.name, out)
     return out
 
@@ -188,28 +183,3 @@ def _copy_aux(src: Path, dst: Path) -> None:
     for name in AUX_FILES:
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
-
-
-def model_card(record: dict, weights_file: Path) -> str:
-    """A README.md stating how the model was made: inputs, method, per-layer weights."""
-    digest = sha256_file(weights_file)
-    rows = "\n".join(
-        f"| {i} | " + " | ".join(f"{w:.4f}" for w in row) + " |" for i, row in enumerate(record["layers"])
-    )
-    names = [Path(m).name for m in record["models"]]
-    return f"""---
-tags: [merge, recall]
----
-# Merged model ({record['method']})
-
-Made by `recall merge --method {record['method']}` from these models, in order:
-
-{chr(10).join(f"{i}. `{m}`" for i, m in enumerate(record['models']))}
-
-Base: `{record['base']}`. Parameters: `{json.dumps(record['params'])}`.
-Merge weights: `merge_weights.json` (sha256 `{digest}`), heatmap `merge_weights.png`.
-
-| layer group | {' | '.join(names)} |
-|---|{'---|' * len(names)}
-{rows}
-"""

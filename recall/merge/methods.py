@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+import numpy as np
 import torch
 
 from recall.errors import RecallError
 from recall.merge import kernels
+from recall.models import ModelInfo
+from recall.weights.rows import softmax_weights, uniform_weights
 
 Kernel = Callable[..., torch.Tensor]
 REQUIRED = object()  # a parameter default meaning "the user must give it"
@@ -115,6 +118,35 @@ def get_method(name: str) -> Method:
     if name not in METHODS:
         raise RecallError(f"unknown merge method {name!r}; choose one of {', '.join(sorted(METHODS))}")
     return METHODS[name]
+
+
+def resolve_weights(
+    method: Method,
+    models: Sequence[ModelInfo],
+    *,
+    given: Sequence[float] | None = None,
+    similarities: Sequence[np.ndarray] = (),
+    losses: Sequence[float] | None = None,
+    temperature: float = 1.0,
+) -> np.ndarray:
+    """The merge weights (L+1 layer rows, one column per model) of `method` from its weight source.
+
+    given: the user's weights, else the method's default weight for every model (1/N unless it has one);
+    representations (RECALL): per reference model, a softmax over the models of each layer's
+    similarities to it, averaged over the references; loss (LM-Cocktail): softmax(-loss / T), the
+    same at every layer. `recall merge` and the pipeline both choose weights here.
+    """
+    n, rows = len(models), models[0].num_layers + 1
+    if method.weights == "representations":
+        if not similarities:
+            raise RecallError(f"--method {method.name} needs the similarities of at least one reference model")
+        return np.mean([softmax_weights(np.asarray(s), temperature) for s in similarities], axis=0)
+    if method.weights == "loss":
+        return uniform_weights(rows, softmax_weights(-np.asarray(losses, dtype=np.float64)[None], temperature)[0])
+    weights = list(given) if given else [method.default_weight or 1.0 / n] * n
+    if len(weights) != n:
+        raise RecallError(f"--weights has {len(weights)} values for {n} models; give one per model")
+    return uniform_weights(rows, weights)
 
 
 def tensor_seed(seed: int, tensor_name: str) -> int:

@@ -1,7 +1,15 @@
-"""params.yaml: the run, validated as a whole before any stage does work."""
+"""params.yaml: the run, parsed once into typed, frozen sections and checked as a whole before any
+stage does work.
+
+Each section is a settings dataclass (`recall.settings`): its fields are the keys it takes, with their
+types, defaults and rules, and a key that is not a field is an error naming its path. What no section
+can check alone (folders, task names, the order of the sequence, the methods) is checked after.
+`recall params check`, `recall pipeline` and every stage all load params.yaml with `load_params`.
+"""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass
@@ -10,12 +18,13 @@ from pathlib import Path
 import yaml
 
 from recall.errors import RecallError
-from recall.training.finetune import FinetuneConfig
 from recall.merge.methods import METHODS
-from recall.weights.representations import RecallSettings
+from recall.settings import UNKNOWN, Rule, Settings, at_least, one_of, reject_unknown, setting
 from recall.tasks.base import Task, get_task
 from recall.tasks.declared import declare_in
 from recall.tasks.formats import FORMATS, TASK_FILE
+from recall.training.finetune import FinetuneConfig
+from recall.weights.representations import RecallSettings
 
 SCENARIOS = ("sequential", "single", "multi")
 BASE_STEP = "base"
@@ -25,20 +34,91 @@ MERGE_SOURCES = ("given",)  # registry methods the pipeline can run: weights nee
 EVAL_MODES = ("ppl", "gen")
 
 
+def limits_ok(limit: int | dict[str, int | None]) -> bool:
+    per_format = isinstance(limit, dict)
+    counts = limit.values() if per_format else [limit]
+    return all(n is None or n >= 1 for n in counts) and (not per_format or set(limit) <= set(FORMATS))
+
+
+LIMIT = Rule(limits_ok, f"{{name}} must be a number of test examples >= 1 (or null for all), or one per task format "
+                        f"({', '.join(FORMATS)}), e.g. {{{{classification: 200, generation: 100}}}}; got {{value!r}}")
+MODES = Rule(lambda modes: set(modes) <= set(FORMATS) and all(m in EVAL_MODES for m in modes.values()),
+             f"{{name}} must map task formats ({', '.join(FORMATS)}) to one of {', '.join(EVAL_MODES)}, "
+             f"e.g. {{{{classification: ppl, multiple_choice: ppl}}}}; got {{value!r}}")
+
+
 @dataclass(frozen=True)
-class Step:
+class Step(Settings):
     task: str
     after: str  # the step whose model this one starts from ("base" for the base model)
 
 
 @dataclass(frozen=True)
+class BaseSection(Settings):
+    model: str  # "smollm2" (SmolLM2-135M-Instruct from PyPI), or a model folder, .gguf file or hub id
+
+
+@dataclass(frozen=True)
+class DataSection(Settings):
+    source: str  # "generated" (the generated suite), or a folder holding <task>/{train,test}.jsonl
+    train_size: int = setting(rule=at_least(1))  # examples kept per task and split
+    test_size: int = setting(rule=at_least(1))
+    seed: int = 0  # of the generated suite
+
+
+@dataclass(frozen=True)
+class MultiSection(Settings):
+    with_base: bool = True  # multi scenario: merge the base model with the experts, or the experts alone
+
+
+@dataclass(frozen=True)
+class EvaluateSection(Settings):
+    batch_size: int = setting(rule=at_least(1))
+    tasks: str = setting("all", one_of("all", "seen", "new"))  # scored after a step (see Params.eval_tasks)
+    limit: int | dict[str, int | None] | None = setting(None, LIMIT)  # test examples per task or format; null: all
+    max_new_tokens: int | None = setting(None, at_least(1))  # reply cap; null: each format's own
+    mode: dict[str, str] | None = setting(None, MODES)  # task format -> ppl or gen; null: each format's own
+
+
+@dataclass(frozen=True)
+class RecallSection(RecallSettings):
+    samples: int = setting(rule=at_least(1), kw_only=True)  # task examples whose representations are clustered
+
+
+@dataclass(frozen=True)
+class TrackingSection(Settings):
+    experiment: str = "recall"  # the MLflow experiment
+
+
+@dataclass(frozen=True)
+class Sections(Settings):
+    """params.yaml, typed: one field per top-level key."""
+
+    base: BaseSection
+    data: DataSection
+    scenario: str = setting(rule=one_of(*SCENARIOS, message=UNKNOWN))
+    sequence: tuple[Step, ...] = setting(
+        rule=Rule(bool, "the sequence in params.yaml is empty; list at least one {{task, after}} step"))
+    # compared method -> its parameters; what each method takes is checked in `validate_methods`
+    methods: dict = setting(rule=Rule(bool, "methods must be a non-empty mapping of method -> parameters, "
+                                            "e.g. methods: {{recall: {{}}, sft: {{}}}}"))
+    finetune: FinetuneConfig
+    recall: RecallSection
+    evaluate: EvaluateSection
+    multi: MultiSection = MultiSection()
+    tracking: TrackingSection = TrackingSection()
+    tasks: str | None = None  # the folder holding <task>/task.yaml folders of the user's own tasks
+
+
+@dataclass(frozen=True)
 class Params:
-    raw: dict
-    root: Path
+    sections: Sections
+    root: Path  # params.yaml's folder, where its relative paths start
+    raw: dict  # params.yaml as written: `key` hashes it; `written` gives its sections for MLflow and DVC
 
     @property
     def steps(self) -> list[Step]:
-        return [Step(s["task"], s["after"]) for s in self.raw["sequence"]]
+        return list(self.sections.sequence)
 
     def step(self, task: str) -> Step:
         for s in self.steps:
@@ -55,7 +135,8 @@ class Params:
     def task_roots(self) -> list[Path]:
         """The folders whose `<task>/task.yaml` declares a task of the sequence: incoming/ (new tasks
         of the scheduled flow), the `tasks` folder, the data.source folder."""
-        named = [self.raw.get("tasks"), None if self.raw["data"]["source"] == "generated" else self.raw["data"]["source"]]
+        source = self.sections.data.source
+        named = [self.sections.tasks, None if source == "generated" else source]
         return [self.root / "incoming", *(self.root / n for n in named if n)]
 
     def declaring_folder(self, task: str) -> Path | None:
@@ -70,17 +151,15 @@ class Params:
         return get_task(name)
 
     def finetune_config(self) -> FinetuneConfig:
-        return FinetuneConfig(**self.raw["finetune"])
+        return self.sections.finetune
 
     def recall_settings(self) -> RecallSettings:
-        cfg = dict(self.raw["recall"])
-        cfg.pop("samples")
-        return RecallSettings(**cfg)
+        return self.sections.recall
 
     @property
     def methods(self) -> dict[str, dict]:
         """Compared method -> its parameters (`{}`: defaults), in the order params.yaml lists them."""
-        return {name: dict(given or {}) for name, given in self.raw["methods"].items()}
+        return {name: dict(given or {}) for name, given in self.sections.methods.items()}
 
     @property
     def merge_methods(self) -> list[str]:
@@ -95,30 +174,35 @@ class Params:
         sequential run's cheaper settings, those learned so far (`seen`) or only the task just learned
         (`new`); every task after the last step. Final average and BWT need no more than `new` gives."""
         names = [s.task for s in self.steps]
-        which = self.raw["evaluate"].get("tasks", "all")
+        which = self.sections.evaluate.tasks
         if which == "all" or task == names[-1]:
             return names
         return names[: names.index(task) + 1] if which == "seen" else [task]
 
     def eval_limits(self) -> dict[str, int | None]:
         """Task -> test examples scored: `evaluate.limit` is one number, or one per task format."""
-        limit = self.raw["evaluate"].get("limit")
+        limit = self.sections.evaluate.limit
         formats = {s.task: self.find_task(s.task).format for s in self.steps}
         return {t: limit.get(f) if isinstance(limit, dict) else limit for t, f in formats.items()}
 
     @property
     def eval_modes(self) -> dict[str, str]:
         """Task format -> evaluation mode ("ppl": option log-likelihood, "gen": generation)."""
-        return dict(self.raw["evaluate"].get("mode") or {})
+        return dict(self.sections.evaluate.mode or {})
 
     @property
     def sequential(self) -> bool:
-        return self.raw["scenario"] == "sequential"
+        return self.sections.scenario == "sequential"
 
     @property
     def with_base(self) -> bool:
         """Multi scenario: merge the base model with the experts (or the experts alone)."""
-        return self.raw.get("multi", {}).get("with_base", True)
+        return self.sections.multi.with_base
+
+    def written(self, section: str) -> dict:
+        """A section as params.yaml writes it, only the keys it sets: what MLflow logs, and the keys a
+        DVC params dependency may name (DVC fails on a key the file lacks)."""
+        return dict(self.raw.get(section) or {})
 
     @property
     def key(self) -> str:
@@ -127,108 +211,90 @@ class Params:
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
+    """The params file at `path`, parsed and checked as a whole."""
     path = Path(path)
     if not path.is_file():
         raise RecallError(f"{path} not found; run from the project folder that holds params.yaml")
-    raw = yaml.safe_load(path.read_text()) or {}
-    params = Params(raw, path.resolve().parent)
-    validate(params)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise RecallError(f"{path} is not valid YAML: {err}") from None
+    return parse(raw or {}, path)
+
+
+def parse(raw: dict, path: Path) -> Params:
+    """`raw`, the YAML of the params file at `path`, as Params; every error names the file and the key."""
+    try:
+        if isinstance(raw, dict) and "baselines" in raw:
+            raise RecallError("`baselines` became `methods` (a mapping, each method its own chain), "
+                              "e.g. methods: {recall: {}, sft: {}, ties: {density: 0.5}}")
+        params = Params(Sections.from_mapping(raw), path.resolve().parent, raw)
+        validate(params)
+    except RecallError as err:
+        raise RecallError(f"{path}: {err}") from None
     return params
 
 
-def _require(raw: dict, *keys: str) -> None:
-    missing = [k for k in keys if k not in raw]
-    if missing:
-        raise RecallError(f"params.yaml lacks {', '.join(missing)}; see the README for a complete example")
+def add_steps(path: Path, tasks: list[str]) -> Params:
+    """Append `tasks` to the sequence of the params file at `path`, each after the step before it
+    (sequential) or the base; the result is checked before the file is rewritten (without its comments)."""
+    params = load_params(path)
+    raw = copy.deepcopy(params.raw)
+    for task in tasks:
+        after = raw["sequence"][-1]["task"] if params.sequential else BASE_STEP
+        raw["sequence"].append({"task": task, "after": after})
+    added = parse(raw, path)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
+    return added
 
 
 def validate(params: Params) -> None:
-    """Every problem with params.yaml, named with its fix, before any stage runs."""
-    raw = params.raw
-    _require(raw, "base", "data", "scenario", "sequence", "methods", "finetune", "recall", "evaluate")
-    if "baselines" in raw:
-        raise RecallError("params.yaml: `baselines` became `methods` (a mapping, each method its own chain), "
-                          "e.g. methods: {recall: {}, sft: {}, ties: {density: 0.5}}")
-    if raw["scenario"] not in SCENARIOS:
-        raise RecallError(f"unknown scenario {raw['scenario']!r}; choose one of {', '.join(SCENARIOS)}")
-    if raw["data"]["source"] != "generated" and not (params.root / raw["data"]["source"]).is_dir():
-        raise RecallError(f"data.source {raw['data']['source']} is not a folder; give 'generated' or a data folder")
-    if "tasks" in raw and not (isinstance(raw["tasks"], str) and (params.root / raw["tasks"]).is_dir()):
-        raise RecallError(f"tasks: {raw['tasks']!r} is not a folder; give the folder holding your <task>/{TASK_FILE} "
-                          "folders, or leave `tasks` out")
-    sequence = raw["sequence"]
-    if not sequence:
-        raise RecallError("the sequence in params.yaml is empty; list at least one {task, after} step")
+    """What no section can check alone: the folders named, the sequence's tasks and order, the methods."""
+    sections = params.sections
+    source = sections.data.source
+    if source != "generated" and not (params.root / source).is_dir():
+        raise RecallError(f"data.source {source} is not a folder; give 'generated' or a data folder")
+    if sections.tasks is not None and not (params.root / sections.tasks).is_dir():
+        raise RecallError(f"tasks: {sections.tasks!r} is not a folder; give the folder holding your "
+                          f"<task>/{TASK_FILE} folders, or leave `tasks` out")
     seen = [BASE_STEP]
-    for i, step in enumerate(sequence):
-        if not isinstance(step, dict) or set(step) != {"task", "after"}:
-            raise RecallError(f"sequence item {i + 1} must be a mapping with exactly 'task' and 'after', got {step!r}")
-        params.find_task(step["task"])  # a bad task folder or an unknown task: an error naming it
-        if step["task"] in seen:
-            raise RecallError(f"task {step['task']!r} appears twice in the sequence; each step needs its own task")
-        expected = seen[-1] if raw["scenario"] == "sequential" else BASE_STEP
-        if step["after"] != expected:
-            raise RecallError(
-                f"sequence item {i + 1} ({step['task']}) has after: {step['after']}, but a {raw['scenario']} run "
-                f"needs after: {expected}"
-            )
-        seen.append(step["task"])
+    for i, step in enumerate(params.steps):
+        params.find_task(step.task)  # a bad task folder or an unknown task: an error naming it
+        if step.task in seen:
+            raise RecallError(f"task {step.task!r} appears twice in the sequence; each step needs its own task")
+        expected = seen[-1] if params.sequential else BASE_STEP
+        if step.after != expected:
+            raise RecallError(f"sequence[{i}] ({step.task}) has after: {step.after}, but a {sections.scenario} run "
+                              f"needs after: {expected}")
+        seen.append(step.task)
     validate_methods(params)
-    validate_modes(raw["evaluate"].get("mode"))
-    if raw["evaluate"].get("tasks", "all") not in ("all", "seen", "new"):
-        raise RecallError(f"evaluate.tasks must be all, seen or new, got {raw['evaluate']['tasks']!r}")
-    limit = raw["evaluate"].get("limit")
-    limits = limit.values() if isinstance(limit, dict) else [limit]
-    if not all(n is None or (isinstance(n, int) and n >= 1) for n in limits) or \
-            (isinstance(limit, dict) and not set(limit) <= set(FORMATS)):
-        raise RecallError(f"evaluate.limit must be a number of test examples >= 1 (or null for all), or one per "
-                          f"task format ({', '.join(FORMATS)}), e.g. {{classification: 200, generation: 100}}; "
-                          f"got {limit!r}")
-    recall_cfg = raw["recall"]
-    if recall_cfg.get("samples", 0) < 1:
-        raise RecallError("recall.samples (task examples used for representations) must be >= 1")
-    try:
-        params.finetune_config().validate()
-        params.recall_settings().validate()
-    except TypeError as err:
-        raise RecallError(f"params.yaml: {err}; check the finetune and recall sections") from None
-    if not isinstance(params.with_base, bool):
-        raise RecallError("multi.with_base must be true or false")
 
 
 def validate_methods(params: Params) -> None:
-    methods = params.raw["methods"]
-    if not isinstance(methods, dict) or not methods:
-        raise RecallError("methods must be a non-empty mapping of method -> parameters, "
-                          "e.g. methods: {recall: {}, sft: {}}")
     merges = sorted(m for m, spec in METHODS.items() if spec.weights in MERGE_SOURCES and not spec.needs_fisher)
     usable = ["recall", *TRAINING_METHODS, *merges]
-    for name, given in methods.items():
+    for name, given in params.sections.methods.items():
+        path = f"methods.{name}"
         if given is not None and not isinstance(given, dict):
-            raise RecallError(f"methods.{name} must be a mapping of parameters ({{}} for the defaults), got {given!r}")
+            raise RecallError(f"{path} must be a mapping of parameters ({{}} for the defaults), got {given!r}")
         if name == "recall":
             if given:
                 raise RecallError("methods.recall takes no parameters here; RECALL's settings are the `recall` section")
         elif name in TRAINING_METHODS:
-            if extra := sorted(set(given or {}) - set(TRAINING_METHODS[name])):
-                raise RecallError(f"methods.{name}: unknown parameter {extra[0]!r}; "
-                                  f"known: {', '.join(TRAINING_METHODS[name]) or 'none'}")
+            reject_unknown(given or {}, TRAINING_METHODS[name], path, "parameter")
         elif name in merges:
-            METHODS[name].resolve(given or {})  # a missing or out-of-range parameter names its flag
+            reject_unknown(given or {}, METHODS[name].params, path, "parameter")
+            try:
+                METHODS[name].resolve(given or {})  # a missing or out-of-range parameter names its flag
+            except RecallError as err:
+                raise RecallError(f"{path}: {err}") from None
         else:
             raise RecallError(f"method {name!r} cannot run in the pipeline; choose from {', '.join(usable)}")
-    if "ewc" in methods:
+    if "ewc" in params.methods:
         ewc = params.ewc()
-        if not ewc["lambda"] > 0 or not (isinstance(ewc["samples"], int) and ewc["samples"] > 0):
+        if not (isinstance(ewc["lambda"], (int, float)) and ewc["lambda"] > 0) or \
+                not (isinstance(ewc["samples"], int) and ewc["samples"] > 0):
             raise RecallError(f"methods.ewc needs lambda > 0 and samples >= 1, got {ewc}")
-        if params.raw["scenario"] != "sequential":
+        if not params.sequential:
             raise RecallError("method ewc anchors a fine-tune to the previous task's model, so it needs "
                               "scenario: sequential; drop it from methods for a single or multi run")
-
-
-def validate_modes(modes) -> None:
-    if modes is None:
-        return
-    if not isinstance(modes, dict) or any(v not in EVAL_MODES for v in modes.values()) or not set(modes) <= set(FORMATS):
-        raise RecallError(f"evaluate.mode must map task formats ({', '.join(FORMATS)}) to one of "
-                          f"{', '.join(EVAL_MODES)}, e.g. {{classification: ppl, multiple_choice: ppl}}; got {modes!r}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
@@ -54,23 +54,24 @@ def stage_name(stage: str, task: str | None = None, method: str | None = None) -
 
 def shape_key(params: Params) -> str:
     """What decides the DAG's shape; every other setting is a params dependency of some stage."""
-    shape = {"scenario": params.raw["scenario"], "sequence": params.raw["sequence"],
+    sections = params.sections
+    shape = {"scenario": sections.scenario, "sequence": [asdict(s) for s in params.steps],
              "methods": list(params.methods), "with_base": params.with_base,
-             "eval_tasks": params.raw["evaluate"].get("tasks", "all"), "incoming": (params.root / "incoming").is_dir()}
-    if "tasks" in params.raw:  # the data stage's dependencies (absent from earlier keys, which stay valid)
-        shape["tasks"] = params.raw["tasks"]
+             "eval_tasks": sections.evaluate.tasks, "incoming": (params.root / "incoming").is_dir()}
+    if sections.tasks is not None:  # the data stage's dependencies (absent from earlier keys, which stay valid)
+        shape["tasks"] = sections.tasks
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def recall_keys(params: Params, *used: str) -> list[str]:
     """`recall.<key>` params a stage reads, among those params.yaml sets (DVC fails on absent keys)."""
-    return [f"recall.{k}" for k in used if k in params.raw["recall"]]
+    return [f"recall.{k}" for k in used if k in params.written("recall")]
 
 
 def plan(params: Params) -> list[Stage]:
     tasks = S.tasks(params)
     task_data = lambda *ts: [params.data_dir / t for t in ts]  # noqa: E731
-    declared = [params.root / params.raw["tasks"]] if "tasks" in params.raw else []
+    declared = [params.root / params.sections.tasks] if params.sections.tasks is not None else []
     out: list[Stage] = [
         Stage("base", "base", params=["base"], outs=[S.base_model(params)]),
         # incoming/<task>/ overrides a task's data (the scheduled flow drops new tasks there), if the
@@ -99,12 +100,12 @@ def plan(params: Params) -> list[Stage]:
             out.append(Stage(stage_name("evaluate", t, m), "evaluate", t, m,
                              deps=[*task_data(*params.eval_tasks(t)), S.handed_on(params, m, t)], params=["evaluate"],
                              outs=[S.chain_dir(params, m, t) / "eval"]))
-    if params.raw["scenario"] == "multi":
+    if params.sections.scenario == "multi":
         for m in params.merge_methods:
             inputs = ([S.base_model(params)] if params.with_base else []) + [S.new_model(params, m, t) for t in tasks]
             if m == "recall":
                 inputs += [S.recall_dir(params, t) / f for t in tasks for f in ("probe.jsonl", "features.npy", "typical.json")]
-            setting = recall_keys(params, *params.raw["recall"]) if m == "recall" else [f"methods.{m}"]
+            setting = recall_keys(params, *params.written("recall")) if m == "recall" else [f"methods.{m}"]
             if m != "recall" and get_method(m).needs_base and not params.with_base:
                 inputs.append(S.base_model(params))
             out.append(Stage(stage_name("multi", method=m), "multi", method=m, deps=[*task_data(*tasks), *inputs],

@@ -39,7 +39,7 @@ from recall.weights.features import extract_features, load_features
 from recall.training.finetune import finetune
 from recall.hashing import sha256_file, sha256_tree
 from recall.merge.engine import MergePlan, merge
-from recall.merge.methods import get_method
+from recall.merge.methods import get_method, resolve_weights
 from recall.models import describe, safetensors_folder
 from recall.pipeline.params import BASE_STEP, TRAINING_METHODS, Params
 from recall.weights.representations import similarity_and_sigmas
@@ -48,7 +48,6 @@ from recall.tasks.export import export_task
 from recall.tasks.formats import TASK_FILE
 from recall.tasks.generated import generate_suite
 from recall.weights.typical import select_typical
-from recall.weights.rows import softmax_weights, uniform_weights
 
 log = logging.getLogger(__name__)
 DEFAULT_BASE = "smollm2"
@@ -105,7 +104,7 @@ def multi_dir(params: Params, method: str) -> Path:
 
 def base(params: Params) -> Path:
     out = base_model(params)
-    spec = params.raw["base"]["model"]
+    spec = params.sections.base.model
     if spec == DEFAULT_BASE:
         return pull_base(out)
     local = params.root / spec  # a relative path means one inside the project
@@ -119,22 +118,22 @@ def data(params: Params) -> Path:
     """The sequence's task data under data/tasks: `incoming/<task>/` when present, else the folder
     that declares the task, else generated or taken from the data.source folder. A declared task's
     task.yaml goes with its data, so every later stage reads the task from there."""
-    cfg = params.raw["data"]
+    cfg = params.sections.data
     out = params.data_dir
-    if cfg["source"] == "generated":
-        generate_suite(out, seed=cfg["seed"], train=cfg["train_size"], test=cfg["test_size"])
+    if cfg.source == "generated":
+        generate_suite(out, seed=cfg.seed, train=cfg.train_size, test=cfg.test_size)
     for task in tasks(params):
         declared, incoming = params.declaring_folder(task), params.root / "incoming" / task
         if incoming.is_dir():
             source = incoming
         elif declared is not None:
             source = declared
-        elif cfg["source"] != "generated":
-            source = params.root / cfg["source"] / task
+        elif cfg.source != "generated":
+            source = params.root / cfg.source / task
         else:
             continue
         with atomic_dir(out / task) as tmp:
-            for split, size in (("train", cfg["train_size"]), ("test", cfg["test_size"])):
+            for split, size in (("train", cfg.train_size), ("test", cfg.test_size)):
                 lines = (source / f"{split}.jsonl").read_text().splitlines(keepends=True)
                 (tmp / f"{split}.jsonl").write_text("".join(lines[:size]))
             if declared is not None:
@@ -156,7 +155,7 @@ def finetune_step(params: Params, task: str, method: str | None = None) -> Path:
 def features(params: Params, task: str) -> Path:
     """The new model's representations of the task's training samples (the probe set)."""
     folder, settings = recall_dir(params, task), params.recall_settings()
-    export_task(task, "train", folder / "probe.jsonl", params.data_dir, limit=params.raw["recall"]["samples"])
+    export_task(task, "train", folder / "probe.jsonl", params.data_dir, limit=params.sections.recall.samples)
     return extract_features(new_model(params, "recall", task), folder / "probe.jsonl", folder / "features.npy",
                             batch_size=settings.batch_size, max_length=settings.max_length)
 
@@ -196,17 +195,18 @@ def merge_step(params: Params, task: str, method: str) -> Path:
         return merge_with(params, method, infos, out)
     folder = recall_dir(params, task)
     sim = read_json(folder / "similarity.json")
-    weights = softmax_weights(np.array(sim["layers"]), params.recall_settings().temperature)
+    weights = resolve_weights(get_method("recall"), infos, similarities=[np.array(sim["layers"])],
+                              temperature=params.recall_settings().temperature)
     extra = {"similarity": sim["layers"], "similarity_metric": sim["metric"], "sigmas": sim["sigmas"], "typical": sim["typical"],
-             "probe": str(folder / "probe.jsonl"), "settings": params.raw["recall"], "chain": method}
+             "probe": str(folder / "probe.jsonl"), "settings": dataclasses.asdict(params.sections.recall),
+             "chain": method}
     return merge(MergePlan(infos, get_method("recall"), weights, reference=1, extra=extra), out)
 
 
 def merge_with(params: Params, name: str, infos: list, out: Path) -> Path:
     """A registry method's merge of `infos`, each model weighted by the method's default."""
     method = get_method(name)
-    w = method.default_weight if method.default_weight is not None else 1 / len(infos)
-    plan = MergePlan(infos, method, uniform_weights(infos[0].num_layers + 1, [w] * len(infos)),
+    plan = MergePlan(infos, method, resolve_weights(method, infos),
                      base=describe(base_model(params)) if method.needs_base else None,
                      params=method.resolve(params.methods[name]), reference=len(infos) - 1, extra={"chain": name})
     return merge(plan, out)
@@ -229,18 +229,21 @@ def multi(params: Params, method: str) -> Path:
 
 
 def merge_multi_recall(params: Params, infos: list, out: Path) -> Path:
-    settings, rows, references = params.recall_settings(), [], []
+    settings, sims, references = params.recall_settings(), [], []
     with tempfile.TemporaryDirectory(prefix="recall-multi-") as tmp:
         for i, task in enumerate(tasks(params)):
             folder, ref = recall_dir(params, task), i + int(params.with_base)
             indices = read_json(folder / "typical.json")["indices"]
             sim, sigmas = similarity_and_sigmas(infos, ref, folder / "probe.jsonl", load_features(folder / "features.npy"),
                                                 indices, settings, Path(tmp))
-            rows.append(softmax_weights(sim, settings.temperature))
+            sims.append(sim)
             references.append({"reference": infos[ref].spec, "data": str(folder / "probe.jsonl"), "typical": indices,
                                "similarity": sim.tolist(), "sigmas": sigmas})
-    extra = {"settings": params.raw["recall"], "references": references, "with_base": params.with_base, "chain": "recall"}
-    return merge(MergePlan(infos, get_method("recall"), np.mean(rows, axis=0), reference=len(infos) - 1, extra=extra), out)
+    method = get_method("recall")
+    weights = resolve_weights(method, infos, similarities=sims, temperature=settings.temperature)
+    extra = {"settings": dataclasses.asdict(params.sections.recall), "references": references,
+             "with_base": params.with_base, "chain": "recall"}
+    return merge(MergePlan(infos, method, weights, reference=len(infos) - 1, extra=extra), out)
 
 
 def evaluate_step(params: Params, task: str, method: str) -> dict[str, dict]:
@@ -252,9 +255,9 @@ def evaluate_model(params: Params, model: Path, out: Path, names: list[str] | No
     """`model` on `names` (default: every task of the sequence) with the run's evaluation settings, into `out`."""
     from recall.evaluation.pipeline import evaluate
 
-    cfg = params.raw["evaluate"]
+    cfg = params.sections.evaluate
     return evaluate(model, names or tasks(params), out, data_dir=params.data_dir, limit=params.eval_limits(),
-                    batch_size=cfg["batch_size"], max_new_tokens=cfg.get("max_new_tokens"), modes=params.eval_modes)
+                    batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, modes=params.eval_modes)
 
 
 def report_spec(params: Params, spec_dir: Path) -> dict:
@@ -267,7 +270,7 @@ def report_spec(params: Params, spec_dir: Path) -> dict:
                               for m in params.methods]
     else:
         spec["single"] = [{"finetuned_on": t, "method": m, "metrics": evals[m][t]} for t in tasks(params) for m in params.methods]
-    if params.raw["scenario"] == "multi":
+    if params.sections.scenario == "multi":
         setting = "with base model" if params.with_base else "without base model"
         spec["multi"] = [{"setting": setting, "method": m, "metrics": rel(multi_dir(params, m) / "eval" / "metrics.json")}
                          for m in params.merge_methods]
@@ -312,7 +315,7 @@ def log_stage(params: Params, stage: str, task: str | None, method: str | None, 
 
     index = tasks(params).index(task) + 1 if task in tasks(params) else 0
     if stage == "finetune":
-        mlflow.log_params({f"finetune.{k}": v for k, v in params.raw["finetune"].items()})
+        mlflow.log_params({f"finetune.{k}": v for k, v in params.written("finetune").items()})
         if method == "ewc":
             mlflow.log_params({f"ewc.{k}": v for k, v in params.ewc().items()})
         trained = read_json(new_model(params, method or "sft", task) / "train_metrics.json")
@@ -320,7 +323,7 @@ def log_stage(params: Params, stage: str, task: str | None, method: str | None, 
         for row in trained["steps"]:
             mlflow.log_metric("train_loss", row["loss"], step=row["step"])
     elif "recall" in (stage, method) or stage in ("typical", "similarity"):
-        mlflow.log_params({f"recall.{k}": v for k, v in params.raw["recall"].items()})
+        mlflow.log_params({f"recall.{k}": v for k, v in params.written("recall").items()})
     elif method in params.methods:
         mlflow.log_params({f"{method}.{k}": v for k, v in params.methods[method].items()})
     name = stage_name(stage, task, method)

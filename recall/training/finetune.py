@@ -36,62 +36,45 @@ import torch
 from tqdm.auto import tqdm
 
 from recall.atomic import atomic_dir, atomic_path, check_output, write_json
-from recall.data import Record, chat_prompt, read_records, render, rendering
+from recall.data import IGNORE_INDEX, Encoded, Record, encode, read_records, rendering
 from recall.errors import RecallError
+from recall.settings import FRACTION, POSITIVE, Settings, at_least, one_of, setting
 from recall.training.ewc import EWCPenalty, fisher_diagonal, trainable
 from recall.models import ModelInfo, describe, load_causal_lm, load_tokenizer, saveable
 from recall.tasks import Example, get_task
 
 log = logging.getLogger(__name__)
 
-IGNORE = -100  # label value the loss skips (prompt and padding)
 Batch = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(Settings):
     """Defaults follow the paper's Table 5 where a CPU allows (LoRA 8/32/0.1, lr 5e-5, max len 2048)."""
 
-    max_steps: int | None = None  # overrides epochs when given
-    epochs: float = 1.0
-    lr: float = 5e-5
-    batch_size: int = 8
-    max_length: int = 2048
-    limit: int | None = None  # use only the first N training examples
-    lora_r: int = 8
-    lora_alpha: int = 32
-    lora_dropout: float = 0.1
-    target_modules: str | tuple[str, ...] = "all-linear"  # every linear layer of the blocks, not lm_head
-    ewc_lambda: float = 0.0
-    ewc_from: str | None = None  # previous task name, or a prompt/response JSONL file
-    ewc_samples: int = 64  # examples of the previous task used to estimate the Fisher
-    seed: int = 0
-    dtype: str = "float32"
-    checkpoint_every: int = 25  # optimizer steps between resumable checkpoints; 0: none
+    FLAGS = True  # errors name `recall finetune`'s flags
 
-    def validate(self) -> None:
-        positive = {"epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size, "max_length": self.max_length,
-                    "lora_r": self.lora_r, "lora_alpha": self.lora_alpha, "ewc_samples": self.ewc_samples}
-        positive.update({k: v for k, v in (("max_steps", self.max_steps), ("limit", self.limit)) if v is not None})
-        for name, value in positive.items():
-            if not value > 0:
-                raise RecallError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        if not 0 <= self.lora_dropout < 1:
-            raise RecallError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
-        if self.checkpoint_every < 0:
-            raise RecallError(f"--checkpoint-every must be >= 0 (0: no checkpoints), got {self.checkpoint_every}")
-        if self.ewc_lambda < 0:
-            raise RecallError(f"--ewc-lambda must be >= 0, got {self.ewc_lambda}")
+    max_steps: int | None = setting(None, POSITIVE)  # overrides epochs when given
+    epochs: float = setting(1.0, POSITIVE)
+    lr: float = setting(5e-5, POSITIVE)
+    batch_size: int = setting(8, POSITIVE)
+    max_length: int = setting(2048, POSITIVE)
+    limit: int | None = setting(None, POSITIVE)  # use only the first N training examples
+    lora_r: int = setting(8, POSITIVE)
+    lora_alpha: int = setting(32, POSITIVE)
+    lora_dropout: float = setting(0.1, FRACTION)
+    target_modules: str | tuple[str, ...] = "all-linear"  # every linear layer of the blocks, not lm_head
+    ewc_lambda: float = setting(0.0, at_least(0))
+    ewc_from: str | None = None  # previous task name, or a prompt/response JSONL file
+    ewc_samples: int = setting(64, POSITIVE)  # examples of the previous task used to estimate the Fisher
+    seed: int = 0
+    dtype: str = setting("float32", one_of("float32", "bfloat16", "float16"))
+    # optimizer steps between resumable checkpoints; 0: none
+    checkpoint_every: int = setting(25, at_least(0, " (0: no checkpoints)"))
+
+    def check(self) -> None:
         if (self.ewc_lambda > 0) != (self.ewc_from is not None):
             raise RecallError("EWC needs both --ewc-lambda (> 0) and --ewc-from (the previous task or its JSONL data)")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise RecallError(f"--dtype must be float32, bfloat16 or float16, got {self.dtype}")
-
-
-@dataclass(frozen=True)
-class Encoded:
-    input_ids: list[int]
-    labels: list[int]  # IGNORE on prompt tokens
 
 
 def load_examples(spec: str, data_dir: Path | None, limit: int | None = None) -> list[Example]:
@@ -106,19 +89,10 @@ def load_examples(spec: str, data_dir: Path | None, limit: int | None = None) ->
     return get_task(spec, data_dir).load("train", data_dir, limit)
 
 
-def encode(tokenizer, examples: list[Example], max_length: int, what: str) -> list[Encoded]:
-    """Tokenise prompt and answer separately, as generation sees them; fail if a prompt cannot fit."""
-    encoded, too_long = [], []
-    for i, ex in enumerate(examples):
-        prompt_text = chat_prompt(tokenizer, ex.prompt)
-        answer_text = render(tokenizer, Record(prompt=ex.prompt, response=ex.answer))[len(prompt_text):]
-        prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-        answer = tokenizer(answer_text, add_special_tokens=False)["input_ids"]
-        if len(prompt) >= max_length:
-            too_long.append((len(prompt), i))
-        ids = (prompt + answer)[:max_length]
-        encoded.append(Encoded(ids, ([IGNORE] * len(prompt) + answer)[:max_length]))
-    if too_long:
+def encode_examples(tokenizer, examples: list[Example], max_length: int, what: str) -> list[Encoded]:
+    """Every example encoded to learn its answer; fail, naming the longest, if a prompt leaves no room."""
+    encoded = [encode(tokenizer, Record(prompt=ex.prompt, response=ex.answer), max_length) for ex in examples]
+    if too_long := [(e.prompt_tokens, i) for i, e in enumerate(encoded) if e.prompt_tokens >= max_length]:
         longest, index = max(too_long)
         raise RecallError(
             f"{len(too_long)} of {len(examples)} {what} prompts do not fit --max-length {max_length} "
@@ -131,7 +105,7 @@ def collate(items: list[Encoded], pad_id: int) -> Batch:
     """Right-pad to the longest item; padding is masked out of attention and loss."""
     width = max(len(it.input_ids) for it in items)
     ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(items), width), dtype=torch.long)
     for row, it in enumerate(items):
         n = len(it.input_ids)
@@ -276,7 +250,7 @@ def micro_batches(batch: Batch, max_tokens: int) -> list[Batch]:
 
 def loss_tokens(batch: Batch) -> int:
     """The tokens a causal LM's loss averages over: labels are shifted by one position."""
-    return int((batch["labels"][:, 1:] != IGNORE).sum())
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
 
 def train_loop(
@@ -305,7 +279,7 @@ def train_loop(
     with tqdm(total=steps, initial=done, desc=desc, unit="step") as bar:
         for step, batch in enumerate(batches, done + 1):
             record.train_tokens += int(batch["attention_mask"].sum())
-            record.answer_tokens += int((batch["labels"] != IGNORE).sum())
+            record.answer_tokens += int((batch["labels"] != IGNORE_INDEX).sum())
             loss, total = 0.0, loss_tokens(batch)
             for part in micro_batches(batch, FORWARD_TOKENS):
                 if share := loss_tokens(part) / total:  # each part's mean loss, weighted by its tokens
@@ -358,10 +332,10 @@ def finetune(
     examples = load_examples(task, data_dir, config.limit)
     previous = load_examples(config.ewc_from, data_dir) if config.ewc_from else []
     tokenizer = load_tokenizer(info)
-    encoded = encode(tokenizer, examples, config.max_length, f"{task} training")
+    encoded = encode_examples(tokenizer, examples, config.max_length, f"{task} training")
     if previous:
         previous = random.Random(config.seed).sample(previous, min(config.ewc_samples, len(previous)))
-    previous_encoded = encode(tokenizer, previous, config.max_length, f"{config.ewc_from} (EWC)")
+    previous_encoded = encode_examples(tokenizer, previous, config.max_length, f"{config.ewc_from} (EWC)")
     steps = total_steps(len(encoded), config)
     pad_id = tokenizer.pad_token_id
     checkpoint = Checkpoint(checkpoint_folder(out), run_fingerprint(info, task, data_dir, config,

@@ -18,26 +18,19 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from recall.data import Record, chat_prompt, read_records, render
+from recall.data import Record, encode, read_records
 from recall.errors import RecallError
 from recall.models import ModelInfo, load_causal_lm, load_tokenizer
-from recall.weights.rows import softmax_weights
+from recall.settings import Settings, above, at_least, setting
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class CocktailSettings:
-    examples: int = 5  # per --data file (LM-Cocktail uses a handful of examples per task)
-    temperature: float = 5.0  # the paper's default
-    max_length: int = 512
-
-    def validate(self) -> None:
-        for name in ("examples", "max_length"):
-            if getattr(self, name) < 1:
-                raise RecallError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.temperature <= 0:
-            raise RecallError(f"temperature must be > 0, got {self.temperature}")
+class CocktailSettings(Settings):
+    examples: int = setting(5, at_least(1))  # per --data file (LM-Cocktail uses a handful of examples per task)
+    temperature: float = setting(5.0, above(0))  # the paper's default
+    max_length: int = setting(512, at_least(1))
 
 
 def example_records(paths: Sequence[str | os.PathLike], n: int) -> list[Record]:
@@ -45,19 +38,12 @@ def example_records(paths: Sequence[str | os.PathLike], n: int) -> list[Record]:
     return [r for path in paths for r in read_records(path)[:n]]
 
 
-def encode(tokenizer, record: Record, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, labels) of one record; labels are -100 on prompt tokens, which the loss ignores."""
-    ids = tokenizer(render(tokenizer, record), add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
-    if not ids:
+def labelled(tokenizer, record: Record, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, labels) of one record as a batch of one (`recall.data.encode`)."""
+    encoded = encode(tokenizer, record, max_length)
+    if not encoded.input_ids:
         raise RecallError("an example renders to no tokens; remove empty records from --data")
-    labels = list(ids)
-    if record.prompt is not None and record.response:
-        # A rendered prompt ends at a token boundary (the chat turn's end, a plain prompt's newline),
-        # so its tokens are a prefix of the whole.
-        n_prompt = len(tokenizer(chat_prompt(tokenizer, record.prompt), add_special_tokens=False)["input_ids"])
-        if n_prompt < len(ids):
-            labels[:n_prompt] = [-100] * n_prompt
-    return torch.tensor([ids]), torch.tensor([labels])
+    return torch.tensor([encoded.input_ids]), torch.tensor([encoded.labels])
 
 
 def example_loss(model, input_ids: torch.Tensor, labels: torch.Tensor) -> float:
@@ -70,23 +56,23 @@ def example_loss(model, input_ids: torch.Tensor, labels: torch.Tensor) -> float:
 def model_loss(info: ModelInfo, records: list[Record], max_length: int) -> float:
     """A model's mean loss over the examples (LoRA adapters are applied to their base)."""
     tokenizer = load_tokenizer(info)
-    encoded = [encode(tokenizer, r, max_length) for r in records]
+    encoded = [labelled(tokenizer, r, max_length) for r in records]
     model = load_causal_lm(info)
     losses = [example_loss(model, ids, labels) for ids, labels in encoded]
     del model
     return float(np.mean(losses))
 
 
-def cocktail_weights(
+def cocktail_losses(
     models: list[ModelInfo], data: Sequence[str | os.PathLike], settings: CocktailSettings
 ) -> tuple[np.ndarray, dict]:
-    """Per-model weights (N,) = softmax(-loss / T), and their provenance for merge_weights.json."""
+    """Each model's loss (N,) on the examples, and the provenance for merge_weights.json;
+    `recall.merge.methods.resolve_weights` turns them into softmax(-loss / T)."""
     settings.validate()
     if not data:
         raise RecallError("--method lm_cocktail needs --data: JSONL files of examples of the target task(s)")
     records = example_records(data, settings.examples)
     losses = np.array([model_loss(m, records, settings.max_length) for m in models])
     log.info("lm_cocktail losses: %s", ", ".join(f"{loss:.4f}" for loss in losses))
-    weights = softmax_weights(-losses[None], settings.temperature)[0]
     detail = {"data": [str(d) for d in data], "n_examples": len(records), "losses": losses.tolist()}
-    return weights, {"settings": asdict(settings), "cocktail": detail}
+    return losses, {"settings": asdict(settings), "cocktail": detail}

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from recall.atomic import atomic_path
-from recall.data import Record, read_records, render
+from recall.data import encode, read_records
 from recall.errors import RecallError
 from recall.models import ModelInfo, describe, load_causal_lm, load_tokenizer
 
@@ -67,17 +67,12 @@ def extract_features(
             raise RecallError(f"sample indices {bad[:5]} are outside {data} ({len(records)} records)")
         records = [records[i] for i in indices]
     tokenizer = load_tokenizer(info)
-    encoded = encode(tokenizer, records, max_length)
+    encoded = [encode(tokenizer, r, max_length).input_ids for r in records]
     if empty := [i for i, ids in enumerate(encoded) if not ids]:
         raise RecallError(f"{data}: records {empty[:5]} render to no tokens; remove empty samples")
     lm = load_causal_lm(info, device=device)
     write_features(lm, tokenizer, encoded, out, batch_size, desc=Path(info.spec).name)
     return Path(out)
-
-
-def encode(tokenizer, records: Sequence[Record], max_length: int) -> list[list[int]]:
-    return [tokenizer(render(tokenizer, r), truncation=True, max_length=max_length, add_special_tokens=False)["input_ids"]
-            for r in records]
 
 
 def write_features(lm, tokenizer, encoded: list[list[int]], out: str | os.PathLike, batch_size: int, desc: str = "") -> None:

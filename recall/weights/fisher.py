@@ -17,26 +17,22 @@ from pathlib import Path
 import torch
 
 from recall.atomic import atomic_dir, write_json
-from recall.weights.cocktail import encode, example_records
+from recall.weights.cocktail import example_records, labelled
 from recall.errors import RecallError
 from recall.training.ewc import fisher_diagonal
 from recall.hashing import sha256_file
 from recall.merge.safetensors_io import SafetensorsModel, same_tensor
 from recall.models import ModelInfo, load_causal_lm, load_tokenizer, safetensors_folder
+from recall.settings import Settings, at_least, setting
 
 log = logging.getLogger(__name__)
 FISHER_FILE = "fisher.safetensors"
 
 
 @dataclass(frozen=True)
-class FisherSettings:
-    examples: int = 32  # per model, the first records of its --data file
-    max_length: int = 512
-
-    def validate(self) -> None:
-        for name in ("examples", "max_length"):
-            if getattr(self, name) < 1:
-                raise RecallError(f"{name} must be >= 1, got {getattr(self, name)}")
+class FisherSettings(Settings):
+    examples: int = setting(32, at_least(1))  # per model, the first records of its --data file
+    max_length: int = setting(512, at_least(1))
 
 
 def checkpoint_parameter(params: dict[str, torch.nn.Parameter], name: str) -> torch.nn.Parameter:
@@ -53,7 +49,7 @@ def model_fisher(info: ModelInfo, data: str | os.PathLike, out: Path, settings: 
     """Write `info`'s diagonal Fisher on the first examples of `data` to the folder `out` (atomically)."""
     records = example_records([data], settings.examples)
     tokenizer = load_tokenizer(info)
-    batches = [dict(zip(("input_ids", "labels"), encode(tokenizer, r, settings.max_length))) for r in records]
+    batches = [dict(zip(("input_ids", "labels"), labelled(tokenizer, r, settings.max_length))) for r in records]
     model = load_causal_lm(info, device="cpu").requires_grad_(True)
     fisher = fisher_diagonal(model, batches)
     params = dict(model.named_parameters(remove_duplicate=False))

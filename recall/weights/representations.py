@@ -1,9 +1,9 @@
 """RECALL's merge weights from representations (section 3, algorithm 1).
 
 features of the reference model on its task data -> typical samples (KMeans per layer) -> features
-of every model on the typical samples -> layer-wise similarity to the reference -> softmax per layer.
-With several reference experts (no single new model), each expert's rows are computed on its own
-task data and the rows are averaged.
+of every model on the typical samples -> layer-wise similarity to the reference; the softmax per
+layer (and, with several reference experts, each on its own task data, the mean of their rows) is
+`recall.merge.methods.resolve_weights`.
 """
 
 from __future__ import annotations
@@ -15,38 +15,25 @@ from pathlib import Path
 
 import numpy as np
 
-from recall.errors import RecallError
 from recall.weights.features import extract_features, load_features
 from recall.models import ModelInfo
-from recall.weights.similarity import METRICS, NORMALIZATIONS, check_sigma, layer_sigmas, layer_similarity
+from recall.settings import UNKNOWN, Settings, above, at_least, one_of, setting
+from recall.weights.similarity import METRICS, NORMALIZE, SIGMA, layer_sigmas, layer_similarity
 from recall.weights.typical import select_typical
-from recall.weights.rows import softmax_weights
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class RecallSettings:
-    typical: int = 20
-    similarity: str = "rbf"
-    sigma: float | str = 1.0  # the paper's bandwidth, or "median": per layer, the median heuristic
-    normalize: str = "none"  # none | unit | sqrt_dim: rescale the pooled states before the similarity
-    temperature: float = 1.0
-    batch_size: int = 8
-    max_length: int = 512
+class RecallSettings(Settings):
+    typical: int = setting(20, at_least(1))
+    similarity: str = setting("rbf", one_of(*METRICS, message=UNKNOWN))
+    sigma: float | str = setting(1.0, SIGMA)  # the paper's bandwidth, or "median": per layer, the median heuristic
+    normalize: str = setting("none", NORMALIZE)  # rescale the pooled states before the similarity
+    temperature: float = setting(1.0, above(0))
+    batch_size: int = setting(8, at_least(1))
+    max_length: int = setting(512, at_least(1))
     seed: int = 0
-
-    def validate(self) -> None:
-        if self.similarity not in METRICS:
-            raise RecallError(f"unknown similarity {self.similarity!r}; choose one of {', '.join(METRICS)}")
-        for name in ("typical", "batch_size", "max_length"):
-            if getattr(self, name) < 1:
-                raise RecallError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.temperature <= 0:
-            raise RecallError(f"temperature must be > 0, got {self.temperature}")
-        check_sigma(self.sigma)
-        if self.normalize not in NORMALIZATIONS:
-            raise RecallError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}")
 
 
 def similarity_and_sigmas(
@@ -84,23 +71,23 @@ def reference_similarity(
     return *similarity_and_sigmas(models, reference, data, ref_features, typical, settings, workdir), typical
 
 
-def recall_weights(
+def references_similarities(
     models: list[ModelInfo],
     references: list[tuple[int, Path]],
     settings: RecallSettings,
     workdir: Path | None = None,
-) -> tuple[np.ndarray, dict]:
-    """Per-layer weights (L+1, N) and their provenance (settings; per reference: typical samples,
-    similarities and the per-layer sigmas)."""
+) -> tuple[list[np.ndarray], dict]:
+    """Per reference (model index, its task data): the similarity (L+1, N) of every model to it, and
+    their provenance (settings; per reference: typical samples, similarities, per-layer sigmas).
+    `recall.merge.methods.resolve_weights` turns them into weights."""
     settings.validate()
-    rows, detail = [], []
+    sims, detail = [], []
     with tempfile.TemporaryDirectory(prefix="recall-features-") as tmp:
         work = Path(workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         for index, data in references:
             sim, sigmas, typical = reference_similarity(models, index, Path(data), settings, work)
-            rows.append(softmax_weights(sim, settings.temperature))
+            sims.append(sim)
             detail.append({"reference": models[index].spec, "data": str(data), "typical": typical,
                            "similarity": sim.tolist(), "sigmas": sigmas})
-    weights = np.mean(rows, axis=0)
-    return weights, {"settings": asdict(settings), "references": detail}
+    return sims, {"settings": asdict(settings), "references": detail}

@@ -16,11 +16,13 @@ from collections.abc import Callable
 import numpy as np
 
 from recall.errors import RecallError
+from recall.settings import Rule, one_of
 
 Metric = Callable[[np.ndarray, np.ndarray, float], np.ndarray]
 METRICS: dict[str, Metric] = {}
 MEDIAN = "median"  # the sigma that asks for the per-layer median heuristic
 NORMALIZATIONS = ("none", "unit", "sqrt_dim")
+NORMALIZE = one_of(*NORMALIZATIONS)
 
 
 def metric(name: str):
@@ -86,18 +88,19 @@ def dot(ref, reps, sigma):
     return (reps * ref).sum(-1).mean(-1)
 
 
-def check_sigma(sigma: float | str) -> None:
+def valid_sigma(sigma: float | str) -> bool:
     """A bandwidth is a finite number > 0, or "median"."""
     number = isinstance(sigma, (int, float)) and not isinstance(sigma, bool)
-    if sigma != MEDIAN and not (number and 0 < sigma < np.inf):
-        raise RecallError(f"sigma must be > 0 or {MEDIAN!r} (the per-layer median heuristic), got {sigma!r}")
+    return sigma == MEDIAN or (number and 0 < sigma < np.inf)
+
+
+SIGMA = Rule(valid_sigma, f"{{name}} must be > 0 or {MEDIAN!r} (the per-layer median heuristic), got {{value!r}}")
 
 
 def normalize_states(x: np.ndarray, mode: str) -> np.ndarray:
     """Representations (..., E) rescaled: `unit` to L2 norm 1 (only directions count, as in cosine),
     `sqrt_dim` divided by sqrt(E) (distances comparable across hidden sizes), `none` unchanged."""
-    if mode not in NORMALIZATIONS:
-        raise RecallError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {mode!r}")
+    NORMALIZE.check("normalize", mode)
     if mode == "unit":
         return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # a zero state stays zero
     if mode == "sqrt_dim":
@@ -135,7 +138,7 @@ def layer_sigmas(reps: np.ndarray, sigma: float | str = 1.0, normalize: str = "n
     distances the rbf averages would measure the drift with a yardstick made of that drift (with one
     other model, its similarity would be about the same however far it drifted).
     """
-    check_sigma(sigma)
+    SIGMA.check("sigma", sigma)
     reps = normalize_states(np.asarray(reps, dtype=np.float64), normalize)
     n_layers, width = reps.shape[2], reps.shape[3]
     if sigma != MEDIAN:
