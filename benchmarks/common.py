@@ -17,8 +17,13 @@ from recall.merge.safetensors_io import write_tensors
 
 # ~243M parameters: about 1 GB in float32. The largest tensors are the 32000 x 1024 embeddings.
 LLAMA_1GB = dict(
-    vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=14,
-    num_attention_heads=16, num_key_value_heads=16, tie_word_embeddings=False,
+    vocab_size=32000,
+    hidden_size=1024,
+    intermediate_size=2816,
+    num_hidden_layers=14,
+    num_attention_heads=16,
+    num_key_value_heads=16,
+    tie_word_embeddings=False,
 )
 
 
@@ -30,7 +35,9 @@ def random_llama(out: Path, seed: int, **config) -> Path:
     with torch.device("meta"):
         shapes = {n: tuple(t.shape) for n, t in AutoModelForCausalLM.from_config(cfg).state_dict().items()}
     gen = torch.Generator().manual_seed(seed)
-    write_tensors(out, ((n, torch.randn(s, generator=gen) * 0.02) for n, s in shapes.items()), max_shard_bytes=512 << 20)
+    write_tensors(
+        out, ((n, torch.randn(s, generator=gen) * 0.02) for n, s in shapes.items()), max_shard_bytes=512 << 20
+    )
     cfg.save_pretrained(out)
     return out
 
@@ -44,7 +51,9 @@ def status(key):
             return int(line.split()[1]) * 1024
 """
 
-CHILD = CHILD_PRELUDE + """import recall.cli, recall.merge.engine, recall.layers, transformers, torch  # the constant part
+CHILD = (
+    CHILD_PRELUDE
+    + """import recall.cli, recall.merge.engine, recall.layers, transformers, torch  # the constant part
 import matplotlib.pyplot
 import recall.commands.merge as command
 engine = {}
@@ -60,6 +69,7 @@ code = recall.cli.main(sys.argv[1:])
 print(json.dumps({"code": code, "wall_s": time.perf_counter() - t, **engine,
                   "rss_after_imports": rss0, "peak_rss": status("VmHWM")}))
 """
+)
 
 
 def run_child(args: list[str]) -> dict:
@@ -74,8 +84,12 @@ def run_child(args: list[str]) -> dict:
 def machine() -> dict:
     import os
 
-    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d")}
+    return {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
 def command_line() -> str:
@@ -85,7 +99,8 @@ def command_line() -> str:
 
 def git_commit(checkout: str | Path = ".") -> str:
     try:
-        return subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

@@ -65,7 +65,7 @@ def plain_forward(lm, tokenizer, prompts: list[str], batches: list[list[Pair]]) 
             logprobs = torch.log_softmax(logits, dim=-1)
             picked = logprobs.gather(-1, padded["input_ids"][:, -longest:].unsqueeze(-1)).squeeze(-1)
             for row, (pair, answer) in enumerate(zip(batch, answers)):
-                nll[pair] = -picked[row, -len(answer):].mean().item()
+                nll[pair] = -picked[row, -len(answer) :].mean().item()
     return nll
 
 
@@ -85,10 +85,17 @@ def per_pair_nll(model, prompts: list[str], answers: list[str]) -> list[float]:
     attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids, _ in rows])
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     with torch.inference_mode():
-        logits = model.model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            logits_to_keep=longest + 1, use_cache=False,
-        ).logits[:, :-1].float()
+        logits = (
+            model.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                logits_to_keep=longest + 1,
+                use_cache=False,
+            )
+            .logits[:, :-1]
+            .float()
+        )
     targets = input_ids[:, -longest:]
     nll = -torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return [nll[i, longest - n :].mean().item() for i, (_, n) in enumerate(rows)]
@@ -118,9 +125,24 @@ def timed(fn, *args):
 
 def run_evaluate(args: argparse.Namespace, task: str, limit: int, out: Path) -> tuple[float, list[str]]:
     """Wall time of `recall evaluate` in a fresh process, and the command."""
-    command = [str(Path(sys.executable).with_name("recall")), "evaluate", "--model", str(args.model),
-               "--tasks", task, "--data-dir", str(args.data_dir), "--limit", str(limit),
-               "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--out", str(out)]
+    command = [
+        str(Path(sys.executable).with_name("recall")),
+        "evaluate",
+        "--model",
+        str(args.model),
+        "--tasks",
+        task,
+        "--data-dir",
+        str(args.data_dir),
+        "--limit",
+        str(limit),
+        "--batch-size",
+        str(args.batch_size),
+        "--threads",
+        str(args.threads),
+        "--out",
+        str(out),
+    ]
     started = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - started
@@ -138,8 +160,10 @@ def run_case(args: argparse.Namespace, name: str, limit: int, lm, model, tokeniz
     prompts = [chat_prompt(tokenizer, e.prompt) for e in examples]
     pairs = pair_batches(prompts, choices, args.batch_size)
     prompt_batches = length_sorted_batches(prompts, args.batch_size)
+
     def count(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
     pair_tokens = sum(count(prompts[i] + c) for batch in pairs for i, c in batch)
     prompt_tokens = sum(map(count, prompts))
     times = {"plain": [], "per_pair": [], "one_pass": []}
@@ -161,11 +185,18 @@ def run_case(args: argparse.Namespace, name: str, limit: int, lm, model, tokeniz
     keys = list(plain)
     return {
         "evaluate_command": " ".join(command),
-        "task": name, "choices": choices, "examples": len(examples), "pairs": len(keys),
+        "task": name,
+        "choices": choices,
+        "examples": len(examples),
+        "pairs": len(keys),
         "label_tokens": [count(c) for c in choices],
-        "pair_tokens": pair_tokens, "prompt_tokens": prompt_tokens,
-        "plain_s": best["plain"], "per_pair_s": best["per_pair"], "one_pass_s": best["one_pass"],
-        "evaluate_wall_s": wall, "times_s": times,
+        "pair_tokens": pair_tokens,
+        "prompt_tokens": prompt_tokens,
+        "plain_s": best["plain"],
+        "per_pair_s": best["per_pair"],
+        "one_pass_s": best["one_pass"],
+        "evaluate_wall_s": wall,
+        "times_s": times,
         "per_pair_over_plain_time": best["per_pair"] / best["plain"],
         "one_pass_over_plain_time": best["one_pass"] / best["plain"],
         "one_pass_over_per_pair_time": best["one_pass"] / best["per_pair"],
@@ -175,33 +206,34 @@ def run_case(args: argparse.Namespace, name: str, limit: int, lm, model, tokeniz
         "max_nll_difference_per_pair": max(abs(old[k] - new[k]) for k in keys),
         "max_nll_relative_difference_per_pair": max(abs(old[k] - new[k]) / abs(old[k]) for k in keys),
         "label_agreement": sum(c == r["prediction"] for c, r in zip(chosen, records)) / len(examples),
-        "accuracy": metrics["accuracy"], "nll": metrics["nll"],
+        "accuracy": metrics["accuracy"],
+        "nll": metrics["nll"],
     }
 
 
 def case_markdown(r: dict, batch_size: int) -> str:
-    return f"""## {r['task']}: {r['examples']} examples x {len(r['choices'])} labels
+    return f"""## {r["task"]}: {r["examples"]} examples x {len(r["choices"])} labels
 
-{r['pairs']} (prompt, label) pairs of {r['pair_tokens']} tokens in all; the prompts alone:
-{r['prompt_tokens']} tokens; tokens per label: {r['label_tokens']}.
+{r["pairs"]} (prompt, label) pairs of {r["pair_tokens"]} tokens in all; the prompts alone:
+{r["prompt_tokens"]} tokens; tokens per label: {r["label_tokens"]}.
 Batches of {batch_size} rows: pairs for plain and per pair, prompts for one pass and `recall evaluate`.
 
 | what | seconds | time / plain | time / per pair |
 |---|---|---|---|
-| plain batched forward per pair (transformers, model loaded) | {r['plain_s']:.2f} | 1.00 | \
-{r['plain_s'] / r['per_pair_s']:.2f} |
-| per pair, answer positions only (the former `get_answer_nll`) | {r['per_pair_s']:.2f} | \
-{r['per_pair_over_plain_time']:.2f} | 1.00 |
-| one pass per prompt (`ChatModel.get_answer_nll`) | {r['one_pass_s']:.2f} | {r['one_pass_over_plain_time']:.2f} | \
-{r['one_pass_over_per_pair_time']:.2f} |
-| `recall evaluate` end to end (fresh process) | {r['evaluate_wall_s']:.2f} | {r['evaluate_over_plain_time']:.2f} | |
+| plain batched forward per pair (transformers, model loaded) | {r["plain_s"]:.2f} | 1.00 | \
+{r["plain_s"] / r["per_pair_s"]:.2f} |
+| per pair, answer positions only (the former `get_answer_nll`) | {r["per_pair_s"]:.2f} | \
+{r["per_pair_over_plain_time"]:.2f} | 1.00 |
+| one pass per prompt (`ChatModel.get_answer_nll`) | {r["one_pass_s"]:.2f} | {r["one_pass_over_plain_time"]:.2f} | \
+{r["one_pass_over_per_pair_time"]:.2f} |
+| `recall evaluate` end to end (fresh process) | {r["evaluate_wall_s"]:.2f} | {r["evaluate_over_plain_time"]:.2f} | |
 
 Fixed cost of `recall evaluate` over the one-pass call (imports, OpenCompass, model load, scoring,
-files): {r['evaluate_fixed_s']:.1f} s.
-Largest |NLL difference| of one pass against per pair: {r['max_nll_difference_per_pair']:.2e}
-(relative {r['max_nll_relative_difference_per_pair']:.2e}); against plain: {r['max_nll_difference_plain']:.2e}.
-Plain and `recall evaluate` chose the same label for {r['label_agreement']:.0%} of examples.
-Accuracy {r['accuracy']:.2f}, nll {r['nll']:.4f}.
+files): {r["evaluate_fixed_s"]:.1f} s.
+Largest |NLL difference| of one pass against per pair: {r["max_nll_difference_per_pair"]:.2e}
+(relative {r["max_nll_relative_difference_per_pair"]:.2e}); against plain: {r["max_nll_difference_plain"]:.2e}.
+Plain and `recall evaluate` chose the same label for {r["label_agreement"]:.0%} of examples.
+Accuracy {r["accuracy"]:.2f}, nll {r["nll"]:.4f}.
 """
 
 
@@ -210,8 +242,8 @@ def markdown(result: dict) -> str:
     cases = "\n".join(case_markdown(case, r["batch_size"]) for case in r["cases"].values())
     return f"""# Evaluation speed of PPL tasks: one pass per prompt vs one forward per (prompt, label) pair
 
-{r['model']}, {r['threads']} thread(s), best of {r['repeats']}.
-Command: `{r['command']}`
+{r["model"]}, {r["threads"]} thread(s), best of {r["repeats"]}.
+Command: `{r["command"]}`
 
 One pass runs each prompt once: a label of one token is scored from the prompt's last position (the
 output layer there only), a longer one continues from the prompt's key/value cache with its other
@@ -230,8 +262,13 @@ def parse_case(text: str) -> tuple[str, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=Path("data/steps/base/model"))
-    parser.add_argument("--case", type=parse_case, action="append", dest="cases",
-                        help="TASK:LIMIT, repeatable (default: sst2:32 and race:12)")
+    parser.add_argument(
+        "--case",
+        type=parse_case,
+        action="append",
+        dest="cases",
+        help="TASK:LIMIT, repeatable (default: sst2:32 and race:12)",
+    )
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
@@ -258,9 +295,15 @@ def main() -> None:
     one_pass(model, ["Hello"], ["A"], [[0]])
     cases = {name: run_case(args, name, limit, lm, model, tokenizer) for name, limit in args.cases}
     result = {
-        "benchmark": "eval_speed", "command": command_line(), "model": str(args.model),
-        "batch_size": args.batch_size, "threads": args.threads, "repeats": args.repeats,
-        "cases": cases, "machine": machine(), "commit": git_commit(),
+        "benchmark": "eval_speed",
+        "command": command_line(),
+        "model": str(args.model),
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "cases": cases,
+        "machine": machine(),
+        "commit": git_commit(),
     }
     write_json(args.out, result)
     with atomic_file(args.out.with_suffix(".md")) as fh:

@@ -21,10 +21,10 @@ from common import command_line, git_commit, machine
 
 from recall.atomic import write_json
 from recall.data import encode, read_records
-from recall.weights.features import length_sorted_batches, write_features
 from recall.models import describe, load_causal_lm, load_tokenizer
 from recall.tasks.export import export_task
 from recall.tasks.generated import generate_suite
+from recall.weights.features import length_sorted_batches, write_features
 
 
 def plain_forward(lm, tokenizer, encoded, batch_size) -> int:
@@ -68,14 +68,19 @@ def main() -> None:
     result = {
         "benchmark": "extract_speed",
         "command": command_line(),
-        "model": args.model, "layers": info.num_layers, "hidden": info.config.hidden_size,
-        "samples": len(encoded), "tokens": tokens, "batch_size": args.batch_size,
+        "model": args.model,
+        "layers": info.num_layers,
+        "hidden": info.config.hidden_size,
+        "samples": len(encoded),
+        "tokens": tokens,
+        "batch_size": args.batch_size,
         "plain_forward_tokens_per_s": tokens / min(plain),
         "extract_tokens_per_s": tokens / min(ours),
         "extract_over_plain_time": min(ours) / min(plain),
         "pooled_output_bytes": output_bytes,
         "peak_rss_growth_during_runs_bytes": peak - rss_before,
-        "machine": machine(), "commit": git_commit(),
+        "machine": machine(),
+        "commit": git_commit(),
     }
     write_json(args.out, result)
     print(result)

@@ -27,10 +27,10 @@ from tqdm.auto import tqdm
 
 from recall.atomic import write_json
 from recall.base_model import pull_base
-from recall.training.finetune import FinetuneConfig, add_lora, encode_examples, iterate_batches, to_device, train_loop
 from recall.models import describe, load_causal_lm, load_tokenizer
 from recall.tasks import get_task
 from recall.tasks.generated import generate_suite
+from recall.training.finetune import FinetuneConfig, add_lora, encode_examples, iterate_batches, to_device, train_loop
 
 RESULTS = Path(__file__).parent / "results" / "finetune_speed.json"
 TASK = "gen_reading"
@@ -119,9 +119,15 @@ def main() -> None:
         record = train_loop(model, iter(batches(r)), args.steps, config.lr, desc=f"round {r} ours")
         tokens, seconds = bare_loop(model, batches(r), config.lr)
         assert tokens == record.train_tokens, "both loops must see the same tokens"
-        rounds.append({"tokens": tokens, "ours_s": round(record.seconds, 3), "bare_s": round(seconds, 3),
-                       "ours_tokens_per_s": round(tokens / record.seconds, 2),
-                       "bare_tokens_per_s": round(tokens / seconds, 2)})
+        rounds.append(
+            {
+                "tokens": tokens,
+                "ours_s": round(record.seconds, 3),
+                "bare_s": round(seconds, 3),
+                "ours_tokens_per_s": round(tokens / record.seconds, 2),
+                "bare_tokens_per_s": round(tokens / seconds, 2),
+            }
+        )
         print(rounds[-1], flush=True)
 
     extras = extras_ms_per_step(model, lambda: batches(0), args.steps)
@@ -131,18 +137,31 @@ def main() -> None:
     overhead = 100 * (sum(r["ours_s"] for r in rounds) / sum(r["bare_s"] for r in rounds) - 1)
     result = {
         "benchmark": "finetune_speed",
-        "model": str(base), "task": TASK, "lora": "r=8 alpha=32 all-linear", "dtype": "float32",
-        "batch_size": args.batch_size, "steps_per_round": args.steps, "rounds": rounds,
-        "ours_tokens_per_s_median": ours, "bare_tokens_per_s_median": bare,
-        "overhead_percent_total_time": round(overhead, 2), "goal_percent": 10,
-        "extras_ms_per_step": extras, "bare_step_ms_median": round(step_ms, 1),
+        "model": str(base),
+        "task": TASK,
+        "lora": "r=8 alpha=32 all-linear",
+        "dtype": "float32",
+        "batch_size": args.batch_size,
+        "steps_per_round": args.steps,
+        "rounds": rounds,
+        "ours_tokens_per_s_median": ours,
+        "bare_tokens_per_s_median": bare,
+        "overhead_percent_total_time": round(overhead, 2),
+        "goal_percent": 10,
+        "extras_ms_per_step": extras,
+        "bare_step_ms_median": round(step_ms, 1),
         "extras_percent_of_step": round(100 * sum(extras.values()) / step_ms, 4),
-        "torch_threads": torch.get_num_threads(), "load_average_at_end": os.getloadavg(),
-        "command": command_line(), "machine": machine(), "commit": git_commit(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_at_end": os.getloadavg(),
+        "command": command_line(),
+        "machine": machine(),
+        "commit": git_commit(),
     }
     write_json(RESULTS, result)
-    print(f"ours {ours:.1f} tok/s, bare {bare:.1f} tok/s, overhead {overhead:+.1f}% (A/B, noisy); "
-          f"loop extras {sum(extras.values()):.1f} ms per {step_ms:.0f} ms step -> {RESULTS}")
+    print(
+        f"ours {ours:.1f} tok/s, bare {bare:.1f} tok/s, overhead {overhead:+.1f}% (A/B, noisy); "
+        f"loop extras {sum(extras.values()):.1f} ms per {step_ms:.0f} ms step -> {RESULTS}"
+    )
 
 
 if __name__ == "__main__":

@@ -76,30 +76,35 @@ def main() -> None:
             runs.append(run_child(["merge", "--method", "average", "--models", *map(str, inputs), "--out", str(out)]))
         best = min(runs, key=lambda r: r["engine_wall_s"])
         peak_over_constant = max(r["peak_rss"] - r["rss_after_imports"] for r in runs)
-        rows.append({
-            "n_models": n,
-            "input_bytes": n * model_bytes,
-            "output_bytes": model_bytes,
-            "io_floor_s": min(floor),
-            "engine_wall_s": best["engine_wall_s"],
-            "command_wall_s": best["wall_s"],
-            "engine_over_io_floor": best["engine_wall_s"] / min(floor),
-            "finite_check_share_of_engine": (n + 1) * check_s / best["engine_wall_s"],
-            "peak_rss_over_imports_bytes": peak_over_constant,
-            "largest_tensor_bytes": largest,
-            "peak_over_largest_tensor": peak_over_constant / largest,
-            "peak_over_model_bytes": peak_over_constant / model_bytes,
-        })
+        rows.append(
+            {
+                "n_models": n,
+                "input_bytes": n * model_bytes,
+                "output_bytes": model_bytes,
+                "io_floor_s": min(floor),
+                "engine_wall_s": best["engine_wall_s"],
+                "command_wall_s": best["wall_s"],
+                "engine_over_io_floor": best["engine_wall_s"] / min(floor),
+                "finite_check_share_of_engine": (n + 1) * check_s / best["engine_wall_s"],
+                "peak_rss_over_imports_bytes": peak_over_constant,
+                "largest_tensor_bytes": largest,
+                "peak_over_largest_tensor": peak_over_constant / largest,
+                "peak_over_model_bytes": peak_over_constant / model_bytes,
+            }
+        )
         print(json.dumps(rows[-1]))
         shutil.rmtree(out, ignore_errors=True)
-    write_json(args.out, {
-        "benchmark": "merge_speed",
-        "command": command_line(),
-        "model": {"params_bytes": model_bytes, "largest_tensor_bytes": largest, "dtype": "float32"},
-        "machine": machine(),
-        "commit": git_commit(),
-        "results": rows,
-    })
+    write_json(
+        args.out,
+        {
+            "benchmark": "merge_speed",
+            "command": command_line(),
+            "model": {"params_bytes": model_bytes, "largest_tensor_bytes": largest, "dtype": "float32"},
+            "machine": machine(),
+            "commit": git_commit(),
+            "results": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

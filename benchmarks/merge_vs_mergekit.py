@@ -33,7 +33,9 @@ from recall.atomic import write_json
 from recall.merge.safetensors_io import SafetensorsModel
 
 # Run mergekit's own CLI entry point (what `mergekit-yaml CONFIG OUT` runs), measured like recall's child.
-MERGEKIT_CHILD = CHILD_PRELUDE + """
+MERGEKIT_CHILD = (
+    CHILD_PRELUDE
+    + """
 import mergekit.scripts.run_yaml as cli
 timing = {}
 def timed_run_merge(*args, _run=cli.run_merge, **kwargs):
@@ -45,6 +47,7 @@ rss0 = status("VmRSS")
 cli.main(sys.argv[1:], standalone_mode=False)
 print(json.dumps({**timing, "rss_after_imports": rss0, "peak_rss": status("VmHWM")}))
 """
+)
 
 
 def run_mergekit(config: dict, out: Path) -> dict:
@@ -53,8 +56,11 @@ def run_mergekit(config: dict, out: Path) -> dict:
     path.write_text(yaml.safe_dump({**config, "dtype": "float32"}))
     t = time.perf_counter()
     # The random checkpoints have no tokenizer to copy.
-    proc = subprocess.run([sys.executable, "-c", MERGEKIT_CHILD, str(path), str(out), "--quiet", "--no-copy-tokenizer"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", MERGEKIT_CHILD, str(path), str(out), "--quiet", "--no-copy-tokenizer"],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode:
         raise RuntimeError(proc.stderr[-4000:])
     return {**json.loads(proc.stdout.strip().splitlines()[-1]), "process_s": time.perf_counter() - t}
@@ -116,13 +122,20 @@ def main() -> None:
     merges = {
         "linear": (
             ["merge", "--method", "average", "--models", *paths, "--weights", "0.2", "0.3", "0.5"],
-            {"merge_method": "linear", "parameters": {"normalize": False},
-             "models": [{"model": m, "parameters": {"weight": w}} for m, w in zip(paths, [0.2, 0.3, 0.5])]},
+            {
+                "merge_method": "linear",
+                "parameters": {"normalize": False},
+                "models": [{"model": m, "parameters": {"weight": w}} for m, w in zip(paths, [0.2, 0.3, 0.5])],
+            },
         ),
         "ties": (
             ["merge", "--method", "ties", "--base", paths[0], "--models", *paths[1:], "--density", "0.5"],
-            {"merge_method": "ties", "base_model": paths[0], "parameters": {"normalize": True},
-             "models": [{"model": m, "parameters": {"weight": 1.0, "density": 0.5}} for m in paths[1:]]},
+            {
+                "merge_method": "ties",
+                "base_model": paths[0],
+                "parameters": {"normalize": True},
+                "models": [{"model": m, "parameters": {"weight": 1.0, "density": 0.5}} for m in paths[1:]],
+            },
         ),
     }
     warm(models)
@@ -135,8 +148,12 @@ def main() -> None:
                 shutil.rmtree(out, ignore_errors=True)
             runs["recall"].append(run_recall([*recall_args, "--out", str(ours)]))
             runs["mergekit"].append(run_mergekit(config, theirs))
-        row = {"merge": name, "recall": summary(runs["recall"]), "mergekit": summary(runs["mergekit"]),
-               **compare(ours, theirs)}
+        row = {
+            "merge": name,
+            "recall": summary(runs["recall"]),
+            "mergekit": summary(runs["mergekit"]),
+            **compare(ours, theirs),
+        }
         for key in ("process_s", "merge_s"):
             row[f"speedup_{key[:-2]}"] = round(row["mergekit"][key] / row["recall"][key], 2)
         row["memory_ratio"] = round(row["recall"]["peak_rss_bytes"] / row["mergekit"]["peak_rss_bytes"], 3)
@@ -144,16 +161,23 @@ def main() -> None:
         print(json.dumps(row), flush=True)
         for out in (ours, theirs):
             shutil.rmtree(out, ignore_errors=True)
-    write_json(args.out, {
-        "benchmark": "merge_vs_mergekit",
-        "command": command_line(),
-        "model": {"params_bytes": info.nbytes, "largest_tensor_bytes": info.largest, "dtype": "float32",
-                  "n_inputs": 3},
-        "mergekit": version("mergekit"),
-        "machine": machine(),
-        "commit": git_commit(),
-        "results": rows,
-    })
+    write_json(
+        args.out,
+        {
+            "benchmark": "merge_vs_mergekit",
+            "command": command_line(),
+            "model": {
+                "params_bytes": info.nbytes,
+                "largest_tensor_bytes": info.largest,
+                "dtype": "float32",
+                "n_inputs": 3,
+            },
+            "mergekit": version("mergekit"),
+            "machine": machine(),
+            "commit": git_commit(),
+            "results": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

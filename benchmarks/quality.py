@@ -26,8 +26,17 @@ ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "benchmarks" / "paper"
 RESULTS = ROOT / "benchmarks" / "results"
 SECTIONS = ("sequential", "single", "multi")  # of the report's metrics.json; a multi run also holds single
-STATS = ("avg", "avg_ci95", "unseen_avg", "unseen_avg_ci95", "bwt", "bwt_ci95", "diff_vs_sft", "best_other",
-         "diff_vs_best_other")
+STATS = (
+    "avg",
+    "avg_ci95",
+    "unseen_avg",
+    "unseen_avg_ci95",
+    "bwt",
+    "bwt_ci95",
+    "diff_vs_sft",
+    "best_other",
+    "diff_vs_best_other",
+)
 
 
 def method_row(section: str, key: str) -> str | None:
@@ -45,17 +54,23 @@ def scenario_results(folder: Path) -> dict:
     out = {}
     for section in (s for s in SECTIONS if s in metrics):
         rows = metrics[section]
-        methods = {method_row(section, k): {s: v[s] for s in STATS if s in v} for k, v in rows.items()
-                   if method_row(section, k)}
+        methods = {
+            method_row(section, k): {s: v[s] for s in STATS if s in v}
+            for k, v in rows.items()
+            if method_row(section, k)
+        }
         out[section] = {"n_test": rows["n_test"], "methods": methods}
     return out
 
 
 def provenance(folder: Path) -> dict:
     lock = folder / "dvc.lock"
-    return {"params": str((folder / "params.yaml").relative_to(ROOT)),
-            "command": f"bash benchmarks/paper/run.sh {folder.name}", "commit": git_commit(ROOT),
-            "dvc_lock_sha256": hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else None}
+    return {
+        "params": str((folder / "params.yaml").relative_to(ROOT)),
+        "command": f"bash benchmarks/paper/run.sh {folder.name}",
+        "commit": git_commit(ROOT),
+        "dvc_lock_sha256": hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else None,
+    }
 
 
 def cell(value, interval=None) -> str:
@@ -75,20 +90,34 @@ def difference(triple) -> str:
 
 
 def markdown(results: dict) -> str:
-    lines = ["# Quality benchmark", "",
-             "Collected by `benchmarks/quality.py` from the pipeline runs of `benchmarks/paper/<scenario>/`; "
-             "intervals are 95% paired-bootstrap intervals over test examples; * marks a difference whose "
-             "interval excludes 0, anything else is no difference. Analysis: quality_notes.md.", ""]
+    lines = [
+        "# Quality benchmark",
+        "",
+        "Collected by `benchmarks/quality.py` from the pipeline runs of `benchmarks/paper/<scenario>/`; "
+        "intervals are 95% paired-bootstrap intervals over test examples; * marks a difference whose "
+        "interval excludes 0, anything else is no difference. Analysis: quality_notes.md.",
+        "",
+    ]
     for scenario, data in results["scenarios"].items():
         run = results["runs"][data["run"]]
-        lines += [f"## {scenario}", "", f"`{run['command']}` at commit {run['commit'][:10]}; n per task: "
-                  + ", ".join(f"{t} {n}" for t, n in data["n_test"].items()), ""]
-        stats = ["avg", "unseen_avg"] if scenario == "single" else ["avg", "bwt"] if scenario == "sequential" else ["avg"]
+        lines += [
+            f"## {scenario}",
+            "",
+            f"`{run['command']}` at commit {run['commit'][:10]}; n per task: "
+            + ", ".join(f"{t} {n}" for t, n in data["n_test"].items()),
+            "",
+        ]
+        stats = (
+            ["avg", "unseen_avg"] if scenario == "single" else ["avg", "bwt"] if scenario == "sequential" else ["avg"]
+        )
         header = ["Method", *stats, *[f"Δ {s} vs sft" for s in stats]]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for method, m in data["methods"].items():
-            row = [method, *[cell(m.get(s), m.get(f"{s}_ci95")) for s in stats],
-                   *[difference(m.get("diff_vs_sft", {}).get(s)) for s in stats]]
+            row = [
+                method,
+                *[cell(m.get(s), m.get(f"{s}_ci95")) for s in stats],
+                *[difference(m.get("diff_vs_sft", {}).get(s)) for s in stats],
+            ]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -39,19 +39,31 @@ def stage_times(uri: str) -> dict:
         per_stage[r.data.tags["recall.stage"]] += (r.info.end_time - r.info.start_time) / 1000
         span = [min(span[0], r.info.start_time), max(span[1], r.info.end_time)]
     total = sum(per_stage.values())
-    return {"run_key": latest_key, "stage_seconds": dict(sorted(per_stage.items(), key=lambda kv: -kv[1])),
-            "sum_of_stage_seconds": total, "first_start_to_last_end_s": (span[1] - span[0]) / 1000}
+    return {
+        "run_key": latest_key,
+        "stage_seconds": dict(sorted(per_stage.items(), key=lambda kv: -kv[1])),
+        "sum_of_stage_seconds": total,
+        "first_start_to_last_end_s": (span[1] - span[0]) / 1000,
+    }
 
 
 def finetune_totals(run_dir: Path) -> dict:
     """Tokens and seconds of every fine-tune of the run (from each step's train_metrics.json)."""
-    found = [*run_dir.glob("data/experts/*/train_metrics.json"), *run_dir.glob("data/chains/*/*/sft/train_metrics.json")]
+    found = [
+        *run_dir.glob("data/experts/*/train_metrics.json"),
+        *run_dir.glob("data/chains/*/*/sft/train_metrics.json"),
+    ]
     runs = [json.loads(p.read_text()) for p in sorted(found)]
     if not runs:
         return {}
     tokens, seconds = sum(r["train_tokens"] for r in runs), sum(r["train_seconds"] for r in runs)
-    return {"fine_tunes": len(runs), "train_tokens": tokens, "train_seconds": seconds, "tokens_per_s": tokens / seconds,
-            "steps": sum(r["config"]["max_steps"] for r in runs)}
+    return {
+        "fine_tunes": len(runs),
+        "train_tokens": tokens,
+        "train_seconds": seconds,
+        "tokens_per_s": tokens / seconds,
+        "steps": sum(r["config"]["max_steps"] for r in runs),
+    }
 
 
 def load(name: str) -> dict | None:
@@ -64,50 +76,96 @@ def main() -> None:
     parser.add_argument("--run-dir", type=Path, default=Path.cwd(), help="the checkout where the default run ran")
     args = parser.parse_args()
     run_dir = args.run_dir.resolve()
-    merge, extract, finetune, vs = (load(n) for n in ("merge_speed", "extract_speed", "finetune_speed", "merge_vs_mergekit"))
-    summary = {"machine": machine(), "commit": git_commit(), "merge": merge, "merge_vs_mergekit": vs,
-               "extraction": extract, "finetune": finetune, "default_run": {
-                   "checkout": str(run_dir), "commit": git_commit(run_dir),
-                   **stage_times(f"sqlite:///{run_dir / 'mlflow.db'}"), "finetune": finetune_totals(run_dir)}}
+    merge, extract, finetune, vs = (
+        load(n) for n in ("merge_speed", "extract_speed", "finetune_speed", "merge_vs_mergekit")
+    )
+    summary = {
+        "machine": machine(),
+        "commit": git_commit(),
+        "merge": merge,
+        "merge_vs_mergekit": vs,
+        "extraction": extract,
+        "finetune": finetune,
+        "default_run": {
+            "checkout": str(run_dir),
+            "commit": git_commit(run_dir),
+            **stage_times(f"sqlite:///{run_dir / 'mlflow.db'}"),
+            "finetune": finetune_totals(run_dir),
+        },
+    }
     write_json(RESULTS / "speed.json", summary)
 
-    lines = ["# Speed of every stage", "", "Each number against a baseline measured in the same run (see each JSON for the command).", ""]
+    lines = [
+        "# Speed of every stage",
+        "",
+        "Each number against a baseline measured in the same run (see each JSON for the command).",
+        "",
+    ]
     if merge:
-        lines += ["## Merge engine vs the I/O floor", "", "| models | input GB | engine s | I/O floor s | engine / floor | "
-                  "NaN/Inf check CPU / engine | peak RSS over imports / largest tensor |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['n_models']} | {r['input_bytes'] / 1e9:.2f} | {r['engine_wall_s']:.2f} | {r['io_floor_s']:.2f} | "
-                  f"{r['engine_over_io_floor']:.2f} | {r['finite_check_share_of_engine']:.2f} | "
-                  f"{r['peak_over_largest_tensor']:.1f} |" for r in merge["results"]]
-        lines += ["", "The I/O floor reads and writes through the page cache; with every input already cached it "
-                      "falls to memory speed and the ratio rises with it (compare engine seconds across runs). "
-                      "The NaN/Inf check's CPU time is an upper bound: the inputs' share runs on the prefetch "
-                      "thread, beside the merge.", ""]
+        lines += [
+            "## Merge engine vs the I/O floor",
+            "",
+            "| models | input GB | engine s | I/O floor s | engine / floor | "
+            "NaN/Inf check CPU / engine | peak RSS over imports / largest tensor |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['n_models']} | {r['input_bytes'] / 1e9:.2f} | {r['engine_wall_s']:.2f} | {r['io_floor_s']:.2f} | "
+            f"{r['engine_over_io_floor']:.2f} | {r['finite_check_share_of_engine']:.2f} | "
+            f"{r['peak_over_largest_tensor']:.1f} |"
+            for r in merge["results"]
+        ]
+        lines += [
+            "",
+            "The I/O floor reads and writes through the page cache; with every input already cached it "
+            "falls to memory speed and the ratio rises with it (compare engine seconds across runs). "
+            "The NaN/Inf check's CPU time is an upper bound: the inputs' share runs on the prefetch "
+            "thread, beside the merge.",
+            "",
+        ]
     if extract:
-        lines += ["## Feature extraction vs a plain forward pass", "",
-                  f"{extract['tokens']} tokens: {extract['extract_tokens_per_s']:.0f} tok/s vs {extract['plain_forward_tokens_per_s']:.0f} tok/s "
-                  f"plain (time ratio {extract['extract_over_plain_time']:.3f}); pooled output {extract['pooled_output_bytes'] / 1e6:.1f} MB, "
-                  f"peak RSS growth during the runs {extract['peak_rss_growth_during_runs_bytes'] / 1e6:.0f} MB.", ""]
+        lines += [
+            "## Feature extraction vs a plain forward pass",
+            "",
+            f"{extract['tokens']} tokens: {extract['extract_tokens_per_s']:.0f} tok/s vs "
+            f"{extract['plain_forward_tokens_per_s']:.0f} tok/s plain (time ratio "
+            f"{extract['extract_over_plain_time']:.3f}); pooled output {extract['pooled_output_bytes'] / 1e6:.1f} MB, "
+            f"peak RSS growth during the runs {extract['peak_rss_growth_during_runs_bytes'] / 1e6:.0f} MB.",
+            "",
+        ]
     if finetune:
-        lines += ["## Fine-tuning vs plain forward+backward", "",
-                  f"{finetune['ours_tokens_per_s_median']:.1f} tok/s vs {finetune['bare_tokens_per_s_median']:.1f} tok/s bare: "
-                  f"{finetune['overhead_percent_total_time']:.1f}% overhead (goal < {finetune['goal_percent']}%).", ""]
+        lines += [
+            "## Fine-tuning vs plain forward+backward",
+            "",
+            f"{finetune['ours_tokens_per_s_median']:.1f} tok/s vs "
+            f"{finetune['bare_tokens_per_s_median']:.1f} tok/s bare: "
+            f"{finetune['overhead_percent_total_time']:.1f}% overhead (goal < {finetune['goal_percent']}%).",
+            "",
+        ]
     if vs:
         lines += ["## recall vs mergekit", "", "See [merge_vs_mergekit.md](merge_vs_mergekit.md).", ""]
     run = summary["default_run"]
     if run.get("stage_seconds"):
         lines += ["## The default run, by stage", "", "| stage | seconds (all steps) | share |", "|---|---|---|"]
         lines += [f"| {s} | {t:.0f} | {t / run['sum_of_stage_seconds']:.0%} |" for s, t in run["stage_seconds"].items()]
-        lines += ["", f"First stage start to last stage end: {run['first_start_to_last_end_s']:.0f} s "
-                      f"(run at commit `{run['commit'][:10]}` in `{run['checkout']}`); the "
-                      f"{run['first_start_to_last_end_s'] - run['sum_of_stage_seconds']:.0f} s outside the stages' MLflow runs "
-                      "are each stage process starting (Python, torch and transformers imports, Prefect flow, MLflow run) "
-                      "and DVC hashing outputs between stages.", ""]
+        lines += [
+            "",
+            f"First stage start to last stage end: {run['first_start_to_last_end_s']:.0f} s "
+            f"(run at commit `{run['commit'][:10]}` in `{run['checkout']}`); the "
+            f"{run['first_start_to_last_end_s'] - run['sum_of_stage_seconds']:.0f} s outside the stages' MLflow runs "
+            "are each stage process starting (Python, torch and transformers imports, Prefect flow, MLflow run) "
+            "and DVC hashing outputs between stages.",
+            "",
+        ]
         if ft := run["finetune"]:
-            lines += [f"Why fine-tuning dominates: {ft['fine_tunes']} LoRA fine-tunes of {ft['steps']} steps in all train on "
-                      f"{ft['train_tokens']} tokens at {ft['tokens_per_s']:.0f} tok/s ({ft['train_seconds']:.0f} s in the loop): "
-                      "each token costs a forward, a backward through every block (LoRA adapters sit in every linear "
-                      "layer) and an optimizer step, roughly three forwards of compute, while features, similarity and evaluation "
-                      "only run forwards on a few dozen examples.", ""]
+            lines += [
+                f"Why fine-tuning dominates: {ft['fine_tunes']} LoRA fine-tunes of {ft['steps']} steps in all "
+                f"train on {ft['train_tokens']} tokens at {ft['tokens_per_s']:.0f} tok/s "
+                f"({ft['train_seconds']:.0f} s in the loop): each token costs a forward, a backward through every "
+                "block (LoRA adapters sit in every linear layer) and an optimizer step, roughly three forwards of "
+                "compute, while features, similarity and evaluation only run forwards on a few dozen examples.",
+                "",
+            ]
     with atomic_file(RESULTS / "speed.md") as fh:
         fh.write("\n".join(lines))
     print("\n".join(lines))

@@ -33,8 +33,10 @@ def check_output(out: str | os.PathLike, overwrite: bool = False, flag: str = "-
     if overwrite or not out.exists() or (out / MARKER).is_file() or (out.is_dir() and not any(out.iterdir())):
         return
     what = "a file" if not out.is_dir() else "a folder recall did not write"
-    raise RecallError(f"{flag} {out} is {what}; recall only replaces its own outputs. "
-                      "Choose another path, or pass --overwrite to replace it")
+    raise RecallError(
+        f"{flag} {out} is {what}; recall only replaces its own outputs. "
+        "Choose another path, or pass --overwrite to replace it"
+    )
 
 
 @contextlib.contextmanager

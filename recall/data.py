@@ -68,7 +68,7 @@ Rendering = Literal["chat", "plain"]
 
 
 def rendering(tokenizer) -> Rendering:
-    """"chat" for a tokenizer with a chat template, else "plain"."""
+    """ "chat" for a tokenizer with a chat template, else "plain"."""
     return "chat" if getattr(tokenizer, "chat_template", None) else "plain"
 
 
@@ -117,6 +117,7 @@ def encode(tokenizer, record: Record, max_length: int) -> Encoded:
     answer token left to learn (text, a prompt alone, or an answer cut off by `max_length`) is labelled
     on every token, so its loss is the plain language-model loss rather than undefined.
     """
+
     def tokens(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -124,7 +125,7 @@ def encode(tokenizer, record: Record, max_length: int) -> Encoded:
         ids = tokens(render(tokenizer, record))[:max_length]
         return Encoded(ids, list(ids), len(ids))
     prompt_text = chat_prompt(tokenizer, record.prompt)
-    prompt, answer = tokens(prompt_text), tokens(render(tokenizer, record)[len(prompt_text):])
+    prompt, answer = tokens(prompt_text), tokens(render(tokenizer, record)[len(prompt_text) :])
     ids = (prompt + answer)[:max_length]
     labels = ([IGNORE_INDEX] * len(prompt) + answer)[:max_length]
     return Encoded(ids, labels if len(prompt) < max_length else list(ids), len(prompt))

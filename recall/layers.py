@@ -18,7 +18,9 @@ from recall.errors import RecallError
 
 def _block_list(model: nn.Module, num_layers: int) -> str:
     """Name of the ModuleList holding the model's `num_layers` transformer blocks."""
-    candidates = [name for name, mod in model.named_modules() if isinstance(mod, nn.ModuleList) and len(mod) == num_layers]
+    candidates = [
+        name for name, mod in model.named_modules() if isinstance(mod, nn.ModuleList) and len(mod) == num_layers
+    ]
     if not candidates:
         raise RecallError(
             f"cannot find the transformer blocks of {type(model).__name__}: no ModuleList holds "
@@ -36,7 +38,9 @@ def group_map(config) -> tuple[dict[str, int], str]:
     L = config.num_hidden_layers
     blocks = _block_list(model, L)
     embedding_prefixes = tuple(
-        name + "." for name, mod in model.named_modules() if isinstance(mod, nn.Embedding) and not name.startswith(blocks + ".")
+        name + "."
+        for name, mod in model.named_modules()
+        if isinstance(mod, nn.Embedding) and not name.startswith(blocks + ".")
     )
     tied = getattr(config, "tie_word_embeddings", False)
     out_emb = model.get_output_embeddings()

@@ -21,8 +21,10 @@ def describe_node(folder: Path) -> tuple[str, list[str], list[Path]]:
         lines = [f"weights sha256 {digest}, {len(record['layers'])} layer groups"]
         for q, model in enumerate(record["models"]):
             column = [row[q] for row in record["layers"]]
-            lines.append(f"w[{Path(model).name}]: first {column[0]:.3f}, last {column[-1]:.3f}, "
-                         f"min {min(column):.3f}, max {max(column):.3f}")
+            lines.append(
+                f"w[{Path(model).name}]: first {column[0]:.3f}, last {column[-1]:.3f}, "
+                f"min {min(column):.3f}, max {max(column):.3f}"
+            )
         if record.get("probe"):
             lines.append(f"typical samples {record.get('typical')} of {record['probe']}")
         if record.get("similarity_metric"):
@@ -69,7 +71,11 @@ def lineage(folder: str | Path, prefix: str = "", seen: set | None = None) -> li
     seen.add(folder.resolve())
     for i, parent in enumerate(parents):
         last = i == len(parents) - 1
-        sub = lineage(parent, prefix + ("    " if last else "│   "), seen) if parent.is_dir() else [f"{parent}  [missing]"]
+        sub = (
+            lineage(parent, prefix + ("    " if last else "│   "), seen)
+            if parent.is_dir()
+            else [f"{parent}  [missing]"]
+        )
         lines.append(f"{prefix}{'└── ' if last else '├── '}{sub[0]}")
         lines.extend(sub[1:])
     return lines
@@ -87,4 +93,6 @@ def resolve_model(spec: str) -> Path:
     try:
         return Path(mlflow.MlflowClient().get_model_version(name, version).source)
     except mlflow.exceptions.MlflowException as err:
-        raise RecallError(f"registered model {name} version {version} not found in {mlflow.get_tracking_uri()}: {err}") from None
+        raise RecallError(
+            f"registered model {name} version {version} not found in {mlflow.get_tracking_uri()}: {err}"
+        ) from None

@@ -90,8 +90,10 @@ def check_compatible(infos: list[ModelInfo], tokenizers: bool = True) -> None:
     if tokenizers:
         with_tokenizer = [info for info in infos if has_tokenizer(info)]
         if len(with_tokenizer) < len(infos):  # weights-only folders: nothing to compare them by
-            log.warning("not comparing tokenizers of %s: no tokenizer files",
-                        ", ".join(i.spec for i in infos if i not in with_tokenizer))
+            log.warning(
+                "not comparing tokenizers of %s: no tokenizer files",
+                ", ".join(i.spec for i in infos if i not in with_tokenizer),
+            )
         for info in with_tokenizer[1:]:
             check_same_tokenizer(with_tokenizer[0], info)
 
@@ -135,15 +137,20 @@ def check_same_tokenizer(a: ModelInfo, b: ModelInfo) -> None:
     fix = "merge models fine-tuned from the same base, or pass --allow-tokenizer-mismatch if you know why they differ"
     for index, (s, t) in enumerate(zip(x.tokens, y.tokens)):
         if s != t:
-            raise RecallError(f"{a.spec} and {b.spec} have different tokenizers: token id {index} is {s!r} in the "
-                              f"first and {t!r} in the second; {fix}")
+            raise RecallError(
+                f"{a.spec} and {b.spec} have different tokenizers: token id {index} is {s!r} in the "
+                f"first and {t!r} in the second; {fix}"
+            )
     if len(x.tokens) != len(y.tokens):
-        raise RecallError(f"{a.spec} and {b.spec} have different tokenizers: {len(x.tokens)} and {len(y.tokens)} "
-                          f"tokens; {fix}")
+        raise RecallError(
+            f"{a.spec} and {b.spec} have different tokenizers: {len(x.tokens)} and {len(y.tokens)} tokens; {fix}"
+        )
     xs, ys = dict(x.special), dict(y.special)
     role = next(r for r in sorted(xs.keys() | ys.keys()) if xs.get(r) != ys.get(r))
-    raise RecallError(f"{a.spec} and {b.spec} have different special tokens: {role} is {xs.get(role)!r} in the "
-                      f"first and {ys.get(role)!r} in the second; {fix}")
+    raise RecallError(
+        f"{a.spec} and {b.spec} have different special tokens: {role} is {xs.get(role)!r} in the "
+        f"first and {ys.get(role)!r} in the second; {fix}"
+    )
 
 
 def tokenizer_source(info: ModelInfo) -> Path:

@@ -145,8 +145,14 @@ def conforms(value: Any, hint: Any) -> bool:
     return isinstance(value, hint)
 
 
-TYPE_WORDS = {int: "an integer", float: "a number", str: "text", bool: "true or false", type(None): "null",
-              dict: "a mapping"}
+TYPE_WORDS = {
+    int: "an integer",
+    float: "a number",
+    str: "text",
+    bool: "true or false",
+    type(None): "null",
+    dict: "a mapping",
+}
 
 
 def describe(hint: Any) -> str:

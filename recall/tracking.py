@@ -42,11 +42,24 @@ def stage_run(root: Path, experiment: str, run_key: str, step: str, stage: str) 
     mlflow.set_tracking_uri(tracking_uri(root))
     exp = mlflow.set_experiment(experiment)
     client = MlflowClient()
-    sequence = _find_or_create(client, exp.experiment_id, f"sequence-{run_key}", {"recall.run_key": run_key, "recall.level": "sequence"}, None)
-    step_run = _find_or_create(client, exp.experiment_id, f"step-{step}",
-                               {"recall.run_key": run_key, "recall.level": "step", "recall.step": step}, sequence)
-    tags = {"recall.run_key": run_key, "recall.level": "stage", "recall.step": step, "recall.stage": stage,
-            "mlflow.parentRunId": step_run, "git_commit": git_commit(root)}
+    sequence = _find_or_create(
+        client, exp.experiment_id, f"sequence-{run_key}", {"recall.run_key": run_key, "recall.level": "sequence"}, None
+    )
+    step_run = _find_or_create(
+        client,
+        exp.experiment_id,
+        f"step-{step}",
+        {"recall.run_key": run_key, "recall.level": "step", "recall.step": step},
+        sequence,
+    )
+    tags = {
+        "recall.run_key": run_key,
+        "recall.level": "stage",
+        "recall.step": step,
+        "recall.stage": stage,
+        "mlflow.parentRunId": step_run,
+        "git_commit": git_commit(root),
+    }
     with mlflow.start_run(experiment_id=exp.experiment_id, run_name=f"{step}/{stage}", tags=tags):
         yield sequence, step_run
 
@@ -57,10 +70,20 @@ def record_rejected(root: Path, experiment: str, run_key: str, what: str, error:
     mlflow.set_tracking_uri(tracking_uri(root))
     exp = mlflow.set_experiment(experiment)
     client = MlflowClient()
-    sequence = _find_or_create(client, exp.experiment_id, f"sequence-{run_key}", {"recall.run_key": run_key, "recall.level": "sequence"}, None)
-    run = client.create_run(exp.experiment_id, run_name=what, tags={
-        "recall.run_key": run_key, "recall.level": "rejected", "recall.input": what, "mlflow.parentRunId": sequence,
-        "error": error[:4000]})
+    sequence = _find_or_create(
+        client, exp.experiment_id, f"sequence-{run_key}", {"recall.run_key": run_key, "recall.level": "sequence"}, None
+    )
+    run = client.create_run(
+        exp.experiment_id,
+        run_name=what,
+        tags={
+            "recall.run_key": run_key,
+            "recall.level": "rejected",
+            "recall.input": what,
+            "mlflow.parentRunId": sequence,
+            "error": error[:4000],
+        },
+    )
     client.log_text(run.info.run_id, error, "error.txt")
     client.set_terminated(run.info.run_id, "FAILED")
 
@@ -72,8 +95,11 @@ def register_model(folder: Path, tags: dict[str, str], description: str) -> str:
         client.create_registered_model(REGISTERED_MODEL, description="Models merged by recall")
     run = mlflow.active_run()
     version = client.create_model_version(
-        REGISTERED_MODEL, source=str(folder.resolve()), run_id=run.info.run_id if run else None,
-        tags=tags, description=description,
+        REGISTERED_MODEL,
+        source=str(folder.resolve()),
+        run_id=run.info.run_id if run else None,
+        tags=tags,
+        description=description,
     )
     return version.version
 

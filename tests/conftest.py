@@ -33,8 +33,10 @@ def make_model(tmp_path):
 def task_data(tmp_path) -> Path:
     """A small prompt/response JSONL file."""
     rows = [
-        {"prompt": f"Statement: the film number {i} was {'great' if i % 2 else 'dull'}. Sentiment?",
-         "response": "positive" if i % 2 else "negative"}
+        {
+            "prompt": f"Statement: the film number {i} was {'great' if i % 2 else 'dull'}. Sentiment?",
+            "response": "positive" if i % 2 else "negative",
+        }
         for i in range(12)
     ] + [{"text": "The cat is on the table."}, {"text": "Le chat est sur la table."}]
     path = tmp_path / "task.jsonl"
@@ -49,7 +51,6 @@ def task_registry(monkeypatch):
     from recall.tasks import base
 
     monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
-
 
 
 # A fine-tuning test module's shared inputs: one tiny base and one generated suite per module.

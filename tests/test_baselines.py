@@ -11,12 +11,12 @@ import re
 import numpy as np
 import pytest
 import torch
+from test_merge import make_adapter, run_cli, tensors
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from recall.data import chat_prompt, read_records, render
 from recall.merge import kernels
 from recall.merge.methods import tensor_seed
-from test_merge import make_adapter, run_cli, tensors
 
 
 def mergekit_merge(tmp_path, config: dict) -> dict:
@@ -78,41 +78,94 @@ def trio(make_model):
 
 # ---- mergekit cross-checks --------------------------------------------------------------------
 
+
 def test_average_matches_mergekit_linear(make_model, tmp_path):
     models = [make_model(n, seed=s) for n, s in [("a", 1), ("b", 2), ("c", 3)]]
     w = [0.2, 0.3, 0.5]
     assert run_cli("merge", "--method", "average", "--models", *models, "--weights", *w, "--out", tmp_path / "out") == 0
-    theirs = mergekit_merge(tmp_path, {
-        "merge_method": "linear", "parameters": {"normalize": False},
-        "models": [{"model": str(m), "parameters": {"weight": x}} for m, x in zip(models, w)],
-    })
+    theirs = mergekit_merge(
+        tmp_path,
+        {
+            "merge_method": "linear",
+            "parameters": {"normalize": False},
+            "models": [{"model": str(m), "parameters": {"weight": x}} for m, x in zip(models, w)],
+        },
+    )
     assert_same_tensors(tensors(tmp_path / "out"), theirs)
 
 
 def test_task_arithmetic_matches_mergekit(trio, tmp_path):
     base, experts = trio
-    assert run_cli("merge", "--method", "task_arithmetic", "--base", base, "--models", *experts,
-                   "--weights", 0.7, 0.4, "--scale", 0.8, "--out", tmp_path / "out") == 0
-    theirs = mergekit_merge(tmp_path, {
-        "merge_method": "task_arithmetic", "base_model": str(base), "parameters": {"lambda": 0.8},
-        "models": [{"model": str(m), "parameters": {"weight": x}} for m, x in zip(experts, [0.7, 0.4])],
-    })
+    assert (
+        run_cli(
+            "merge",
+            "--method",
+            "task_arithmetic",
+            "--base",
+            base,
+            "--models",
+            *experts,
+            "--weights",
+            0.7,
+            0.4,
+            "--scale",
+            0.8,
+            "--out",
+            tmp_path / "out",
+        )
+        == 0
+    )
+    theirs = mergekit_merge(
+        tmp_path,
+        {
+            "merge_method": "task_arithmetic",
+            "base_model": str(base),
+            "parameters": {"lambda": 0.8},
+            "models": [{"model": str(m), "parameters": {"weight": x}} for m, x in zip(experts, [0.7, 0.4])],
+        },
+    )
     assert_same_tensors(tensors(tmp_path / "out"), theirs)
 
 
 @pytest.mark.parametrize(("weights", "scale"), [([1.0, 1.0], 1.0), ([0.7, 0.3], 0.9)])
 def test_ties_matches_mergekit(trio, tmp_path, weights, scale):
     base, experts = trio
-    assert run_cli("merge", "--method", "ties", "--base", base, "--models", *experts, "--density", 0.5,
-                   "--weights", *weights, "--scale", scale, "--out", tmp_path / "out") == 0
-    theirs = mergekit_merge(tmp_path, {
-        "merge_method": "ties", "base_model": str(base), "parameters": {"normalize": True, "lambda": scale},
-        "models": [{"model": str(m), "parameters": {"weight": x, "density": 0.5}} for m, x in zip(experts, weights)],
-    })
+    assert (
+        run_cli(
+            "merge",
+            "--method",
+            "ties",
+            "--base",
+            base,
+            "--models",
+            *experts,
+            "--density",
+            0.5,
+            "--weights",
+            *weights,
+            "--scale",
+            scale,
+            "--out",
+            tmp_path / "out",
+        )
+        == 0
+    )
+    theirs = mergekit_merge(
+        tmp_path,
+        {
+            "merge_method": "ties",
+            "base_model": str(base),
+            "parameters": {"normalize": True, "lambda": scale},
+            "models": [
+                {"model": str(m), "parameters": {"weight": x, "density": 0.5}} for m, x in zip(experts, weights)
+            ],
+        },
+    )
     assert_same_tensors(tensors(tmp_path / "out"), theirs)
 
 
 # ---- references written here ------------------------------------------------------------------
+
 
 def test_ties_kernel_on_a_worked_example():
     base = torch.zeros(4)
@@ -129,11 +182,32 @@ def test_ties_kernel_on_a_worked_example():
 def test_ties_cli_matches_an_independent_reference(trio, tmp_path, density, weights, normalize):
     base, experts = trio
     flag = "--normalize" if normalize else "--no-normalize"
-    assert run_cli("merge", "--method", "ties", "--base", base, "--models", *experts, "--density", density,
-                   "--weights", *weights, flag, "--scale", 1.2, "--out", tmp_path / "out") == 0
+    assert (
+        run_cli(
+            "merge",
+            "--method",
+            "ties",
+            "--base",
+            base,
+            "--models",
+            *experts,
+            "--density",
+            density,
+            "--weights",
+            *weights,
+            flag,
+            "--scale",
+            1.2,
+            "--out",
+            tmp_path / "out",
+        )
+        == 0
+    )
     theta0, inputs, merged = tensors(base), [tensors(e) for e in experts], tensors(tmp_path / "out")
     for name, value in merged.items():
-        expected = ties_reference([t[name].numpy() for t in inputs], theta0[name].numpy(), weights, density, 1.2, normalize)
+        expected = ties_reference(
+            [t[name].numpy() for t in inputs], theta0[name].numpy(), weights, density, 1.2, normalize
+        )
         np.testing.assert_allclose(value.numpy(), expected, rtol=1e-5, atol=1e-6, err_msg=name)
     record = json.loads((tmp_path / "out" / "merge_weights.json").read_text())
     assert record["params"] == {"density": density, "scale": 1.2, "normalize": normalize}
@@ -142,7 +216,10 @@ def test_ties_cli_matches_an_independent_reference(trio, tmp_path, density, weig
 
 def test_task_arithmetic_defaults_to_unit_weights(trio, tmp_path):
     base, experts = trio
-    assert run_cli("merge", "--method", "task_arithmetic", "--base", base, "--models", *experts, "--out", tmp_path / "out") == 0
+    assert (
+        run_cli("merge", "--method", "task_arithmetic", "--base", base, "--models", *experts, "--out", tmp_path / "out")
+        == 0
+    )
     theta0, (t1, t2), merged = tensors(base), [tensors(e) for e in experts], tensors(tmp_path / "out")
     for name, value in merged.items():
         torch.testing.assert_close(value, t1[name] + t2[name] - theta0[name], rtol=1e-5, atol=1e-6)
@@ -178,8 +255,9 @@ def test_dare_cli_is_repeatable_per_tensor_and_reduces_to_its_base_method(trio, 
     # Each tensor's mask comes from (seed, tensor name) alone: the kernel called on one tensor agrees.
     name = "model.layers.1.mlp.down_proj.weight"
     theta0, inputs = tensors(base), [tensors(e) for e in experts]
-    alone = kernels.dare_linear([t[name] for t in inputs], torch.tensor([0.5, 0.8]), theta0[name], density=0.4,
-                                seed=tensor_seed(3, name))
+    alone = kernels.dare_linear(
+        [t[name] for t in inputs], torch.tensor([0.5, 0.8]), theta0[name], density=0.4, seed=tensor_seed(3, name)
+    )
     torch.testing.assert_close(first[name], alone, rtol=0, atol=0)
     # Keeping everything, DARE is its base method.
     for dare, plain, extra in [("dare_linear", "task_arithmetic", []), ("dare_ties", "ties", ["--no-normalize"])]:
@@ -202,7 +280,7 @@ def magmax_reference(thetas: list[np.ndarray], base: np.ndarray, weights=None, s
 def test_magmax_kernel_matches_an_independent_reference():
     base = torch.tensor([1.0, 1.0, 1.0, 1.0, -2.0, 0.0])
     a = torch.tensor([3.0, 0.0, 1.5, -1.0, -2.0, 0.0])  # deltas  2, -1,  .5, -2, 0, 0
-    b = torch.tensor([0.0, 4.0, 0.5, 3.0, -2.0, 0.0])   # deltas -1,  3, -.5,  2, 0, 0
+    b = torch.tensor([0.0, 4.0, 0.5, 3.0, -2.0, 0.0])  # deltas -1,  3, -.5,  2, 0, 0
     # largest magnitude wins whatever its sign; on a tie (.5 / -.5, -2 / 2, 0 / 0) the earlier model
     out = kernels.magmax([a, b], torch.ones(2), base)
     assert out.tolist() == [3.0, 4.0, 1.5, -1.0, -2.0, 0.0]
@@ -237,8 +315,10 @@ def test_magmax_is_associative():
 def test_magmax_cli_adds_the_largest_task_vector_of_each_entry(trio, tmp_path, weights, scale):
     base, experts = trio
     args = (["--weights", *weights] if weights else []) + (["--scale", scale] if scale else [])
-    assert run_cli("merge", "--method", "magmax", "--base", base, "--models", *experts, *args,
-                   "--out", tmp_path / "out") == 0
+    assert (
+        run_cli("merge", "--method", "magmax", "--base", base, "--models", *experts, *args, "--out", tmp_path / "out")
+        == 0
+    )
     theta0, inputs, merged = tensors(base), [tensors(e) for e in experts], tensors(tmp_path / "out")
     for name, value in merged.items():
         expected = magmax_reference([t[name].numpy() for t in inputs], theta0[name].numpy(), weights, scale or 1.0)
@@ -276,7 +356,7 @@ def response_nll(model, tok, record) -> torch.Tensor:
     logp = torch.log_softmax(model(ids).logits[0, :-1].double(), -1)
     targets = ids[0, 1:]
     nll = -logp[torch.arange(len(targets)), targets]
-    return nll[max(start - 1, 0):].mean()  # logits at t predict token t + 1
+    return nll[max(start - 1, 0) :].mean()  # logits at t predict token t + 1
 
 
 def independent_losses(model_path, records) -> float:
@@ -303,8 +383,25 @@ def independent_fisher(model_path, records, names) -> dict[str, torch.Tensor]:
 def test_lm_cocktail_weights_are_softmax_of_negative_losses(make_model, tmp_path, task_data):
     models = [make_model(n, seed=s) for n, s in [("a", 1), ("b", 2), ("c", 3)]]
     out = tmp_path / "out"
-    assert run_cli("merge", "--method", "lm_cocktail", "--models", *models, "--data", task_data, task_data,
-                   "--examples", 3, "--temperature", 0.05, "--out", out) == 0
+    assert (
+        run_cli(
+            "merge",
+            "--method",
+            "lm_cocktail",
+            "--models",
+            *models,
+            "--data",
+            task_data,
+            task_data,
+            "--examples",
+            3,
+            "--temperature",
+            0.05,
+            "--out",
+            out,
+        )
+        == 0
+    )
     record = json.loads((out / "merge_weights.json").read_text())
     records = read_records(task_data)[:3] * 2  # the first 3 examples of each --data file
     losses = np.array([independent_losses(m, records) for m in models])
@@ -317,7 +414,9 @@ def test_lm_cocktail_weights_are_softmax_of_negative_losses(make_model, tmp_path
     assert record["cocktail"]["n_examples"] == 6
     inputs, merged = [tensors(m) for m in models], tensors(out)
     for name, value in merged.items():
-        torch.testing.assert_close(value, sum(w * t[name] for w, t in zip(record["layers"][0], inputs)), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            value, sum(w * t[name] for w, t in zip(record["layers"][0], inputs)), rtol=1e-5, atol=1e-6
+        )
 
 
 @pytest.mark.parametrize(
@@ -339,7 +438,10 @@ def test_lm_cocktail_weights_are_softmax_of_negative_losses(make_model, tmp_path
         (["--method", "lm_cocktail", "--data", "{data}", "--temperature", 0], "temperature must be > 0"),
         (["--method", "fisher"], "--method fisher needs --data: one JSONL file per model (2), got 0"),
         (["--method", "fisher", "--data", "{data}", "{data}", "--floor", 0], "--floor must be > 0"),
-        (["--method", "fisher", "--data", "{data}", "{data}", "--sigma", 2], "--sigma does not apply to --method fisher"),
+        (
+            ["--method", "fisher", "--data", "{data}", "{data}", "--sigma", 2],
+            "--sigma does not apply to --method fisher",
+        ),
         (["--method", "fisher", "--data", "{data}", "{empty}"], "empty.jsonl has no records"),
     ],
 )
@@ -375,8 +477,29 @@ def test_fisher_merge_weights_each_entry_by_each_models_fisher_on_its_own_data(m
     data_b = tmp_path / "b.jsonl"
     data_b.write_text("".join(task_data.read_text().splitlines(keepends=True)[5:]))  # other examples for b
     out, work = tmp_path / "out", tmp_path / "work"
-    assert run_cli("merge", "--method", "fisher", "--models", a, b, "--data", task_data, data_b, "--examples", 3,
-                   "--weights", 0.3, 0.7, "--workdir", work, "--out", out) == 0
+    assert (
+        run_cli(
+            "merge",
+            "--method",
+            "fisher",
+            "--models",
+            a,
+            b,
+            "--data",
+            task_data,
+            data_b,
+            "--examples",
+            3,
+            "--weights",
+            0.3,
+            0.7,
+            "--workdir",
+            work,
+            "--out",
+            out,
+        )
+        == 0
+    )
     record = json.loads((out / "merge_weights.json").read_text())
     assert record["params"] == {"floor": 1e-10} and record["fisher"] == [str(work / "fisher-0"), str(work / "fisher-1")]
     merged, thetas = tensors(out), [tensors(a), tensors(b)]
@@ -416,7 +539,10 @@ def test_library_callers_get_the_same_parameter_checks(make_model, tmp_path):
     from recall.weights.rows import uniform_weights
 
     a, b = describe(make_model("a")), describe(make_model("b", seed=1))
-    for params, message in [({"density": 2.0}, "--density must be in (0, 1]"), ({"density": 0.5, "sigma": 1}, "--sigma")]:
+    for params, message in [
+        ({"density": 2.0}, "--density must be in (0, 1]"),
+        ({"density": 0.5, "sigma": 1}, "--sigma"),
+    ]:
         plan = MergePlan([b], get_method("ties"), uniform_weights(3, [1.0]), base=a, params=params)
         with pytest.raises(RecallError, match=re.escape(message)):
             merge(plan, tmp_path / "out")

@@ -7,14 +7,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from recall.data import read_records, render
 from recall.errors import RecallError
-from recall.weights.features import extract_features, load_features
 from recall.layers import tensor_groups
 from recall.merge.safetensors_io import SafetensorsModel
 from recall.models import check_compatible, describe
+from recall.weights.features import extract_features, load_features
 from recall.weights.representations import RecallSettings
+from recall.weights.rows import softmax_weights
 from recall.weights.similarity import METRICS, layer_sigmas, layer_similarity, median_distance, similarity_range
 from recall.weights.typical import select_typical
-from recall.weights.rows import softmax_weights
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
@@ -172,6 +172,7 @@ def test_bad_recall_settings_name_the_field_and_the_allowed_values(settings, mes
 
 # ---- kernel scale ------------------------------------------------------------------------------
 
+
 def pooled_median(reps, layer):
     """The median heuristic written out: every distinct pair of the pooled states at `layer`."""
     pool = reps[:, :, layer].reshape(-1, reps.shape[-1])
@@ -188,8 +189,10 @@ def test_median_heuristic_matches_numpy():
     np.testing.assert_allclose(layer_sigmas(reps, 2.5), 2.5)
     # rbf then uses each layer's own sigma (eq. 1 with sigma_i)
     sim = layer_similarity(reps[0], reps, "rbf", "median")
-    by_hand = [[np.mean(np.exp(-((reps[0, :, i] - r[:, i]) ** 2).sum(-1) / (2 * expected[i] ** 2))) for r in reps]
-               for i in range(4)]
+    by_hand = [
+        [np.mean(np.exp(-((reps[0, :, i] - r[:, i]) ** 2).sum(-1) / (2 * expected[i] ** 2))) for r in reps]
+        for i in range(4)
+    ]
     np.testing.assert_allclose(sim, by_hand, rtol=1e-12)
 
 
@@ -213,8 +216,12 @@ def test_unit_normalisation_ignores_the_scale_of_each_state(name, sigma):
 
 
 def test_median_sigma_does_not_saturate_on_two_random_models(make_model, task_data, tmp_path):
-    reps = np.stack([load_features(extract_features(make_model(n, seed=s), task_data, tmp_path / f"{n}.npy"))
-                     for n, s in [("old", 1), ("new", 2)]])
+    reps = np.stack(
+        [
+            load_features(extract_features(make_model(n, seed=s), task_data, tmp_path / f"{n}.npy"))
+            for n, s in [("old", 1), ("new", 2)]
+        ]
+    )
     big = reps * 1000  # the tiny models' norms (0.02-1.4) made like real models' (tens and more)
     assert (layer_similarity(big[1], big, "rbf", 1.0)[:, 0] < 1e-6).all()  # the paper's sigma saturates there
     sim = layer_similarity(reps[1], reps, "rbf", "median")
@@ -256,7 +263,10 @@ def test_resolve_weights_is_the_one_rule_for_every_weight_source(make_model):
     with pytest.raises(RecallError, match="one per model"):
         resolve_weights(get_method("average"), infos, given=[1.0])
     a, b = np.zeros((rows, 2)), np.tile([0.0, np.log(3)], (rows, 1))  # references: uniform, 1:3
-    np.testing.assert_allclose(resolve_weights(get_method("recall"), infos, similarities=[a, b]),
-                               np.tile([(0.5 + 0.25) / 2, (0.5 + 0.75) / 2], (rows, 1)))
-    np.testing.assert_allclose(resolve_weights(get_method("lm_cocktail"), infos, losses=[0.0, np.log(3)]),
-                               np.tile([0.75, 0.25], (rows, 1)))
+    np.testing.assert_allclose(
+        resolve_weights(get_method("recall"), infos, similarities=[a, b]),
+        np.tile([(0.5 + 0.25) / 2, (0.5 + 0.75) / 2], (rows, 1)),
+    )
+    np.testing.assert_allclose(
+        resolve_weights(get_method("lm_cocktail"), infos, losses=[0.0, np.log(3)]), np.tile([0.75, 0.25], (rows, 1))
+    )

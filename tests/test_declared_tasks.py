@@ -19,7 +19,10 @@ from recall.testing import tiny_model, tiny_tokenizer
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "tasks"
 FORMATS = {"tickets": "classification", "quiz": "multiple_choice", "faq": "qa", "replies": "generation"}
-TICKETS = "format: classification\ntemplate: \"Ticket: {subject}\\n{body}\\nQueue:\"\nanswer: category\nlabels: [billing, outage]\n"
+TICKETS = (
+    'format: classification\ntemplate: "Ticket: {subject}\\n{body}\\nQueue:"\n'
+    "answer: category\nlabels: [billing, outage]\n"
+)
 
 
 def task_folder(root: Path, name: str, spec: str, train: list[dict], test: list[dict] | None = None) -> Path:
@@ -46,7 +49,10 @@ def test_example_tasks_are_listed_with_their_source_and_load(capsys):
         assert task.load("train") and task.load("test", EXAMPLES)
     assert get_task("replies").metrics == ("rouge_l", "bleu", "exact_match")
     [example] = get_task("tickets").load("test", limit=1)
-    assert (example.prompt, example.answer) == ("Ticket: Price increase\nWhy did my monthly price go up?\nQueue:", "billing")
+    assert (example.prompt, example.answer) == (
+        "Ticket: Price increase\nWhy did my monthly price go up?\nQueue:",
+        "billing",
+    )
     assert example.choices == ("billing", "outage", "account")  # the label words, not the data's codes
     quiz = get_task("quiz").load("test")
     assert [e.choices for e in quiz[:2]] == [("A", "B", "C"), ("A", "B", "C", "D")]  # each question its options
@@ -62,44 +68,95 @@ def test_any_task_shows_as_a_task_yaml_that_reads_back(name, capsys):
 
 
 # ---------------------------------------------------------------- bad definitions fail first
-@pytest.mark.parametrize(("spec", "where", "message"), [
-    ("format: clasification\n", "task.yaml:1: field 'format'", "unknown format 'clasification'; use one of "
-                                                              "classification, multiple_choice, qa, generation"),
-    ("format: qa\n\nmetric: bleu\n", "task.yaml:3: field 'metric'", "unknown metric 'bleu' for format qa"),
-    (TICKETS + "lables: [a, b]\n", "task.yaml:5: field 'lables'", "unknown field 'lables'"),
-    ("format: multiple_choice\ntemplate: 'Q: {question}'\nanswer: answer\noptions: choices\n",
-     "task.yaml:2: field 'template'", r"shows the lettered options with \{options\}"),
-    ("format: classification\ntemplate: 'Ticket: {subject}'\nlabels: [a, b]\n", "task.yaml:2: field 'template'",
-     "needs `answer`"),
-    ("format: qa\nlabels: [a, b]\n", "task.yaml:2: field 'labels'", "only a classification task has 'labels'"),
-    ("format: classification\nanswer: category\nlabels: [billing]\n", "task.yaml:3: field 'labels'", "at least 2"),
-    ("format: qa\nmetric: f1: x\n", "task.yaml:2", "not valid YAML: mapping values are not allowed here"),
-])
+@pytest.mark.parametrize(
+    ("spec", "where", "message"),
+    [
+        (
+            "format: clasification\n",
+            "task.yaml:1: field 'format'",
+            "unknown format 'clasification'; use one of classification, multiple_choice, qa, generation",
+        ),
+        ("format: qa\n\nmetric: bleu\n", "task.yaml:3: field 'metric'", "unknown metric 'bleu' for format qa"),
+        (TICKETS + "lables: [a, b]\n", "task.yaml:5: field 'lables'", "unknown field 'lables'"),
+        (
+            "format: multiple_choice\ntemplate: 'Q: {question}'\nanswer: answer\noptions: choices\n",
+            "task.yaml:2: field 'template'",
+            r"shows the lettered options with \{options\}",
+        ),
+        (
+            "format: classification\ntemplate: 'Ticket: {subject}'\nlabels: [a, b]\n",
+            "task.yaml:2: field 'template'",
+            "needs `answer`",
+        ),
+        ("format: qa\nlabels: [a, b]\n", "task.yaml:2: field 'labels'", "only a classification task has 'labels'"),
+        ("format: classification\nanswer: category\nlabels: [billing]\n", "task.yaml:3: field 'labels'", "at least 2"),
+        ("format: qa\nmetric: f1: x\n", "task.yaml:2", "not valid YAML: mapping values are not allowed here"),
+    ],
+)
 def test_a_bad_spec_names_file_line_and_field(tmp_path, make_model, capsys, spec, where, message):
     task_folder(tmp_path, "tickets", spec, [ticket()])
     with pytest.raises(RecallError, match=rf"{tmp_path / 'tickets' / where}: .*{message}"):
         get_task("tickets", tmp_path)
     # and on the command line, before any weights are loaded
-    assert main(["finetune", "--base", str(make_model("base")), "--task", "tickets", "--data-dir", str(tmp_path),
-                 "--out", str(tmp_path / "out")]) == 2
+    assert (
+        main(
+            [
+                "finetune",
+                "--base",
+                str(make_model("base")),
+                "--task",
+                "tickets",
+                "--data-dir",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     assert where in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
-QUIZ = "format: multiple_choice\ntemplate: \"{question} {options}\"\nanswer: answer\noptions: choices\n"
+QUIZ = 'format: multiple_choice\ntemplate: "{question} {options}"\nanswer: answer\noptions: choices\n'
 
 
-@pytest.mark.parametrize(("spec", "train", "test", "where", "message"), [
-    (TICKETS, [ticket(), {"subject": "Site down", "category": "outage"}], None,
-     "train.jsonl:2", "missing field 'body'"),  # a placeholder of the template the data lacks
-    (TICKETS, [ticket(), ticket(category="refund")], None,
-     "train.jsonl:2", r"field 'category': 'refund' is not one of the labels \(billing, outage\)"),
-    (QUIZ, [{"question": "q", "choices": ["a", "b"], "answer": "b"}],
-     [{"question": "q", "choices": ["a", "b"], "answer": 1}, {"question": "q", "choices": ["a", "b"], "answer": "c"}],
-     "test.jsonl:2", "field 'answer': 'c' is not one of the options; give its letter .A/B."),
-    (QUIZ, [{"question": "q", "choices": ["a"], "answer": "a"}], None,
-     "train.jsonl:1", "field 'choices' must be a list of 2 to 26 options"),
-    (TICKETS, [ticket()], [], "test.jsonl", "has no test examples; the split must not be empty"),
-])
+@pytest.mark.parametrize(
+    ("spec", "train", "test", "where", "message"),
+    [
+        (
+            TICKETS,
+            [ticket(), {"subject": "Site down", "category": "outage"}],
+            None,
+            "train.jsonl:2",
+            "missing field 'body'",
+        ),  # a placeholder of the template the data lacks
+        (
+            TICKETS,
+            [ticket(), ticket(category="refund")],
+            None,
+            "train.jsonl:2",
+            r"field 'category': 'refund' is not one of the labels \(billing, outage\)",
+        ),
+        (
+            QUIZ,
+            [{"question": "q", "choices": ["a", "b"], "answer": "b"}],
+            [
+                {"question": "q", "choices": ["a", "b"], "answer": 1},
+                {"question": "q", "choices": ["a", "b"], "answer": "c"},
+            ],
+            "test.jsonl:2",
+            "field 'answer': 'c' is not one of the options; give its letter .A/B.",
+        ),
+        (
+            QUIZ,
+            [{"question": "q", "choices": ["a"], "answer": "a"}],
+            None,
+            "train.jsonl:1",
+            "field 'choices' must be a list of 2 to 26 options",
+        ),
+        (TICKETS, [ticket()], [], "test.jsonl", "has no test examples; the split must not be empty"),
+    ],
+)
 def test_bad_data_names_file_line_and_field(tmp_path, spec, train, test, where, message):
     task_folder(tmp_path, "tickets", spec, train, test)
     with pytest.raises(RecallError, match=rf"{tmp_path / 'tickets' / where}: .*{message}"):
@@ -110,8 +167,11 @@ def test_two_different_tasks_of_one_name_are_refused(tmp_path):
     first = task_folder(tmp_path / "a", "tickets", TICKETS, [ticket()])
     second = task_folder(tmp_path / "b", "tickets", TICKETS.replace("Queue:", "Category:"), [ticket()])
     get_task("tickets", tmp_path / "a")
-    with pytest.raises(RecallError, match=rf"two different tasks are named 'tickets': {first}/task.yaml and "
-                                          rf"{second}/task.yaml"):
+    with pytest.raises(
+        RecallError,
+        match=rf"two different tasks are named 'tickets': {first}/task.yaml and "
+        rf"{second}/task.yaml",
+    ):
         get_task("tickets", tmp_path / "b")
     shutil.copytree(first, tmp_path / "c" / "tickets")  # the same task copied (a pipeline's data) is the same task
     assert get_task("tickets", tmp_path / "c").source == str(first / "task.yaml")
@@ -129,7 +189,8 @@ def test_plain_rendering_without_a_chat_template_keeps_the_tokenizers_own_start(
     assert chat_prompt(chat, "Q?") == "<|im_start|>user\nQ?<|im_end|>\n<|im_start|>assistant\n"
     assert chat_prompt(plain, "Q?") == "Q?\n"  # GPT-2 style: no special token before a text
     plain._tokenizer.post_processor = processors.TemplateProcessing(  # Llama style: BOS before every text
-        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", plain.bos_token_id)])
+        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", plain.bos_token_id)]
+    )
     assert chat_prompt(plain, "Q?") == "<|endoftext|>Q?\n"
     assert plain(chat_prompt(plain, "Q?"), add_special_tokens=False)["input_ids"] == plain("Q?\n")["input_ids"]
 
@@ -140,23 +201,83 @@ def test_declared_tasks_finetune_merge_and_evaluate_on_a_model_without_chat_temp
     experts, probes = [], []
     for name in FORMATS:
         expert, probe = tmp_path / f"expert-{name}", tmp_path / f"{name}.jsonl"
-        assert main(["finetune", "--base", str(base), "--task", name, "--data-dir", str(EXAMPLES), "--out", str(expert),
-                     "--max-steps", "2", "--batch-size", "4", "--checkpoint-every", "0"]) == 0
+        assert (
+            main(
+                [
+                    "finetune",
+                    "--base",
+                    str(base),
+                    "--task",
+                    name,
+                    "--data-dir",
+                    str(EXAMPLES),
+                    "--out",
+                    str(expert),
+                    "--max-steps",
+                    "2",
+                    "--batch-size",
+                    "4",
+                    "--checkpoint-every",
+                    "0",
+                ]
+            )
+            == 0
+        )
         assert json.loads((expert / "train_metrics.json").read_text())["rendering"] == "plain"
         assert main(["tasks", "export", "--task", name, "--data-dir", str(EXAMPLES), "--out", str(probe)]) == 0
         experts.append(str(expert))
         probes.append(str(probe))
     merged = tmp_path / "merged"
-    assert main(["merge", "--method", "recall", "--models", str(base), *experts, "--experts", *experts,
-                 "--data", *probes, "--typical", "3", "--out", str(merged)]) == 0
+    assert (
+        main(
+            [
+                "merge",
+                "--method",
+                "recall",
+                "--models",
+                str(base),
+                *experts,
+                "--experts",
+                *experts,
+                "--data",
+                *probes,
+                "--typical",
+                "3",
+                "--out",
+                str(merged),
+            ]
+        )
+        == 0
+    )
 
     out = tmp_path / "eval"
-    assert main(["evaluate", "--model", str(merged), "--tasks", ",".join(FORMATS), "--data-dir", str(EXAMPLES),
-                 "--max-new-tokens", "8", "--threads", "1", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(merged),
+                "--tasks",
+                ",".join(FORMATS),
+                "--data-dir",
+                str(EXAMPLES),
+                "--max-new-tokens",
+                "8",
+                "--threads",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert {name: list(m) for name, m in metrics.items()} == {
-        "tickets": ["accuracy", "nll"], "quiz": ["accuracy", "nll"], "faq": ["f1", "exact_match", "nll"],
-        "replies": ["rouge_l", "bleu", "exact_match", "nll"]}
+        "tickets": ["accuracy", "nll"],
+        "quiz": ["accuracy", "nll"],
+        "faq": ["f1", "exact_match", "nll"],
+        "replies": ["rouge_l", "bleu", "exact_match", "nll"],
+    }
     run = json.loads((out / "evaluation.json").read_text())
     assert run["rendering"] == "plain"
     assert run["modes"] == {"tickets": "ppl", "quiz": "ppl", "faq": "gen", "replies": "gen"}
@@ -166,9 +287,16 @@ def test_declared_tasks_finetune_merge_and_evaluate_on_a_model_without_chat_temp
         assert task.aggregate(records) == pytest.approx(metrics[name][task.metrics[0]])
         rows = [json.loads(line) for line in (out / "data" / f"{name}.jsonl").open()]
         assert all(row["rendered"] == row["prompt"] + "\n" for row in rows)  # the plain rendering
-    predictions = {p.name.split("-")[0]: json.loads(p.read_text()) for p in (out / "opencompass" / "predictions").rglob("*.json")
-                   if "-nll-" not in p.name}
+    predictions = {
+        p.name.split("-")[0]: json.loads(p.read_text())
+        for p in (out / "opencompass" / "predictions").rglob("*.json")
+        if "-nll-" not in p.name
+    }
     assert [list(p["answer_nll"]) for p in predictions["quiz"].values()] == [
-        ["A", "B", "C"], ["A", "B", "C", "D"], ["A", "B", "C"], ["A", "B", "C", "D"]]  # each question its letters
+        ["A", "B", "C"],
+        ["A", "B", "C", "D"],
+        ["A", "B", "C"],
+        ["A", "B", "C", "D"],
+    ]  # each question its letters
     assert list(predictions["tickets"]["0"]["answer_nll"]) == ["billing", "outage", "account"]
     assert predictions["replies"]["0"]["origin_prompt"] == "Customer: The page is very slow.\nAgent reply:\n"

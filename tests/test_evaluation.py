@@ -51,8 +51,10 @@ def model(tmp_path_factory) -> Path:
 @pytest.fixture
 def no_opencompass(monkeypatch):
     """Fail the test if OpenCompass would be started."""
+
     def refuse(*args):
         raise AssertionError("OpenCompass must not start on bad input")
+
     monkeypatch.setattr(pipeline, "run_opencompass", refuse)
 
 
@@ -77,8 +79,28 @@ def test_real_opencompass_run_and_forced_failure(model: Path, suite: Path, tmp_p
 
     out = tmp_path / "eval"
     # Batches of 3 mix examples of different lengths: likelihoods must not depend on the padding.
-    assert main(["evaluate", "--model", str(model), "--tasks", ",".join(TASKS), "--data-dir", str(suite),
-                 "--limit", "3", "--batch-size", "3", "--threads", "1", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(model),
+                "--tasks",
+                ",".join(TASKS),
+                "--data-dir",
+                str(suite),
+                "--limit",
+                "3",
+                "--batch-size",
+                "3",
+                "--threads",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics) == TASKS
@@ -141,15 +163,20 @@ def test_answer_nll_matches_one_forward_per_answer(tmp_path, family):
     from recall.evaluation.model import ChatModel
 
     context = 64
-    chat = ChatModel(path=str(tiny_model(tmp_path / family, family=family)), max_seq_len=context,
-                     model_kwargs=dict(torch_dtype="float32", device_map="cpu"))
+    chat = ChatModel(
+        path=str(tiny_model(tmp_path / family, family=family)),
+        max_seq_len=context,
+        model_kwargs=dict(torch_dtype="float32", device_map="cpu"),
+    )
     tokenizer = chat.tokenizer
 
     def encode(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    prompts = [chat_prompt(tokenizer, text) for text in
-               ["Good?", "Question: What is the capital of France? Answer:", "The movie was great. " * 12]]
+    prompts = [
+        chat_prompt(tokenizer, text)
+        for text in ["Good?", "Question: What is the capital of France? Answer:", "The movie was great. " * 12]
+    ]
     candidates = [["A", "B", "Paris"], ["Paris", "impossible to answer", "A"], ["positive", "negative"]]
     lengths = {len(encode(answer)) for group in candidates for answer in group}
     assert 1 in lengths and len(lengths) >= 3
@@ -185,8 +212,10 @@ def fake_opencompass(predict):
             column = dataset.infer_cfg.inferencer.get("candidates")
             choices = list(test_set[column]) if column else None
             predictions = predict(answers, choices)
-            answer_nll = [{c: float(c != p) for c in (choices[i] if choices else [a])}
-                          for i, (p, a) in enumerate(zip(predictions, answers))]
+            answer_nll = [
+                {c: float(c != p) for c in (choices[i] if choices else [a])}
+                for i, (p, a) in enumerate(zip(predictions, answers))
+            ]
             evaluator_cfg = dict(dataset.eval_cfg.evaluator)
             evaluator = evaluator_cfg.pop("type")(**evaluator_cfg)
             given = {"predictions": predictions, "references": answers, "answer_nll": answer_nll}
@@ -196,13 +225,16 @@ def fake_opencompass(predict):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(result))
         return 0
+
     return run
 
 
 def half_wrong(answers: list[str], choices: list[list[str]] | None) -> list[str]:
     """The gold answer for even examples; another choice, or the answer short of its last word, for odd ones."""
+
     def wrong(i: int, answer: str) -> str:
         return next(c for c in choices[i] if c != answer) if choices else answer.rsplit(" ", 1)[0]
+
     return [a if i % 2 == 0 else wrong(i, a) for i, a in enumerate(answers)]
 
 
@@ -238,14 +270,35 @@ def test_modes_choose_inference_and_predictions_reuse(model, suite, tmp_path, mo
     apart); MCQ stays PPL; the mode is in the dataset names, so cached predictions never cross modes."""
     monkeypatch.setattr(pipeline, "run_opencompass", fake_opencompass(lambda answers, choices: answers))
     out = tmp_path / "out"
-    assert main(["evaluate", "--model", str(model), "--tasks", "gen_sentiment,gen_knowledge", "--data-dir",
-                 str(suite), "--limit", "2", "--mode", "classification=gen", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(model),
+                "--tasks",
+                "gen_sentiment,gen_knowledge",
+                "--data-dir",
+                str(suite),
+                "--limit",
+                "2",
+                "--mode",
+                "classification=gen",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     from mmengine.config import Config
 
     datasets = Config.fromfile(str(out / "opencompass_config.py")).datasets
     kinds = {d.abbr.rsplit("-", 1)[0]: d.infer_cfg.inferencer.type.__name__ for d in datasets}
-    assert kinds == {"gen_sentiment-gen": "GenInferencer", "gen_sentiment-nll": "AnswerPPLInferencer",
-                     "gen_knowledge-ppl": "AnswerPPLInferencer"}
+    assert kinds == {
+        "gen_sentiment-gen": "GenInferencer",
+        "gen_sentiment-nll": "AnswerPPLInferencer",
+        "gen_knowledge-ppl": "AnswerPPLInferencer",
+    }
     assert json.loads((out / "metrics.json").read_text())["gen_sentiment"] == {"accuracy": 100.0, "nll": 0.0}
 
     evaluate(model, ["gen_sentiment"], out, data_dir=suite, limit=2)  # the default: PPL
@@ -256,19 +309,22 @@ def test_modes_choose_inference_and_predictions_reuse(model, suite, tmp_path, mo
     assert not {d.abbr for d in ppl} & {d.abbr for d in datasets}
 
 
-@pytest.mark.parametrize("tasks, kwargs, message", [
-    (["gen_sentiment", "nope"], {}, "unknown task 'nope'"),
-    (["gen_sentiment", "gen_sentiment"], {}, "given more than once"),
-    ([], {}, "no tasks given"),
-    (["gen_sentiment"], {"data_dir": "/nonexistent"}, "gen_sentiment/test.jsonl"),
-    (["gen_sentiment"], {"batch_size": 0}, "--batch-size must be at least 1"),
-    (["gen_sentiment"], {"max_new_tokens": 0}, "--max-new-tokens must be at least 1"),
-    (["gen_sentiment"], {"threads": 0}, "--threads must be at least 1"),
-    (["gen_squad"], {"modes": {"qa": "ppl"}}, "format qa cannot be scored by likelihood"),
-    (["gen_translation"], {"modes": {"generation": "ppl"}}, "format generation cannot be scored by likelihood"),
-    (["gen_sentiment"], {"modes": {"classification": "beam"}}, "mode 'beam' for format classification"),
-    (["gen_sentiment"], {"modes": {"sentiment": "gen"}}, "unknown task format 'sentiment'"),
-])
+@pytest.mark.parametrize(
+    "tasks, kwargs, message",
+    [
+        (["gen_sentiment", "nope"], {}, "unknown task 'nope'"),
+        (["gen_sentiment", "gen_sentiment"], {}, "given more than once"),
+        ([], {}, "no tasks given"),
+        (["gen_sentiment"], {"data_dir": "/nonexistent"}, "gen_sentiment/test.jsonl"),
+        (["gen_sentiment"], {"batch_size": 0}, "--batch-size must be at least 1"),
+        (["gen_sentiment"], {"max_new_tokens": 0}, "--max-new-tokens must be at least 1"),
+        (["gen_sentiment"], {"threads": 0}, "--threads must be at least 1"),
+        (["gen_squad"], {"modes": {"qa": "ppl"}}, "format qa cannot be scored by likelihood"),
+        (["gen_translation"], {"modes": {"generation": "ppl"}}, "format generation cannot be scored by likelihood"),
+        (["gen_sentiment"], {"modes": {"classification": "beam"}}, "mode 'beam' for format classification"),
+        (["gen_sentiment"], {"modes": {"sentiment": "gen"}}, "unknown task format 'sentiment'"),
+    ],
+)
 def test_bad_input_fails_before_opencompass(model, suite, tmp_path, no_opencompass, tasks, kwargs, message):
     kwargs.setdefault("data_dir", suite)
     with pytest.raises(RecallError, match=message):
@@ -278,8 +334,19 @@ def test_bad_input_fails_before_opencompass(model, suite, tmp_path, no_opencompa
 
 def test_cli_mode_syntax(model, tmp_path, capsys, no_opencompass):
     with pytest.raises(SystemExit):
-        main(["evaluate", "--model", str(model), "--tasks", "gen_sentiment", "--out", str(tmp_path),
-              "--mode", "classification"])
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(model),
+                "--tasks",
+                "gen_sentiment",
+                "--out",
+                str(tmp_path),
+                "--mode",
+                "classification",
+            ]
+        )
     assert "expected FORMAT=MODE" in capsys.readouterr().err
 
 
@@ -311,8 +378,11 @@ def test_crash_leaves_no_metrics(model, suite, tmp_path, monkeypatch):
     def crash(config, work_dir, log, threads=None):
         log.write_text("Traceback ...\nRuntimeError: CUDA out of memory\n")
         return 1
+
     monkeypatch.setattr(pipeline, "run_opencompass", crash)
-    with pytest.raises(RecallError, match="gen_sentiment: OpenCompass exited with status 1: RuntimeError: CUDA out of memory"):
+    with pytest.raises(
+        RecallError, match="gen_sentiment: OpenCompass exited with status 1: RuntimeError: CUDA out of memory"
+    ):
         evaluate(model, ["gen_sentiment"], out, data_dir=suite, limit=1)
     assert not (out / "metrics.json").exists()
     assert not (out / "examples").exists()
@@ -330,11 +400,17 @@ def test_config_is_a_valid_opencompass_config(tmp_path):
     data = tmp_path / "gen_sentiment.jsonl"
     write_dataset([Example("Is {this} good?", "positive", ("negative", "positive"))], tiny_tokenizer(), data)
     row = json.loads(data.read_text())
-    assert row == {"prompt": "Is {this} good?", "answer": "positive", "choices": ["negative", "positive"],
-                   "rendered": "<|im_start|>user\nIs {this} good?<|im_end|>\n<|im_start|>assistant\n"}
+    assert row == {
+        "prompt": "Is {this} good?",
+        "answer": "positive",
+        "choices": ["negative", "positive"],
+        "rendered": "<|im_start|>user\nIs {this} good?<|im_end|>\n<|im_start|>assistant\n",
+    }
     definition = get_task("gen_sentiment").spec.as_dict()
-    specs = [*dataset_specs("gen_sentiment", "gen", data, 16, definition),
-             *dataset_specs("gen_sentiment", "ppl", data, 16, definition)]
+    specs = [
+        *dataset_specs("gen_sentiment", "gen", data, 16, definition),
+        *dataset_specs("gen_sentiment", "ppl", data, 16, definition),
+    ]
     path = tmp_path / "config.py"
     path.write_text(render_config(ModelSpec(tmp_path, "m-1", 4, 100, False, "float32"), specs))
     config = Config.fromfile(str(path))
@@ -351,13 +427,15 @@ def test_config_is_a_valid_opencompass_config(tmp_path):
     assert ranked.reader_cfg.input_columns == ["rendered"]
     assert generated.eval_cfg.evaluator.type is TaskEvaluator and issubclass(TaskEvaluator, BaseEvaluator)
     assert ranked.eval_cfg.evaluator.type is ChoiceEvaluator
-    scores = TaskEvaluator(task="gen_sentiment", definition=definition).score(["It is positive.", "negative"],
-                                                                            ["positive", "positive"])
+    scores = TaskEvaluator(task="gen_sentiment", definition=definition).score(
+        ["It is positive.", "negative"], ["positive", "positive"]
+    )
     assert scores["accuracy"] == 50.0
     assert [d["score"] for d in scores["details"]] == [100.0, 0.0]
     answer_nll = [{"negative": 2.0, "positive": 1.0}, {"negative": 1.0, "positive": 3.0}]
-    scores = ChoiceEvaluator(task="gen_sentiment", definition=definition).score(["positive", "negative"],
-                                                                              ["positive", "positive"], answer_nll)
+    scores = ChoiceEvaluator(task="gen_sentiment", definition=definition).score(
+        ["positive", "negative"], ["positive", "positive"], answer_nll
+    )
     assert (scores["accuracy"], scores["nll"]) == (50.0, 2.0)
     assert [d["nll"] for d in scores["details"]] == [1.0, 3.0]
 
@@ -396,9 +474,15 @@ def test_result_errors_name_the_task(tmp_path):
 
     def outcome(result: dict, examples: int = 1):
         return task_outcome(task, [spec], {spec.abbr: result}, examples, "see there")
+
     # OpenCompass's layout: each field a list over replicas, beside the example's abbr.
-    detail = {"example_abbr": "x_0", "score": [100.0], "prediction": ["positive"], "reference": ["positive"],
-              "nll": [0.5]}
+    detail = {
+        "example_abbr": "x_0",
+        "score": [100.0],
+        "prediction": ["positive"],
+        "reference": ["positive"],
+        "nll": [0.5],
+    }
     with pytest.raises(RecallError, match="result of task gen_sentiment lacks metric.s. nll; see there"):
         outcome({"accuracy": 100.0, "details": [detail]})
     with pytest.raises(RecallError, match="has 1 per-example details for 2 test examples"):

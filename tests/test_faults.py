@@ -12,8 +12,8 @@ from safetensors.torch import load_file, save_file
 from recall.atomic import MARKER
 from recall.cli import main
 from recall.errors import RecallError
-from recall.weights.features import load_features
 from recall.merge.safetensors_io import SafetensorsModel
+from recall.weights.features import load_features
 
 TENSOR = "model.layers.0.self_attn.q_proj.weight"
 
@@ -48,16 +48,32 @@ def test_a_non_finite_input_stops_the_merge(make_model, tmp_path, capsys, value)
 def test_a_non_finite_base_is_named_as_the_base(make_model, tmp_path, capsys):
     base, a, b = make_model("base"), make_model("a", seed=1), make_model("b", seed=2)
     poison(base, float("nan"), count=1)
-    assert run_cli("merge", "--method", "task_arithmetic", "--models", a, b, "--base", base,
-                   "--out", tmp_path / "out") == 2
+    assert (
+        run_cli("merge", "--method", "task_arithmetic", "--models", a, b, "--base", base, "--out", tmp_path / "out")
+        == 2
+    )
     assert f"base {base}: tensor {TENSOR} holds 1 NaN/Inf values" in error_line(capsys)
     assert not (tmp_path / "out").exists()
 
 
 def test_a_merge_that_overflows_is_refused(make_model, tmp_path, capsys):
     base, a = make_model("base"), make_model("a", seed=1)
-    assert run_cli("merge", "--method", "task_arithmetic", "--models", a, "--base", base, "--scale", 1e39,
-                   "--out", tmp_path / "out") == 2
+    assert (
+        run_cli(
+            "merge",
+            "--method",
+            "task_arithmetic",
+            "--models",
+            a,
+            "--base",
+            base,
+            "--scale",
+            1e39,
+            "--out",
+            tmp_path / "out",
+        )
+        == 2
+    )
     assert "the task_arithmetic merge produced" in error_line(capsys)
     assert not (tmp_path / "out").exists()
 
@@ -74,10 +90,10 @@ def rewrite_header(path, edit) -> None:
     """Apply `edit` to the parsed JSON header of a .safetensors file; keep its data bytes."""
     raw = path.read_bytes()
     (size,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + size])
+    header = json.loads(raw[8 : 8 + size])
     edit(header)
     blob = json.dumps(header).encode()
-    path.write_bytes(struct.pack("<Q", len(blob)) + blob + raw[8 + size:])
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + raw[8 + size :])
 
 
 def set_field(field, value):
@@ -99,7 +115,7 @@ def overlap(header):
         (lambda p: p.write_bytes(struct.pack("<Q", 1 << 40) + b"{}"), "runs past the end of the file"),
         (lambda p: p.write_bytes(b"\x01\x02"), "shorter than the 8-byte header length"),
         (lambda p: rewrite_header(p, set_field("dtype", "F33")), f"tensor {TENSOR} has unknown dtype 'F33'"),
-        (lambda p: rewrite_header(p, set_field("data_offsets", [0, 10 ** 12])), "spans"),
+        (lambda p: rewrite_header(p, set_field("data_offsets", [0, 10**12])), "spans"),
         (lambda p: rewrite_header(p, set_field("shape", [-1, 32])), "has shape [-1, 32]"),
         (lambda p: rewrite_header(p, set_field("data_offsets", [64, 32])), "has data_offsets [64, 32]"),
         (lambda p: rewrite_header(p, overlap), "overlap"),
@@ -135,15 +151,19 @@ def test_outputs_never_replace_what_recall_did_not_write(make_model, tmp_path, c
 
 
 @pytest.mark.parametrize("command", ["finetune", "evaluate", "report"])
-def test_finetune_evaluate_and_report_refuse_a_foreign_out_before_any_work(make_model, task_data, tmp_path, capsys,
-                                                                           command):
+def test_finetune_evaluate_and_report_refuse_a_foreign_out_before_any_work(
+    make_model, task_data, tmp_path, capsys, command
+):
     theirs = tmp_path / "theirs"
     theirs.mkdir()
     (theirs / "notes.txt").write_text("precious")
     (tmp_path / "spec.yaml").write_text("{}")  # would be refused too, but later
     model = make_model("a")
-    args = {"finetune": ["--base", model, "--task", task_data], "evaluate": ["--model", model, "--tasks", "sst2"],
-            "report": [tmp_path / "spec.yaml"]}[command]
+    args = {
+        "finetune": ["--base", model, "--task", task_data],
+        "evaluate": ["--model", model, "--tasks", "sst2"],
+        "report": [tmp_path / "spec.yaml"],
+    }[command]
     assert run_cli(command, *args, "--out", theirs) == 2
     assert "recall did not write" in error_line(capsys)
     assert sorted(p.name for p in theirs.iterdir()) == ["notes.txt"]
@@ -176,8 +196,12 @@ def test_different_special_tokens_are_a_mismatch_and_the_flag_allows_it(make_mod
     (b / "tokenizer_config.json").write_text(json.dumps(config))
     assert run_cli("merge", "--method", "average", "--models", a, b, "--out", tmp_path / "out") == 2
     assert "different special tokens: eos_token is '<|im_end|>' in the first and '<|endoftext|>'" in error_line(capsys)
-    assert run_cli("merge", "--method", "average", "--models", a, b, "--out", tmp_path / "out",
-                   "--allow-tokenizer-mismatch") == 0
+    assert (
+        run_cli(
+            "merge", "--method", "average", "--models", a, b, "--out", tmp_path / "out", "--allow-tokenizer-mismatch"
+        )
+        == 0
+    )
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
@@ -196,8 +220,10 @@ def test_degenerate_requests(make_model, tmp_path, capsys):
         assert message in error_line(capsys)
     assert not out.exists()
     # One model with a base is meaningful for task-vector methods: its task vector, scaled.
-    assert run_cli("merge", "--method", "task_arithmetic", "--models", a, "--base", base, "--scale", 0.5,
-                   "--out", out) == 0
+    assert (
+        run_cli("merge", "--method", "task_arithmetic", "--models", a, "--base", base, "--scale", 0.5, "--out", out)
+        == 0
+    )
     merged, theta0, theta = (SafetensorsModel(m).read(TENSOR) for m in (out, base, a))
     torch.testing.assert_close(merged, theta0 + 0.5 * (theta - theta0))
 

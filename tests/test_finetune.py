@@ -43,8 +43,15 @@ def test_loss_falls_on_a_learnable_task(tuned):
 
 
 def test_output_is_a_loadable_model_folder_with_adapter(tuned):
-    for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
-                 "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "train_metrics.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "tokenizer.json",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "train_metrics.json",
+    ):
         assert (tuned / name).is_file(), name
     adapter = json.loads((tuned / "adapter" / "adapter_config.json").read_text())
     assert (adapter["r"], adapter["lora_alpha"], adapter["lora_dropout"]) == (8, 32, 0.0)
@@ -77,8 +84,10 @@ def test_merged_model_equals_base_plus_adapter(base, tuned):
 def test_training_is_seeded(work, base, data, tuned):
     again = finetune(base, "gen_sentiment", work / "again", data, FinetuneConfig(**FAST))
     other = finetune(base, "gen_sentiment", work / "other", data, FinetuneConfig(**FAST, seed=1))
-    losses = {p: [s["loss"] for s in json.loads((p / "train_metrics.json").read_text())["steps"]]
-              for p in (tuned, again, other)}
+    losses = {
+        p: [s["loss"] for s in json.loads((p / "train_metrics.json").read_text())["steps"]]
+        for p in (tuned, again, other)
+    }
     assert losses[tuned] == losses[again] != losses[other]
     w1, w2 = load_file(tuned / "model.safetensors"), load_file(again / "model.safetensors")
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
@@ -89,8 +98,9 @@ def test_sequential_finetuning_with_ewc_limits_drift(work, data, tuned):
     start = load_file(tuned / "model.safetensors")
     drift = {}
     for strength in (0.0, 1e6):
-        config = FinetuneConfig(**FAST, ewc_lambda=strength, ewc_from="gen_sentiment" if strength else None,
-                                ewc_samples=16)
+        config = FinetuneConfig(
+            **FAST, ewc_lambda=strength, ewc_from="gen_sentiment" if strength else None, ewc_samples=16
+        )
         out = finetune(tuned, "gen_translation", work / f"seq-{strength}", data, config)
         weights = load_file(out / "model.safetensors")
         drift[strength] = sum(float((weights[k] - start[k]).norm() ** 2) for k in start) ** 0.5
@@ -112,15 +122,18 @@ def test_trains_on_a_prompt_response_jsonl(work, base):
 
 
 # ---------------------------------------------------------------- validation before training
-@pytest.mark.parametrize("task,config,message", [
-    ("sst9", {}, "unknown task 'sst9'"),
-    ("race", {}, r"race/train.jsonl does not exist"),
-    ("gen_sentiment", {"max_length": 20}, r"prompts do not fit --max-length 20 .*raise --max-length above"),
-    ("gen_sentiment", {"ewc_lambda": 1.0}, "EWC needs both"),
-    ("gen_sentiment", {"ewc_lambda": 1.0, "ewc_from": "gen_nothing"}, "unknown task 'gen_nothing'"),
-    ("gen_sentiment", {"lr": 0.0}, "--lr must be positive"),
-    ("gen_sentiment", {"lora_dropout": 1.0}, "--lora-dropout"),
-])
+@pytest.mark.parametrize(
+    "task,config,message",
+    [
+        ("sst9", {}, "unknown task 'sst9'"),
+        ("race", {}, r"race/train.jsonl does not exist"),
+        ("gen_sentiment", {"max_length": 20}, r"prompts do not fit --max-length 20 .*raise --max-length above"),
+        ("gen_sentiment", {"ewc_lambda": 1.0}, "EWC needs both"),
+        ("gen_sentiment", {"ewc_lambda": 1.0, "ewc_from": "gen_nothing"}, "unknown task 'gen_nothing'"),
+        ("gen_sentiment", {"lr": 0.0}, "--lr must be positive"),
+        ("gen_sentiment", {"lora_dropout": 1.0}, "--lora-dropout"),
+    ],
+)
 def test_bad_input_fails_before_training(work, base, data, task, config, message):
     out = work / "never"
     with pytest.raises(RecallError, match=message):
@@ -150,12 +163,50 @@ def test_base_that_is_not_a_model(work, data):
 
 def test_cli(work, base, data, capsys):
     out = work / "cli"
-    assert main(["finetune", "--base", str(base), "--task", "gen_knowledge", "--data-dir", str(data),
-                 "--out", str(out), "--max-steps", "2", "--batch-size", "4", "--lora-r", "4", "--seed", "3"]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "--base",
+                str(base),
+                "--task",
+                "gen_knowledge",
+                "--data-dir",
+                str(data),
+                "--out",
+                str(out),
+                "--max-steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--lora-r",
+                "4",
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "train_metrics.json").read_text())
     assert len(metrics["steps"]) == 2 and metrics["config"]["lora_r"] == 4 and metrics["config"]["seed"] == 3
-    assert main(["finetune", "--base", str(base), "--task", "gen_knowledge", "--data-dir", str(data),
-                 "--out", str(out), "--max-length", "8"]) == 2
+    assert (
+        main(
+            [
+                "finetune",
+                "--base",
+                str(base),
+                "--task",
+                "gen_knowledge",
+                "--data-dir",
+                str(data),
+                "--out",
+                str(out),
+                "--max-length",
+                "8",
+            ]
+        )
+        == 2
+    )
     assert "--max-length" in capsys.readouterr().err
 
 

@@ -34,9 +34,34 @@ def checkpoint_step(out: Path) -> int:
 
 def test_a_killed_cli_run_resumes_to_the_uninterrupted_weights(work, base, data):
     steps, out = 100, work / "killed"
-    command = [sys.executable, "-m", "recall.cli", "finetune", "--base", str(base), "--task", "gen_sentiment",
-               "--data-dir", str(data), "--out", str(out), "--max-steps", str(steps), "--checkpoint-every", "5",
-               "--lr", "0.02", "--batch-size", "8", "--lora-dropout", "0.1", "--seed", "0", "--threads", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "recall.cli",
+        "finetune",
+        "--base",
+        str(base),
+        "--task",
+        "gen_sentiment",
+        "--data-dir",
+        str(data),
+        "--out",
+        str(out),
+        "--max-steps",
+        str(steps),
+        "--checkpoint-every",
+        "5",
+        "--lr",
+        "0.02",
+        "--batch-size",
+        "8",
+        "--lora-dropout",
+        "0.1",
+        "--seed",
+        "0",
+        "--threads",
+        "1",
+    ]
     with open(work / "killed.log", "w") as log_file:
         proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
@@ -50,13 +75,17 @@ def test_a_killed_cli_run_resumes_to_the_uninterrupted_weights(work, base, data)
 
     rerun = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
-    resumed = re.search(rf"^resuming gen_sentiment from step (\d+) of {steps} \(checkpoint .*\.killed\.checkpoint\)$",
-                        rerun.stderr, re.MULTILINE)
+    resumed = re.search(
+        rf"^resuming gen_sentiment from step (\d+) of {steps} \(checkpoint .*\.killed\.checkpoint\)$",
+        rerun.stderr,
+        re.MULTILINE,
+    )
     assert resumed and 10 <= int(resumed[1]) < steps, rerun.stderr
     assert not checkpoint_folder(out).exists()
 
-    reference = finetune(base, "gen_sentiment", work / "reference", data,
-                         FinetuneConfig(max_steps=steps, checkpoint_every=0, **SETTINGS))
+    reference = finetune(
+        base, "gen_sentiment", work / "reference", data, FinetuneConfig(max_steps=steps, checkpoint_every=0, **SETTINGS)
+    )
     assert_same_weights(out, reference)
     metrics = [json.loads((p / "train_metrics.json").read_text()) for p in (out, reference)]
     assert metrics[0]["steps"] == metrics[1]["steps"]  # every step's loss, those before the kill included
@@ -95,8 +124,13 @@ def test_checkpoint_every_does_not_change_the_run(work, base, data, monkeypatch,
     finetune(base, "gen_sentiment", out, data, FinetuneConfig(max_steps=8, checkpoint_every=0, **SETTINGS))
     assert "resuming gen_sentiment from step 5 of 8" in caplog.text
     assert not checkpoint_folder(out).exists()
-    reference = finetune(base, "gen_sentiment", work / "every-reference", data,
-                         FinetuneConfig(max_steps=8, checkpoint_every=3, **SETTINGS))
+    reference = finetune(
+        base,
+        "gen_sentiment",
+        work / "every-reference",
+        data,
+        FinetuneConfig(max_steps=8, checkpoint_every=3, **SETTINGS),
+    )
     assert_same_weights(out, reference)
 
 

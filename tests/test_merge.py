@@ -8,12 +8,12 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
+from test_core import independent_representations
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from recall.cli import main
 from recall.data import read_records, render
 from recall.merge.safetensors_io import SafetensorsModel, write_tensors
-from test_core import independent_representations
 
 
 def tensors(path):
@@ -27,7 +27,9 @@ def run_cli(*args):
 
 def test_writer_round_trips_through_safetensors(tmp_path):
     state = {
-        "a": torch.randn(3, 5), "b": torch.randn(7).to(torch.bfloat16), "c": torch.arange(6, dtype=torch.int64),
+        "a": torch.randn(3, 5),
+        "b": torch.randn(7).to(torch.bfloat16),
+        "c": torch.arange(6, dtype=torch.int64),
         "d": torch.randn(40, 40, dtype=torch.float16),
     }
     write_tensors(tmp_path / "one", state.items())
@@ -44,7 +46,12 @@ def test_writer_round_trips_through_safetensors(tmp_path):
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_average_is_the_weighted_sum(make_model, tmp_path, family):
     a, b, c = (make_model(n, family=family, seed=s) for n, s in [("a", 1), ("b", 2), ("c", 3)])
-    assert run_cli("merge", "--method", "average", "--models", a, b, c, "--weights", 0.2, 0.3, 0.5, "--out", tmp_path / "out") == 0
+    assert (
+        run_cli(
+            "merge", "--method", "average", "--models", a, b, c, "--weights", 0.2, 0.3, 0.5, "--out", tmp_path / "out"
+        )
+        == 0
+    )
     ta, tb, tc, out = tensors(a), tensors(b), tensors(c), tensors(tmp_path / "out")
     assert out.keys() == ta.keys()
     for name in out:
@@ -72,8 +79,24 @@ def test_recall_weights_match_the_paper_exactly(make_model, tmp_path, task_data)
     """Every sample typical (m >= n): weights equal eq. 1 + eq. 4 computed independently."""
     models = [make_model(n, seed=s) for n, s in [("base", 0), ("expert", 1), ("new", 2)]]
     out = tmp_path / "out"
-    assert run_cli("merge", "--method", "recall", "--models", *models, "--data", task_data, "--typical", 100,
-                   "--sigma", 1.0, "--out", out) == 0
+    assert (
+        run_cli(
+            "merge",
+            "--method",
+            "recall",
+            "--models",
+            *models,
+            "--data",
+            task_data,
+            "--typical",
+            100,
+            "--sigma",
+            1.0,
+            "--out",
+            out,
+        )
+        == 0
+    )
     record = json.loads((out / "merge_weights.json").read_text())
     assert record["references"][0]["typical"] == list(range(14))
 
@@ -106,8 +129,28 @@ def test_recall_weights_match_the_paper_exactly(make_model, tmp_path, task_data)
 def test_multi_expert_mode_averages_reference_rows(make_model, tmp_path, task_data):
     base, e1, e2 = (make_model(n, seed=s) for n, s in [("base", 0), ("e1", 1), ("e2", 2)])
     out = tmp_path / "out"
-    assert run_cli("merge", "--method", "recall", "--models", base, e1, e2, "--experts", e1, e2,
-                   "--data", task_data, task_data, "--typical", 4, "--out", out) == 0
+    assert (
+        run_cli(
+            "merge",
+            "--method",
+            "recall",
+            "--models",
+            base,
+            e1,
+            e2,
+            "--experts",
+            e1,
+            e2,
+            "--data",
+            task_data,
+            task_data,
+            "--typical",
+            4,
+            "--out",
+            out,
+        )
+        == 0
+    )
     record = json.loads((out / "merge_weights.json").read_text())
     rows = []
     for ref in record["references"]:
@@ -120,8 +163,26 @@ def test_multi_expert_mode_averages_reference_rows(make_model, tmp_path, task_da
 def test_recall_with_median_sigma_and_unit_states_records_its_kernel(make_model, tmp_path, task_data):
     models = [make_model("old", seed=1), make_model("new", seed=2)]
     out = tmp_path / "out"
-    assert run_cli("merge", "--method", "recall", "--models", *models, "--data", task_data, "--typical", 100,
-                   "--sigma", "median", "--normalize-states", "unit", "--out", out) == 0
+    assert (
+        run_cli(
+            "merge",
+            "--method",
+            "recall",
+            "--models",
+            *models,
+            "--data",
+            task_data,
+            "--typical",
+            100,
+            "--sigma",
+            "median",
+            "--normalize-states",
+            "unit",
+            "--out",
+            out,
+        )
+        == 0
+    )
     record = json.loads((out / "merge_weights.json").read_text())
     assert record["settings"]["sigma"] == "median" and record["settings"]["normalize"] == "unit"
 
@@ -130,11 +191,15 @@ def test_recall_with_median_sigma_and_unit_states_records_its_kernel(make_model,
     reps = np.stack([independent_representations(m, texts) for m in models])  # (2, n, L+1, E)
     reps /= np.linalg.norm(reps, axis=-1, keepdims=True)
     pooled = reps.transpose(2, 0, 1, 3).reshape(3, -1, reps.shape[-1])  # per layer, both models' states
-    sigmas = [np.median([np.linalg.norm(a - b) for k, a in enumerate(p) for b in p[k + 1:]]) for p in pooled]
+    sigmas = [np.median([np.linalg.norm(a - b) for k, a in enumerate(p) for b in p[k + 1 :]]) for p in pooled]
     reference = record["references"][0]
     np.testing.assert_allclose(reference["sigmas"], sigmas, rtol=1e-4)
-    sim = np.array([[np.mean(np.exp(-((reps[1][:, i] - r[:, i]) ** 2).sum(-1) / (2 * sigmas[i] ** 2))) for r in reps]
-                    for i in range(3)])
+    sim = np.array(
+        [
+            [np.mean(np.exp(-((reps[1][:, i] - r[:, i]) ** 2).sum(-1) / (2 * sigmas[i] ** 2))) for r in reps]
+            for i in range(3)
+        ]
+    )
     np.testing.assert_allclose(reference["similarity"], sim, rtol=1e-3)
     assert all(0 < row[0] < 1 for row in reference["similarity"])  # not saturated at any layer
     np.testing.assert_allclose(record["layers"], np.exp(sim) / np.exp(sim).sum(1, keepdims=True), rtol=1e-3)
@@ -154,9 +219,15 @@ def make_adapter(base_path, out, seed):
 
 def test_lora_adapters_merge_in_delta_space(make_model, tmp_path):
     base = make_model("base")
-    (a, merged_a), (b, merged_b) = make_adapter(base, tmp_path / "lora_a", 1), make_adapter(base, tmp_path / "lora_b", 2)
+    (a, merged_a), (b, merged_b) = (
+        make_adapter(base, tmp_path / "lora_a", 1),
+        make_adapter(base, tmp_path / "lora_b", 2),
+    )
     out = tmp_path / "out"
-    assert run_cli("merge", "--method", "average", "--models", a, b, "--base", base, "--weights", 0.25, 0.75, "--out", out) == 0
+    assert (
+        run_cli("merge", "--method", "average", "--models", a, b, "--base", base, "--weights", 0.25, 0.75, "--out", out)
+        == 0
+    )
     theta0, merged = tensors(base), tensors(out)
     changed = 0
     for name, value in merged.items():
@@ -193,7 +264,10 @@ def test_a_truncated_checkpoint_is_a_clear_error_not_a_crash(make_model, tmp_pat
         (["--method", "recall", "--sigma", "-1"], "sigma must be > 0 or 'median'"),
         (["--method", "recall", "--sigma", "mean"], "sigma must be > 0 or 'median' (the per-layer median heuristic)"),
         (["--method", "recall", "--normalize-states", "l2"], "normalize must be one of none, unit, sqrt_dim, got 'l2'"),
-        (["--method", "average", "--normalize-states", "unit"], "--normalize-states does not apply to --method average"),
+        (
+            ["--method", "average", "--normalize-states", "unit"],
+            "--normalize-states does not apply to --method average",
+        ),
         (["--method", "recall", "--typical", "0"], "typical must be >= 1"),
         (["--method", "average", "--weights", "1"], "--weights has 1 values for 2 models"),
         (["--method", "recall", "--new", "elsewhere"], "--new elsewhere is not one of --models"),

@@ -25,16 +25,19 @@ def write(tmp_path: Path, change=None) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("section", "path"), [
-    (None, "lr_rate"),
-    ("finetune", "finetune.lr_rate"),
-    ("recall", "recall.sigmaa"),
-    ("evaluate", "evaluate.limt"),
-    ("data", "data.sed"),
-    ("multi", "multi.with_bse"),
-    ("tracking", "tracking.experimnt"),
-    ("base", "base.name"),
-])
+@pytest.mark.parametrize(
+    ("section", "path"),
+    [
+        (None, "lr_rate"),
+        ("finetune", "finetune.lr_rate"),
+        ("recall", "recall.sigmaa"),
+        ("evaluate", "evaluate.limt"),
+        ("data", "data.sed"),
+        ("multi", "multi.with_bse"),
+        ("tracking", "tracking.experimnt"),
+        ("base", "base.name"),
+    ],
+)
 def test_an_unknown_key_in_any_section_fails_with_its_path(tmp_path, section, path):
     key = path.rsplit(".", 1)[-1]
     change = (lambda p: p.update({key: 1})) if section is None else (lambda p: p[section].update({key: 1}))
@@ -42,10 +45,13 @@ def test_an_unknown_key_in_any_section_fails_with_its_path(tmp_path, section, pa
         load_params(write(tmp_path, change))
 
 
-@pytest.mark.parametrize(("method", "given", "path"), [
-    ("ewc", {"lamda": 1000}, "methods.ewc.lamda"),
-    ("ties", {"density": 0.5, "densty": 0.5}, "methods.ties.densty"),
-])
+@pytest.mark.parametrize(
+    ("method", "given", "path"),
+    [
+        ("ewc", {"lamda": 1000}, "methods.ewc.lamda"),
+        ("ties", {"density": 0.5, "densty": 0.5}, "methods.ties.densty"),
+    ],
+)
 def test_an_unknown_method_parameter_fails_with_its_path(tmp_path, method, given, path):
     with pytest.raises(RecallError, match=rf"{re.escape(path)}: unknown parameter .*did you mean"):
         load_params(write(tmp_path, lambda p: p["methods"].update({method: given})))

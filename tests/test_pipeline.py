@@ -49,16 +49,24 @@ def write_params(folder: Path, params: dict) -> Path:
         (dict(scenario="parallel"), "unknown scenario 'parallel'"),
         (dict(sequence=[]), "sequence in params.yaml is empty"),
         (dict(sequence=[{"task": "nope", "after": "base"}]), "unknown task"),
-        (dict(sequence=[{"task": "gen_sentiment", "after": "base"}, {"task": "gen_squad", "after": "base"}]),
-         "needs after: gen_sentiment"),
+        (
+            dict(sequence=[{"task": "gen_sentiment", "after": "base"}, {"task": "gen_squad", "after": "base"}]),
+            "needs after: gen_sentiment",
+        ),
         (dict(methods={"magic": {}}), "method 'magic' cannot run in the pipeline"),
         (dict(methods={"ties": {}}), "density"),
         (dict(methods={"ties": {"density": 2}}), "density"),
         (dict(methods={}), "non-empty mapping"),
         (dict(methods={"ewc": {"lambda": 0}}), "lambda > 0"),
         (dict(methods={"ewc": {"gamma": 1}}), "unknown parameter 'gamma'"),
-        (dict(methods={"recall": {}, "ewc": {}}, scenario="single",
-              sequence=[{"task": "gen_sentiment", "after": "base"}]), "needs scenario: sequential"),
+        (
+            dict(
+                methods={"recall": {}, "ewc": {}},
+                scenario="single",
+                sequence=[{"task": "gen_sentiment", "after": "base"}],
+            ),
+            "needs scenario: sequential",
+        ),
         (dict(baselines=["average"]), "`baselines` became `methods`"),
         (dict(evaluate={"limit": 2, "batch_size": 2, "mode": {"mcq": "vote"}}), "evaluate.mode"),
     ],
@@ -77,17 +85,25 @@ def test_negative_sigma_is_rejected(tmp_path):
 
 @pytest.mark.parametrize(("which", "middle"), [("all", ["a", "b", "c"]), ("seen", ["a", "b"]), ("new", ["b"])])
 def test_evaluate_tasks_picks_what_each_step_scores(tmp_path, which, middle):
-    sequence = [{"task": t, "after": a} for t, a in
-                [("gen_sentiment", "base"), ("gen_translation", "gen_sentiment"), ("gen_knowledge", "gen_translation")]]
+    sequence = [
+        {"task": t, "after": a}
+        for t, a in [
+            ("gen_sentiment", "base"),
+            ("gen_translation", "gen_sentiment"),
+            ("gen_knowledge", "gen_translation"),
+        ]
+    ]
     names = dict(zip("abc", (s["task"] for s in sequence)))
-    params = load_params(write_params(tmp_path, tiny_params(
-        sequence=sequence, evaluate={"limit": 2, "batch_size": 2, "tasks": which})))
+    params = load_params(
+        write_params(tmp_path, tiny_params(sequence=sequence, evaluate={"limit": 2, "batch_size": 2, "tasks": which}))
+    )
     assert params.eval_tasks("gen_translation") == [names[k] for k in middle]
     assert params.eval_tasks("gen_knowledge") == list(names.values())  # the last step scores every task
 
 
-@pytest.mark.parametrize("params", ["params.yaml", "benchmarks/paper/sequential/params.yaml",
-                                    "benchmarks/paper/multi/params.yaml"])
+@pytest.mark.parametrize(
+    "params", ["params.yaml", "benchmarks/paper/sequential/params.yaml", "benchmarks/paper/multi/params.yaml"]
+)
 def test_shipped_params_are_valid_and_their_dvc_yaml_is_current(params):
     assert [s.task for s in load_params(ROOT / params).steps]
     subprocess.run([BIN / "recall", "pipeline", params, "--check"], cwd=ROOT, check=True)
@@ -97,8 +113,11 @@ def test_each_method_is_its_own_chain(tmp_path):
     """Step k of a method starts from that method's step k-1; only the first fine-tune is shared."""
     from recall.pipeline import plan, stages
 
-    sequence = [{"task": "gen_sentiment", "after": "base"}, {"task": "gen_translation", "after": "gen_sentiment"},
-                {"task": "gen_knowledge", "after": "gen_translation"}]
+    sequence = [
+        {"task": "gen_sentiment", "after": "base"},
+        {"task": "gen_translation", "after": "gen_sentiment"},
+        {"task": "gen_knowledge", "after": "gen_translation"},
+    ]
     methods = {"recall": {}, "sft": {}, "ewc": {}, "ties": {"density": 0.5}}
     params = load_params(write_params(tmp_path, tiny_params(sequence=sequence, methods=methods)))
     chains = tmp_path / "data" / "chains"
@@ -142,8 +161,12 @@ def prefect_server(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect")
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
-    proc = subprocess.Popen([BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}/api"
     for _ in range(120):
         try:
@@ -164,10 +187,19 @@ def dvc(project: Path, env: dict, *args: str) -> str:
 
 def dvc_project(project: Path, prefect_server: dict) -> dict:
     """`project` as a git + DVC repository; the environment its commands run in."""
-    env = {**prefect_server, "PATH": f"{BIN}:{os.environ['PATH']}", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1",
-           **{f"GIT_{who}_{what}": value for who in ("AUTHOR", "COMMITTER")
-              for what, value in (("NAME", "recall tests"), ("EMAIL", "tests@recall.invalid"))}}
+    env = {
+        **prefect_server,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DVC_NO_ANALYTICS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TQDM_DISABLE": "1",
+        **{
+            f"GIT_{who}_{what}": value
+            for who in ("AUTHOR", "COMMITTER")
+            for what, value in (("NAME", "recall tests"), ("EMAIL", "tests@recall.invalid"))
+        },
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     subprocess.run(["git", "init", "-q"], cwd=project, check=True)
     dvc(project, env, "init", "-q")
@@ -189,14 +221,19 @@ def test_dvc_repro_runs_the_sequence_end_to_end(tmp_path, prefect_server):
         for method in ("recall", "sft", "average"):
             metrics = yaml.safe_load((chains / method / task / "eval" / "metrics.json").read_text())
             assert set(metrics) == {"gen_sentiment", "gen_translation"}
+
     # Each chain's step 2 starts from its own step 1: the fine-tune's base, the merge's inputs.
-    started = lambda m: yaml.safe_load((chains / m / "gen_translation" / "sft" / "train_metrics.json").read_text())["base"]  # noqa: E731
+    def started(m: str) -> str:
+        return yaml.safe_load((chains / m / "gen_translation" / "sft" / "train_metrics.json").read_text())["base"]
+
     assert Path(started("recall")) == chains / "recall" / "gen_sentiment" / "model"
     assert Path(started("average")) == chains / "average" / "gen_sentiment" / "model"
     assert Path(started("sft")) == project / "data" / "experts" / "gen_sentiment"
     merged = yaml.safe_load((chains / "average" / "gen_translation" / "model" / "merge_weights.json").read_text())
-    assert [Path(m) for m in merged["models"]] == [chains / "average" / "gen_sentiment" / "model",
-                                                   chains / "average" / "gen_translation" / "sft"]
+    assert [Path(m) for m in merged["models"]] == [
+        chains / "average" / "gen_sentiment" / "model",
+        chains / "average" / "gen_translation" / "sft",
+    ]
     report = (project / "reports" / "report.md").read_text()
     assert "Table 7" in report and (project / "reports" / "forgetting.png").stat().st_size > 1000
 
@@ -209,9 +246,17 @@ def test_dvc_repro_runs_the_sequence_end_to_end(tmp_path, prefect_server):
     subprocess.run(["git", "commit", "-qm", "default run"], cwd=project, env=env, check=True)
     out = dvc(project, env, "exp", "run", "-S", "recall.temperature=0.5", "--name", "cooler")
     ran = set(re.findall(r"Running stage '([^']+)'", out))
-    assert ran == {"merge-recall-gen_sentiment", "evaluate-recall-gen_sentiment", "finetune-recall-gen_translation",
-                   "features-gen_translation", "typical-gen_translation", "similarity-gen_translation",
-                   "merge-recall-gen_translation", "evaluate-recall-gen_translation", "report"}, ran
+    assert ran == {
+        "merge-recall-gen_sentiment",
+        "evaluate-recall-gen_sentiment",
+        "finetune-recall-gen_translation",
+        "features-gen_translation",
+        "typical-gen_translation",
+        "similarity-gen_translation",
+        "merge-recall-gen_translation",
+        "evaluate-recall-gen_translation",
+        "report",
+    }, ran
     assert "cooler" in dvc(project, env, "exp", "list", "--name-only")
     assert yaml.safe_load((project / "params.yaml").read_text())["recall"]["temperature"] == 0.5
 
@@ -235,9 +280,19 @@ def test_dvc_repro_runs_the_sequence_end_to_end(tmp_path, prefect_server):
     assert Path(latest.source).is_dir() and latest.tags["method"] == "recall"
     assert {"parents", "weights_sha256", "data_sha256", "git_commit", "dvc_stage"} <= set(latest.tags)
 
-    lineage = subprocess.run([BIN / "recall", "lineage", f"recall-merged/{latest.version}"], cwd=project,
-                             env=env, capture_output=True, text=True, check=True).stdout
-    assert "merged (recall, recall chain)" in lineage and "fine-tuned on gen_translation" in lineage and "base model" in lineage
+    lineage = subprocess.run(
+        [BIN / "recall", "lineage", f"recall-merged/{latest.version}"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert (
+        "merged (recall, recall chain)" in lineage
+        and "fine-tuned on gen_translation" in lineage
+        and "base model" in lineage
+    )
 
 
 def test_a_failing_stage_is_marked_failed_in_mlflow(tmp_path, prefect_server):
@@ -249,8 +304,13 @@ def test_a_failing_stage_is_marked_failed_in_mlflow(tmp_path, prefect_server):
     plan.write(load_params(project / "params.yaml"))
     env = {**prefect_server, "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run([sys.executable, "-m", "flows.stage", "features", "--step", "gen_sentiment"], cwd=project,
-                          env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.stage", "features", "--step", "gen_sentiment"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     client = mlflow.MlflowClient()
@@ -279,10 +339,15 @@ def test_multi_scenario_merges_every_expert(tmp_path, monkeypatch):
 
     record = yaml.safe_load((out / "model" / "merge_weights.json").read_text())
     data = project / "data"
-    assert [Path(m) for m in record["models"]] == [data / "base" / "model", data / "experts" / "gen_sentiment",
-                                                   data / "experts" / "gen_knowledge"]
-    rows = [np.exp(np.array(r["similarity"])) / np.exp(np.array(r["similarity"])).sum(1, keepdims=True)
-            for r in record["references"]]
+    assert [Path(m) for m in record["models"]] == [
+        data / "base" / "model",
+        data / "experts" / "gen_sentiment",
+        data / "experts" / "gen_knowledge",
+    ]
+    rows = [
+        np.exp(np.array(r["similarity"])) / np.exp(np.array(r["similarity"])).sum(1, keepdims=True)
+        for r in record["references"]
+    ]
     np.testing.assert_allclose(record["layers"], np.mean(rows, axis=0), rtol=1e-6)
     metrics = yaml.safe_load((out / "eval" / "metrics.json").read_text())
     assert set(metrics) == {"gen_sentiment", "gen_knowledge"}
@@ -318,19 +383,27 @@ def test_the_scheduled_flow_learns_declared_tasks_and_leaves_a_bad_folder(tmp_pa
     shutil.copytree(EXAMPLES / "faq", broken)
     (broken / "task.yaml").write_text("format: qa\nmetric: bleu\n")
     tiny_model(project / "tiny", layers=2, chat=False)
-    write_params(project, tiny_params(tasks="mytasks", sequence=[{"task": "tickets", "after": "base"}],
-                                      methods={"sft": {}}))
+    write_params(
+        project, tiny_params(tasks="mytasks", sequence=[{"task": "tickets", "after": "base"}], methods={"sft": {}})
+    )
     env = dvc_project(project, prefect_server)
 
-    proc = subprocess.run([sys.executable, "-m", "flows.continual", "--project", str(project), "run"], cwd=project,
-                          env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.continual", "--project", str(project), "run"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     logs = proc.stdout + proc.stderr
     assert proc.returncode == 0, logs[-4000:]
     assert "incoming/broken left out" in logs and "task.yaml:2: field 'metric'" in logs
     assert (broken / "task.yaml").is_file()  # left where it was
     sequence = yaml.safe_load((project / "params.yaml").read_text())["sequence"]
     assert sequence == [{"task": "tickets", "after": "base"}, {"task": "quiz", "after": "tickets"}]
-    assert (project / "data" / "tasks" / "quiz" / "task.yaml").read_text() == (EXAMPLES / "quiz" / "task.yaml").read_text()
+    assert (project / "data" / "tasks" / "quiz" / "task.yaml").read_text() == (
+        EXAMPLES / "quiz" / "task.yaml"
+    ).read_text()
     folder = project / "data" / "chains" / "sft" / "quiz" / "eval"
     assert set(json.loads((folder / "metrics.json").read_text())) == {"tickets", "quiz"}
     assert json.loads((folder / "evaluation.json").read_text())["rendering"] == "plain"
@@ -355,8 +428,12 @@ def test_declared_tasks_come_from_the_tasks_folder_or_data_source_with_their_spe
     shutil.copytree(EXAMPLES / "tickets", tmp_path / "source" / "tickets")
     shutil.copytree(EXAMPLES / "quiz", tmp_path / "mytasks" / "quiz")
     sequence = [{"task": "tickets", "after": "base"}, {"task": "quiz", "after": "tickets"}]
-    params = load_params(write_params(tmp_path, tiny_params(tasks="mytasks", sequence=sequence,
-                                                            data={"source": "source", "train_size": 5, "test_size": 2})))
+    params = load_params(
+        write_params(
+            tmp_path,
+            tiny_params(tasks="mytasks", sequence=sequence, data={"source": "source", "train_size": 5, "test_size": 2}),
+        )
+    )
     assert [params.find_task(t).format for t in ("tickets", "quiz")] == ["classification", "multiple_choice"]
     data = plan.find(params, "data")
     assert tmp_path / "mytasks" in data.deps and data.params == ["data", "tasks"]
@@ -366,6 +443,9 @@ def test_declared_tasks_come_from_the_tasks_folder_or_data_source_with_their_spe
         assert (copy / "task.yaml").read_text() == (EXAMPLES / task / "task.yaml").read_text()
         assert len((copy / "train.jsonl").read_text().splitlines()) == 5
     shutil.copytree(EXAMPLES / "faq", tmp_path / "source" / "quiz", dirs_exist_ok=True)  # another task named quiz
-    with pytest.raises(RecallError, match=r"two different tasks are named 'quiz': .*mytasks/quiz/task.yaml and "
-                                          r".*source/quiz/task.yaml"):
+    with pytest.raises(
+        RecallError,
+        match=r"two different tasks are named 'quiz': .*mytasks/quiz/task.yaml and "
+        r".*source/quiz/task.yaml",
+    ):
         load_params(tmp_path / "params.yaml")

@@ -27,10 +27,16 @@ TABLE1 = {  # fine-tuned on -> method -> scores in TASKS order
 }
 TABLE2 = {"base model": [87.96, 0.94, 9.64, 50.14, 35.91], "RECALL": [89.11, 77.66, 33.12, 74.39, 39.86]}
 TABLE7 = {  # method -> rows in SEQUENCE order
-    "LoRA SFT": [[95.76, 31.68, 32.32, 13.28, 44.71], [94.38, 87.42, 16.88, 25.06, 58.15],
-                 [88.3, 74.89, 42.62, 19.29, 68.38]],
-    "RECALL": [[94.5, 30.72, 34.9, 12.08, 47.44], [96.61, 86.34, 30.79, 19.83, 57.52],
-               [92.89, 71.66, 40.65, 18.48, 69.06]],
+    "LoRA SFT": [
+        [95.76, 31.68, 32.32, 13.28, 44.71],
+        [94.38, 87.42, 16.88, 25.06, 58.15],
+        [88.3, 74.89, 42.62, 19.29, 68.38],
+    ],
+    "RECALL": [
+        [94.5, 30.72, 34.9, 12.08, 47.44],
+        [96.61, 86.34, 30.79, 19.83, 57.52],
+        [92.89, 71.66, 40.65, 18.48, 69.06],
+    ],
 }
 
 
@@ -48,28 +54,71 @@ def spec(tmp_path: Path) -> Path:
     """A spec with every section, its files laid out as runs/<name>/eval/metrics.json."""
     runs = tmp_path / "runs"
     single = [
-        {"finetuned_on": task, "method": method, "metrics": write_metrics(runs / f"{task}-{method}" / "eval" / "metrics.json", TASKS, s)}
-        for task, methods in TABLE1.items() for method, s in methods.items()
+        {
+            "finetuned_on": task,
+            "method": method,
+            "metrics": write_metrics(runs / f"{task}-{method}" / "eval" / "metrics.json", TASKS, s),
+        }
+        for task, methods in TABLE1.items()
+        for method, s in methods.items()
     ]
-    multi = [{"method": "base model", "metrics": write_metrics(runs / "base" / "eval" / "metrics.json", TASKS, TABLE2["base model"])},
-             {"setting": "without base model", "method": "RECALL",
-              "metrics": write_metrics(runs / "multi" / "eval" / "metrics.json", TASKS, TABLE2["RECALL"])}]
+    multi = [
+        {
+            "method": "base model",
+            "metrics": write_metrics(runs / "base" / "eval" / "metrics.json", TASKS, TABLE2["base model"]),
+        },
+        {
+            "setting": "without base model",
+            "method": "RECALL",
+            "metrics": write_metrics(runs / "multi" / "eval" / "metrics.json", TASKS, TABLE2["RECALL"]),
+        },
+    ]
     sequential = [
-        {"method": method, "steps": [
-            {"task": SEQUENCE[t], "metrics": write_metrics(runs / f"{method}-{t}" / "eval" / "metrics.json", SEQUENCE, row)}
-            for t, row in enumerate(rows)]}
+        {
+            "method": method,
+            "steps": [
+                {
+                    "task": SEQUENCE[t],
+                    "metrics": write_metrics(runs / f"{method}-{t}" / "eval" / "metrics.json", SEQUENCE, row),
+                }
+                for t, row in enumerate(rows)
+            ],
+        }
         for method, rows in TABLE7.items()
     ]
-    (runs / "merge_weights.json").write_text(json.dumps({
-        "method": "recall", "models": ["models/base", "runs/sst2/model", "runs/race/model"],
-        "layers": [[0.5, 0.3, 0.2], [0.4, 0.35, 0.25], [0.3, 0.4, 0.3]], "tensor_groups": {}}))
-    (runs / "similarity.json").write_text(json.dumps({
-        "metric": "rbf", "models": ["runs/sst2/model", "runs/race/model"], "layers": [[1.0, 1.0], [0.9, 0.8], [0.7, 0.5]]}))
+    (runs / "merge_weights.json").write_text(
+        json.dumps(
+            {
+                "method": "recall",
+                "models": ["models/base", "runs/sst2/model", "runs/race/model"],
+                "layers": [[0.5, 0.3, 0.2], [0.4, 0.35, 0.25], [0.3, 0.4, 0.3]],
+                "tensor_groups": {},
+            }
+        )
+    )
+    (runs / "similarity.json").write_text(
+        json.dumps(
+            {
+                "metric": "rbf",
+                "models": ["runs/sst2/model", "runs/race/model"],
+                "layers": [[1.0, 1.0], [0.9, 0.8], [0.7, 0.5]],
+            }
+        )
+    )
     path = tmp_path / "report.yaml"
-    path.write_text(yaml.safe_dump({
-        "tasks": TASKS, "single": single, "multi": multi, "sequential": sequential,
-        "merge_weights": ["runs/merge_weights.json"], "similarity": ["runs/similarity.json"],
-    }, sort_keys=False))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "tasks": TASKS,
+                "single": single,
+                "multi": multi,
+                "sequential": sequential,
+                "merge_weights": ["runs/merge_weights.json"],
+                "similarity": ["runs/similarity.json"],
+            },
+            sort_keys=False,
+        )
+    )
     return path
 
 
@@ -84,8 +133,13 @@ def test_tables_reproduce_the_paper(spec: Path, tmp_path: Path):
 
     table1 = read_csv(out / "table1.csv")
     assert [(r["Fine-tuned on"], r["Method"]) for r in table1] == [
-        ("sst2", "SFT only"), ("sst2", "RECALL"), ("squad_v2", "SFT only"), ("squad_v2", "RECALL"),
-        ("All Average", "SFT only"), ("All Average", "RECALL")]
+        ("sst2", "SFT only"),
+        ("sst2", "RECALL"),
+        ("squad_v2", "SFT only"),
+        ("squad_v2", "RECALL"),
+        ("All Average", "SFT only"),
+        ("All Average", "RECALL"),
+    ]
     # printed in table 1: 43.55 / 30.50 (SST-2, SFT only), 43.93 / 31.29 (SST-2, RECALL) and
     # 55.00 / 47.37 (SQuAD, SFT only): the paper averaged unrounded scores, its rounded ones give 54.99
     assert [round(float(table1[i]["Avg from all tasks"]), 2) for i in (0, 1, 2)] == [43.55, 43.93, 54.99]
@@ -123,7 +177,14 @@ def test_tables_reproduce_the_paper(spec: Path, tmp_path: Path):
     assert "diff_vs_sft" not in metrics["sequential"]["RECALL"]  # no method is named sft there
 
     text = report.read_text()
-    for heading in ("Table 1", "Table 2", "Table 7", "Continual-learning metrics", "BWT =", "Table 1 with 95% intervals"):
+    for heading in (
+        "Table 1",
+        "Table 2",
+        "Table 7",
+        "Continual-learning metrics",
+        "BWT =",
+        "Table 1 with 95% intervals",
+    ):
         assert heading in text
     assert "| sst2 | RECALL | 43.93 [n/a] | 31.28 [n/a] | +0.38 [n/a] |" in text  # "SFT only" is the sft reference
     assert "n/a: no per-example results" in text
@@ -144,26 +205,38 @@ def test_sections_are_optional(tmp_path: Path):
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"multi": [{"method": "RECALL", "metrics": relative}]}))
     write_report(spec, tmp_path / "out")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [MARKER, "metrics.json", "report.md", "table2.csv", "table2_ci.csv"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        MARKER,
+        "metrics.json",
+        "report.md",
+        "table2.csv",
+        "table2_ci.csv",
+    ]
     assert list(read_csv(tmp_path / "out" / "table2.csv")[0])[2:7] == TASKS  # default: the file's task order
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda s: s.update(extra=[]), "unknown section"),
-    (lambda s: s.update(tasks=TASKS + ["gen_sentiment"]), "no score for task 'gen_sentiment'"),
-    (lambda s: s["single"][0].pop("method"), "entry 1 of `single` lacks `method`"),
-    (lambda s: s["single"][0].update(finetuned_on="sst-2"), "finetuned_on 'sst-2' is not one of the tasks"),
-    (lambda s: s["multi"][0].update(metrics="nowhere/metrics.json"), "does not exist"),
-    (lambda s: s["sequential"][1]["steps"].reverse(), "compare methods over one task order"),
-    (lambda s: s["sequential"][0].update(steps=[]), "'LoRA SFT' needs a list of steps"),
-    (lambda s: s["sequential"][0]["steps"][1].pop("task"), "step 2 of 'LoRA SFT' needs `task` and `metrics`"),
-    (lambda s: s.update(similarity=[{"path": "runs/similarity.json"}]), "`similarity` must list names or paths"),
-    (lambda s: s.update(multi={"method": "m"}), "`multi` must be a list"),
-    (lambda s: s.update(merge_weights=["runs/similarity.json", "runs/nothing.json"]), "nothing.json .* does not exist"),
-    (lambda s: {k: s.pop(k) for k in list(s) if k != "tasks"}, "nothing to report"),
-    (lambda s: s.update(bootstrap={"replicates": 0}), "bootstrap replicates must be a positive integer"),
-    (lambda s: s.update(bootstrap={"resamples": 100}), "`bootstrap` takes `replicates` and `seed`"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda s: s.update(extra=[]), "unknown section"),
+        (lambda s: s.update(tasks=TASKS + ["gen_sentiment"]), "no score for task 'gen_sentiment'"),
+        (lambda s: s["single"][0].pop("method"), "entry 1 of `single` lacks `method`"),
+        (lambda s: s["single"][0].update(finetuned_on="sst-2"), "finetuned_on 'sst-2' is not one of the tasks"),
+        (lambda s: s["multi"][0].update(metrics="nowhere/metrics.json"), "does not exist"),
+        (lambda s: s["sequential"][1]["steps"].reverse(), "compare methods over one task order"),
+        (lambda s: s["sequential"][0].update(steps=[]), "'LoRA SFT' needs a list of steps"),
+        (lambda s: s["sequential"][0]["steps"][1].pop("task"), "step 2 of 'LoRA SFT' needs `task` and `metrics`"),
+        (lambda s: s.update(similarity=[{"path": "runs/similarity.json"}]), "`similarity` must list names or paths"),
+        (lambda s: s.update(multi={"method": "m"}), "`multi` must be a list"),
+        (
+            lambda s: s.update(merge_weights=["runs/similarity.json", "runs/nothing.json"]),
+            "nothing.json .* does not exist",
+        ),
+        (lambda s: {k: s.pop(k) for k in list(s) if k != "tasks"}, "nothing to report"),
+        (lambda s: s.update(bootstrap={"replicates": 0}), "bootstrap replicates must be a positive integer"),
+        (lambda s: s.update(bootstrap={"resamples": 100}), "`bootstrap` takes `replicates` and `seed`"),
+    ],
+)
 def test_bad_specs_fail_clearly_and_write_nothing(spec: Path, tmp_path: Path, change, message):
     data = yaml.safe_load(spec.read_text())
     change(data)
@@ -177,7 +250,13 @@ def test_plots_alone(spec: Path, tmp_path: Path):
     data = yaml.safe_load(spec.read_text())
     spec.write_text(yaml.safe_dump({"merge_weights": data["merge_weights"], "similarity": data["similarity"]}))
     write_report(spec, tmp_path / "out")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [MARKER, "merge_weights_1.png", "metrics.json", "report.md", "similarity_1.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        MARKER,
+        "merge_weights_1.png",
+        "metrics.json",
+        "report.md",
+        "similarity_1.png",
+    ]
 
 
 def test_bad_metrics_file(tmp_path: Path):
@@ -194,7 +273,11 @@ def test_merge_weights_rows_must_match_models(tmp_path: Path):
 
 
 def test_short_names_tell_models_apart():
-    assert short_names(["runs/sst2/model", "runs/race/model", "models/base"]) == ["sst2/model", "race/model", "models/base"]
+    assert short_names(["runs/sst2/model", "runs/race/model", "models/base"]) == [
+        "sst2/model",
+        "race/model",
+        "models/base",
+    ]
     assert short_names(["a/x", "b/y"]) == ["x", "y"]
 
 
@@ -219,8 +302,10 @@ def write_eval(folder: Path, results: dict[str, list[bool]], examples: bool = Tr
     if examples:
         (folder / "examples").mkdir()
         for task, ok in results.items():
-            lines = [{"index": i, "score": 100.0 * right, "nll": 0.5, "prediction": "p", "reference": f"{task} {i}"}
-                     for i, right in enumerate(ok)]
+            lines = [
+                {"index": i, "score": 100.0 * right, "nll": 0.5, "prediction": "p", "reference": f"{task} {i}"}
+                for i, right in enumerate(ok)
+            ]
             (folder / "examples" / f"{task}.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     return str((folder / "metrics.json").relative_to(folder.parents[1]))
 
@@ -234,10 +319,16 @@ def test_intervals_decide_which_differences_count(tmp_path: Path):
     low, high = flags(200, 20), flags(200, 180)
     nudged = list(low)
     nudged[low.index(False)] = True  # one example of 200 more correct
-    results = {"sft": {"gen_sentiment": low, "gen_knowledge": low}, "recall": {"gen_sentiment": high, "gen_knowledge": high},
-               "copy": {"gen_sentiment": low, "gen_knowledge": low}, "nudge": {"gen_sentiment": nudged, "gen_knowledge": low}}
-    single = [{"finetuned_on": "gen_sentiment", "method": m, "metrics": write_eval(tmp_path / "runs" / m, r)}
-              for m, r in results.items()]
+    results = {
+        "sft": {"gen_sentiment": low, "gen_knowledge": low},
+        "recall": {"gen_sentiment": high, "gen_knowledge": high},
+        "copy": {"gen_sentiment": low, "gen_knowledge": low},
+        "nudge": {"gen_sentiment": nudged, "gen_knowledge": low},
+    }
+    single = [
+        {"finetuned_on": "gen_sentiment", "method": m, "metrics": write_eval(tmp_path / "runs" / m, r)}
+        for m, r in results.items()
+    ]
     spec = write_spec(tmp_path / "spec.yaml", {"tasks": EVIDENCE_TASKS, "single": single})
     out = tmp_path / "out"
     text = write_report(spec, out).read_text()
@@ -269,10 +360,21 @@ def test_sequential_bwt_interval(tmp_path: Path):
     # sft forgets gen_sentiment (80% -> 40%); recall keeps it (80% -> 78%); both learn gen_knowledge
     after = {"sft": [flags(100, 80, 1), flags(100, 40, 1)], "recall": [flags(100, 80, 1), flags(100, 78, 1)]}
     knowledge = [flags(100, 25, 2), flags(100, 70, 3)]
-    sequential = [{"method": m, "steps": [
-        {"task": task, "metrics": write_eval(tmp_path / "runs" / f"{m}{t}",
-                                             {"gen_sentiment": after[m][t], "gen_knowledge": knowledge[t]})}
-        for t, task in enumerate(EVIDENCE_TASKS)]} for m in after]
+    sequential = [
+        {
+            "method": m,
+            "steps": [
+                {
+                    "task": task,
+                    "metrics": write_eval(
+                        tmp_path / "runs" / f"{m}{t}", {"gen_sentiment": after[m][t], "gen_knowledge": knowledge[t]}
+                    ),
+                }
+                for t, task in enumerate(EVIDENCE_TASKS)
+            ],
+        }
+        for m in after
+    ]
     spec = write_spec(tmp_path / "spec.yaml", {"sequential": sequential, "bootstrap": {"replicates": 200, "seed": 1}})
     text = write_report(spec, tmp_path / "out").read_text()
     seq = json.loads((tmp_path / "out" / "metrics.json").read_text())["sequential"]
@@ -292,8 +394,10 @@ def test_a_sequence_scored_on_new_tasks_only(tmp_path: Path):
     first = {"gen_sentiment": flags(100, 80, 1)}
     middle = {"gen_squad": flags(100, 40, 2)}
     last = {"gen_sentiment": flags(100, 50, 1), "gen_squad": flags(100, 30, 2), "gen_knowledge": flags(100, 70, 3)}
-    steps = [{"task": t, "metrics": write_eval(tmp_path / "runs" / f"s{i}", scores)}
-             for i, (t, scores) in enumerate([("gen_sentiment", first), ("gen_squad", middle), ("gen_knowledge", last)])]
+    steps = [
+        {"task": t, "metrics": write_eval(tmp_path / "runs" / f"s{i}", scores)}
+        for i, (t, scores) in enumerate([("gen_sentiment", first), ("gen_squad", middle), ("gen_knowledge", last)])
+    ]
     spec = write_spec(tmp_path / "spec.yaml", {"sequential": [{"method": "sft", "steps": steps}]})
     write_report(spec, tmp_path / "out")
     rows = read_csv(tmp_path / "out" / "table7.csv")
@@ -306,14 +410,18 @@ def test_a_sequence_scored_on_new_tasks_only(tmp_path: Path):
         bad = [dict(s) for s in steps]
         bad[i]["metrics"] = write_eval(tmp_path / "runs" / f"short{i}", {k: v for k, v in scores.items() if v})
         with pytest.raises(RecallError, match=f"short{i}"):
-            write_report(write_spec(tmp_path / f"bad{i}.yaml", {"sequential": [{"method": "sft", "steps": bad}]}),
-                         tmp_path / f"bad{i}")
+            write_report(
+                write_spec(tmp_path / f"bad{i}.yaml", {"sequential": [{"method": "sft", "steps": bad}]}),
+                tmp_path / f"bad{i}",
+            )
 
 
 def test_evaluations_without_examples_have_no_intervals(tmp_path: Path):
     ok = {"gen_sentiment": flags(50, 30), "gen_knowledge": flags(50, 20)}
-    multi = [{"method": "sft", "metrics": write_eval(tmp_path / "runs" / "old", ok, examples=False)},
-             {"method": "recall", "metrics": write_eval(tmp_path / "runs" / "new", ok)}]
+    multi = [
+        {"method": "sft", "metrics": write_eval(tmp_path / "runs" / "old", ok, examples=False)},
+        {"method": "recall", "metrics": write_eval(tmp_path / "runs" / "new", ok)},
+    ]
     out = tmp_path / "out"
     text = write_report(write_spec(tmp_path / "spec.yaml", {"multi": multi}), out).read_text()
     multi_metrics = json.loads((out / "metrics.json").read_text())["multi"]
@@ -323,11 +431,20 @@ def test_evaluations_without_examples_have_no_intervals(tmp_path: Path):
     assert "n = 50 test examples scored per task" in text
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda e: e.write_text(e.read_text().replace('"score": 0.0', '"score": 100.0')), "are not from that evaluation"),
-    (lambda e: e.write_text(e.read_text().replace("gen_sentiment 3", "gen_sentiment 4")), "not the same test examples"),
-    (lambda e: e.write_text(e.read_text() + "{oops\n"), ":21: not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (
+            lambda e: e.write_text(e.read_text().replace('"score": 0.0', '"score": 100.0')),
+            "are not from that evaluation",
+        ),
+        (
+            lambda e: e.write_text(e.read_text().replace("gen_sentiment 3", "gen_sentiment 4")),
+            "not the same test examples",
+        ),
+        (lambda e: e.write_text(e.read_text() + "{oops\n"), ":21: not valid JSON"),
+    ],
+)
 def test_inconsistent_examples_fail_clearly(tmp_path: Path, damage, message):
     ok = {"gen_sentiment": flags(20, 10)}
     multi = [{"method": m, "metrics": write_eval(tmp_path / "runs" / m, ok)} for m in ("a", "b")]
@@ -340,11 +457,15 @@ def test_a_report_on_declared_tasks_is_given_their_folder(tmp_path: Path, capsys
     """The report recomputes each task's metric per resample, so it must know the task: a declared one
     comes from --data-dir, as for `recall evaluate`."""
     tasks = Path(__file__).resolve().parents[1] / "examples" / "tasks"
-    multi = [{"method": m, "metrics": write_eval(tmp_path / "runs" / m, {"tickets": flags(30, right)})}
-             for m, right in [("sft", 10), ("recall", 20)]]
+    multi = [
+        {"method": m, "metrics": write_eval(tmp_path / "runs" / m, {"tickets": flags(30, right)})}
+        for m, right in [("sft", 10), ("recall", 20)]
+    ]
     spec = write_spec(tmp_path / "spec.yaml", {"multi": multi})
     assert main(["report", str(spec), "--out", str(tmp_path / "out")]) == 2
     assert "unknown task 'tickets'" in capsys.readouterr().err
     assert main(["report", str(spec), "--out", str(tmp_path / "out"), "--data-dir", str(tasks)]) == 0
     report = json.loads((tmp_path / "out" / "metrics.json").read_text())["multi"]
-    assert report["recall"]["avg"] == pytest.approx(200 / 3, abs=1e-3) and report["sft"]["avg"] == pytest.approx(100 / 3, abs=1e-3)
+    assert report["recall"]["avg"] == pytest.approx(200 / 3, abs=1e-3) and report["sft"]["avg"] == pytest.approx(
+        100 / 3, abs=1e-3
+    )

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from recall.reporting import statistics as paired
 from recall.errors import RecallError
+from recall.reporting import statistics as paired
 from recall.reporting.metrics import backward_transfer
 from recall.tasks.base import Example, Task
 
@@ -17,8 +17,10 @@ TASKS = ["gen_sentiment", "gen_knowledge"]  # mean-decomposable: accuracy
 
 
 def records(correct: Sequence[bool]) -> list[dict]:
-    return [{"index": i, "score": 100.0 if ok else 0.0, "nll": 0.5, "prediction": "p", "reference": f"r{i}"}
-            for i, ok in enumerate(correct)]
+    return [
+        {"index": i, "score": 100.0 if ok else 0.0, "nll": 0.5, "prediction": "p", "reference": f"r{i}"}
+        for i, ok in enumerate(correct)
+    ]
 
 
 def correct(n: int, right: int, seed: int = 0) -> list[bool]:
@@ -48,8 +50,9 @@ def test_identical_results_differ_by_exactly_zero():
 
 
 def test_a_clearly_better_method_is_a_difference():
-    scores, draws = bootstrap([evaluation(correct(200, 180), correct(200, 180, 1)),
-                               evaluation(correct(200, 20), correct(200, 20, 1))])
+    scores, draws = bootstrap(
+        [evaluation(correct(200, 180), correct(200, 180, 1)), evaluation(correct(200, 20), correct(200, 20, 1))]
+    )
     diff = paired.interval(paired.difference(paired.mean_score(0, [0, 1]), paired.mean_score(1, [0, 1])), scores, draws)
     assert diff.estimate == pytest.approx(80.0)
     assert diff.excludes_zero and 70 < diff.low < diff.estimate < diff.high < 90
@@ -70,8 +73,10 @@ def test_one_example_of_200_is_no_difference():
 
 def test_bwt_replicates_match_bwt_by_hand():
     tasks = [*TASKS, "gen_reading"]  # learned at steps 0, 1, 2
-    steps = [{task: records(correct(50, right, seed)) for seed, (task, right) in enumerate(zip(tasks, rights))}
-             for rights in ([40, 10, 5], [30, 45, 10], [25, 35, 45])]
+    steps = [
+        {task: records(correct(50, right, seed)) for seed, (task, right) in enumerate(zip(tasks, rights))}
+        for rights in ([40, 10, 5], [30, 45, 10], [25, 35, 45])
+    ]
     scores, draws = paired.full_scores(steps, tasks), paired.score_draws(steps, tasks, replicates=50, seed=7)
     stat = paired.backward_transfer([0, 1, 2], [0, 1, 2])
     # by hand: ((R[2][0] - R[0][0]) + (R[2][1] - R[1][1])) / 2 = ((50 - 80) + (70 - 90)) / 2 = -25
@@ -130,8 +135,11 @@ def test_missing_records_have_no_interval():
     draws = paired.score_draws(evaluations, TASKS, replicates=10)
     assert paired.interval(paired.mean_score(1, [0, 1]), scores, draws) == (None, 45.0, None)
     assert paired.interval(paired.mean_score(0, [0, 1]), scores, draws).low is not None
-    assert paired.example_counts(evaluations, [*TASKS, "gen_squad"]) == {"gen_sentiment": 20, "gen_knowledge": 20,
-                                                                         "gen_squad": None}
+    assert paired.example_counts(evaluations, [*TASKS, "gen_squad"]) == {
+        "gen_sentiment": 20,
+        "gen_knowledge": 20,
+        "gen_squad": None,
+    }
 
 
 def test_unpaired_inputs_fail_clearly():

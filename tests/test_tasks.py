@@ -59,16 +59,22 @@ def test_unknown_task_lists_the_known_ones():
 # ---------------------------------------------------------------- appendix C prompts (paper Table 6)
 TABLE6 = {
     "sst2": (
-        {"sentence": "the characters in swimfan seem motivated by nothing short of dull, brain-deadening hangover. ",
-         "label": 0},
+        {
+            "sentence": "the characters in swimfan seem motivated by nothing short of dull, brain-deadening hangover. ",
+            "label": 0,
+        },
         "Statement: the characters in swimfan seem motivated by nothing short of dull, brain-deadening hangover. "
         "What’s sentiment should the above sentence be? OPTIONS: - negative.- positive. Answer:",
         "negative",
     ),
     "squad_v2": (
-        {"context": "Unpopulated boards are usually bare-board tested for ... the appropriate contact points and only on these.",
-         "question": "What’s an absent connection that needs to be linked up on an unpopulated board called?",
-         "answers": [{"text": "An open", "answer_start": 0}], "is_impossible": False},
+        {
+            "context": "Unpopulated boards are usually bare-board tested for ... "
+            "the appropriate contact points and only on these.",
+            "question": "What’s an absent connection that needs to be linked up on an unpopulated board called?",
+            "answers": [{"text": "An open", "answer_start": 0}],
+            "is_impossible": False,
+        },
         "Unpopulated boards are usually bare-board tested for ... the appropriate contact points and only on these. "
         "According to the above passage, answer the following question. If it is impossible to answer according to "
         "the passage, answer ‘impossible to answer’: Question:What’s an absent connection that needs to be linked up "
@@ -76,17 +82,26 @@ TABLE6 = {
         "An open",
     ),
     "medmcqa": (
-        {"question": "Which of the following metabolic reactions require vitamin B12 but not folate?",
-         "opa": "Conversion of malonic acid to succinic acid", "opb": "Conversion of homocysteine to methionine",
-         "opc": "Conversion of serine to glycine", "opd": "Thymidylate synthesis", "cop": 0},
+        {
+            "question": "Which of the following metabolic reactions require vitamin B12 but not folate?",
+            "opa": "Conversion of malonic acid to succinic acid",
+            "opb": "Conversion of homocysteine to methionine",
+            "opc": "Conversion of serine to glycine",
+            "opd": "Thymidylate synthesis",
+            "cop": 0,
+        },
         "Question: Which of the following metabolic reactions require vitamin B12 but not folate? Options: "
         "A: Conversion of malonic acid to succinic acid B: Conversion of homocysteine to methionine "
         "C: Conversion of serine to glycine D: Thymidylate synthesis Choose an correct answer from A/B/C/D.Answer:",
         "A",
     ),
     "race": (
-        {"article": "Tired of all the pushing in supermarkets? Angry at wasting ... claim it to be.",
-         "question": "The author agrees with the fact that ...", "options": ["w", "x", "y", "z"], "answer": "D"},
+        {
+            "article": "Tired of all the pushing in supermarkets? Angry at wasting ... claim it to be.",
+            "question": "The author agrees with the fact that ...",
+            "options": ["w", "x", "y", "z"],
+            "answer": "D",
+        },
         # Table 6 elides the options ("..."); they follow the question in MedMCQA's layout.
         "Read the article, and answer the question by replying A, B, C or D. Article: Tired of all the pushing in "
         "supermarkets? Angry at wasting ... claim it to be. Q:The author agrees with the fact that ... "
@@ -113,8 +128,11 @@ def test_prompts_match_paper_table6_for_hub_and_generated_tasks(tmp_path, paper_
 def test_squad_unanswerable_and_hub_style_answers(tmp_path):
     rows = [
         {"context": "Paris is in France.", "question": "Where is Rome?", "answers": [], "is_impossible": True},
-        {"context": "Paris is in France.", "question": "Where is Paris?",
-         "answers": {"text": ["France", "in France"], "answer_start": [12, 9]}},  # HF hub layout
+        {
+            "context": "Paris is in France.",
+            "question": "Where is Paris?",
+            "answers": {"text": ["France", "in France"], "answer_start": [12, 9]},
+        },  # HF hub layout
     ]
     examples = get_task("squad_v2").load("test", write_rows(tmp_path, "squad_v2", "test", rows))
     assert [e.answer for e in examples] == ["impossible to answer", "France"]
@@ -151,10 +169,15 @@ def test_missing_file_names_the_path_and_the_fix(tmp_path):
 
 
 def test_missing_field_names_file_line_and_field(tmp_path):
-    root = write_rows(tmp_path, "medmcqa", "test", [
-        {"question": "q", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 1},
-        {"question": "q", "opa": "a", "opb": "b", "opc": "c", "opd": "d"},
-    ])
+    root = write_rows(
+        tmp_path,
+        "medmcqa",
+        "test",
+        [
+            {"question": "q", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 1},
+            {"question": "q", "opa": "a", "opb": "b", "opc": "c", "opd": "d"},
+        ],
+    )
     with pytest.raises(RecallError, match=r"medmcqa/test.jsonl:2: missing field 'cop'"):
         get_task("medmcqa").load("test", root)
 
@@ -195,24 +218,38 @@ def test_hub_unreachable_gives_a_clear_error(monkeypatch):
 
 
 # ---------------------------------------------------------------- scoring
-@pytest.mark.parametrize("reply,letter", [
-    ("B", "B"), ("(C)", "C"), ("D.", "D"), ("A: Conversion of malonic acid", "A"),
-    ("The answer is B: Conversion of homocysteine to methionine", "B"),
-    ("Answer: D", "D"), ("I think the correct option is (c) no, C", "C"),
-    ("A good choice here is C.", "C"),  # "A" as an article is not option A
-    ("Based on the article, the answer would be A.", "A"),
-    ("D'Angelo says B", "B"), ("I'd say none of them", None), ("", None),
-])
+@pytest.mark.parametrize(
+    "reply,letter",
+    [
+        ("B", "B"),
+        ("(C)", "C"),
+        ("D.", "D"),
+        ("A: Conversion of malonic acid", "A"),
+        ("The answer is B: Conversion of homocysteine to methionine", "B"),
+        ("Answer: D", "D"),
+        ("I think the correct option is (c) no, C", "C"),
+        ("A good choice here is C.", "C"),  # "A" as an article is not option A
+        ("Based on the article, the answer would be A.", "A"),
+        ("D'Angelo says B", "B"),
+        ("I'd say none of them", None),
+        ("", None),
+    ],
+)
 def test_extract_choice(reply, letter):
     assert extract_choice(reply) == letter
 
 
-@pytest.mark.parametrize("reply,label", [
-    ("negative", "negative"), ("Positive.", "positive"),
-    ("The sentiment of the sentence is positive.", "positive"),
-    ("This review is clearly negative, not positive.", "negative"),
-    ("It is hard to say.", None), ("nonpositive", None),
-])
+@pytest.mark.parametrize(
+    "reply,label",
+    [
+        ("negative", "negative"),
+        ("Positive.", "positive"),
+        ("The sentiment of the sentence is positive.", "positive"),
+        ("This review is clearly negative, not positive.", "negative"),
+        ("It is hard to say.", None),
+        ("nonpositive", None),
+    ],
+)
 def test_extract_label(reply, label):
     assert extract_label(reply, ("negative", "positive")) == label
 
@@ -225,8 +262,10 @@ def test_squad_exact_match_normalisation_and_unanswerable():
     assert qa_match("It is impossible to answer according to the passage.", "impossible to answer")
     assert not qa_match("France", "impossible to answer")
     assert not qa_match("impossible to answer", "France")
-    scores = get_task("squad_v2").score(["France", "impossible to answer", "Spain", "the river Seine"],
-                                        ["France", "impossible to answer", "Italy", "Seine river"])
+    scores = get_task("squad_v2").score(
+        ["France", "impossible to answer", "Spain", "the river Seine"],
+        ["France", "impossible to answer", "Italy", "Seine river"],
+    )
     assert scores == {"exact_match": pytest.approx(50.0), "f1": pytest.approx(75.0)}  # F1: the word overlap
 
 
@@ -253,8 +292,9 @@ def test_bleu_and_translation_scores():
 
 def test_task_scores_verbose_correct_replies():
     assert get_task("medmcqa").score(["The answer is B: homocysteine", "C"], ["B", "D"]) == {"accuracy": 50.0}
-    assert get_task("sst2").score(["I would say this is positive.", "negative"], ["positive", "negative"]) == \
-        {"accuracy": 100.0}
+    assert get_task("sst2").score(["I would say this is positive.", "negative"], ["positive", "negative"]) == {
+        "accuracy": 100.0
+    }
     with pytest.raises(RecallError, match="2 predictions for 1 references"):
         get_task("race").score(["A", "B"], ["A"])
 
@@ -356,8 +396,23 @@ def test_cli_list_generate_export(tmp_path, capsys):
     assert main(["tasks", "generate", "--out", str(tmp_path / "d"), "--seed", "3", "--train", "5", "--test", "2"]) == 0
     assert len((tmp_path / "d" / "gen_reading" / "train.jsonl").read_text().splitlines()) == 5
     out = tmp_path / "e.jsonl"
-    assert main(["tasks", "export", "--task", "gen_squad", "--split", "test", "--data-dir", str(tmp_path / "d"),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "tasks",
+                "export",
+                "--task",
+                "gen_squad",
+                "--split",
+                "test",
+                "--data-dir",
+                str(tmp_path / "d"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert len(read_records(out)) == 2
     assert main(["tasks", "export", "--task", "nope", "--out", str(out)]) == 2
     assert "unknown task 'nope'" in capsys.readouterr().err

@@ -22,19 +22,38 @@ def _mode(text: str) -> tuple[str, str]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="evaluate a model on tasks with OpenCompass", description=__doc__)
-    p.add_argument("--model", required=True, type=Path, help="Hugging Face model folder; prompted through its chat template, or plain without one")
+    p.add_argument(
+        "--model",
+        required=True,
+        type=Path,
+        help="Hugging Face model folder; prompted through its chat template, or plain without one",
+    )
     p.add_argument("--tasks", required=True, type=_task_list, help="comma-separated task names, e.g. sst2,race")
     add_output(p, "output folder: metrics.json, examples/<task>.jsonl, OpenCompass outputs")
-    p.add_argument("--data-dir", type=Path, help="folder holding <task>/test.jsonl, or a task of your own as "
-                   "<task>/{task.yaml,train.jsonl,test.jsonl} (default: the Hugging Face hub)")
-    p.add_argument("--limit", type=int, help="evaluate only the first N test examples of each task")
-    p.add_argument("--mode", type=_mode, action="append", metavar="FORMAT=MODE",
-                   help="how a task format is inferred: ppl (its choices ranked by likelihood) or gen (greedy "
-                        "reply); repeatable. Default: classification=ppl, multiple_choice=ppl; other formats always gen")
-    p.add_argument("--batch-size", type=int, default=8,
-                   help="sequences per forward pass: prompts (gen) or prompt+answer pairs (ppl) (default 8)")
     p.add_argument(
-        "--max-new-tokens", type=int,
+        "--data-dir",
+        type=Path,
+        help="folder holding <task>/test.jsonl, or a task of your own as "
+        "<task>/{task.yaml,train.jsonl,test.jsonl} (default: the Hugging Face hub)",
+    )
+    p.add_argument("--limit", type=int, help="evaluate only the first N test examples of each task")
+    p.add_argument(
+        "--mode",
+        type=_mode,
+        action="append",
+        metavar="FORMAT=MODE",
+        help="how a task format is inferred: ppl (its choices ranked by likelihood) or gen (greedy "
+        "reply); repeatable. Default: classification=ppl, multiple_choice=ppl; other formats always gen",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="sequences per forward pass: prompts (gen) or prompt+answer pairs (ppl) (default 8)",
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
         help="reply length for every generated task (default per format: 16 labels/letters, 48 qa, 128 generation)",
     )
     p.add_argument("--threads", type=int, help="CPU threads of the OpenCompass process (default: torch's choice)")
@@ -43,9 +62,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     metrics = evaluate(
-        args.model, args.tasks, args.out, data_dir=args.data_dir, limit=args.limit,
-        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, modes=dict(args.mode or []),
-        threads=args.threads, overwrite=args.overwrite,
+        args.model,
+        args.tasks,
+        args.out,
+        data_dir=args.data_dir,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        modes=dict(args.mode or []),
+        threads=args.threads,
+        overwrite=args.overwrite,
     )
     for task, scores in metrics.items():
         print(task, " ".join(f"{metric}={value:.2f}" for metric, value in scores.items()))

@@ -15,8 +15,12 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("finetune", help="LoRA fine-tune a model on a task; writes a merged HF model folder")
     p.add_argument("--base", required=True, help="model folder, LoRA adapter folder, .gguf file or hub id")
     p.add_argument("--task", required=True, help="task name (see `recall tasks`) or a prompt/response JSONL file")
-    p.add_argument("--data-dir", type=Path, help="folder holding <task>/train.jsonl, or a task of your own as "
-                   "<task>/{task.yaml,train.jsonl,test.jsonl} (default: the HF hub)")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        help="folder holding <task>/train.jsonl, or a task of your own as "
+        "<task>/{task.yaml,train.jsonl,test.jsonl} (default: the HF hub)",
+    )
     add_output(p, "output model folder")
     p.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
     p.add_argument("--epochs", type=float, default=DEFAULTS.epochs)
@@ -32,9 +36,13 @@ def register(subparsers) -> None:
     p.add_argument("--ewc-samples", type=int, default=DEFAULTS.ewc_samples, help="examples for the Fisher estimate")
     p.add_argument("--dtype", default=DEFAULTS.dtype, choices=("float32", "bfloat16", "float16"))
     p.add_argument("--seed", type=int, default=DEFAULTS.seed)
-    p.add_argument("--checkpoint-every", type=int, default=DEFAULTS.checkpoint_every,
-                   help="save a resumable checkpoint beside --out every N steps; a killed run rerun with the same "
-                        "inputs resumes from it (0: no checkpoints)")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=DEFAULTS.checkpoint_every,
+        help="save a resumable checkpoint beside --out every N steps; a killed run rerun with the same "
+        "inputs resumes from it (0: no checkpoints)",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 is faster on a busy CPU)")
     p.set_defaults(func=run)
 
@@ -45,10 +53,21 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     config = FinetuneConfig(
-        max_steps=args.max_steps, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-        max_length=args.max_length, limit=args.limit, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
-        lora_dropout=args.lora_dropout, ewc_lambda=args.ewc_lambda, ewc_from=args.ewc_from,
-        ewc_samples=args.ewc_samples, dtype=args.dtype, seed=args.seed, checkpoint_every=args.checkpoint_every,
+        max_steps=args.max_steps,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        limit=args.limit,
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        ewc_lambda=args.ewc_lambda,
+        ewc_from=args.ewc_from,
+        ewc_samples=args.ewc_samples,
+        dtype=args.dtype,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
     )
     out = finetune(args.base, args.task, args.out, args.data_dir, config, args.overwrite)
     print(f"fine-tuned model written to {out}")

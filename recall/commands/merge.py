@@ -13,21 +13,32 @@ from dataclasses import fields
 from pathlib import Path
 
 from recall.atomic import check_output
-from recall.weights.cocktail import CocktailSettings, cocktail_losses
 from recall.commands import add_output
 from recall.errors import RecallError
-from recall.weights.fisher import FisherSettings, fisher_folders
 from recall.merge.engine import MergePlan, merge
 from recall.merge.methods import METHODS, PARAMS, Method, get_method, resolve_weights
 from recall.models import ModelInfo, check_compatible, describe
+from recall.weights.cocktail import CocktailSettings, cocktail_losses
+from recall.weights.fisher import FisherSettings, fisher_folders
 from recall.weights.representations import RecallSettings, references_similarities
 from recall.weights.similarity import MEDIAN, NORMALIZATIONS
 
 # The options each source of merge weights reads (argparse dest names).
 WEIGHT_OPTIONS = {
     "given": {"weights"},
-    "representations": {"data", "temperature", "max_length", "seed", "experts", "typical", "similarity", "sigma",
-                        "normalize_states", "batch_size", "workdir"},
+    "representations": {
+        "data",
+        "temperature",
+        "max_length",
+        "seed",
+        "experts",
+        "typical",
+        "similarity",
+        "sigma",
+        "normalize_states",
+        "batch_size",
+        "workdir",
+    },
     "loss": {"data", "temperature", "max_length", "examples"},
 }
 FISHER_OPTIONS = {"data", "max_length", "examples", "workdir"}  # methods that need each model's Fisher
@@ -44,30 +55,57 @@ def users(option: str) -> str:
 
 def register(sub: argparse._SubParsersAction) -> None:
     methods = "\n".join(f"  {m.name:16} {m.help}" for m in METHODS.values())
-    p = sub.add_parser("merge", help="merge models layer by layer", description=__doc__, epilog=f"methods:\n{methods}",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "merge",
+        help="merge models layer by layer",
+        description=__doc__,
+        epilog=f"methods:\n{methods}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--method", required=True, choices=sorted(METHODS), help="merge method (listed below)")
-    p.add_argument("--models", nargs="+", required=True, help="models to merge: HF folders, LoRA adapters, .gguf, hub ids")
+    p.add_argument(
+        "--models", nargs="+", required=True, help="models to merge: HF folders, LoRA adapters, .gguf, hub ids"
+    )
     add_output(p, "output HF model folder")
     p.add_argument("--base", help="the base model (for LoRA adapters and task-vector methods)")
-    p.add_argument("--allow-tokenizer-mismatch", action="store_true",
-                   help="merge models whose tokenizers differ (their token ids then mean different text)")
-    p.add_argument("--new", help="the model whose config and tokenizer the output carries, and RECALL's new model "
-                                 "(default: the last of --models)")
+    p.add_argument(
+        "--allow-tokenizer-mismatch",
+        action="store_true",
+        help="merge models whose tokenizers differ (their token ids then mean different text)",
+    )
+    p.add_argument(
+        "--new",
+        help="the model whose config and tokenizer the output carries, and RECALL's new model "
+        "(default: the last of --models)",
+    )
 
     def add(group, option: str, help: str, **kw) -> None:
         group.add_argument(f"--{option.replace('_', '-')}", help=f"{help} [{users(option)}]", **kw)
 
     w = p.add_argument_group("merge weights")
     add(w, "weights", "one weight per model (default 1/N; 1 for the task-vector methods)", nargs="+", type=float)
-    add(w, "data", "JSONL task data: recall: one file, or one per --experts model; lm_cocktail: a file per task; "
-                   "fisher: one file per model",
-        nargs="+", type=Path)
-    add(w, "temperature", f"softmax temperature (default recall {RecallSettings.temperature}, "
-                          f"lm_cocktail {CocktailSettings.temperature})", type=float)
+    add(
+        w,
+        "data",
+        "JSONL task data: recall: one file, or one per --experts model; lm_cocktail: a file per task; "
+        "fisher: one file per model",
+        nargs="+",
+        type=Path,
+    )
+    add(
+        w,
+        "temperature",
+        f"softmax temperature (default recall {RecallSettings.temperature}, "
+        f"lm_cocktail {CocktailSettings.temperature})",
+        type=float,
+    )
     add(w, "max_length", f"tokens per sample (default {RecallSettings.max_length})", type=int)
-    add(w, "examples", f"examples per --data file (default lm_cocktail {CocktailSettings.examples}, "
-                       f"fisher {FisherSettings.examples})", type=int)
+    add(
+        w,
+        "examples",
+        f"examples per --data file (default lm_cocktail {CocktailSettings.examples}, fisher {FisherSettings.examples})",
+        type=int,
+    )
     k = p.add_argument_group("method parameters")
     for name, spec in PARAMS.items():
         kw = {"action": argparse.BooleanOptionalAction} if spec.type is bool else {"type": spec.type}
@@ -76,14 +114,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     add(r, "experts", "multi-expert mode: reference models, each with its --data file", nargs="+")
     add(r, "typical", f"typical samples per layer (KMeans k, default {RecallSettings.typical})", type=int)
     add(r, "similarity", f"rbf, cosine, euclidean, cka, mmd or dot (default {RecallSettings.similarity})")
-    add(r, "sigma", f"RBF/MMD bandwidth: a number > 0, or {MEDIAN} for the per-layer median heuristic "
-                    f"(default {RecallSettings.sigma}, as in the paper)", type=sigma_value)
+    add(
+        r,
+        "sigma",
+        f"RBF/MMD bandwidth: a number > 0, or {MEDIAN} for the per-layer median heuristic "
+        f"(default {RecallSettings.sigma}, as in the paper)",
+        type=sigma_value,
+    )
     # Not --normalize: that flag is TIES's (divide by the agreeing weights); one flag, one meaning.
-    add(r, "normalize_states", f"rescale the pooled hidden states before the similarity: {', '.join(NORMALIZATIONS)} "
-                               f"(default {RecallSettings.normalize})")
+    add(
+        r,
+        "normalize_states",
+        f"rescale the pooled hidden states before the similarity: {', '.join(NORMALIZATIONS)} "
+        f"(default {RecallSettings.normalize})",
+    )
     add(r, "batch_size", f"feature extraction batch size (default {RecallSettings.batch_size})", type=int)
-    add(r, "workdir", "keep extracted features (recall) or Fisher folders (fisher) here (default: a temporary folder)",
-        type=Path)
+    add(
+        r,
+        "workdir",
+        "keep extracted features (recall) or Fisher folders (fisher) here (default: a temporary folder)",
+        type=Path,
+    )
     p.set_defaults(func=run)
 
 
@@ -124,7 +175,9 @@ def weight_evidence(args: argparse.Namespace, method: Method, infos: list[ModelI
     if method.weights == "representations":
         experts = args.experts or [args.new or args.models[-1]]
         if not args.data or len(args.data) != len(experts):
-            raise RecallError(f"--method {method.name} needs --data: one JSONL file per reference model ({len(experts)})")
+            raise RecallError(
+                f"--method {method.name} needs --data: one JSONL file per reference model ({len(experts)})"
+            )
         settings = _given(args, RecallSettings, normalize="normalize_states")
         settings.validate()
         references = [(_index(args.models, e, "--experts/--new"), d) for e, d in zip(experts, args.data)]
@@ -143,7 +196,9 @@ def check_request(args: argparse.Namespace, method: Method) -> None:
     if len(inputs) == 1 and not method.needs_base:
         raise RecallError(f"--method {method.name} with one model would only copy it; give two or more --models")
     if twice := next((m for m, p in zip(args.models, inputs) if inputs.count(p) > 1), None):
-        raise RecallError(f"{twice} is given twice in --models; list each model once (use --weights to weight one more)")
+        raise RecallError(
+            f"{twice} is given twice in --models; list each model once (use --weights to weight one more)"
+        )
     if args.out.resolve() in inputs + ([Path(args.base).resolve()] if args.base else []):
         raise RecallError(f"--out {args.out} is one of the input models; write the merge to a new folder")
     check_output(args.out, args.overwrite)
@@ -166,8 +221,17 @@ def run(args: argparse.Namespace) -> int:
         if method.needs_fisher:
             settings = _given(args, FisherSettings)
             fisher = fisher_folders(infos, args.data or [], settings, args.workdir or Path(tmp))
-        plan = MergePlan(infos, method, weights, base, params, reference=reference, extra=extra, fisher=fisher,
-                         allow_tokenizer_mismatch=args.allow_tokenizer_mismatch)
+        plan = MergePlan(
+            infos,
+            method,
+            weights,
+            base,
+            params,
+            reference=reference,
+            extra=extra,
+            fisher=fisher,
+            allow_tokenizer_mismatch=args.allow_tokenizer_mismatch,
+        )
         out = merge(plan, args.out, overwrite=args.overwrite)
     print(f"merged model: {out}")
     return 0

@@ -9,10 +9,14 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("params", help="check a params file (params.yaml)", description=__doc__)
     commands = parser.add_subparsers(dest="params_command", required=True)
-    check = commands.add_parser("check", help="every section and key, the task names and method parameters: "
-                                              "ok, or the first problem named by its key's path")
-    check.add_argument("path", nargs="?", type=Path, default=Path("params.yaml"),
-                       help="the params file (default: params.yaml)")
+    check = commands.add_parser(
+        "check",
+        help="every section and key, the task names and method parameters: "
+        "ok, or the first problem named by its key's path",
+    )
+    check.add_argument(
+        "path", nargs="?", type=Path, default=Path("params.yaml"), help="the params file (default: params.yaml)"
+    )
     check.set_defaults(func=run_check)
 
 
@@ -21,6 +25,8 @@ def run_check(args: argparse.Namespace) -> int:
 
     params = load_params(args.path)  # the pipeline's own check; a problem is a RecallError (exit 2)
     tasks = [s.task for s in params.steps]
-    print(f"{args.path}: ok: {params.sections.scenario} run of {len(tasks)} tasks ({', '.join(tasks)}), "
-          f"methods {', '.join(params.methods)}")
+    print(
+        f"{args.path}: ok: {params.sections.scenario} run of {len(tasks)} tasks ({', '.join(tasks)}), "
+        f"methods {', '.join(params.methods)}"
+    )
     return 0

@@ -10,10 +10,16 @@ from recall.errors import RecallError
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pipeline", help="write dvc.yaml from params.yaml (then `dvc repro`)", description=__doc__)
-    p.add_argument("params", nargs="?", type=Path, default=Path("params.yaml"),
-                   help="the params file; dvc.yaml is written beside it (default: params.yaml)")
-    p.add_argument("--check", action="store_true",
-                   help="write nothing; exit 2 when dvc.yaml is not the one these params give")
+    p.add_argument(
+        "params",
+        nargs="?",
+        type=Path,
+        default=Path("params.yaml"),
+        help="the params file; dvc.yaml is written beside it (default: params.yaml)",
+    )
+    p.add_argument(
+        "--check", action="store_true", help="write nothing; exit 2 when dvc.yaml is not the one these params give"
+    )
     p.set_defaults(func=run)
 
 

@@ -17,13 +17,16 @@ from recall.tasks import list_tasks
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "report", help="render tables and plots from evaluation results",
-        description=f"{__doc__}\n{report.__doc__}", formatter_class=argparse.RawDescriptionHelpFormatter,
+        "report",
+        help="render tables and plots from evaluation results",
+        description=f"{__doc__}\n{report.__doc__}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("spec", type=Path, help="report spec (YAML or JSON)")
     add_output(p, "output folder: report.md, CSV tables, PNG plots")
-    p.add_argument("--data-dir", type=Path,
-                   help="folder of the spec's own tasks (<task>/task.yaml), as given to `recall evaluate`")
+    p.add_argument(
+        "--data-dir", type=Path, help="folder of the spec's own tasks (<task>/task.yaml), as given to `recall evaluate`"
+    )
     p.set_defaults(func=run)
 
 

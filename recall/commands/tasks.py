@@ -58,7 +58,8 @@ class _SpecDumper(yaml.SafeDumper):
 
 
 _SpecDumper.add_representer(
-    str, lambda dumper, text: dumper.represent_scalar("tag:yaml.org,2002:str", text, style='"' if "\n" in text else None)
+    str,
+    lambda dumper, text: dumper.represent_scalar("tag:yaml.org,2002:str", text, style='"' if "\n" in text else None),
 )
 
 

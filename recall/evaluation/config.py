@@ -78,7 +78,11 @@ def write_dataset(examples: Sequence[Example], tokenizer, path: Path) -> None:
     what OpenCompass reads), `answer`, and for label tasks the `choices` likelihood ranks."""
     with atomic_file(path) as fh:
         for example in examples:
-            row = {"prompt": example.prompt, "rendered": chat_prompt(tokenizer, example.prompt), "answer": example.answer}
+            row = {
+                "prompt": example.prompt,
+                "rendered": chat_prompt(tokenizer, example.prompt),
+                "answer": example.answer,
+            }
             if example.choices:
                 row["choices"] = list(example.choices)
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -91,7 +95,9 @@ def dataset_abbr(task: str, kind: str, path: Path, setting: str = "") -> str:
     return f"{task}-{kind}-{digest[:8]}"
 
 
-def dataset_specs(task: str, mode: str, path: Path, max_out_len: int, definition: Mapping[str, Any]) -> list[DatasetSpec]:
+def dataset_specs(
+    task: str, mode: str, path: Path, max_out_len: int, definition: Mapping[str, Any]
+) -> list[DatasetSpec]:
     """The datasets one task needs in `mode`: its scored one first, then (gen) the reference's likelihood."""
     if mode == "ppl":
         return [DatasetSpec(task, "ppl", dataset_abbr(task, "ppl", path), path, definition)]

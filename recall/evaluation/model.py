@@ -52,8 +52,11 @@ class ChatModel(HuggingFacewithChatTemplate):
         device = self.model.device
         with torch.inference_mode():
             out = self.model(
-                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                position_ids=positions(attention_mask).to(device), logits_to_keep=1, use_cache=bool(tails),
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                position_ids=positions(attention_mask).to(device),
+                logits_to_keep=1,
+                use_cache=bool(tails),
             )
             first = torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()
             rest = iter(self._tail_nll(out.past_key_values, attention_mask, tails) if tails else [])
@@ -76,8 +79,11 @@ class ChatModel(HuggingFacewithChatTemplate):
         context_mask = prompt_mask[rows]
         position_ids = context_mask.sum(-1, keepdim=True) + torch.arange(width)
         logits = self.model(
-            input_ids=inputs.to(device), attention_mask=torch.cat([context_mask, answer_mask], dim=1).to(device),
-            position_ids=position_ids.to(device), past_key_values=cache, use_cache=True,
+            input_ids=inputs.to(device),
+            attention_mask=torch.cat([context_mask, answer_mask], dim=1).to(device),
+            position_ids=position_ids.to(device),
+            past_key_values=cache,
+            use_cache=True,
         ).logits.float()
         nll = -torch.log_softmax(logits, dim=-1).gather(-1, targets.to(device).unsqueeze(-1)).squeeze(-1)
         return (nll.cpu() * answer_mask).sum(-1).tolist()

@@ -23,8 +23,15 @@ def main(argv: list[str]) -> None:
     # and lets OpenCompass resume from the predictions a killed run left there. --dump-eval-details
     # (0.5.4's default, said explicitly) keeps the evaluators' per-example details in the result files.
     sys.argv = [
-        "opencompass", config, "--work-dir", str(work_dir.parent), "--reuse", work_dir.name, "--debug",
-        "--dump-eval-details", "True",
+        "opencompass",
+        config,
+        "--work-dir",
+        str(work_dir.parent),
+        "--reuse",
+        work_dir.name,
+        "--debug",
+        "--dump-eval-details",
+        "True",
     ]
     opencompass_main()
 

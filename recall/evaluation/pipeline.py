@@ -198,11 +198,20 @@ def evaluate(
 
     work_dir, log_path = out / "opencompass", out / "opencompass.log"
     shutil.rmtree(work_dir / "results", ignore_errors=True)  # scores always come from this run
-    run = {"model": str(model), "rendering": rendering(tokenizer), "modes": {t.name: mode_of[t.format] for t in task_list}}
+    run = {
+        "model": str(model),
+        "rendering": rendering(tokenizer),
+        "modes": {t.name: mode_of[t.format] for t in task_list},
+    }
     log.info(
         "evaluating %s (%s prompts) on %s (%s examples; %s) with OpenCompass on %s; log: %s",
-        model, run["rendering"], ", ".join(examples), sum(map(len, examples.values())),
-        ", ".join(f"{t} {m}" for t, m in run["modes"].items()), "GPU" if gpu else "CPU", log_path,
+        model,
+        run["rendering"],
+        ", ".join(examples),
+        sum(map(len, examples.values())),
+        ", ".join(f"{t} {m}" for t, m in run["modes"].items()),
+        "GPU" if gpu else "CPU",
+        log_path,
     )
     started = time.monotonic()
     status = run_opencompass(config, work_dir, log_path, threads)

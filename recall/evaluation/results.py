@@ -37,9 +37,7 @@ def read_results(
     missing = list(dict.fromkeys(d.task for d in datasets if not result_path(work_dir, model_abbr, d).is_file()))
     if missing:
         cause = f": {failure}" if failure else ""
-        raise RecallError(
-            f"OpenCompass produced no result for task(s) {', '.join(missing)}{cause}; see the log {log}"
-        )
+        raise RecallError(f"OpenCompass produced no result for task(s) {', '.join(missing)}{cause}; see the log {log}")
     results = {}
     for dataset in datasets:
         path = result_path(work_dir, model_abbr, dataset)
@@ -82,8 +80,13 @@ def task_outcome(
         absent = [f for f in RECORD_FIELDS[1:] if f not in detail]
         if absent:
             raise RecallError(f"per-example result of task {task.name} lacks {', '.join(absent)}; {where}")
-        records.append({"index": index, **{f: detail[f] for f in RECORD_FIELDS[1:]},
-                        **{k: v for k, v in detail.items() if k not in RECORD_FIELDS}})
+        records.append(
+            {
+                "index": index,
+                **{f: detail[f] for f in RECORD_FIELDS[1:]},
+                **{k: v for k, v in detail.items() if k not in RECORD_FIELDS},
+            }
+        )
     return {m: metrics[m] for m in (*task.metrics, "nll")}, records
 
 

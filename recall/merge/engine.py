@@ -2,12 +2,12 @@
 
 Inputs are copy-on-write mappings of the files, one tensor at a time, with the next tensor's pages
 faulted in on a thread while this one merges: peak memory is about 2N x the largest tensor (plus the
-kernel's output), never N x the model. The output folder is built in a temporary sibling and renamed into place when complete.
+kernel's output), never N x the model. The output folder is built in a temporary sibling and renamed
+into place when complete.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import mmap
 import shutil
@@ -33,8 +33,16 @@ log = logging.getLogger(__name__)
 
 # Small files that make the output a complete HF model folder.
 AUX_FILES = (
-    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
-    "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json", "vocab.json",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "vocab.json",
     "merges.txt",
 )
 
@@ -50,7 +58,9 @@ class MergePlan:
     params: dict = field(default_factory=dict)
     reference: int = -1  # whose config and tokenizer the output carries
     extra: dict = field(default_factory=dict)  # provenance for merge_weights.json (similarity, typical samples)
-    fisher: list[Path] | None = None  # methods that need it: each model's diagonal Fisher folder (recall.weights.fisher)
+    fisher: list[Path] | None = (
+        None  # methods that need it: each model's diagonal Fisher folder (recall.weights.fisher)
+    )
     allow_tokenizer_mismatch: bool = False
 
 
@@ -78,7 +88,9 @@ def merge(plan: MergePlan, out: str | Path, max_shard_bytes: int = 2 << 30, over
             raise RecallError(f"{info.spec} does not have the same tensors as {models[reference].spec}: {diff[:3]}")
         for name, ti in src.tensors.items():
             if ti.shape != ref_src.tensors[name].shape:
-                raise RecallError(f"{info.spec}: tensor {name} has shape {ti.shape}, expected {ref_src.tensors[name].shape}")
+                raise RecallError(
+                    f"{info.spec}: tensor {name} has shape {ti.shape}, expected {ref_src.tensors[name].shape}"
+                )
     fishers = fisher_sources(plan, ref_src.tensors)
     groups = tensor_groups(models[0].config, ref_src.tensors)
 
@@ -87,11 +99,19 @@ def merge(plan: MergePlan, out: str | Path, max_shard_bytes: int = 2 << 30, over
         writer = StreamingWriter(tmp, ref_src.tensors, max_shard_bytes)
         weights = torch.tensor(plan.weights, dtype=torch.float32)
         inputs = sources + ([base_src] if base_src else []) + fishers
-        labels = [m.spec for m in models] + ([f"base {base_info.spec}"] if base_src else []) \
+        labels = (
+            [m.spec for m in models]
+            + ([f"base {base_info.spec}"] if base_src else [])
             + ([f"Fisher {f}" for f in plan.fisher] if fishers else [])
+        )
         names = list(ref_src.tensors)
-        for name, tensors in tqdm(prefetched(inputs, names, labels), total=len(names), desc=f"merge ({method.name})",
-                                  unit="tensor", disable=None):
+        for name, tensors in tqdm(
+            prefetched(inputs, names, labels),
+            total=len(names),
+            desc=f"merge ({method.name})",
+            unit="tensor",
+            disable=None,
+        ):
             dtype = DTYPES[ref_src.tensors[name].dtype]
             if not dtype.is_floating_point:
                 writer.write(name, tensors[reference])
@@ -102,8 +122,10 @@ def merge(plan: MergePlan, out: str | Path, max_shard_bytes: int = 2 << 30, over
             merged = method.kernel(tensors, weights[groups[name]], base, **tensor_params(params, name), **extra)
             merged = merged.to(dtype)
             if bad := nonfinite(merged):  # after the cast: a half-precision output can overflow
-                raise RecallError(f"the {method.name} merge produced {bad} NaN/Inf values in tensor {name} "
-                                  f"({dtype}) from finite inputs; check the method's parameters {params}")
+                raise RecallError(
+                    f"the {method.name} merge produced {bad} NaN/Inf values in tensor {name} "
+                    f"({dtype}) from finite inputs; check the method's parameters {params}"
+                )
             writer.write(name, merged)
             del tensors, base, merged, extra
         writer.close()
@@ -128,20 +150,24 @@ def fisher_sources(plan: MergePlan, tensors: dict) -> list[FullModel]:
     if not plan.method.needs_fisher:
         return []
     if not plan.fisher or len(plan.fisher) != len(plan.models):
-        raise RecallError(f"method {plan.method.name} needs one Fisher folder per model ({len(plan.models)}); "
-                          "compute them with recall.weights.fisher.fisher_folders (`recall merge --data`)")
+        raise RecallError(
+            f"method {plan.method.name} needs one Fisher folder per model ({len(plan.models)}); "
+            "compute them with recall.weights.fisher.fisher_folders (`recall merge --data`)"
+        )
     sources = [FullModel(Path(f)) for f in plan.fisher]
     for folder, src in zip(plan.fisher, sources):
         for name, ti in tensors.items():
             if DTYPES[ti.dtype].is_floating_point and (name not in src.tensors or src.tensors[name].shape != ti.shape):
-                raise RecallError(f"Fisher folder {folder} has no tensor {name} of shape {ti.shape}; "
-                                  "it was computed for a different model")
+                raise RecallError(
+                    f"Fisher folder {folder} has no tensor {name} of shape {ti.shape}; "
+                    "it was computed for a different model"
+                )
     return sources
 
 
 def prefetched(sources: list, names: list[str], labels: list[str]) -> Iterator[tuple[str, list[torch.Tensor]]]:
-    """Yield (name, that tensor of every source; `labels` name the sources in errors), faulting the next tensor's pages in on a thread
-    while this one is merged. Tensors are copy-on-write mappings of the files (see
+    """Yield (name, that tensor of every source; `labels` name the sources in errors), faulting the
+    next tensor's pages in on a thread while this one is merged. Tensors are copy-on-write mappings of the files (see
     `SafetensorsFile.mapped`): no copy out of the page cache, resident only while referenced."""
 
     def read(k: int) -> list[torch.Tensor]:
@@ -151,8 +177,10 @@ def prefetched(sources: list, names: list[str], labels: list[str]) -> Iterator[t
             # tensor is summed whole, which faults its pages in and checks it for NaN/Inf in one pass.
             if t.is_floating_point():
                 if bad := nonfinite(t):
-                    raise RecallError(f"{label}: tensor {names[k]} holds {bad} NaN/Inf values (of {t.numel()}); "
-                                      "the checkpoint is damaged or its training diverged, so nothing was merged")
+                    raise RecallError(
+                        f"{label}: tensor {names[k]} holds {bad} NaN/Inf values (of {t.numel()}); "
+                        "the checkpoint is damaged or its training diverged, so nothing was merged"
+                    )
             elif t.numel():
                 t.reshape(-1).view(torch.uint8)[:: mmap.PAGESIZE].sum()
         return tensors

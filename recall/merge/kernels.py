@@ -129,7 +129,13 @@ def ties(
 
 
 def dare_linear(
-    tensors: list[torch.Tensor], weights: torch.Tensor, base: torch.Tensor, *, density: float, scale: float = 1.0, seed: int = 0
+    tensors: list[torch.Tensor],
+    weights: torch.Tensor,
+    base: torch.Tensor,
+    *,
+    density: float,
+    scale: float = 1.0,
+    seed: int = 0,
 ) -> torch.Tensor:
     """DARE (Yu et al. 2023) then task arithmetic: random drop, rescale by 1/density, weighted sum."""
     generator = torch.Generator().manual_seed(seed)
@@ -178,8 +184,12 @@ def magmax(
 
 
 def fisher(
-    tensors: list[torch.Tensor], weights: torch.Tensor, base: torch.Tensor | None = None, *,
-    fishers: list[torch.Tensor], floor: float = 1e-10,
+    tensors: list[torch.Tensor],
+    weights: torch.Tensor,
+    base: torch.Tensor | None = None,
+    *,
+    fishers: list[torch.Tensor],
+    floor: float = 1e-10,
 ) -> torch.Tensor:
     """Fisher merging (Matena & Raffel 2022): per entry, sum_q w_q F_q theta_q / sum_q w_q F_q.
 

@@ -39,15 +39,31 @@ class Param:
 
 
 PARAMS: dict[str, Param] = {
-    "density": Param(float, lambda v: 0 < v <= 1, "must be in (0, 1]",
-                     "fraction of each task vector kept (TIES: top by magnitude; DARE: at random)"),
-    "scale": Param(float, math.isfinite, "must be a finite number",
-                   "lambda: multiplies the merged task vector before it is added to the base"),
-    "seed": Param(int, lambda v: v >= 0, "must be >= 0",
-                  "random seed (recall: KMeans; DARE: each tensor's mask, drawn from the seed and the tensor name)"),
+    "density": Param(
+        float,
+        lambda v: 0 < v <= 1,
+        "must be in (0, 1]",
+        "fraction of each task vector kept (TIES: top by magnitude; DARE: at random)",
+    ),
+    "scale": Param(
+        float,
+        math.isfinite,
+        "must be a finite number",
+        "lambda: multiplies the merged task vector before it is added to the base",
+    ),
+    "seed": Param(
+        int,
+        lambda v: v >= 0,
+        "must be >= 0",
+        "random seed (recall: KMeans; DARE: each tensor's mask, drawn from the seed and the tensor name)",
+    ),
     "normalize": Param(bool, lambda v: True, "", "TIES: divide by the summed weights of the agreeing models"),
-    "floor": Param(float, lambda v: v > 0, "must be > 0",
-                   "fisher: least Fisher value of an entry, so entries no example moved are averaged"),
+    "floor": Param(
+        float,
+        lambda v: v > 0,
+        "must be > 0",
+        "fisher: least Fisher value of an entry, so entries no example moved are averaged",
+    ),
 }
 
 
@@ -72,7 +88,8 @@ class Method:
         if extra := sorted(set(given) - set(self.params)):
             users = [m.name for m in METHODS.values() if extra[0] in m.params]
             raise RecallError(
-                f"--{extra[0]} does not apply to --method {self.name}; it is a parameter of {', '.join(users) or 'no method'}"
+                f"--{extra[0]} does not apply to --method {self.name}; "
+                f"it is a parameter of {', '.join(users) or 'no method'}"
             )
         out = {}
         for name, default in self.params.items():
@@ -107,8 +124,9 @@ def register(
     assert weights in WEIGHT_SOURCES and set(params or {}) <= set(PARAMS), (name, weights, params)
 
     def add(kernel: Kernel) -> Kernel:
-        METHODS[name] = Method(name, kernel, needs_base, weights, needs_fisher, default_weight,
-                               MappingProxyType(dict(params or {})), help)
+        METHODS[name] = Method(
+            name, kernel, needs_base, weights, needs_fisher, default_weight, MappingProxyType(dict(params or {})), help
+        )
         return kernel
 
     return add
@@ -154,22 +172,53 @@ def tensor_seed(seed: int, tensor_name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{tensor_name}".encode()).digest()[:8], "little") >> 1
 
 
-register("recall", weights="representations",
-         help="RECALL: per-layer softmax of representation similarity")(kernels.weighted_sum)
+register("recall", weights="representations", help="RECALL: per-layer softmax of representation similarity")(
+    kernels.weighted_sum
+)
 register("average", help="weighted average, one weight per model (default uniform)")(kernels.weighted_sum)
-register("lm_cocktail", weights="loss",
-         help="LM-Cocktail: weights softmax(-loss/T) of each model's loss on a few task examples (--data)")(kernels.weighted_sum)
-register("task_arithmetic", needs_base=True, default_weight=1.0, params={"scale": 1.0},
-         help="task arithmetic: base + scale * sum_q w_q (theta_q - base); weights default 1")(kernels.task_arithmetic)
-register("ties", needs_base=True, default_weight=1.0, params={"density": REQUIRED, "scale": 1.0, "normalize": True},
-         help="TIES: trim task vectors to --density by magnitude, elect signs, disjoint mean")(kernels.ties)
-register("dare_linear", needs_base=True, default_weight=1.0, params={"density": REQUIRED, "scale": 1.0, "seed": 0},
-         help="DARE + task arithmetic: drop deltas with rate 1 - density, rescale by 1/density")(kernels.dare_linear)
-register("dare_ties", needs_base=True, default_weight=1.0,
-         params={"density": REQUIRED, "scale": 1.0, "seed": 0, "normalize": False},
-         help="DARE + TIES sign election (unnormalized by default, as in mergekit)")(kernels.dare_ties)
-register("magmax", needs_base=True, default_weight=1.0, params={"scale": 1.0},
-         help="MagMax: per entry, the task vector of largest magnitude, added to base; weights default 1"
-         )(kernels.magmax)
-register("fisher", needs_fisher=True, params={"floor": 1e-10},
-         help="Fisher merging: per-entry average weighted by each model's diagonal Fisher on its --data")(kernels.fisher)
+register(
+    "lm_cocktail",
+    weights="loss",
+    help="LM-Cocktail: weights softmax(-loss/T) of each model's loss on a few task examples (--data)",
+)(kernels.weighted_sum)
+register(
+    "task_arithmetic",
+    needs_base=True,
+    default_weight=1.0,
+    params={"scale": 1.0},
+    help="task arithmetic: base + scale * sum_q w_q (theta_q - base); weights default 1",
+)(kernels.task_arithmetic)
+register(
+    "ties",
+    needs_base=True,
+    default_weight=1.0,
+    params={"density": REQUIRED, "scale": 1.0, "normalize": True},
+    help="TIES: trim task vectors to --density by magnitude, elect signs, disjoint mean",
+)(kernels.ties)
+register(
+    "dare_linear",
+    needs_base=True,
+    default_weight=1.0,
+    params={"density": REQUIRED, "scale": 1.0, "seed": 0},
+    help="DARE + task arithmetic: drop deltas with rate 1 - density, rescale by 1/density",
+)(kernels.dare_linear)
+register(
+    "dare_ties",
+    needs_base=True,
+    default_weight=1.0,
+    params={"density": REQUIRED, "scale": 1.0, "seed": 0, "normalize": False},
+    help="DARE + TIES sign election (unnormalized by default, as in mergekit)",
+)(kernels.dare_ties)
+register(
+    "magmax",
+    needs_base=True,
+    default_weight=1.0,
+    params={"scale": 1.0},
+    help="MagMax: per entry, the task vector of largest magnitude, added to base; weights default 1",
+)(kernels.magmax)
+register(
+    "fisher",
+    needs_fisher=True,
+    params={"floor": 1e-10},
+    help="Fisher merging: per-entry average weighted by each model's diagonal Fisher on its --data",
+)(kernels.fisher)

@@ -24,23 +24,21 @@ def write_provenance(folder: Path, record: dict) -> None:
 def model_card(record: dict, weights_file: Path) -> str:
     """A README.md stating how the model was made: inputs, method, per-layer weights."""
     digest = sha256_file(weights_file)
-    rows = "\n".join(
-        f"| {i} | " + " | ".join(f"{w:.4f}" for w in row) + " |" for i, row in enumerate(record["layers"])
-    )
+    rows = "\n".join(f"| {i} | " + " | ".join(f"{w:.4f}" for w in row) + " |" for i, row in enumerate(record["layers"]))
     names = [Path(m).name for m in record["models"]]
     return f"""---
 tags: [merge, recall]
 ---
-# Merged model ({record['method']})
+# Merged model ({record["method"]})
 
-Made by `recall merge --method {record['method']}` from these models, in order:
+Made by `recall merge --method {record["method"]}` from these models, in order:
 
-{chr(10).join(f"{i}. `{m}`" for i, m in enumerate(record['models']))}
+{chr(10).join(f"{i}. `{m}`" for i, m in enumerate(record["models"]))}
 
-Base: `{record['base']}`. Parameters: `{json.dumps(record['params'])}`.
+Base: `{record["base"]}`. Parameters: `{json.dumps(record["params"])}`.
 Merge weights: `merge_weights.json` (sha256 `{digest}`), heatmap `merge_weights.png`.
 
-| layer group | {' | '.join(names)} |
-|---|{'---|' * len(names)}
+| layer group | {" | ".join(names)} |
+|---|{"---|" * len(names)}
 {rows}
 """

@@ -23,9 +23,18 @@ import torch
 from recall.errors import RecallError
 
 DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
 }
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 INDEX_NAME = "model.safetensors.index.json"
@@ -45,9 +54,9 @@ class TensorInfo:
 
 
 def read_header(path: Path) -> tuple[dict, int]:
-    """The parsed header of a .safetensors file and where its data starts, every entry checked against the file: a damaged or
-    foreign file gives one error naming it, never a traceback, and never a SIGBUS from mapping a page
-    past its end."""
+    """The parsed header of a .safetensors file and where its data starts, every entry checked against
+    the file: a damaged or foreign file gives one error naming it, never a traceback, and never a
+    SIGBUS from mapping a page past its end."""
 
     def bad(what: str) -> RecallError:
         return RecallError(f"{path} is not a readable safetensors file: {what}; re-download or re-save it")
@@ -77,8 +86,12 @@ def read_header(path: Path) -> tuple[dict, int]:
         shape, offsets = h["shape"], h["data_offsets"]
         if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
             raise bad(f"tensor {name} has shape {shape!r}")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
-                and 0 <= offsets[0] <= offsets[1]):
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(o, int) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1]
+        ):
             raise bad(f"tensor {name} has data_offsets {offsets!r}")
         expected = math.prod(shape) * DTYPES[h["dtype"]].itemsize
         if offsets[1] - offsets[0] != expected:
@@ -197,9 +210,9 @@ class StreamingWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.shards = plan_shards(tensors, max_shard_bytes)
         n = len(self.shards)
-        self.file_names = ["model.safetensors"] if n == 1 else [
-            f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)
-        ]
+        self.file_names = (
+            ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        )
         self._expected = tensors
         self._order = [(s, name) for s, names in enumerate(self.shards) for name in names]
         self._pos = 0
@@ -212,7 +225,11 @@ class StreamingWriter:
         header, offset = {"__metadata__": {"format": "pt"}}, 0
         for name in self.shards[s]:
             info = self._expected[name]
-            header[name] = {"dtype": info.dtype, "shape": list(info.shape), "data_offsets": [offset, offset + info.nbytes]}
+            header[name] = {
+                "dtype": info.dtype,
+                "shape": list(info.shape),
+                "data_offsets": [offset, offset + info.nbytes],
+            }
             offset += info.nbytes
         blob = json.dumps(header, separators=(",", ":")).encode()
         blob += b" " * (-len(blob) % 8)  # the format asks for 8-byte aligned data
@@ -224,7 +241,9 @@ class StreamingWriter:
         shard, expected_name = self._order[self._pos]
         info = self._expected[name]
         if name != expected_name or DTYPE_NAMES[tensor.dtype] != info.dtype or tuple(tensor.shape) != info.shape:
-            raise RuntimeError(f"writer expected {expected_name} {info}, got {name} {tensor.dtype} {tuple(tensor.shape)}")
+            raise RuntimeError(
+                f"writer expected {expected_name} {info}, got {name} {tensor.dtype} {tuple(tensor.shape)}"
+            )
         if shard != self._shard:
             self._open_shard(shard)
         data = tensor.detach().contiguous().cpu()

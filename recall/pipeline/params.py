@@ -40,11 +40,16 @@ def limits_ok(limit: int | dict[str, int | None]) -> bool:
     return all(n is None or n >= 1 for n in counts) and (not per_format or set(limit) <= set(FORMATS))
 
 
-LIMIT = Rule(limits_ok, f"{{name}} must be a number of test examples >= 1 (or null for all), or one per task format "
-                        f"({', '.join(FORMATS)}), e.g. {{{{classification: 200, generation: 100}}}}; got {{value!r}}")
-MODES = Rule(lambda modes: set(modes) <= set(FORMATS) and all(m in EVAL_MODES for m in modes.values()),
-             f"{{name}} must map task formats ({', '.join(FORMATS)}) to one of {', '.join(EVAL_MODES)}, "
-             f"e.g. {{{{classification: ppl, multiple_choice: ppl}}}}; got {{value!r}}")
+LIMIT = Rule(
+    limits_ok,
+    f"{{name}} must be a number of test examples >= 1 (or null for all), or one per task format "
+    f"({', '.join(FORMATS)}), e.g. {{{{classification: 200, generation: 100}}}}; got {{value!r}}",
+)
+MODES = Rule(
+    lambda modes: set(modes) <= set(FORMATS) and all(m in EVAL_MODES for m in modes.values()),
+    f"{{name}} must map task formats ({', '.join(FORMATS)}) to one of {', '.join(EVAL_MODES)}, "
+    f"e.g. {{{{classification: ppl, multiple_choice: ppl}}}}; got {{value!r}}",
+)
 
 
 @dataclass(frozen=True)
@@ -98,10 +103,15 @@ class Sections(Settings):
     data: DataSection
     scenario: str = setting(rule=one_of(*SCENARIOS, message=UNKNOWN))
     sequence: tuple[Step, ...] = setting(
-        rule=Rule(bool, "the sequence in params.yaml is empty; list at least one {{task, after}} step"))
+        rule=Rule(bool, "the sequence in params.yaml is empty; list at least one {{task, after}} step")
+    )
     # compared method -> its parameters; what each method takes is checked in `validate_methods`
-    methods: dict = setting(rule=Rule(bool, "methods must be a non-empty mapping of method -> parameters, "
-                                            "e.g. methods: {{recall: {{}}, sft: {{}}}}"))
+    methods: dict = setting(
+        rule=Rule(
+            bool,
+            "methods must be a non-empty mapping of method -> parameters, e.g. methods: {{recall: {{}}, sft: {{}}}}",
+        )
+    )
     finetune: FinetuneConfig
     recall: RecallSection
     evaluate: EvaluateSection
@@ -226,8 +236,10 @@ def parse(raw: dict, path: Path) -> Params:
     """`raw`, the YAML of the params file at `path`, as Params; every error names the file and the key."""
     try:
         if isinstance(raw, dict) and "baselines" in raw:
-            raise RecallError("`baselines` became `methods` (a mapping, each method its own chain), "
-                              "e.g. methods: {recall: {}, sft: {}, ties: {density: 0.5}}")
+            raise RecallError(
+                "`baselines` became `methods` (a mapping, each method its own chain), "
+                "e.g. methods: {recall: {}, sft: {}, ties: {density: 0.5}}"
+            )
         params = Params(Sections.from_mapping(raw), path.resolve().parent, raw)
         validate(params)
     except RecallError as err:
@@ -255,8 +267,10 @@ def validate(params: Params) -> None:
     if source != "generated" and not (params.root / source).is_dir():
         raise RecallError(f"data.source {source} is not a folder; give 'generated' or a data folder")
     if sections.tasks is not None and not (params.root / sections.tasks).is_dir():
-        raise RecallError(f"tasks: {sections.tasks!r} is not a folder; give the folder holding your "
-                          f"<task>/{TASK_FILE} folders, or leave `tasks` out")
+        raise RecallError(
+            f"tasks: {sections.tasks!r} is not a folder; give the folder holding your "
+            f"<task>/{TASK_FILE} folders, or leave `tasks` out"
+        )
     seen = [BASE_STEP]
     for i, step in enumerate(params.steps):
         params.find_task(step.task)  # a bad task folder or an unknown task: an error naming it
@@ -264,8 +278,10 @@ def validate(params: Params) -> None:
             raise RecallError(f"task {step.task!r} appears twice in the sequence; each step needs its own task")
         expected = seen[-1] if params.sequential else BASE_STEP
         if step.after != expected:
-            raise RecallError(f"sequence[{i}] ({step.task}) has after: {step.after}, but a {sections.scenario} run "
-                              f"needs after: {expected}")
+            raise RecallError(
+                f"sequence[{i}] ({step.task}) has after: {step.after}, but a {sections.scenario} run "
+                f"needs after: {expected}"
+            )
         seen.append(step.task)
     validate_methods(params)
 
@@ -292,9 +308,12 @@ def validate_methods(params: Params) -> None:
             raise RecallError(f"method {name!r} cannot run in the pipeline; choose from {', '.join(usable)}")
     if "ewc" in params.methods:
         ewc = params.ewc()
-        if not (isinstance(ewc["lambda"], (int, float)) and ewc["lambda"] > 0) or \
-                not (isinstance(ewc["samples"], int) and ewc["samples"] > 0):
+        if not (isinstance(ewc["lambda"], (int, float)) and ewc["lambda"] > 0) or not (
+            isinstance(ewc["samples"], int) and ewc["samples"] > 0
+        ):
             raise RecallError(f"methods.ewc needs lambda > 0 and samples >= 1, got {ewc}")
         if not params.sequential:
-            raise RecallError("method ewc anchors a fine-tune to the previous task's model, so it needs "
-                              "scenario: sequential; drop it from methods for a single or multi run")
+            raise RecallError(
+                "method ewc anchors a fine-tune to the previous task's model, so it needs "
+                "scenario: sequential; drop it from methods for a single or multi run"
+            )

@@ -44,7 +44,9 @@ class Stage:
         args = "".join(f" --{k} {v}" for k, v in (("method", self.method), ("step", self.task)) if v)
         rel = lambda ps: [os.path.relpath(p, root) for p in ps]  # noqa: E731
         entry = {"cmd": f"python -m flows.stage {self.stage}{args}"}
-        entry.update({k: v for k, v in (("deps", rel(self.deps)), ("params", self.params), ("outs", rel(self.outs))) if v})
+        entry.update(
+            {k: v for k, v in (("deps", rel(self.deps)), ("params", self.params), ("outs", rel(self.outs))) if v}
+        )
         return entry
 
 
@@ -55,9 +57,14 @@ def stage_name(stage: str, task: str | None = None, method: str | None = None) -
 def shape_key(params: Params) -> str:
     """What decides the DAG's shape; every other setting is a params dependency of some stage."""
     sections = params.sections
-    shape = {"scenario": sections.scenario, "sequence": [asdict(s) for s in params.steps],
-             "methods": list(params.methods), "with_base": params.with_base,
-             "eval_tasks": sections.evaluate.tasks, "incoming": (params.root / "incoming").is_dir()}
+    shape = {
+        "scenario": sections.scenario,
+        "sequence": [asdict(s) for s in params.steps],
+        "methods": list(params.methods),
+        "with_base": params.with_base,
+        "eval_tasks": sections.evaluate.tasks,
+        "incoming": (params.root / "incoming").is_dir(),
+    }
     if sections.tasks is not None:  # the data stage's dependencies (absent from earlier keys, which stay valid)
         shape["tasks"] = sections.tasks
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
@@ -76,63 +83,140 @@ def plan(params: Params) -> list[Stage]:
         Stage("base", "base", params=["base"], outs=[S.base_model(params)]),
         # incoming/<task>/ overrides a task's data (the scheduled flow drops new tasks there), if the
         # folder exists; the `tasks` folder declares tasks of the user's own
-        Stage("data", "data", deps=[p for p in [params.root / "incoming"] if p.is_dir()] + declared,
-              params=["data", *(["tasks"] if declared else [])], outs=[params.data_dir]),
+        Stage(
+            "data",
+            "data",
+            deps=[p for p in [params.root / "incoming"] if p.is_dir()] + declared,
+            params=["data", *(["tasks"] if declared else [])],
+            outs=[params.data_dir],
+        ),
     ]
     for t in tasks:
         after = params.step(t).after
         if S.shared_expert(params, t):
-            out.append(Stage(stage_name("finetune", t), "finetune", t, deps=[*task_data(t), S.base_model(params)],
-                             params=["finetune"], outs=[S.new_model(params, "sft", t)]))
+            out.append(
+                Stage(
+                    stage_name("finetune", t),
+                    "finetune",
+                    t,
+                    deps=[*task_data(t), S.base_model(params)],
+                    params=["finetune"],
+                    outs=[S.new_model(params, "sft", t)],
+                )
+            )
         for m in params.methods:
             new, start = S.new_model(params, m, t), S.start_model(params, m, t)
             if not S.shared_expert(params, t):
                 extra = ["methods.ewc"] if m == "ewc" else []
                 anchor = task_data(after) if m == "ewc" else []
-                out.append(Stage(stage_name("finetune", t, m), "finetune", t, m, deps=[*task_data(t), *anchor, start],
-                                 params=["finetune", *extra], outs=[new]))
+                out.append(
+                    Stage(
+                        stage_name("finetune", t, m),
+                        "finetune",
+                        t,
+                        m,
+                        deps=[*task_data(t), *anchor, start],
+                        params=["finetune", *extra],
+                        outs=[new],
+                    )
+                )
             if m == "recall":
                 out += recall_stages(params, t)
             elif m not in TRAINING_METHODS:
                 base = [S.base_model(params)] if get_method(m).needs_base else []
-                out.append(Stage(stage_name("merge", t, m), "merge", t, m, deps=[start, new, *base],
-                                 params=[f"methods.{m}"], outs=[S.chain_dir(params, m, t) / "model"]))
-            out.append(Stage(stage_name("evaluate", t, m), "evaluate", t, m,
-                             deps=[*task_data(*params.eval_tasks(t)), S.handed_on(params, m, t)], params=["evaluate"],
-                             outs=[S.chain_dir(params, m, t) / "eval"]))
+                out.append(
+                    Stage(
+                        stage_name("merge", t, m),
+                        "merge",
+                        t,
+                        m,
+                        deps=[start, new, *base],
+                        params=[f"methods.{m}"],
+                        outs=[S.chain_dir(params, m, t) / "model"],
+                    )
+                )
+            out.append(
+                Stage(
+                    stage_name("evaluate", t, m),
+                    "evaluate",
+                    t,
+                    m,
+                    deps=[*task_data(*params.eval_tasks(t)), S.handed_on(params, m, t)],
+                    params=["evaluate"],
+                    outs=[S.chain_dir(params, m, t) / "eval"],
+                )
+            )
     if params.sections.scenario == "multi":
         for m in params.merge_methods:
             inputs = ([S.base_model(params)] if params.with_base else []) + [S.new_model(params, m, t) for t in tasks]
             if m == "recall":
-                inputs += [S.recall_dir(params, t) / f for t in tasks for f in ("probe.jsonl", "features.npy", "typical.json")]
+                inputs += [
+                    S.recall_dir(params, t) / f for t in tasks for f in ("probe.jsonl", "features.npy", "typical.json")
+                ]
             setting = recall_keys(params, *params.written("recall")) if m == "recall" else [f"methods.{m}"]
             if m != "recall" and get_method(m).needs_base and not params.with_base:
                 inputs.append(S.base_model(params))
-            out.append(Stage(stage_name("multi", method=m), "multi", method=m, deps=[*task_data(*tasks), *inputs],
-                             params=["multi", "evaluate", *setting], outs=[S.multi_dir(params, m)]))
+            out.append(
+                Stage(
+                    stage_name("multi", method=m),
+                    "multi",
+                    method=m,
+                    deps=[*task_data(*tasks), *inputs],
+                    params=["multi", "evaluate", *setting],
+                    outs=[S.multi_dir(params, m)],
+                )
+            )
     reads = [p for s in out if s.stage in ("evaluate", "multi") for p in s.outs]
     if "recall" in params.methods:
         reads += [S.recall_dir(params, t) / "similarity.json" for t in tasks]
         reads += [S.chain_dir(params, "recall", t) / "model" for t in tasks]
-    out.append(Stage("report", "report", deps=reads, outs=[params.root / "reports", S.data_root(params) / "report_spec.json"]))
+    out.append(
+        Stage("report", "report", deps=reads, outs=[params.root / "reports", S.data_root(params) / "report_spec.json"])
+    )
     return out
 
 
 def recall_stages(params: Params, task: str) -> list[Stage]:
     """RECALL's weight inputs (features, typical samples, similarity) and, in a chain, its merge."""
-    folder, new, start = S.recall_dir(params, task), S.new_model(params, "recall", task), S.start_model(params, "recall", task)
+    folder, new, start = (
+        S.recall_dir(params, task),
+        S.new_model(params, "recall", task),
+        S.start_model(params, "recall", task),
+    )
     stages = [
-        Stage(stage_name("features", task), "features", task, deps=[params.data_dir / task, new],
-              params=recall_keys(params, "samples", "batch_size", "max_length"),
-              outs=[folder / "probe.jsonl", folder / "features.npy"]),
-        Stage(stage_name("typical", task), "typical", task, deps=[folder / "features.npy"],
-              params=recall_keys(params, "typical", "seed"), outs=[folder / "typical.json"]),
-        Stage(stage_name("similarity", task), "similarity", task,
-              deps=[folder / "typical.json", folder / "probe.jsonl", folder / "features.npy", new, start],
-              params=recall_keys(params, "similarity", "sigma", "normalize", "batch_size", "max_length"),
-              outs=[folder / "similarity.json"]),
-        Stage(stage_name("merge", task, "recall"), "merge", task, "recall", deps=[folder / "similarity.json", new, start],
-              params=recall_keys(params, "temperature"), outs=[S.chain_dir(params, "recall", task) / "model"]),
+        Stage(
+            stage_name("features", task),
+            "features",
+            task,
+            deps=[params.data_dir / task, new],
+            params=recall_keys(params, "samples", "batch_size", "max_length"),
+            outs=[folder / "probe.jsonl", folder / "features.npy"],
+        ),
+        Stage(
+            stage_name("typical", task),
+            "typical",
+            task,
+            deps=[folder / "features.npy"],
+            params=recall_keys(params, "typical", "seed"),
+            outs=[folder / "typical.json"],
+        ),
+        Stage(
+            stage_name("similarity", task),
+            "similarity",
+            task,
+            deps=[folder / "typical.json", folder / "probe.jsonl", folder / "features.npy", new, start],
+            params=recall_keys(params, "similarity", "sigma", "normalize", "batch_size", "max_length"),
+            outs=[folder / "similarity.json"],
+        ),
+        Stage(
+            stage_name("merge", task, "recall"),
+            "merge",
+            task,
+            "recall",
+            deps=[folder / "similarity.json", new, start],
+            params=recall_keys(params, "temperature"),
+            outs=[S.chain_dir(params, "recall", task) / "model"],
+        ),
     ]
     return stages
 
@@ -163,7 +247,7 @@ def check_current(params: Params) -> None:
     """Refuse to run a stage of a dvc.yaml written for another shape of params.yaml."""
     path = dvc_yaml(params)
     lines = path.read_text().splitlines() if path.is_file() else []
-    key = next((line[len(KEY_PREFIX):] for line in lines if line.startswith(KEY_PREFIX)), None)
+    key = next((line[len(KEY_PREFIX) :] for line in lines if line.startswith(KEY_PREFIX)), None)
     if key != shape_key(params):
         raise RecallError(
             f"{path} was not written for the scenario, sequence and methods of params.yaml; run "

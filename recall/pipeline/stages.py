@@ -35,18 +35,18 @@ import numpy as np
 from recall import tracking
 from recall.atomic import atomic_dir, read_json, write_json
 from recall.base_model import pull_base
-from recall.weights.features import extract_features, load_features
-from recall.training.finetune import finetune
 from recall.hashing import sha256_file, sha256_tree
 from recall.merge.engine import MergePlan, merge
 from recall.merge.methods import get_method, resolve_weights
 from recall.models import describe, safetensors_folder
 from recall.pipeline.params import BASE_STEP, TRAINING_METHODS, Params
-from recall.weights.representations import similarity_and_sigmas
-from recall.weights.similarity import similarity_range
 from recall.tasks.export import export_task
 from recall.tasks.formats import TASK_FILE
 from recall.tasks.generated import generate_suite
+from recall.training.finetune import finetune
+from recall.weights.features import extract_features, load_features
+from recall.weights.representations import similarity_and_sigmas
+from recall.weights.similarity import similarity_range
 from recall.weights.typical import select_typical
 
 log = logging.getLogger(__name__)
@@ -148,16 +148,26 @@ def finetune_step(params: Params, task: str, method: str | None = None) -> Path:
     if method == "ewc":
         ewc = params.ewc()
         config = dataclasses.replace(config, ewc_lambda=ewc["lambda"], ewc_from=after, ewc_samples=ewc["samples"])
-    return finetune(start_model(params, method, task), task, new_model(params, method, task),
-                    data_dir=params.data_dir, config=config)
+    return finetune(
+        start_model(params, method, task),
+        task,
+        new_model(params, method, task),
+        data_dir=params.data_dir,
+        config=config,
+    )
 
 
 def features(params: Params, task: str) -> Path:
     """The new model's representations of the task's training samples (the probe set)."""
     folder, settings = recall_dir(params, task), params.recall_settings()
     export_task(task, "train", folder / "probe.jsonl", params.data_dir, limit=params.sections.recall.samples)
-    return extract_features(new_model(params, "recall", task), folder / "probe.jsonl", folder / "features.npy",
-                            batch_size=settings.batch_size, max_length=settings.max_length)
+    return extract_features(
+        new_model(params, "recall", task),
+        folder / "probe.jsonl",
+        folder / "features.npy",
+        batch_size=settings.batch_size,
+        max_length=settings.max_length,
+    )
 
 
 def typical(params: Params, task: str) -> Path:
@@ -177,11 +187,26 @@ def similarity(params: Params, task: str) -> Path:
     inputs = merge_inputs(params, "recall", task)
     indices = read_json(folder / "typical.json")["indices"]
     with tempfile.TemporaryDirectory(prefix="recall-sim-") as tmp:
-        sim, sigmas = similarity_and_sigmas([describe(m) for m in inputs], len(inputs) - 1, folder / "probe.jsonl",
-                                            load_features(folder / "features.npy"), indices, settings, Path(tmp))
-    record = {"metric": settings.similarity, "sigma": settings.sigma, "normalize": settings.normalize,
-              "sigmas": sigmas, "range": similarity_range(sim), "models": inputs, "reference": inputs[-1],
-              "typical": indices, "layers": sim.tolist()}
+        sim, sigmas = similarity_and_sigmas(
+            [describe(m) for m in inputs],
+            len(inputs) - 1,
+            folder / "probe.jsonl",
+            load_features(folder / "features.npy"),
+            indices,
+            settings,
+            Path(tmp),
+        )
+    record = {
+        "metric": settings.similarity,
+        "sigma": settings.sigma,
+        "normalize": settings.normalize,
+        "sigmas": sigmas,
+        "range": similarity_range(sim),
+        "models": inputs,
+        "reference": inputs[-1],
+        "typical": indices,
+        "layers": sim.tolist(),
+    }
     write_json(folder / "similarity.json", record)
     return folder / "similarity.json"
 
@@ -195,20 +220,36 @@ def merge_step(params: Params, task: str, method: str) -> Path:
         return merge_with(params, method, infos, out)
     folder = recall_dir(params, task)
     sim = read_json(folder / "similarity.json")
-    weights = resolve_weights(get_method("recall"), infos, similarities=[np.array(sim["layers"])],
-                              temperature=params.recall_settings().temperature)
-    extra = {"similarity": sim["layers"], "similarity_metric": sim["metric"], "sigmas": sim["sigmas"], "typical": sim["typical"],
-             "probe": str(folder / "probe.jsonl"), "settings": dataclasses.asdict(params.sections.recall),
-             "chain": method}
+    weights = resolve_weights(
+        get_method("recall"),
+        infos,
+        similarities=[np.array(sim["layers"])],
+        temperature=params.recall_settings().temperature,
+    )
+    extra = {
+        "similarity": sim["layers"],
+        "similarity_metric": sim["metric"],
+        "sigmas": sim["sigmas"],
+        "typical": sim["typical"],
+        "probe": str(folder / "probe.jsonl"),
+        "settings": dataclasses.asdict(params.sections.recall),
+        "chain": method,
+    }
     return merge(MergePlan(infos, get_method("recall"), weights, reference=1, extra=extra), out)
 
 
 def merge_with(params: Params, name: str, infos: list, out: Path) -> Path:
     """A registry method's merge of `infos`, each model weighted by the method's default."""
     method = get_method(name)
-    plan = MergePlan(infos, method, resolve_weights(method, infos),
-                     base=describe(base_model(params)) if method.needs_base else None,
-                     params=method.resolve(params.methods[name]), reference=len(infos) - 1, extra={"chain": name})
+    plan = MergePlan(
+        infos,
+        method,
+        resolve_weights(method, infos),
+        base=describe(base_model(params)) if method.needs_base else None,
+        params=method.resolve(params.methods[name]),
+        reference=len(infos) - 1,
+        extra={"chain": name},
+    )
     return merge(plan, out)
 
 
@@ -217,7 +258,9 @@ def multi(params: Params, method: str) -> Path:
     uses each expert as a reference on its own task's typical samples and averages the weight rows
     (DESIGN: no single new model)."""
     out = multi_dir(params, method)
-    paths = ([str(base_model(params))] if params.with_base else []) + [str(new_model(params, method, t)) for t in tasks(params)]
+    paths = ([str(base_model(params))] if params.with_base else []) + [
+        str(new_model(params, method, t)) for t in tasks(params)
+    ]
     infos = [describe(p) for p in paths]
     with atomic_dir(out) as tmp:
         if method == "recall":
@@ -234,21 +277,34 @@ def merge_multi_recall(params: Params, infos: list, out: Path) -> Path:
         for i, task in enumerate(tasks(params)):
             folder, ref = recall_dir(params, task), i + int(params.with_base)
             indices = read_json(folder / "typical.json")["indices"]
-            sim, sigmas = similarity_and_sigmas(infos, ref, folder / "probe.jsonl", load_features(folder / "features.npy"),
-                                                indices, settings, Path(tmp))
+            sim, sigmas = similarity_and_sigmas(
+                infos, ref, folder / "probe.jsonl", load_features(folder / "features.npy"), indices, settings, Path(tmp)
+            )
             sims.append(sim)
-            references.append({"reference": infos[ref].spec, "data": str(folder / "probe.jsonl"), "typical": indices,
-                               "similarity": sim.tolist(), "sigmas": sigmas})
+            references.append(
+                {
+                    "reference": infos[ref].spec,
+                    "data": str(folder / "probe.jsonl"),
+                    "typical": indices,
+                    "similarity": sim.tolist(),
+                    "sigmas": sigmas,
+                }
+            )
     method = get_method("recall")
     weights = resolve_weights(method, infos, similarities=sims, temperature=settings.temperature)
-    extra = {"settings": dataclasses.asdict(params.sections.recall), "references": references,
-             "with_base": params.with_base, "chain": "recall"}
+    extra = {
+        "settings": dataclasses.asdict(params.sections.recall),
+        "references": references,
+        "with_base": params.with_base,
+        "chain": "recall",
+    }
     return merge(MergePlan(infos, method, weights, reference=len(infos) - 1, extra=extra), out)
 
 
 def evaluate_step(params: Params, task: str, method: str) -> dict[str, dict]:
-    return evaluate_model(params, handed_on(params, method, task), chain_dir(params, method, task) / "eval",
-                          params.eval_tasks(task))
+    return evaluate_model(
+        params, handed_on(params, method, task), chain_dir(params, method, task) / "eval", params.eval_tasks(task)
+    )
 
 
 def evaluate_model(params: Params, model: Path, out: Path, names: list[str] | None = None) -> dict[str, dict]:
@@ -256,26 +312,43 @@ def evaluate_model(params: Params, model: Path, out: Path, names: list[str] | No
     from recall.evaluation.pipeline import evaluate
 
     cfg = params.sections.evaluate
-    return evaluate(model, names or tasks(params), out, data_dir=params.data_dir, limit=params.eval_limits(),
-                    batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, modes=params.eval_modes)
+    return evaluate(
+        model,
+        names or tasks(params),
+        out,
+        data_dir=params.data_dir,
+        limit=params.eval_limits(),
+        batch_size=cfg.batch_size,
+        max_new_tokens=cfg.max_new_tokens,
+        modes=params.eval_modes,
+    )
 
 
 def report_spec(params: Params, spec_dir: Path) -> dict:
     """The spec `recall report` reads for this run's artifacts (paths relative to the spec's folder)."""
     rel = lambda p: os.path.relpath(p, spec_dir)  # noqa: E731
-    evals = {m: {t: rel(chain_dir(params, m, t) / "eval" / "metrics.json") for t in tasks(params)} for m in params.methods}
+    evals = {
+        m: {t: rel(chain_dir(params, m, t) / "eval" / "metrics.json") for t in tasks(params)} for m in params.methods
+    }
     spec: dict = {"tasks": tasks(params)}
     if params.sequential:
-        spec["sequential"] = [{"method": m, "steps": [{"task": t, "metrics": evals[m][t]} for t in tasks(params)]}
-                              for m in params.methods]
+        spec["sequential"] = [
+            {"method": m, "steps": [{"task": t, "metrics": evals[m][t]} for t in tasks(params)]} for m in params.methods
+        ]
     else:
-        spec["single"] = [{"finetuned_on": t, "method": m, "metrics": evals[m][t]} for t in tasks(params) for m in params.methods]
+        spec["single"] = [
+            {"finetuned_on": t, "method": m, "metrics": evals[m][t]} for t in tasks(params) for m in params.methods
+        ]
     if params.sections.scenario == "multi":
         setting = "with base model" if params.with_base else "without base model"
-        spec["multi"] = [{"setting": setting, "method": m, "metrics": rel(multi_dir(params, m) / "eval" / "metrics.json")}
-                         for m in params.merge_methods]
+        spec["multi"] = [
+            {"setting": setting, "method": m, "metrics": rel(multi_dir(params, m) / "eval" / "metrics.json")}
+            for m in params.merge_methods
+        ]
     if "recall" in params.methods:
-        spec["merge_weights"] = [rel(chain_dir(params, "recall", t) / "model" / "merge_weights.json") for t in tasks(params)]
+        spec["merge_weights"] = [
+            rel(chain_dir(params, "recall", t) / "model" / "merge_weights.json") for t in tasks(params)
+        ]
         spec["similarity"] = [rel(recall_dir(params, t) / "similarity.json") for t in tasks(params)]
     return spec
 
@@ -330,12 +403,15 @@ def log_stage(params: Params, stage: str, task: str | None, method: str | None, 
     if stage == "merge":
         if method == "recall":
             mlflow.log_artifact(str(recall_dir(params, task) / "similarity.json"))
-        register_merge(params, chain_dir(params, method, task) / "model", [task], name,
-                       f"{method} chain: merge after step {task}")
+        register_merge(
+            params, chain_dir(params, method, task) / "model", [task], name, f"{method} chain: merge after step {task}"
+        )
     elif stage == "evaluate":
         log_scores({method: chain_dir(params, method, task) / "eval"}, "", index, sequence_run)
     elif stage == "multi":
-        register_merge(params, multi_dir(params, method) / "model", tasks(params), name, f"{method}: every expert merged")
+        register_merge(
+            params, multi_dir(params, method) / "model", tasks(params), name, f"{method}: every expert merged"
+        )
         log_scores({method: multi_dir(params, method) / "eval"}, "multi.", 0, sequence_run)
 
 
@@ -348,10 +424,13 @@ def register_merge(params: Params, model: Path, data_tasks: list[str], dvc_stage
     record = read_json(model / "merge_weights.json")
     mlflow.log_dict({"layers": record["layers"], "models": record["models"]}, "weights_matrix.json")
     tags = {
-        "parents": json.dumps(record["models"]), "method": record["method"], "chain": record.get("chain", ""),
+        "parents": json.dumps(record["models"]),
+        "method": record["method"],
+        "chain": record.get("chain", ""),
         "weights_sha256": sha256_file(model / "merge_weights.json"),
         "data_sha256": json.dumps({t: sha256_tree(params.data_dir / t) for t in data_tasks}),
-        "git_commit": tracking.git_commit(params.root), "dvc_stage": dvc_stage,
+        "git_commit": tracking.git_commit(params.root),
+        "dvc_stage": dvc_stage,
     }
     version = tracking.register_model(model, tags, description)
     log.info("registered %s version %s", tracking.REGISTERED_MODEL, version)
@@ -372,6 +451,14 @@ def log_scores(evals: dict[str, Path], prefix: str, step: int, sequence_run: str
 
 
 STAGES = {
-    "base": base, "data": data, "finetune": finetune_step, "features": features, "typical": typical,
-    "similarity": similarity, "merge": merge_step, "evaluate": evaluate_step, "multi": multi, "report": report,
+    "base": base,
+    "data": data,
+    "finetune": finetune_step,
+    "features": features,
+    "typical": typical,
+    "similarity": similarity,
+    "merge": merge_step,
+    "evaluate": evaluate_step,
+    "multi": multi,
+    "report": report,
 }

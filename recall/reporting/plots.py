@@ -34,8 +34,12 @@ def _check_rows(rows: Sequence[Sequence[float]], names: Sequence[str], what: str
         )
 
 
-def plot_merge_weights(weights: Sequence[Sequence[float]], model_names: Sequence[str], out_png: str | os.PathLike,
-                       title: str = "Merge weights per layer group") -> Path:
+def plot_merge_weights(
+    weights: Sequence[Sequence[float]],
+    model_names: Sequence[str],
+    out_png: str | os.PathLike,
+    title: str = "Merge weights per layer group",
+) -> Path:
     """Heatmap of merge weights: one row per model, one column per layer group (0 = embeddings).
 
     `weights[i][q]` is model q's weight in layer group i (the layout of merge_weights.json's "layers").
@@ -61,9 +65,13 @@ def plot_merge_weights(weights: Sequence[Sequence[float]], model_names: Sequence
     return _save(fig, out_png)
 
 
-def plot_similarity(similarities: Sequence[Sequence[float]], model_names: Sequence[str],
-                    out_png: str | os.PathLike, metric: str = "similarity",
-                    title: str = "Layer-wise representation similarity") -> Path:
+def plot_similarity(
+    similarities: Sequence[Sequence[float]],
+    model_names: Sequence[str],
+    out_png: str | os.PathLike,
+    metric: str = "similarity",
+    title: str = "Layer-wise representation similarity",
+) -> Path:
     """One curve per model across layers (the paper's figures 6-7).
 
     `similarities[i][q]` is model q's similarity at layer i (0 = embeddings output).
@@ -82,8 +90,9 @@ def plot_similarity(similarities: Sequence[Sequence[float]], model_names: Sequen
     return _save(fig, out_png)
 
 
-def plot_forgetting(curves: Mapping[str, Sequence[Sequence[float]]], tasks: Sequence[str],
-                    out_png: str | os.PathLike) -> Path:
+def plot_forgetting(
+    curves: Mapping[str, Sequence[Sequence[float]]], tasks: Sequence[str], out_png: str | os.PathLike
+) -> Path:
     """Score of each task over a task sequence (the paper's figure 5), one panel per task.
 
     `curves[method][t][j]` is the score of tasks[j] after step t (an accuracy matrix per method);
@@ -107,7 +116,7 @@ def plot_forgetting(curves: Mapping[str, Sequence[Sequence[float]]], tasks: Sequ
         ax.set_ylabel("score")
         ax.set_xticks(range(1, steps + 1))
         ax.grid(alpha=0.3)
-    for ax in axes[len(tasks):]:
+    for ax in axes[len(tasks) :]:
         ax.set_visible(False)
     axes[0].legend(fontsize="small")
     return _save(fig, out_png)

@@ -49,10 +49,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from recall.reporting import statistics as paired
 from recall.atomic import atomic_dir, atomic_file, check_output, read_json, write_json
 from recall.data import iter_jsonl
 from recall.errors import RecallError
+from recall.reporting import statistics as paired
 from recall.reporting.metrics import (
     Metrics,
     accuracy_matrix,
@@ -66,8 +66,11 @@ from recall.reporting.plots import plot_forgetting, plot_merge_weights, plot_sim
 from recall.reporting.statistics import Interval, Statistic
 
 # Fields each entry of a section needs; the other list sections are lists of names or paths.
-ENTRY_FIELDS = {"single": ("finetuned_on", "method", "metrics"), "multi": ("method", "metrics"),
-                "sequential": ("method", "steps")}
+ENTRY_FIELDS = {
+    "single": ("finetuned_on", "method", "metrics"),
+    "multi": ("method", "metrics"),
+    "sequential": ("method", "steps"),
+}
 LIST_SECTIONS = {"tasks", "merge_weights", "similarity", *ENTRY_FIELDS}
 SECTIONS = {*LIST_SECTIONS, "bootstrap"}
 BOOTSTRAP = {"replicates": paired.REPLICATES, "seed": 0}
@@ -86,8 +89,12 @@ class Table:
     notes: list[str] = field(default_factory=list)  # lines under the table: n, legends
 
     def markdown(self) -> str:
-        lines = [f"### {self.title}", "", "| " + " | ".join(self.header) + " |",
-                 "|" + "|".join("---" for _ in self.header) + "|"]
+        lines = [
+            f"### {self.title}",
+            "",
+            "| " + " | ".join(self.header) + " |",
+            "|" + "|".join("---" for _ in self.header) + "|",
+        ]
         lines += ["| " + " | ".join(_show(cell) for cell in row) + " |" for row in self.rows]
         lines += ["", *self.notes] if self.notes else []
         return "\n".join(lines) + "\n"
@@ -124,8 +131,10 @@ class Spec:
             raise RecallError(f"report spec {self.path} must be a mapping with sections {', '.join(sorted(SECTIONS))}")
         unknown = set(data) - SECTIONS
         if unknown:
-            raise RecallError(f"report spec {self.path}: unknown section(s) {', '.join(sorted(unknown))}; "
-                              f"known: {', '.join(sorted(SECTIONS))}")
+            raise RecallError(
+                f"report spec {self.path}: unknown section(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(sorted(SECTIONS))}"
+            )
         if not set(data) - {"tasks", "bootstrap"}:
             raise RecallError(f"report spec {self.path} has nothing to report; add a section such as `single`")
         self.data = data
@@ -145,12 +154,16 @@ class Spec:
                     raise RecallError(f"report spec {self.path}: `{section}` must list names or paths, got {item!r}")
                 missing = [f for f in fields or () if not isinstance(item, dict) or f not in item]
                 if missing:
-                    raise RecallError(f"report spec {self.path}: entry {i + 1} of `{section}` lacks `{missing[0]}` "
-                                      f"(each needs {', '.join(fields)})")
+                    raise RecallError(
+                        f"report spec {self.path}: entry {i + 1} of `{section}` lacks `{missing[0]}` "
+                        f"(each needs {', '.join(fields)})"
+                    )
         for item in self.entries("sequential"):
             steps = item["steps"]
             if not isinstance(steps, list) or not steps:
-                raise RecallError(f"report spec {self.path}: sequential method {item['method']!r} needs a list of steps")
+                raise RecallError(
+                    f"report spec {self.path}: sequential method {item['method']!r} needs a list of steps"
+                )
             for i, step in enumerate(steps):
                 if not isinstance(step, dict) or not {"task", "metrics"} <= set(step):
                     raise RecallError(
@@ -163,10 +176,14 @@ class Spec:
         if not isinstance(given, dict) or set(given) - set(BOOTSTRAP):
             raise RecallError(f"report spec {self.path}: `bootstrap` takes `replicates` and `seed`, got {given!r}")
         settings = {**BOOTSTRAP, **given}
-        if any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in settings.values()) \
-                or settings["replicates"] < 1:
-            raise RecallError(f"report spec {self.path}: bootstrap replicates must be a positive integer and seed a "
-                              f"non-negative integer, got {given!r}")
+        if (
+            any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in settings.values())
+            or settings["replicates"] < 1
+        ):
+            raise RecallError(
+                f"report spec {self.path}: bootstrap replicates must be a positive integer and seed a "
+                f"non-negative integer, got {given!r}"
+            )
         return settings["replicates"], settings["seed"]
 
     def entries(self, section: str) -> list[Any]:
@@ -222,14 +239,19 @@ def _read_records(path: Path) -> list[dict]:
 
 def single_table(spec: Spec, tasks: list[str]) -> Table:
     """Table 1: rows = fine-tuning task x method; each method's mean over fine-tuning tasks closes it."""
-    table = Table("table1", "Table 1: one fine-tuned model merged with the base",
-                  ["Fine-tuned on", "Method", *tasks, "Avg from all tasks", "Avg from unseen tasks"])
+    table = Table(
+        "table1",
+        "Table 1: one fine-tuned model merged with the base",
+        ["Fine-tuned on", "Method", *tasks, "Avg from all tasks", "Avg from unseen tasks"],
+    )
     by_method: dict[str, list[list[float | None]]] = {}
     groups = []
     for item in spec.entries("single"):
         if item["finetuned_on"] not in tasks:
-            raise RecallError(f"report spec {spec.path}: finetuned_on {item['finetuned_on']!r} is not one of the "
-                              f"tasks {', '.join(tasks)}")
+            raise RecallError(
+                f"report spec {spec.path}: finetuned_on {item['finetuned_on']!r} is not one of the "
+                f"tasks {', '.join(tasks)}"
+            )
         scores = spec.scores(item["metrics"], tasks)
         values = [*scores.values(), average(list(scores.values())), unseen_average(scores, [item["finetuned_on"]])]
         table.rows.append([item["finetuned_on"], item["method"], *values])
@@ -260,15 +282,19 @@ class TaskSequence:
 
 def sequences(spec: Spec, tasks: list[str]) -> tuple[list[str], list[TaskSequence]]:
     """Every method's accuracy matrix over one shared column order: the sequence, then other tasks."""
-    found = [(item["method"], [s["task"] for s in item["steps"]], [s["metrics"] for s in item["steps"]])
-             for item in spec.entries("sequential")]
+    found = [
+        (item["method"], [s["task"] for s in item["steps"]], [s["metrics"] for s in item["steps"]])
+        for item in spec.entries("sequential")
+    ]
     if not found:
         return [], []
     longest = max((order for _, order, _ in found), key=len)
     for method, order, _ in found:
         if order != longest[: len(order)]:
-            raise RecallError(f"report spec {spec.path}: sequence of {method!r} ({', '.join(order)}) differs from "
-                              f"{', '.join(longest)}; compare methods over one task order")
+            raise RecallError(
+                f"report spec {spec.path}: sequence of {method!r} ({', '.join(order)}) differs from "
+                f"{', '.join(longest)}; compare methods over one task order"
+            )
     columns = longest + [t for t in tasks if t not in longest]
     result = []
     for method, order, paths in found:
@@ -293,15 +319,27 @@ def sequential_table(columns: list[str], seqs: list[TaskSequence]) -> Table:
 def continual_table(columns: list[str], seqs: list[TaskSequence]) -> Table:
     """Backward transfer and forgetting of each method's final model (None with a single step)."""
     learned = columns[: max(len(s.order) for s in seqs) - 1]
-    table = Table("continual", "Continual-learning metrics of the final model",
-                  ["Method", "Steps", "Final average", "BWT", "Mean forgetting", *[f"Forgetting {t}" for t in learned]])
+    table = Table(
+        "continual",
+        "Continual-learning metrics of the final model",
+        ["Method", "Steps", "Final average", "BWT", "Mean forgetting", *[f"Forgetting {t}" for t in learned]],
+    )
     for seq in seqs:
         if len(seq.matrix) < 2:
             table.rows.append([seq.method, 1, average(seq.matrix[-1]), None, None, *[None] * len(learned)])
             continue
         drops = forgetting(seq.matrix)
-        table.rows.append([seq.method, len(seq.matrix), average(seq.matrix[-1]), backward_transfer(seq.matrix),
-                           fmean(drops), *drops, *[None] * (len(learned) - len(drops))])
+        table.rows.append(
+            [
+                seq.method,
+                len(seq.matrix),
+                average(seq.matrix[-1]),
+                backward_transfer(seq.matrix),
+                fmean(drops),
+                *drops,
+                *[None] * (len(learned) - len(drops)),
+            ]
+        )
     return table
 
 
@@ -329,8 +367,9 @@ def _score(metrics: Metrics, task: str) -> float:
     return primary_score(metrics, task) if metrics.get(task) else float("nan")
 
 
-def _check_same_examples(files: Sequence[Path], records: Sequence[Mapping[str, list[dict]]],
-                         tasks: Sequence[str]) -> None:
+def _check_same_examples(
+    files: Sequence[Path], records: Sequence[Mapping[str, list[dict]]], tasks: Sequence[str]
+) -> None:
     """Pairing compares models example by example: each task's records must be the same examples
     (same count, same references) in every evaluation."""
     for task in tasks:
@@ -338,9 +377,11 @@ def _check_same_examples(files: Sequence[Path], records: Sequence[Mapping[str, l
         for file, recs in having[1:]:
             first_file, first = having[0]
             if [x.get("reference") for x in recs] != [x.get("reference") for x in first]:
-                raise RecallError(f"the examples of {task} beside {file} ({len(recs)}) and beside {first_file} "
-                                  f"({len(first)}) are not the same test examples; a paired comparison needs every "
-                                  f"model scored on the same examples (same limit, same test file)")
+                raise RecallError(
+                    f"the examples of {task} beside {file} ({len(recs)}) and beside {first_file} "
+                    f"({len(first)}) are not the same test examples; a paired comparison needs every "
+                    f"model scored on the same examples (same limit, same test file)"
+                )
 
 
 def gather_evidence(spec: Spec, columns: list[str]) -> Evidence:
@@ -357,8 +398,10 @@ def gather_evidence(spec: Spec, columns: list[str]) -> Evidence:
     _check_same_examples(files, records, columns)
     full = paired.full_scores(records, columns)
     for e, t in zip(*np.nonzero(np.abs(full - scores) > CONSISTENT)):
-        raise RecallError(f"{files[e].parent / 'examples' / columns[t]}.jsonl gives {columns[t]} {full[e, t]:.2f}, "
-                          f"but {files[e]} says {scores[e, t]:.2f}: these examples are not from that evaluation")
+        raise RecallError(
+            f"{files[e].parent / 'examples' / columns[t]}.jsonl gives {columns[t]} {full[e, t]:.2f}, "
+            f"but {files[e]} says {scores[e, t]:.2f}: these examples are not from that evaluation"
+        )
     draws = paired.score_draws(records, columns, spec.replicates, spec.seed)
     rows = {f: e for e, f in enumerate(files)}
     return Evidence(columns, rows, scores, draws, paired.example_counts(records, columns))
@@ -394,20 +437,36 @@ def single_rows(spec: Spec, ev: Evidence, tasks: list[str]) -> list[list[Row]]:
         by_method: dict[str, list[Row]] = {}
         for row in (r for group in result for r in group):
             by_method.setdefault(row.method, []).append(row)
-        result.append([
-            Row(("All Average", method), method, {s: paired.mean_of([r.stats[s] for r in rows])
-                                                  for s in rows[0].stats if all(s in r.stats for r in rows)})
-            for method, rows in by_method.items()
-        ])
+        result.append(
+            [
+                Row(
+                    ("All Average", method),
+                    method,
+                    {
+                        s: paired.mean_of([r.stats[s] for r in rows])
+                        for s in rows[0].stats
+                        if all(s in r.stats for r in rows)
+                    },
+                )
+                for method, rows in by_method.items()
+            ]
+        )
     return result
 
 
 def multi_rows(spec: Spec, ev: Evidence, tasks: list[str]) -> list[list[Row]]:
     """Table 2's rows: one group, every setting and method competing."""
     columns = [ev.column(t) for t in tasks]
-    return [[Row((item.get("setting", ""), item["method"]), item["method"],
-                 {"avg": paired.mean_score(ev.row(spec, item["metrics"]), columns)})
-             for item in spec.entries("multi")]]
+    return [
+        [
+            Row(
+                (item.get("setting", ""), item["method"]),
+                item["method"],
+                {"avg": paired.mean_score(ev.row(spec, item["metrics"]), columns)},
+            )
+            for item in spec.entries("multi")
+        ]
+    ]
 
 
 def sequential_rows(spec: Spec, ev: Evidence) -> list[list[Row]]:
@@ -450,8 +509,16 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
-def interval_table(name: str, title: str, labels: list[str], names: dict[str, str], groups: list[list[Row]],
-                   ev: Evidence, tasks: Sequence[str], legend: str) -> tuple[Table, dict]:
+def interval_table(
+    name: str,
+    title: str,
+    labels: list[str],
+    names: dict[str, str],
+    groups: list[list[Row]],
+    ev: Evidence,
+    tasks: Sequence[str],
+    legend: str,
+) -> tuple[Table, dict]:
     """Each row's statistics with their intervals and its paired differences to sft and to the best
     other row of its group (by the first statistic's estimate); also as metrics:
     {"n_test": {task: n}, row label: {stat, stat_ci95, diff_vs_sft, best_other, diff_vs_best_other}}."""
@@ -467,8 +534,11 @@ def interval_table(name: str, title: str, labels: list[str], names: dict[str, st
     def differences(row: Row, other: Row | None) -> dict[str, Interval]:
         if other is None:
             return {}
-        return {s: ev.interval(paired.difference(row.stats[s], other.stats[s])) for s in stats
-                if s in row.stats and s in other.stats}
+        return {
+            s: ev.interval(paired.difference(row.stats[s], other.stats[s]))
+            for s in stats
+            if s in row.stats and s in other.stats
+        }
 
     for group in groups:
         owns = [{s: ev.interval(stat) for s, stat in row.stats.items()} for row in group]
@@ -554,15 +624,25 @@ def write_report(spec_path: str | os.PathLike, out: str | os.PathLike, overwrite
     tasks = spec.tasks()
     columns, seqs = sequences(spec, tasks)
     ev = gather_evidence(spec, columns or tasks)
-    legend = (f"\\* : 95% paired-bootstrap interval excludes 0; otherwise no difference. Intervals are the 2.5th "
-              f"and 97.5th percentiles over {spec.replicates} resamples of the test examples (seed {spec.seed}), "
-              f"each resample shared by every model and step.")
+    legend = (
+        f"\\* : 95% paired-bootstrap interval excludes 0; otherwise no difference. Intervals are the 2.5th "
+        f"and 97.5th percentiles over {spec.replicates} resamples of the test examples (seed {spec.seed}), "
+        f"each resample shared by every model and step."
+    )
     paper: list[Table] = []  # the paper's tables; their numbers are metrics.json's table keys
     tables: list[Table] = []  # every table in report order: each section's paper tables, then its intervals
     scenarios: dict[str, dict] = {}  # metrics.json's per-section n, intervals and differences
 
-    def add(section: str, section_tables: list[Table], shown: list[str], name: str, title: str,
-            labels: list[str], names: dict[str, str], rows: list[list[Row]]) -> None:
+    def add(
+        section: str,
+        section_tables: list[Table],
+        shown: list[str],
+        name: str,
+        title: str,
+        labels: list[str],
+        names: dict[str, str],
+        rows: list[list[Row]],
+    ) -> None:
         for table in section_tables:
             table.notes.append(n_note({t: ev.n[t] for t in shown}))
         interval, scenarios[section] = interval_table(name, title, labels, names, rows, ev, shown, legend)
@@ -570,15 +650,38 @@ def write_report(spec_path: str | os.PathLike, out: str | os.PathLike, overwrite
         tables.extend([*section_tables, interval])
 
     if spec.entries("single"):
-        add("single", [single_table(spec, tasks)], tasks, "table1_ci", "Table 1 with 95% intervals",
-            ["Fine-tuned on", "Method"], {"avg": "Avg", "unseen_avg": "Unseen avg"}, single_rows(spec, ev, tasks))
+        add(
+            "single",
+            [single_table(spec, tasks)],
+            tasks,
+            "table1_ci",
+            "Table 1 with 95% intervals",
+            ["Fine-tuned on", "Method"],
+            {"avg": "Avg", "unseen_avg": "Unseen avg"},
+            single_rows(spec, ev, tasks),
+        )
     if spec.entries("multi"):
-        add("multi", [multi_table(spec, tasks)], tasks, "table2_ci", "Table 2 with 95% intervals",
-            ["Setting", "Method"], {"avg": "Avg"}, multi_rows(spec, ev, tasks))
+        add(
+            "multi",
+            [multi_table(spec, tasks)],
+            tasks,
+            "table2_ci",
+            "Table 2 with 95% intervals",
+            ["Setting", "Method"],
+            {"avg": "Avg"},
+            multi_rows(spec, ev, tasks),
+        )
     if seqs:
-        add("sequential", [sequential_table(columns, seqs), continual_table(columns, seqs)], columns, "continual_ci",
-            "Final models of the sequences with 95% intervals", ["Method"], {"avg": "Final avg", "bwt": "BWT"},
-            sequential_rows(spec, ev))
+        add(
+            "sequential",
+            [sequential_table(columns, seqs), continual_table(columns, seqs)],
+            columns,
+            "continual_ci",
+            "Final models of the sequences with 95% intervals",
+            ["Method"],
+            {"avg": "Final avg", "bwt": "BWT"},
+            sequential_rows(spec, ev),
+        )
     with atomic_dir(out, overwrite) as tmp:
         lines = ["# RECALL report", "", f"From `{spec.path}`.", "", DEFINITIONS]
         for table in tables:

@@ -45,8 +45,9 @@ def resample(task: str, n: int, replicates: int = REPLICATES, seed: int = 0) -> 
     """(replicates, n) example indices drawn with replacement. Seeded by the task's name too, so a task
     gets the same draws whichever other tasks or models the report holds."""
     if n < 1 or replicates < 1:
-        raise RecallError(f"bootstrap of task {task!r} needs examples and replicates, "
-                          f"got n={n}, replicates={replicates}")
+        raise RecallError(
+            f"bootstrap of task {task!r} needs examples and replicates, got n={n}, replicates={replicates}"
+        )
     rng = np.random.default_rng([seed, zlib.crc32(task.encode())])
     return rng.integers(0, n, size=(replicates, n))
 
@@ -83,14 +84,17 @@ def example_counts(evaluations: Sequence[Mapping[str, Records]], tasks: Sequence
     for task in tasks:
         sizes = {len(e[task]) for e in evaluations if task in e}
         if len(sizes) > 1:
-            raise RecallError(f"task {task!r} was scored on different numbers of examples ({sorted(sizes)}) across "
-                              f"the evaluations; a paired comparison needs the same test examples for every model")
+            raise RecallError(
+                f"task {task!r} was scored on different numbers of examples ({sorted(sizes)}) across "
+                f"the evaluations; a paired comparison needs the same test examples for every model"
+            )
         counts[task] = sizes.pop() if sizes else None
     return counts
 
 
-def score_draws(evaluations: Sequence[Mapping[str, Records]], tasks: Sequence[str],
-                replicates: int = REPLICATES, seed: int = 0) -> np.ndarray:
+def score_draws(
+    evaluations: Sequence[Mapping[str, Records]], tasks: Sequence[str], replicates: int = REPLICATES, seed: int = 0
+) -> np.ndarray:
     """(replicates, E, T): every evaluation's primary score of every task on the same resamples of the
     task's examples; NaN where an evaluation has no records for a task."""
     draws = np.full((replicates, len(evaluations), len(tasks)), np.nan)
@@ -104,8 +108,9 @@ def score_draws(evaluations: Sequence[Mapping[str, Records]], tasks: Sequence[st
 
 def full_scores(evaluations: Sequence[Mapping[str, Records]], tasks: Sequence[str]) -> np.ndarray:
     """(E, T): each evaluation's primary score of each task on all its records; NaN without records."""
-    return np.array([[get_task(task).aggregate(e[task]) if task in e else np.nan for task in tasks]
-                     for e in evaluations]).reshape(len(evaluations), len(tasks))
+    return np.array(
+        [[get_task(task).aggregate(e[task]) if task in e else np.nan for task in tasks] for e in evaluations]
+    ).reshape(len(evaluations), len(tasks))
 
 
 def mean_score(evaluation: int, columns: Sequence[int]) -> Statistic:
@@ -124,8 +129,10 @@ def backward_transfer(steps: Sequence[int], learned: Sequence[int]) -> Statistic
     """BWT = mean over j < T-1 of R[T-1][j] - R[j][j] (as `recall.reporting.metrics.backward_transfer`), where
     `steps[t]` is the evaluation after step t and `learned[t]` the column of the task it learned."""
     if len(steps) < 2 or len(learned) != len(steps):
-        raise RecallError(f"backward transfer needs at least 2 steps with one learned task each, "
-                          f"got {len(steps)} steps and {len(learned)} tasks")
+        raise RecallError(
+            f"backward transfer needs at least 2 steps with one learned task each, "
+            f"got {len(steps)} steps and {len(learned)} tasks"
+        )
     last, before, cols = steps[-1], list(steps[:-1]), list(learned[:-1])
     return lambda s: (s[..., last, cols] - s[..., before, cols]).mean(axis=-1)
 

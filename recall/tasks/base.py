@@ -75,8 +75,10 @@ def register(task: Task) -> Task:
     read again, or its copy in a pipeline's data); two different tasks of one name are an error."""
     known = _REGISTRY.setdefault(task.name, task)
     if known is not task and (type(known), getattr(known, "spec", None)) != (type(task), getattr(task, "spec", None)):
-        raise RecallError(f"two different tasks are named {task.name!r}: {known.source} and {task.source}; "
-                          "rename one of the task folders")
+        raise RecallError(
+            f"two different tasks are named {task.name!r}: {known.source} and {task.source}; "
+            "rename one of the task folders"
+        )
     return known
 
 

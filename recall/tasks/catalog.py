@@ -16,7 +16,8 @@ from recall.tasks.formats import HubSource, TaskSpec, make_task
 SENTIMENT = TaskSpec(
     "classification",
     "Statement: {sentence} What’s sentiment should the above sentence be? OPTIONS: - negative.- positive. Answer:",
-    answer="label", labels=((0, "negative"), (1, "positive")),
+    answer="label",
+    labels=((0, "negative"), (1, "positive")),
 )
 EXTRACTIVE_QA = TaskSpec(
     "qa",
@@ -25,17 +26,21 @@ EXTRACTIVE_QA = TaskSpec(
     answer="answers",
 )
 KNOWLEDGE_MCQ = TaskSpec(
-    "multiple_choice", "Question: {question} Options: {options} Choose an correct answer from A/B/C/D.Answer:",
-    answer="cop", options=("opa", "opb", "opc", "opd"),
+    "multiple_choice",
+    "Question: {question} Options: {options} Choose an correct answer from A/B/C/D.Answer:",
+    answer="cop",
+    options=("opa", "opb", "opc", "opd"),
 )
 READING_MCQ = TaskSpec(
     "multiple_choice",
     "Read the article, and answer the question by replying A, B, C or D. Article: {article} Q:{question} "
     "Options: {options}",
-    answer="answer", options=("options.0", "options.1", "options.2", "options.3"),
+    answer="answer",
+    options=("options.0", "options.1", "options.2", "options.3"),
 )
 TRANSLATION = TaskSpec(
-    "generation", "Translate the following sentence from English to French. Sentence: {translation.en} French:",
+    "generation",
+    "Translate the following sentence from English to French. Sentence: {translation.en} French:",
     answer="translation.fr",
 )
 

@@ -34,8 +34,9 @@ def read_spec(path: Path) -> TaskSpec:
         node, raw = yaml.compose(source), yaml.safe_load(source)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        raise RecallError(f"{path}{f':{mark.line + 1}' if mark else ''}: not valid YAML: "
-                          f"{getattr(err, 'problem', None) or err}") from None
+        raise RecallError(
+            f"{path}{f':{mark.line + 1}' if mark else ''}: not valid YAML: {getattr(err, 'problem', None) or err}"
+        ) from None
     if not isinstance(raw, dict):
         raise RecallError(f"{path}:1: expected a mapping of the fields {', '.join(SPEC_FIELDS)}")
     lines = {key.value: key.start_mark.line + 1 for key, _ in node.value}
@@ -52,8 +53,9 @@ def declare(folder: Path) -> Task:
     if getattr(known, "folder", None) == folder:
         return known
     if not NAME.fullmatch(folder.name):
-        raise RecallError(f"{folder}: {folder.name!r} cannot name a task; name its folder with letters, digits, "
-                          "_ and - only")
+        raise RecallError(
+            f"{folder}: {folder.name!r} cannot name a task; name its folder with letters, digits, _ and - only"
+        )
     task = make_task(folder.name, read_spec(folder / TASK_FILE), folder=folder)
     for split in SPLITS:
         task.load(split)

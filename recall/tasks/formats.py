@@ -83,7 +83,9 @@ def parse_spec(raw: Mapping[str, Any]) -> TaskSpec:
     cls = FORMATS[fmt]
     metric = raw.get("metric")
     if metric is not None and metric not in cls.all_metrics:
-        raise SpecError("metric", f"unknown metric {metric!r} for format {fmt}; use one of {', '.join(cls.all_metrics)}")
+        raise SpecError(
+            "metric", f"unknown metric {metric!r} for format {fmt}; use one of {', '.join(cls.all_metrics)}"
+        )
     for key, owner in (("labels", "classification"), ("options", "multiple_choice")):
         if key in raw and fmt != owner:
             raise SpecError(key, f"only a {owner} task has {key!r}; this one's format is {fmt}")
@@ -100,8 +102,14 @@ def parse_spec(raw: Mapping[str, Any]) -> TaskSpec:
     answer = raw.get("answer", "response")
     if not isinstance(answer, str) or not PLACEHOLDER.fullmatch(f"{{{answer}}}"):
         raise SpecError("answer", f"answer must be a field name, got {answer!r}")
-    return TaskSpec(fmt, template, answer, metric, _labels(raw["labels"]) if "labels" in raw else (),
-                    _option_fields(raw["options"]) if "options" in raw else None)
+    return TaskSpec(
+        fmt,
+        template,
+        answer,
+        metric,
+        _labels(raw["labels"]) if "labels" in raw else (),
+        _option_fields(raw["options"]) if "options" in raw else None,
+    )
 
 
 def _labels(raw: Any) -> tuple[tuple[Any, str], ...]:
@@ -125,8 +133,10 @@ def _option_fields(raw: Any) -> str | tuple[str, ...]:
         return raw
     if isinstance(raw, list) and 2 <= len(raw) <= len(scoring.LETTERS) and all(map(is_field, raw)):
         return tuple(raw)
-    raise SpecError("options", f"options must name a field holding a list of options, or list 2 to 26 fields of "
-                               f"one option each; got {raw!r}")
+    raise SpecError(
+        "options",
+        f"options must name a field holding a list of options, or list 2 to 26 fields of one option each; got {raw!r}",
+    )
 
 
 def field(row: Mapping[str, Any], path: str) -> Any:
@@ -270,8 +280,7 @@ class JsonlTask(Task):
     def _hub_rows(self, split: str) -> Iterator[tuple[str, dict]]:
         if self.hub is None:
             raise RecallError(
-                f"task {self.name} is generated locally: run `recall tasks generate --out DIR` "
-                "and pass --data-dir DIR"
+                f"task {self.name} is generated locally: run `recall tasks generate --out DIR` and pass --data-dir DIR"
             )
         hub_split = self.hub.test_split if split == "test" else "train"
         try:
@@ -365,8 +374,10 @@ class MultipleChoiceTask(JsonlTask):
             return letters[given], letters
         if given in options:
             return letters[options.index(given)], letters
-        raise ValueError(f"field {self.spec.answer!r}: {value!r} is not one of the options; give its letter "
-                         f"({'/'.join(letters)}), its 0-based index or its text")
+        raise ValueError(
+            f"field {self.spec.answer!r}: {value!r} is not one of the options; give its letter "
+            f"({'/'.join(letters)}), its 0-based index or its text"
+        )
 
     def per_example(self, metric: str, prediction: str, reference: str) -> float:
         return 100.0 * (scoring.extract_choice(prediction, self.choices) == reference)

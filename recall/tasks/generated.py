@@ -33,16 +33,54 @@ Generator = Callable[[random.Random, int], Row]
 
 # ---------------------------------------------------------------- sentiment
 SUBJECTS = (
-    "the movie", "the film", "the plot", "the acting", "the soundtrack", "the ending", "the story",
-    "the cast", "the dialogue", "this sequel", "the script", "the camera work", "the pacing", "the humor",
+    "the movie",
+    "the film",
+    "the plot",
+    "the acting",
+    "the soundtrack",
+    "the ending",
+    "the story",
+    "the cast",
+    "the dialogue",
+    "this sequel",
+    "the script",
+    "the camera work",
+    "the pacing",
+    "the humor",
 )
 POSITIVE = (
-    "wonderful", "brilliant", "charming", "delightful", "moving", "gripping", "clever", "beautiful",
-    "funny", "touching", "superb", "engaging", "fresh", "heartfelt", "stunning",
+    "wonderful",
+    "brilliant",
+    "charming",
+    "delightful",
+    "moving",
+    "gripping",
+    "clever",
+    "beautiful",
+    "funny",
+    "touching",
+    "superb",
+    "engaging",
+    "fresh",
+    "heartfelt",
+    "stunning",
 )
 NEGATIVE = (
-    "boring", "dull", "clumsy", "tedious", "awful", "predictable", "lifeless", "messy", "shallow",
-    "bland", "painful", "forgettable", "confusing", "flat", "weak",
+    "boring",
+    "dull",
+    "clumsy",
+    "tedious",
+    "awful",
+    "predictable",
+    "lifeless",
+    "messy",
+    "shallow",
+    "bland",
+    "painful",
+    "forgettable",
+    "confusing",
+    "flat",
+    "weak",
 )
 
 
@@ -71,8 +109,14 @@ FIRST_NAMES = ("Anna", "Boris", "Clara", "David", "Elena", "Felix", "Greta", "Hu
 LAST_NAMES = ("Brandt", "Costa", "Duval", "Eriksen", "Falk", "Novak", "Moreau", "Lindqvist", "Petrov")
 PROFESSIONS = ("miller", "blacksmith", "merchant", "fisherman", "priest", "carpenter", "weaver", "soldier")
 SPECIALTIES = (
-    "glass bridges", "cheese market", "old clock tower", "summer music festival", "salt mines",
-    "painted boats", "apple orchards", "stone library",
+    "glass bridges",
+    "cheese market",
+    "old clock tower",
+    "summer music festival",
+    "salt mines",
+    "painted boats",
+    "apple orchards",
+    "stone library",
 )
 # fact -> (sentence template, question template); every answer is a span of its sentence.
 TOWN_FACTS = {
@@ -138,43 +182,124 @@ def squad_row(rng: random.Random, idx: int) -> Row:
 # ---------------------------------------------------------------- knowledge MCQ
 # category -> (question template, {subject: answer}); distractors are other answers of the category.
 FACTS = {
-    "capital": ("What is the capital of {}?", {
-        "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Japan": "Tokyo",
-        "Egypt": "Cairo", "Canada": "Ottawa", "Australia": "Canberra", "Russia": "Moscow",
-        "China": "Beijing", "India": "New Delhi", "Kenya": "Nairobi", "Peru": "Lima", "Norway": "Oslo",
-        "Sweden": "Stockholm", "Greece": "Athens", "Portugal": "Lisbon", "Turkey": "Ankara",
-        "Poland": "Warsaw", "Ireland": "Dublin", "Thailand": "Bangkok", "Argentina": "Buenos Aires",
-    }),
-    "symbol": ("What is the chemical symbol of {}?", {
-        "gold": "Au", "silver": "Ag", "iron": "Fe", "sodium": "Na", "helium": "He", "copper": "Cu",
-        "lead": "Pb", "tin": "Sn", "calcium": "Ca", "zinc": "Zn", "mercury": "Hg", "neon": "Ne",
-    }),
-    "animal": ("What kind of animal is a {}?", {
-        "whale": "mammal", "dolphin": "mammal", "bat": "mammal", "eagle": "bird", "penguin": "bird",
-        "ostrich": "bird", "crocodile": "reptile", "snake": "reptile", "turtle": "reptile",
-        "shark": "fish", "salmon": "fish", "frog": "amphibian", "salamander": "amphibian",
-        "ant": "insect", "bee": "insect", "butterfly": "insect",
-    }),
-    "organ": ("Which organ {}?", {
-        "pumps blood through the body": "heart", "filters the blood to make urine": "kidney",
-        "takes oxygen from the air": "lung", "produces insulin": "pancreas",
-        "stores bile": "gallbladder", "breaks down alcohol": "liver", "controls thought": "brain",
-        "absorbs most nutrients from food": "small intestine",
-    }),
-    "vitamin": ("Deficiency of which vitamin causes {}?", {
-        "scurvy": "vitamin C", "rickets": "vitamin D", "night blindness": "vitamin A",
-        "beriberi": "vitamin B1", "pernicious anemia": "vitamin B12", "bleeding from poor clotting": "vitamin K",
-    }),
-    "author": ("Who wrote {}?", {
-        "Hamlet": "William Shakespeare", "Pride and Prejudice": "Jane Austen", "War and Peace": "Leo Tolstoy",
-        "Don Quixote": "Miguel de Cervantes", "Les Miserables": "Victor Hugo", "1984": "George Orwell",
-        "Oliver Twist": "Charles Dickens", "The Divine Comedy": "Dante Alighieri", "The Odyssey": "Homer",
-    }),
-    "unit": ("What is the SI unit of {}?", {
-        "force": "newton", "energy": "joule", "power": "watt", "electric current": "ampere",
-        "temperature": "kelvin", "pressure": "pascal", "frequency": "hertz", "electric charge": "coulomb",
-        "electrical resistance": "ohm", "mass": "kilogram",
-    }),
+    "capital": (
+        "What is the capital of {}?",
+        {
+            "France": "Paris",
+            "Germany": "Berlin",
+            "Italy": "Rome",
+            "Spain": "Madrid",
+            "Japan": "Tokyo",
+            "Egypt": "Cairo",
+            "Canada": "Ottawa",
+            "Australia": "Canberra",
+            "Russia": "Moscow",
+            "China": "Beijing",
+            "India": "New Delhi",
+            "Kenya": "Nairobi",
+            "Peru": "Lima",
+            "Norway": "Oslo",
+            "Sweden": "Stockholm",
+            "Greece": "Athens",
+            "Portugal": "Lisbon",
+            "Turkey": "Ankara",
+            "Poland": "Warsaw",
+            "Ireland": "Dublin",
+            "Thailand": "Bangkok",
+            "Argentina": "Buenos Aires",
+        },
+    ),
+    "symbol": (
+        "What is the chemical symbol of {}?",
+        {
+            "gold": "Au",
+            "silver": "Ag",
+            "iron": "Fe",
+            "sodium": "Na",
+            "helium": "He",
+            "copper": "Cu",
+            "lead": "Pb",
+            "tin": "Sn",
+            "calcium": "Ca",
+            "zinc": "Zn",
+            "mercury": "Hg",
+            "neon": "Ne",
+        },
+    ),
+    "animal": (
+        "What kind of animal is a {}?",
+        {
+            "whale": "mammal",
+            "dolphin": "mammal",
+            "bat": "mammal",
+            "eagle": "bird",
+            "penguin": "bird",
+            "ostrich": "bird",
+            "crocodile": "reptile",
+            "snake": "reptile",
+            "turtle": "reptile",
+            "shark": "fish",
+            "salmon": "fish",
+            "frog": "amphibian",
+            "salamander": "amphibian",
+            "ant": "insect",
+            "bee": "insect",
+            "butterfly": "insect",
+        },
+    ),
+    "organ": (
+        "Which organ {}?",
+        {
+            "pumps blood through the body": "heart",
+            "filters the blood to make urine": "kidney",
+            "takes oxygen from the air": "lung",
+            "produces insulin": "pancreas",
+            "stores bile": "gallbladder",
+            "breaks down alcohol": "liver",
+            "controls thought": "brain",
+            "absorbs most nutrients from food": "small intestine",
+        },
+    ),
+    "vitamin": (
+        "Deficiency of which vitamin causes {}?",
+        {
+            "scurvy": "vitamin C",
+            "rickets": "vitamin D",
+            "night blindness": "vitamin A",
+            "beriberi": "vitamin B1",
+            "pernicious anemia": "vitamin B12",
+            "bleeding from poor clotting": "vitamin K",
+        },
+    ),
+    "author": (
+        "Who wrote {}?",
+        {
+            "Hamlet": "William Shakespeare",
+            "Pride and Prejudice": "Jane Austen",
+            "War and Peace": "Leo Tolstoy",
+            "Don Quixote": "Miguel de Cervantes",
+            "Les Miserables": "Victor Hugo",
+            "1984": "George Orwell",
+            "Oliver Twist": "Charles Dickens",
+            "The Divine Comedy": "Dante Alighieri",
+            "The Odyssey": "Homer",
+        },
+    ),
+    "unit": (
+        "What is the SI unit of {}?",
+        {
+            "force": "newton",
+            "energy": "joule",
+            "power": "watt",
+            "electric current": "ampere",
+            "temperature": "kelvin",
+            "pressure": "pascal",
+            "frequency": "hertz",
+            "electric charge": "coulomb",
+            "electrical resistance": "ohm",
+            "mass": "kilogram",
+        },
+    ),
 }
 
 
@@ -190,8 +315,12 @@ def knowledge_row(rng: random.Random, idx: int) -> Row:
     template, table = FACTS[rng.choice(sorted(FACTS))]
     subject = rng.choice(sorted(table))
     options, cop = mcq_options(rng, table[subject], list(table.values()))
-    return {"id": f"gen-knowledge-{idx}", "question": template.format(subject),
-            **dict(zip(("opa", "opb", "opc", "opd"), options)), "cop": cop}
+    return {
+        "id": f"gen-knowledge-{idx}",
+        "question": template.format(subject),
+        **dict(zip(("opa", "opb", "opc", "opd"), options)),
+        "cop": cop,
+    }
 
 
 # ---------------------------------------------------------------- reading MCQ
@@ -258,15 +387,34 @@ def reading_row(rng: random.Random, idx: int) -> Row:
 # ---------------------------------------------------------------- translation
 # English noun -> (French noun, gender); vowel-initial French nouns take "l'".
 NOUNS = {
-    "cat": ("chat", "m"), "dog": ("chien", "m"), "bird": ("oiseau", "m"), "horse": ("cheval", "m"),
-    "girl": ("fille", "f"), "boy": ("garçon", "m"), "woman": ("femme", "f"), "man": ("homme", "m"),
-    "child": ("enfant", "m"), "teacher": ("professeur", "m"), "mouse": ("souris", "f"),
+    "cat": ("chat", "m"),
+    "dog": ("chien", "m"),
+    "bird": ("oiseau", "m"),
+    "horse": ("cheval", "m"),
+    "girl": ("fille", "f"),
+    "boy": ("garçon", "m"),
+    "woman": ("femme", "f"),
+    "man": ("homme", "m"),
+    "child": ("enfant", "m"),
+    "teacher": ("professeur", "m"),
+    "mouse": ("souris", "f"),
 }
 OBJECTS = {
-    "apple": ("pomme", "f"), "bread": ("pain", "m"), "cake": ("gâteau", "m"), "book": ("livre", "m"),
-    "letter": ("lettre", "f"), "car": ("voiture", "f"), "house": ("maison", "f"), "ball": ("balle", "f"),
-    "flower": ("fleur", "f"), "door": ("porte", "f"), "window": ("fenêtre", "f"), "key": ("clé", "f"),
-    "hat": ("chapeau", "m"), "umbrella": ("parapluie", "m"), "orange": ("orange", "f"),
+    "apple": ("pomme", "f"),
+    "bread": ("pain", "m"),
+    "cake": ("gâteau", "m"),
+    "book": ("livre", "m"),
+    "letter": ("lettre", "f"),
+    "car": ("voiture", "f"),
+    "house": ("maison", "f"),
+    "ball": ("balle", "f"),
+    "flower": ("fleur", "f"),
+    "door": ("porte", "f"),
+    "window": ("fenêtre", "f"),
+    "key": ("clé", "f"),
+    "hat": ("chapeau", "m"),
+    "umbrella": ("parapluie", "m"),
+    "orange": ("orange", "f"),
 }
 # English verb (3rd person, base form) -> (French 3rd person), objects it takes
 VERBS = {
@@ -283,9 +431,14 @@ VERBS = {
 }
 # English adjective -> (masculine, feminine, goes before the noun)
 ADJECTIVES = {
-    "small": ("petit", "petite", True), "big": ("grand", "grande", True), "pretty": ("joli", "jolie", True),
-    "red": ("rouge", "rouge", False), "blue": ("bleu", "bleue", False), "green": ("vert", "verte", False),
-    "black": ("noir", "noire", False), "white": ("blanc", "blanche", False),
+    "small": ("petit", "petite", True),
+    "big": ("grand", "grande", True),
+    "pretty": ("joli", "jolie", True),
+    "red": ("rouge", "rouge", False),
+    "blue": ("bleu", "bleue", False),
+    "green": ("vert", "verte", False),
+    "black": ("noir", "noire", False),
+    "white": ("blanc", "blanche", False),
 }
 ADVERBS = {"": "", "every day": "tous les jours", "today": "aujourd'hui", "in the morning": "le matin"}
 VOWELS = tuple("aeiouhéâ")
@@ -316,9 +469,19 @@ def translation_row(rng: random.Random, idx: int) -> Row:
     en_vp = f"does not {en_base}" if negated else en_verb
     fr_vp = (f"n'{fr_verb}" if fr_verb.startswith(VOWELS) else f"ne {fr_verb}") + " pas" if negated else fr_verb
     en = " ".join(w for w in (en_subj, en_vp, en_obj, adverb) if w) + "."
-    fr = " ".join(
-        w for w in (french_phrase(*NOUNS[subject], subj_adj), fr_vp, french_phrase(*OBJECTS[obj], obj_adj), ADVERBS[adverb]) if w
-    ) + "."
+    fr = (
+        " ".join(
+            w
+            for w in (
+                french_phrase(*NOUNS[subject], subj_adj),
+                fr_vp,
+                french_phrase(*OBJECTS[obj], obj_adj),
+                ADVERBS[adverb],
+            )
+            if w
+        )
+        + "."
+    )
     return {"id": f"gen-translation-{idx}", "translation": {"en": en.capitalize(), "fr": fr[0].upper() + fr[1:]}}
 
 
@@ -374,6 +537,8 @@ def generate_suite(
                 with atomic_file(tmp / f"{split}.jsonl") as fh:
                     fh.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         folders[name] = out / name
-    write_json(out / "suite.json", {"generator": __name__, "seed": seed, "train": train, "test": test,
-                                    "tasks": list(GENERATORS)})
+    write_json(
+        out / "suite.json",
+        {"generator": __name__, "seed": seed, "train": train, "test": test, "tasks": list(GENERATORS)},
+    )
     return folders

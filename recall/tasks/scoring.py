@@ -150,8 +150,13 @@ def bleu_from_stats(stats: Sequence[Sequence[int]]) -> float:
     total = [sum(column) for column in zip(*stats, strict=True)]
     order = _BLEU.max_ngram_order
     bleu = BLEU.compute_bleu(
-        correct=total[:order], total=total[order : 2 * order], sys_len=total[2 * order],
-        ref_len=total[2 * order + 1], smooth_method=_BLEU.smooth_method, smooth_value=_BLEU.smooth_value,
-        effective_order=_BLEU.effective_order, max_ngram_order=order,
+        correct=total[:order],
+        total=total[order : 2 * order],
+        sys_len=total[2 * order],
+        ref_len=total[2 * order + 1],
+        smooth_method=_BLEU.smooth_method,
+        smooth_value=_BLEU.smooth_value,
+        effective_order=_BLEU.effective_order,
+        max_ngram_order=order,
     )
     return round(float(bleu.score), 6)

@@ -53,9 +53,7 @@ class EWCPenalty:
         self.strength = strength
 
     def __call__(self) -> torch.Tensor:
-        total = sum(
-            (self.fisher[name] * (p - self.anchor[name]) ** 2).sum() for name, p in self.params.items()
-        )
+        total = sum((self.fisher[name] * (p - self.anchor[name]) ** 2).sum() for name, p in self.params.items())
         return 0.5 * self.strength * total
 
     def stats(self) -> dict[str, float]:

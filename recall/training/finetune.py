@@ -38,10 +38,10 @@ from tqdm.auto import tqdm
 from recall.atomic import atomic_dir, atomic_path, check_output, write_json
 from recall.data import IGNORE_INDEX, Encoded, Record, encode, read_records, rendering
 from recall.errors import RecallError
-from recall.settings import FRACTION, POSITIVE, Settings, at_least, one_of, setting
-from recall.training.ewc import EWCPenalty, fisher_diagonal, trainable
 from recall.models import ModelInfo, describe, load_causal_lm, load_tokenizer, saveable
+from recall.settings import FRACTION, POSITIVE, Settings, at_least, one_of, setting
 from recall.tasks import Example, get_task
+from recall.training.ewc import EWCPenalty, fisher_diagonal, trainable
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def iterate_batches(encoded: list[Encoded], batch_size: int, steps: int, seed: i
         for start in range(0, len(order), batch_size):
             if produced == steps:
                 return
-            yield collate([encoded[i] for i in order[start:start + batch_size]], pad_id)
+            yield collate([encoded[i] for i in order[start : start + batch_size]], pad_id)
             produced += 1
 
 
@@ -168,21 +168,31 @@ class Checkpoint:
             return None
         state = torch.load(self.file, map_location="cpu", weights_only=True)
         if state["fingerprint"] != self.fingerprint:
-            log.warning("ignoring stale checkpoint %s: it is from another run (base, data or settings differ); "
-                        "starting over", self.folder)
+            log.warning(
+                "ignoring stale checkpoint %s: it is from another run (base, data or settings differ); starting over",
+                self.folder,
+            )
             return None
         return state
 
-    def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-             schedule: torch.optim.lr_scheduler.LRScheduler, record: TrainLog) -> None:
+    def save(
+        self,
+        step: int,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: torch.optim.lr_scheduler.LRScheduler,
+        record: TrainLog,
+    ) -> None:
         state = {
             "fingerprint": self.fingerprint,
             "step": step,
             "model": {name: p.detach().cpu() for name, p in trainable(model).items()},
             "optimizer": optimizer.state_dict(),
             "scheduler": schedule.state_dict(),
-            "rng": {"cpu": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "rng": {
+                "cpu": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
             "log": dataclasses.asdict(record),
         }
         # A kill mid-save leaves the previous state.pt intact; its temp file dies with the folder.
@@ -190,8 +200,12 @@ class Checkpoint:
             torch.save(state, tmp)
 
     @staticmethod
-    def restore(state: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                schedule: torch.optim.lr_scheduler.LRScheduler) -> tuple[int, TrainLog]:
+    def restore(
+        state: dict,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: torch.optim.lr_scheduler.LRScheduler,
+    ) -> tuple[int, TrainLog]:
         """Put a saved state back into freshly built ones; returns the step it was saved at and the log."""
         params = trainable(model)
         with torch.no_grad():
@@ -213,8 +227,9 @@ def checkpoint_folder(out: str | Path) -> Path:
     return out.parent / f".{out.name}.checkpoint"
 
 
-def run_fingerprint(info: ModelInfo, task: str, data_dir: Path | None, config: FinetuneConfig,
-                    encoded: list[Encoded]) -> str:
+def run_fingerprint(
+    info: ModelInfo, task: str, data_dir: Path | None, config: FinetuneConfig, encoded: list[Encoded]
+) -> str:
     """What a checkpoint must match to be resumed: the base (resolved path, and its files' sizes and
     times, which a rerun upstream stage changes), the task, the tokenised examples and every setting
     but `checkpoint_every`, which does not change the result."""
@@ -224,8 +239,12 @@ def run_fingerprint(info: ModelInfo, task: str, data_dir: Path | None, config: F
     for path in [info.path] + ([info.base.path] if info.base else []):
         files = [path] if path.is_file() else sorted(f for f in path.iterdir() if f.is_file())
         stamps[str(path.resolve())] = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-    described = {"base": stamps, "task": task, "data_dir": str(data_dir.resolve()) if data_dir else None,
-                 "config": settings}
+    described = {
+        "base": stamps,
+        "task": task,
+        "data_dir": str(data_dir.resolve()) if data_dir else None,
+        "config": settings,
+    }
     digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
     for e in encoded:
         digest.update(f"{e.input_ids}{e.labels}".encode())
@@ -244,8 +263,8 @@ def micro_batches(batch: Batch, max_tokens: int) -> list[Batch]:
     per = max(1, max_tokens // width)
     if per >= rows:
         return [batch]
-    parts = [{k: v[i:i + per] for k, v in batch.items()} for i in range(0, rows, per)]
-    return [{k: v[:, :int(part["attention_mask"].sum(1).max())] for k, v in part.items()} for part in parts]
+    parts = [{k: v[i : i + per] for k, v in batch.items()} for i in range(0, rows, per)]
+    return [{k: v[:, : int(part["attention_mask"].sum(1).max())] for k, v in part.items()} for part in parts]
 
 
 def loss_tokens(batch: Batch) -> int:
@@ -309,8 +328,13 @@ def add_lora(model: torch.nn.Module, config: FinetuneConfig) -> torch.nn.Module:
     from peft import LoraConfig, get_peft_model
 
     targets = config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules)
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=targets, task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, lora)
 
 
@@ -338,9 +362,11 @@ def finetune(
     previous_encoded = encode_examples(tokenizer, previous, config.max_length, f"{config.ewc_from} (EWC)")
     steps = total_steps(len(encoded), config)
     pad_id = tokenizer.pad_token_id
-    checkpoint = Checkpoint(checkpoint_folder(out), run_fingerprint(info, task, data_dir, config,
-                                                                    encoded + previous_encoded),
-                            config.checkpoint_every)
+    checkpoint = Checkpoint(
+        checkpoint_folder(out),
+        run_fingerprint(info, task, data_dir, config, encoded + previous_encoded),
+        config.checkpoint_every,
+    )
     resume = checkpoint.load()
 
     from transformers import set_seed
@@ -353,12 +379,22 @@ def finetune(
         log.info("estimating the Fisher on %d examples of %s", len(previous_encoded), config.ewc_from)
         fisher = fisher_diagonal(model, (to_device(collate([e], pad_id), device) for e in previous_encoded))
         penalty = EWCPenalty(model, fisher, config.ewc_lambda)
-    log.info("fine-tuning %s on %s: %d examples, %d steps of batch %d", base, task, len(encoded), steps, config.batch_size)
+    log.info(
+        "fine-tuning %s on %s: %d examples, %d steps of batch %d", base, task, len(encoded), steps, config.batch_size
+    )
     if resume:
         log.info("resuming %s from step %d of %d (checkpoint %s)", task, resume["step"], steps, checkpoint.folder)
     # The RNG is restored (on resume) only now: building the model and LoRA init consumed it.
-    record = train_loop(model, iterate_batches(encoded, config.batch_size, steps, config.seed, pad_id),
-                        steps, config.lr, penalty, desc=f"finetune {task}", checkpoint=checkpoint, resume=resume)
+    record = train_loop(
+        model,
+        iterate_batches(encoded, config.batch_size, steps, config.seed, pad_id),
+        steps,
+        config.lr,
+        penalty,
+        desc=f"finetune {task}",
+        checkpoint=checkpoint,
+        resume=resume,
+    )
 
     metrics = {
         "base": str(base),

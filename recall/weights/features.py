@@ -30,8 +30,10 @@ def load_features(path: str | os.PathLike) -> np.ndarray:
     features = np.load(path, mmap_mode="r")
     if not np.isfinite(features.sum(dtype=np.float64)):
         bad = int((~np.isfinite(features)).sum())
-        raise RecallError(f"{path} holds {bad} NaN/Inf values: the model that produced these features is "
-                          "damaged (a diverged fine-tune?); re-extract them from a sound model")
+        raise RecallError(
+            f"{path} holds {bad} NaN/Inf values: the model that produced these features is "
+            "damaged (a diverged fine-tune?); re-extract them from a sound model"
+        )
     return features
 
 
@@ -75,7 +77,9 @@ def extract_features(
     return Path(out)
 
 
-def write_features(lm, tokenizer, encoded: list[list[int]], out: str | os.PathLike, batch_size: int, desc: str = "") -> None:
+def write_features(
+    lm, tokenizer, encoded: list[list[int]], out: str | os.PathLike, batch_size: int, desc: str = ""
+) -> None:
     """Run `lm` over token sequences in length-sorted batches; write each row to `out` as it is done."""
     config = lm.config
     shape = (len(encoded), config.num_hidden_layers + 1, config.hidden_size)
@@ -87,8 +91,12 @@ def write_features(lm, tokenizer, encoded: list[list[int]], out: str | os.PathLi
         del header  # only the .npy layout is needed; rows go to disk with pwrite, never held in memory
         fd = os.open(tmp, os.O_WRONLY)
         try:
-            bar = tqdm(length_sorted_batches([len(ids) for ids in encoded], batch_size),
-                       desc=f"features {desc}", unit="batch", disable=None)
+            bar = tqdm(
+                length_sorted_batches([len(ids) for ids in encoded], batch_size),
+                desc=f"features {desc}",
+                unit="batch",
+                disable=None,
+            )
             tokens, start = 0, time.perf_counter()
             with torch.inference_mode():
                 for batch in bar:

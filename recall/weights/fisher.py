@@ -17,13 +17,13 @@ from pathlib import Path
 import torch
 
 from recall.atomic import atomic_dir, write_json
-from recall.weights.cocktail import example_records, labelled
 from recall.errors import RecallError
-from recall.training.ewc import fisher_diagonal
 from recall.hashing import sha256_file
 from recall.merge.safetensors_io import SafetensorsModel, same_tensor
 from recall.models import ModelInfo, load_causal_lm, load_tokenizer, safetensors_folder
 from recall.settings import Settings, at_least, setting
+from recall.training.ewc import fisher_diagonal
+from recall.weights.cocktail import example_records, labelled
 
 log = logging.getLogger(__name__)
 FISHER_FILE = "fisher.safetensors"
@@ -60,14 +60,23 @@ def model_fisher(info: ModelInfo, data: str | os.PathLike, out: Path, settings: 
 
     with atomic_dir(out) as tmp:
         save_file(tensors, str(tmp / FISHER_FILE))
-        write_json(tmp / "fisher.json", {"model": info.spec, "data": str(data), "data_sha256": sha256_file(Path(data)),
-                                         "n_examples": len(records), "max_length": settings.max_length})
+        write_json(
+            tmp / "fisher.json",
+            {
+                "model": info.spec,
+                "data": str(data),
+                "data_sha256": sha256_file(Path(data)),
+                "n_examples": len(records),
+                "max_length": settings.max_length,
+            },
+        )
     log.info("Fisher of %s on %d examples of %s -> %s", info.spec, len(records), data, out)
     return out
 
 
-def fisher_folders(models: Sequence[ModelInfo], data: Sequence[str | os.PathLike], settings: FisherSettings,
-                   workdir: Path) -> list[Path]:
+def fisher_folders(
+    models: Sequence[ModelInfo], data: Sequence[str | os.PathLike], settings: FisherSettings, workdir: Path
+) -> list[Path]:
     """One Fisher folder per model, each on that model's own task data."""
     settings.validate()
     if len(data) != len(models):

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from recall.weights.features import extract_features, load_features
 from recall.models import ModelInfo
 from recall.settings import UNKNOWN, Settings, above, at_least, one_of, setting
+from recall.weights.features import extract_features, load_features
 from recall.weights.similarity import METRICS, NORMALIZE, SIGMA, layer_sigmas, layer_similarity
 from recall.weights.typical import select_typical
 
@@ -37,8 +37,13 @@ class RecallSettings(Settings):
 
 
 def similarity_and_sigmas(
-    models: list[ModelInfo], reference: int, data: Path, ref_features: np.ndarray, typical: list[int],
-    settings: RecallSettings, workdir: Path,
+    models: list[ModelInfo],
+    reference: int,
+    data: Path,
+    ref_features: np.ndarray,
+    typical: list[int],
+    settings: RecallSettings,
+    workdir: Path,
 ) -> tuple[np.ndarray, list[float]]:
     """Similarity (L+1, N) of every model to models[reference] on the typical samples of `data`, and
     the bandwidth used at each of the L+1 layers (settings.sigma everywhere unless it is "median").
@@ -88,6 +93,13 @@ def references_similarities(
         for index, data in references:
             sim, sigmas, typical = reference_similarity(models, index, Path(data), settings, work)
             sims.append(sim)
-            detail.append({"reference": models[index].spec, "data": str(data), "typical": typical,
-                           "similarity": sim.tolist(), "sigmas": sigmas})
+            detail.append(
+                {
+                    "reference": models[index].spec,
+                    "data": str(data),
+                    "typical": typical,
+                    "similarity": sim.tolist(),
+                    "sigmas": sigmas,
+                }
+            )
     return sims, {"settings": asdict(settings), "references": detail}

@@ -118,7 +118,7 @@ def median_distance(points: np.ndarray) -> float:
     """
     # One row at a time: exact (a Gram-matrix shortcut turns coincident points into rounding noise)
     # in O(nE) memory; n is at most models x typical samples.
-    pairs = [np.linalg.norm(points[i + 1:] - points[i], axis=-1) for i in range(len(points) - 1)]
+    pairs = [np.linalg.norm(points[i + 1 :] - points[i], axis=-1) for i in range(len(points) - 1)]
     d = np.concatenate(pairs) if pairs else np.zeros(0)
     if d.size and (median := float(np.median(d))) > 0:
         return median
