@@ -422,7 +422,7 @@ def test_the_scheduled_flow_learns_declared_tasks_and_leaves_a_bad_folder(tmp_pa
 
 def test_declared_tasks_come_from_the_tasks_folder_or_data_source_with_their_spec(tmp_path):
     """Stage functions alone: the data stage copies a declared task's task.yaml beside its data; the
-    `tasks` folder is the data stage's dependency; one name declared twice differently is refused."""
+    `tasks` folder and data.source's task folders are the data stage's dependencies; one name declared twice differently is refused."""
     from recall.pipeline import plan, stages
 
     shutil.copytree(EXAMPLES / "tickets", tmp_path / "source" / "tickets")
@@ -437,6 +437,7 @@ def test_declared_tasks_come_from_the_tasks_folder_or_data_source_with_their_spe
     assert [params.find_task(t).format for t in ("tickets", "quiz")] == ["classification", "multiple_choice"]
     data = plan.find(params, "data")
     assert tmp_path / "mytasks" in data.deps and data.params == ["data", "tasks"]
+    assert tmp_path / "source" / "tickets" in data.deps  # new files in data.source rerun the data stage
     stages.data(params)
     for task in ("tickets", "quiz"):
         copy = tmp_path / "data" / "tasks" / task

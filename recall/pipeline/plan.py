@@ -79,14 +79,17 @@ def plan(params: Params) -> list[Stage]:
     tasks = S.tasks(params)
     task_data = lambda *ts: [params.data_dir / t for t in ts]  # noqa: E731
     declared = [params.root / params.sections.tasks] if params.sections.tasks is not None else []
+    source = params.sections.data.source
+    # A data folder's files, not only its name: new data in it reruns the data stage (and what it changes).
+    sourced = [] if source == "generated" else [p for t in tasks if (p := params.root / source / t).is_dir()]
     out: list[Stage] = [
         Stage("base", "base", params=["base"], outs=[S.base_model(params)]),
         # incoming/<task>/ overrides a task's data (the scheduled flow drops new tasks there), if the
-        # folder exists; the `tasks` folder declares tasks of the user's own
+        # folder exists; the `tasks` folder declares tasks of the user's own; data.source holds the rest
         Stage(
             "data",
             "data",
-            deps=[p for p in [params.root / "incoming"] if p.is_dir()] + declared,
+            deps=[p for p in [params.root / "incoming"] if p.is_dir()] + declared + sourced,
             params=["data", *(["tasks"] if declared else [])],
             outs=[params.data_dir],
         ),
