@@ -2,6 +2,7 @@
 and the default run's wall time by stage (each stage's MLflow run records its start and end).
 
     .venv/bin/python benchmarks/speed_summary.py [--run-dir DIR]   # DIR: where `bash scripts/run.sh` ran
+                                                                  # (none there: the last summary's default run)
 
 Run the components first: merge_speed.py, merge_vs_mergekit.py, extract_speed.py, finetune_speed.py,
 and `bash scripts/run.sh` for the default run.
@@ -66,6 +67,22 @@ def finetune_totals(run_dir: Path) -> dict:
     }
 
 
+def default_run(run_dir: Path) -> dict:
+    """The default run's stage times from its checkout, or, without one, as the last summary recorded them
+    (so the other sections can be refreshed without rerunning it)."""
+    if not (run_dir / "mlflow.db").is_file():
+        previous = load("speed")
+        if previous is None:
+            raise SystemExit(f"{run_dir} holds no default run (mlflow.db); pass --run-dir")
+        return previous["default_run"]
+    return {
+        "checkout": str(run_dir),
+        "commit": git_commit(run_dir),
+        **stage_times(f"sqlite:///{run_dir / 'mlflow.db'}"),
+        "finetune": finetune_totals(run_dir),
+    }
+
+
 def load(name: str) -> dict | None:
     path = RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else None
@@ -86,12 +103,7 @@ def main() -> None:
         "merge_vs_mergekit": vs,
         "extraction": extract,
         "finetune": finetune,
-        "default_run": {
-            "checkout": str(run_dir),
-            "commit": git_commit(run_dir),
-            **stage_times(f"sqlite:///{run_dir / 'mlflow.db'}"),
-            "finetune": finetune_totals(run_dir),
-        },
+        "default_run": default_run(run_dir),
     }
     write_json(RESULTS / "speed.json", summary)
 
