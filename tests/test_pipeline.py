@@ -422,7 +422,8 @@ def test_the_scheduled_flow_learns_declared_tasks_and_leaves_a_bad_folder(tmp_pa
 
 def test_declared_tasks_come_from_the_tasks_folder_or_data_source_with_their_spec(tmp_path):
     """Stage functions alone: the data stage copies a declared task's task.yaml beside its data; the
-    `tasks` folder and data.source's task folders are the data stage's dependencies; one name declared twice differently is refused."""
+    `tasks` folder and data.source's task folders are the data stage's dependencies; one name
+    declared twice differently is refused."""
     from recall.pipeline import plan, stages
 
     shutil.copytree(EXAMPLES / "tickets", tmp_path / "source" / "tickets")
