@@ -73,8 +73,8 @@ def test_omitted_keys_take_the_sections_defaults(tmp_path):
     params = load_params(write(tmp_path, omit))
     assert params.with_base is True and params.sections.tracking.experiment == "recall"
     assert params.sections.evaluate.tasks == "all" and params.eval_modes == {}
-    assert params.finetune_config().lora_r == 8 and params.finetune_config().epochs == 1.0
-    assert params.recall_settings().samples == 64 and params.written("multi") == {}  # only what the file sets
+    assert params.sections.finetune.lora_r == 8 and params.sections.finetune.epochs == 1.0
+    assert params.sections.recall.samples == 64 and params.written("multi") == {}  # only what the file sets
 
 
 def test_params_check_accepts_the_shipped_params(capsys):

@@ -160,12 +160,6 @@ class Params:
             declare_in(root, name)
         return get_task(name)
 
-    def finetune_config(self) -> FinetuneConfig:
-        return self.sections.finetune
-
-    def recall_settings(self) -> RecallSettings:
-        return self.sections.recall
-
     @property
     def methods(self) -> dict[str, dict]:
         """Compared method -> its parameters (`{}`: defaults), in the order params.yaml lists them."""

@@ -144,7 +144,7 @@ def data(params: Params) -> Path:
 def finetune_step(params: Params, task: str, method: str | None = None) -> Path:
     """The method's previous model fine-tuned on `task` (EWC adds its penalty against the previous
     task); without a method, the expert every chain shares, fine-tuned from the base."""
-    config, after = params.finetune_config(), params.step(task).after
+    config, after = params.sections.finetune, params.step(task).after
     if method == "ewc":
         ewc = params.ewc()
         config = dataclasses.replace(config, ewc_lambda=ewc["lambda"], ewc_from=after, ewc_samples=ewc["samples"])
@@ -159,7 +159,7 @@ def finetune_step(params: Params, task: str, method: str | None = None) -> Path:
 
 def features(params: Params, task: str) -> Path:
     """The new model's representations of the task's training samples (the probe set)."""
-    folder, settings = recall_dir(params, task), params.recall_settings()
+    folder, settings = recall_dir(params, task), params.sections.recall
     export_task(task, "train", folder / "probe.jsonl", params.data_dir, limit=params.sections.recall.samples)
     return extract_features(
         new_model(params, "recall", task),
@@ -171,7 +171,7 @@ def features(params: Params, task: str) -> Path:
 
 
 def typical(params: Params, task: str) -> Path:
-    folder, settings = recall_dir(params, task), params.recall_settings()
+    folder, settings = recall_dir(params, task), params.sections.recall
     chosen = select_typical(load_features(folder / "features.npy"), settings.typical, settings.seed)
     write_json(folder / "typical.json", {"m": settings.typical, "seed": settings.seed, "indices": chosen})
     return folder / "typical.json"
@@ -183,7 +183,7 @@ def merge_inputs(params: Params, method: str, task: str) -> list[str]:
 
 
 def similarity(params: Params, task: str) -> Path:
-    folder, settings = recall_dir(params, task), params.recall_settings()
+    folder, settings = recall_dir(params, task), params.sections.recall
     inputs = merge_inputs(params, "recall", task)
     indices = read_json(folder / "typical.json")["indices"]
     with tempfile.TemporaryDirectory(prefix="recall-sim-") as tmp:
@@ -218,13 +218,13 @@ def merge_step(params: Params, task: str, method: str) -> Path:
     out = chain_dir(params, method, task) / "model"
     if method != "recall":
         return merge_with(params, method, infos, out)
-    folder = recall_dir(params, task)
+    folder, recall = recall_dir(params, task), get_method("recall")
     sim = read_json(folder / "similarity.json")
     weights = resolve_weights(
-        get_method("recall"),
+        recall,
         infos,
         similarities=[np.array(sim["layers"])],
-        temperature=params.recall_settings().temperature,
+        temperature=params.sections.recall.temperature,
     )
     extra = {
         "similarity": sim["layers"],
@@ -235,7 +235,7 @@ def merge_step(params: Params, task: str, method: str) -> Path:
         "settings": dataclasses.asdict(params.sections.recall),
         "chain": method,
     }
-    return merge(MergePlan(infos, get_method("recall"), weights, reference=1, extra=extra), out)
+    return merge(MergePlan(infos, recall, weights, reference=1, extra=extra), out)
 
 
 def merge_with(params: Params, name: str, infos: list, out: Path) -> Path:
@@ -272,7 +272,7 @@ def multi(params: Params, method: str) -> Path:
 
 
 def merge_multi_recall(params: Params, infos: list, out: Path) -> Path:
-    settings, sims, references = params.recall_settings(), [], []
+    settings, sims, references = params.sections.recall, [], []
     with tempfile.TemporaryDirectory(prefix="recall-multi-") as tmp:
         for i, task in enumerate(tasks(params)):
             folder, ref = recall_dir(params, task), i + int(params.with_base)
