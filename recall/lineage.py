@@ -41,14 +41,20 @@ def describe_node(folder: Path) -> tuple[str, list[str], list[Path]]:
     return "base model", [], []
 
 
+def made_from(version) -> Path:
+    """The model folder an MLflow model version was registered from: its `folder` tag (the source is
+    a copy in MLflow's artifact store), or its source for versions registered before that tag."""
+    return Path(version.tags.get("folder", version.source))
+
+
 def registry_tags(folder: Path) -> dict[str, str]:
-    """Tags of the MLflow model version whose source is this folder, if any."""
+    """Tags of the MLflow model version made from this folder, if any."""
     import mlflow
 
     try:
         client = mlflow.MlflowClient()
         for version in client.search_model_versions(max_results=1000):
-            if Path(version.source) == folder.resolve():
+            if made_from(version) == folder.resolve():
                 return {"registered": f"{version.name}/{version.version}", **version.tags}
     except Exception:  # no tracking store here: the files alone still tell the lineage
         return {}
@@ -91,7 +97,7 @@ def resolve_model(spec: str) -> Path:
     import mlflow
 
     try:
-        return Path(mlflow.MlflowClient().get_model_version(name, version).source)
+        return made_from(mlflow.MlflowClient().get_model_version(name, version))
     except mlflow.exceptions.MlflowException as err:
         raise RecallError(
             f"registered model {name} version {version} not found in {mlflow.get_tracking_uri()}: {err}"

@@ -186,20 +186,36 @@ def load_tokenizer(info: ModelInfo):
     return load_tokenizer_from(tokenizer_source(info))
 
 
+def default_device() -> str:
+    """Where models run unless told otherwise: the GPU when one is visible, else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str | torch.device) -> str:
+    """The dtype models are loaded in on `device` unless told otherwise: float32 on the CPU (as always),
+    bfloat16 on a GPU that supports it, else float32 (float16 would need loss scaling to train and can
+    overflow the hidden states that feature extraction reads)."""
+    if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bfloat16"
+    return "float32"
+
+
 def load_causal_lm(info: ModelInfo, dtype: torch.dtype = torch.float32, device: str | None = None):
-    """Load a model for inference; LoRA adapters are merged into their base."""
+    """Load a model for inference; LoRA adapters are merged into their base. `device`: `default_device()`
+    when None."""
     from transformers import AutoModelForCausalLM
 
+    device = device or default_device()
     if info.kind == "gguf":
         model = AutoModelForCausalLM.from_pretrained(info.path.parent, gguf_file=info.path.name, dtype=dtype)
     elif info.kind == "lora":
         from peft import PeftModel
 
-        base = load_causal_lm(info.base, dtype)
+        base = load_causal_lm(info.base, dtype, device)
         model = PeftModel.from_pretrained(base, info.path).merge_and_unload()
     else:
         model = AutoModelForCausalLM.from_pretrained(info.path, dtype=dtype)
-    return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
+    return model.to(device).eval()
 
 
 def safetensors_folder(info: ModelInfo) -> Path:

@@ -8,6 +8,8 @@ and honours MLFLOW_TRACKING_URI.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import importlib.metadata
 import os
 import subprocess
 from collections.abc import Iterator
@@ -17,6 +19,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import mlflow  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
+
+from recall.errors import RecallError  # noqa: E402
 
 REGISTERED_MODEL = "recall-merged"
 
@@ -36,22 +40,30 @@ def _find_or_create(client: MlflowClient, experiment_id: str, name: str, tags: d
     return run.info.run_id
 
 
+def _sequence(client: MlflowClient, experiment_id: str, run_key: str) -> str:
+    tags = {"recall.run_key": run_key, "recall.level": "sequence"}
+    return _find_or_create(client, experiment_id, f"sequence-{run_key}", tags, None)
+
+
+@contextlib.contextmanager
+def tree_lock(root: Path) -> Iterator[None]:
+    """Held while a stage finds or creates its experiment, sequence and step runs: stages running at
+    once (the Dask runner) would otherwise both create the same one."""
+    with open(root / ".mlflow.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
 @contextlib.contextmanager
 def stage_run(root: Path, experiment: str, run_key: str, step: str, stage: str) -> Iterator[tuple[str, str]]:
     """An active MLflow run for one stage of one step; yields (sequence run id, step run id)."""
     mlflow.set_tracking_uri(tracking_uri(root))
-    exp = mlflow.set_experiment(experiment)
     client = MlflowClient()
-    sequence = _find_or_create(
-        client, exp.experiment_id, f"sequence-{run_key}", {"recall.run_key": run_key, "recall.level": "sequence"}, None
-    )
-    step_run = _find_or_create(
-        client,
-        exp.experiment_id,
-        f"step-{step}",
-        {"recall.run_key": run_key, "recall.level": "step", "recall.step": step},
-        sequence,
-    )
+    with tree_lock(root):
+        exp = mlflow.set_experiment(experiment)
+        sequence = _sequence(client, exp.experiment_id, run_key)
+        step_tags = {"recall.run_key": run_key, "recall.level": "step", "recall.step": step}
+        step_run = _find_or_create(client, exp.experiment_id, f"step-{step}", step_tags, sequence)
     tags = {
         "recall.run_key": run_key,
         "recall.level": "stage",
@@ -68,11 +80,10 @@ def record_rejected(root: Path, experiment: str, run_key: str, what: str, error:
     """A FAILED run under the sequence's for input left out of it (a task folder that fails its
     checks), with the error as a tag and as error.txt."""
     mlflow.set_tracking_uri(tracking_uri(root))
-    exp = mlflow.set_experiment(experiment)
     client = MlflowClient()
-    sequence = _find_or_create(
-        client, exp.experiment_id, f"sequence-{run_key}", {"recall.run_key": run_key, "recall.level": "sequence"}, None
-    )
+    with tree_lock(root):
+        exp = mlflow.set_experiment(experiment)
+        sequence = _sequence(client, exp.experiment_id, run_key)
     run = client.create_run(
         exp.experiment_id,
         run_name=what,
@@ -89,19 +100,49 @@ def record_rejected(root: Path, experiment: str, run_key: str, what: str, error:
 
 
 def register_model(folder: Path, tags: dict[str, str], description: str) -> str:
-    """Register a model folder as a new version, pointing at the folder itself (no copy)."""
-    client = MlflowClient()
-    with contextlib.suppress(mlflow.exceptions.MlflowException):
-        client.create_registered_model(REGISTERED_MODEL, description="Models merged by recall")
+    """Log the merged model folder as a transformers-flavour MLflow model in the active run and
+    register it as a new version of REGISTERED_MODEL carrying `tags`; returns the version.
+
+    The weights are copied into MLflow's artifact store, so `models:/recall-merged/<v>` loads on any
+    machine that reaches the store. The version also carries the folder it was made from (tag
+    `folder`), for `recall lineage`.
+    """
+    import transformers
+    from huggingface_hub import ModelCard
+
+    from recall.models import load_tokenizer_from
+
     run = mlflow.active_run()
-    version = client.create_model_version(
-        REGISTERED_MODEL,
-        source=str(folder.resolve()),
-        run_id=run.info.run_id if run else None,
-        tags=tags,
-        description=description,
+    if run is None:
+        raise RecallError(f"registering {folder} needs an active MLflow run (see stage_run)")
+    if not (folder / "config.json").is_file():
+        raise RecallError(f"{folder} is not a model folder (no config.json); cannot register it")
+    # MLflow's cheaper local-checkpoint input (the folder's path, copied without loading) fails with
+    # transformers 5.23 (mlflow 3.17 reads check_task()'s "impl" as a class; it is now a string), so
+    # the model is loaded, on the CPU in its own dtype (the same bytes), and MLflow saves it again.
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype="auto")
+    client = MlflowClient()
+    with contextlib.suppress(mlflow.exceptions.MlflowException):  # it already exists
+        client.create_registered_model(REGISTERED_MODEL, description="Models merged by recall")
+    info = mlflow.transformers.log_model(
+        {"model": model, "tokenizer": load_tokenizer_from(folder)},
+        name="model",
+        task="text-generation",
+        registered_model_name=REGISTERED_MODEL,
+        tags={**tags, "folder": str(folder.resolve())},  # on the logged model and on the version
+        # the card recall wrote; else MLflow asks the Hugging Face Hub for one
+        model_card=ModelCard.load(folder / "README.md") if (folder / "README.md").is_file() else None,
+        # given, so MLflow does not load the model once more in a subprocess to infer them
+        pip_requirements=[f"{name}=={_version(name)}" for name in ("transformers", "torch")],
     )
-    return version.version
+    version = str(info.registered_model_version)
+    client.update_model_version(REGISTERED_MODEL, version, description=description)
+    return version
+
+
+def _version(package: str) -> str:
+    """The installed version of `package` without a local label (torch's "+cpu" is not on PyPI)."""
+    return importlib.metadata.version(package).split("+")[0]
 
 
 def git_commit(root: Path) -> str:

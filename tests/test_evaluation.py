@@ -490,3 +490,75 @@ def test_result_errors_name_the_task(tmp_path):
     metrics, records = outcome({"nll": 0.5, "accuracy": 100.0, "details": [detail]})
     assert list(metrics) == ["accuracy", "nll"]
     assert records == [{"index": 0, "score": 100.0, "nll": 0.5, "prediction": "positive", "reference": "positive"}]
+
+
+# ---------------------------------------------------------------- vLLM / LMDeploy backends (configs only: no GPU here)
+def test_vllm_and_lmdeploy_configs_name_their_opencompass_models(tmp_path, monkeypatch):
+    from mmengine.config import Config
+    from opencompass.models import TurboMindModelwithChatTemplate, VLLMwithChatTemplate
+
+    from recall.evaluation.model import VERBATIM, TurboMindChatModel, VLLMChatModel
+
+    data = tmp_path / "gen_squad.jsonl"
+    write_dataset([Example("Who?", "Ann")], tiny_tokenizer(), data)
+    specs = dataset_specs("gen_squad", "gen", data, 48, get_task("gen_squad").spec.as_dict(), likelihood=False)
+    assert [s.kind for s in specs] == ["gen"]  # no likelihood dataset: these backends score none
+    expected = {
+        "vllm": (VLLMChatModel, VLLMwithChatTemplate, "model_kwargs"),
+        "lmdeploy": (TurboMindChatModel, TurboMindModelwithChatTemplate, "engine_config"),
+    }
+    for backend, (cls, parent, kwargs) in expected.items():
+        path = tmp_path / f"{backend}.py"
+        path.write_text(render_config(ModelSpec(tmp_path, f"m-1-{backend}", 4, 100, True, "bfloat16", backend), specs))
+        model = Config.fromfile(str(path)).models[0]
+        assert model.type is cls and issubclass(cls, parent)
+        assert model.path == str(tmp_path) and model.abbr == f"m-1-{backend}"
+        assert model[kwargs]["dtype"] == "bfloat16" and model.batch_size == 4
+        assert model.run_cfg == {"num_gpus": 1}
+
+    # Each reads the rendered prompt verbatim (the OpenCompass model itself is not built: no package, no GPU).
+    def loads_only_a_tokenizer(self, *args, **kwargs):
+        self.tokenizer = tiny_tokenizer()
+
+    for cls, parent, _ in expected.values():
+        monkeypatch.setattr(parent, "__init__", loads_only_a_tokenizer)
+        tokenizer = cls(path=str(tmp_path)).tokenizer
+        assert tokenizer.chat_template == VERBATIM
+        rendered = chat_prompt(tokenizer, "Who?")
+        assert tokenizer.apply_chat_template([{"role": "user", "content": rendered}], tokenize=False) == rendered
+    assert model_abbr(tmp_path, "vllm") == model_abbr(tmp_path) + "-vllm"
+
+
+@pytest.mark.parametrize("backend", ["vllm", "lmdeploy"])
+def test_a_backend_that_cannot_run_fails_before_opencompass(model, suite, tmp_path, no_opencompass, backend):
+    out = tmp_path / "out"
+    with pytest.raises(RecallError, match=r"unknown evaluation backend 'tgi'; choose one of hf, vllm, lmdeploy"):
+        evaluate(model, ["gen_squad"], out, data_dir=suite, backend="tgi")
+    with pytest.raises(
+        RecallError,
+        match=rf"backend {backend} only generates .*gen_sentiment \(classification\) in mode ppl; set mode gen for "
+        r"classification .*--mode classification=gen\), or use backend hf",
+    ):
+        evaluate(model, ["gen_sentiment", "gen_squad"], out, data_dir=suite, backend=backend)
+    gen = {"modes": {"classification": "gen"}, "data_dir": suite, "backend": backend}
+    with pytest.raises(RecallError, match=rf"needs the {backend} package, which is not installed: pip install"):
+        evaluate(model, ["gen_sentiment", "gen_squad"], out, **gen)
+    assert not out.exists()
+
+
+def test_a_gpu_backend_without_a_gpu_fails_before_opencompass(model, suite, tmp_path, no_opencompass, monkeypatch):
+    monkeypatch.setattr(pipeline.importlib.util, "find_spec", lambda name: object())  # as if vllm were installed
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RecallError, match="backend vllm runs on a CUDA GPU and none is visible here"):
+        evaluate(model, ["gen_squad"], tmp_path / "out", data_dir=suite, backend="vllm")
+    assert not (tmp_path / "out").exists()
+
+
+def test_generated_tasks_without_likelihood_have_no_nll(tmp_path):
+    task = get_task("gen_squad")
+    spec = DatasetSpec("gen_squad", "gen", "gen_squad-gen-x", tmp_path / "d.jsonl", task.spec.as_dict(), 48)
+    detail = {"example_abbr": "x_0", "score": [100.0], "prediction": ["Ann"], "reference": ["Ann"]}
+    result = {m: 100.0 for m in task.metrics} | {"details": [detail]}
+    metrics, records = task_outcome(task, [spec], {spec.abbr: result}, 1, "see there")
+    assert list(metrics) == list(task.metrics)
+    assert records == [{"index": 0, "score": 100.0, "nll": None, "prediction": "Ann", "reference": "Ann"}]

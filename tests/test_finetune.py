@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from recall.cli import main
 from recall.errors import RecallError
+from recall.models import default_dtype
 from recall.training.finetune import FinetuneConfig, finetune
 
 # initializer_range 0.2: with the default 0.02 a frozen random lm_head caps every logit near 0, so a
@@ -40,6 +41,22 @@ def test_loss_falls_on_a_learnable_task(tuned):
     assert metrics["train_tokens"] > metrics["answer_tokens"] > 0
     assert metrics["tokens_per_s"] > 0 and metrics["examples"] == 64
     assert metrics["config"]["lora_r"] == 8 and metrics["task"] == "gen_sentiment"
+
+
+def test_device_and_dtype_are_chosen_once_and_recorded(tuned, monkeypatch):
+    """No GPU here: the CPU in float32, as always. A GPU gets bfloat16 where it has it (not run here)."""
+    metrics = json.loads((tuned / "train_metrics.json").read_text())
+    assert (metrics["device"], metrics["dtype"], metrics["processes"]) == ("cpu", "float32", 1)
+    assert FinetuneConfig().dtype is None and metrics["config"]["dtype"] == "float32"  # the one trained in
+    assert default_dtype("cpu") == "float32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert (default_dtype("cuda"), default_dtype(torch.device("cuda", 1)), default_dtype("cpu")) == (
+        "bfloat16",
+        "bfloat16",
+        "float32",
+    )
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert default_dtype("cuda") == "float32"
 
 
 def test_output_is_a_loadable_model_folder_with_adapter(tuned):

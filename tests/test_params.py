@@ -105,3 +105,15 @@ def test_a_settings_class_declares_its_rules_in_its_fields():
         Knobs(name="a1").validate()
     with pytest.raises(RecallError, match=r"^size must be an integer, got True$"):
         Knobs(size=True).validate()
+
+
+def test_the_evaluation_backend_is_checked_against_the_modes(tmp_path):
+    params = load_params(write(tmp_path))
+    assert params.sections.evaluate.backend == "hf"
+    with pytest.raises(RecallError, match=r"unknown evaluate.backend 'tgi'; choose one of hf, vllm, lmdeploy"):
+        load_params(write(tmp_path, lambda p: p["evaluate"].update(backend="tgi")))
+    # the shipped params rank gen_sentiment's labels by likelihood, which vLLM cannot do
+    with pytest.raises(RecallError, match=r"evaluate.backend: evaluation backend vllm only generates .*gen_sentiment"):
+        load_params(write(tmp_path, lambda p: p["evaluate"].update(backend="vllm")))
+    gen = {"backend": "vllm", "mode": {"classification": "gen", "multiple_choice": "gen"}}
+    assert load_params(write(tmp_path, lambda p: p["evaluate"].update(gen))).sections.evaluate.backend == "vllm"

@@ -277,8 +277,9 @@ def test_dvc_repro_runs_the_sequence_end_to_end(tmp_path, prefect_server):
     versions = client.search_model_versions("name='recall-merged'")
     assert {v.tags["chain"] for v in versions} == {"recall", "average"}
     latest = max((v for v in versions if v.tags["chain"] == "recall"), key=lambda v: int(v.version))
-    assert Path(latest.source).is_dir() and latest.tags["method"] == "recall"
-    assert {"parents", "weights_sha256", "data_sha256", "git_commit", "dvc_stage"} <= set(latest.tags)
+    assert latest.source.startswith("models:/") and latest.tags["method"] == "recall"  # a copy in MLflow's store
+    assert {"parents", "weights_sha256", "data_sha256", "git_commit", "dvc_stage", "folder"} <= set(latest.tags)
+    assert Path(latest.tags["folder"]).is_dir()  # the DVC output it was made from, for `recall lineage`
 
     lineage = subprocess.run(
         [BIN / "recall", "lineage", f"recall-merged/{latest.version}"],
@@ -451,3 +452,61 @@ def test_declared_tasks_come_from_the_tasks_folder_or_data_source_with_their_spe
         r".*source/quiz/task.yaml",
     ):
         load_params(tmp_path / "params.yaml")
+
+
+def run_flow(project: Path, env: dict, *args: str, kill_stage: str | None = None) -> str:
+    """The continual flow in its own process; with `kill_stage`, the first process of that stage is
+    killed (SIGKILL) as soon as it starts. Returns the flow's log."""
+    import psutil
+
+    log = project.parent / f"{project.name}-flow.log"  # a file, not a pipe: nothing blocks while we watch
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.continual", "--project", str(project), *args, "run"],
+            cwd=project,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    while kill_stage and proc.poll() is None:
+        stage = f"flows.stage {kill_stage}"
+        running = psutil.process_iter(["cmdline", "cwd"])  # this project's stages only: never another job's
+        victims = [p for p in running if p.info["cwd"] == str(project) and stage in " ".join(p.info["cmdline"] or [])]
+        if victims:
+            victims[0].kill()
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=900)
+    logs = log.read_text()
+    assert proc.returncode == 0, logs[-4000:]
+    return logs
+
+
+def test_the_dask_runner_runs_independent_stages_at_once_and_makes_the_same_artifacts(tmp_path, prefect_server):
+    """Two experts of a single scenario on a local Dask cluster of 2 worker processes: their fine-tunes
+    overlap in time (MLflow's runs), a stage process killed mid-stage is retried by Prefect, and the
+    artifacts equal the sequential runner's (same project path, same seeds)."""
+    from recall.pipeline.fingerprint import fingerprint
+
+    pristine, project = tmp_path / "pristine", tmp_path / "project"
+    tiny_model(pristine / "tiny", layers=2)
+    sequence = [{"task": "gen_sentiment", "after": "base"}, {"task": "gen_translation", "after": "base"}]
+    write_params(pristine, tiny_params(scenario="single", sequence=sequence, methods={"sft": {}}))
+    env = dvc_project(pristine, prefect_server)
+
+    shutil.copytree(pristine, project)
+    run_flow(project, env)
+    expected = fingerprint(project)
+    assert any(k.endswith("adapter_model.safetensors") for k in expected)
+    shutil.rmtree(project)
+    shutil.copytree(pristine, project)
+    logs = run_flow(project, env, "--runner", "dask", "--workers", "2", kill_stage="evaluate")
+
+    assert "Retry 1/2" in logs  # the killed stage, rerun by Prefect
+    assert fingerprint(project) == expected
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    query = "tags.`recall.level` = 'stage' and tags.`recall.stage` = 'finetune' and attributes.status = 'FINISHED'"
+    runs = client.search_runs([client.get_experiment_by_name("recall").experiment_id], query)
+    first, second = sorted((r.info.start_time, r.info.end_time) for r in runs)
+    assert len(runs) == 2 and second[0] < first[1], runs  # the second fine-tune started before the first ended

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from recall.commands import add_output
 from recall.evaluation import evaluate
+from recall.evaluation.config import BACKENDS
 
 
 def _task_list(text: str) -> list[str]:
@@ -57,6 +58,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="reply length for every generated task (default per format: 16 labels/letters, 48 qa, 128 generation)",
     )
     p.add_argument("--threads", type=int, help="CPU threads of the OpenCompass process (default: torch's choice)")
+    p.add_argument(
+        "--backend",
+        default="hf",
+        choices=tuple(BACKENDS),
+        help="how OpenCompass runs the model: hf (transformers, CPU or GPU; default) or, on a CUDA GPU with "
+        "the package installed, vllm or lmdeploy (generation only: every task in mode gen, no nll)",
+    )
     p.set_defaults(func=run)
 
 
@@ -72,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         modes=dict(args.mode or []),
         threads=args.threads,
         overwrite=args.overwrite,
+        backend=args.backend,
     )
     for task, scores in metrics.items():
         print(task, " ".join(f"{metric}={value:.2f}" for metric, value in scores.items()))

@@ -1,12 +1,16 @@
-"""`recall finetune`: LoRA fine-tuning of a base (or previously fine-tuned / merged) model on a task."""
+"""`recall finetune`: LoRA fine-tuning of a base (or previously fine-tuned / merged) model on a task.
+
+On a GPU when one is visible. `accelerate launch -m recall.cli finetune ...` (same arguments) trains
+data-parallel in several processes; see `recall.training.parallel`."""
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from recall.commands import add_output
-from recall.training.finetune import FinetuneConfig, finetune
+from recall.training.finetune import DTYPES, FinetuneConfig, finetune
 
 DEFAULTS = FinetuneConfig()
 
@@ -34,7 +38,12 @@ def register(subparsers) -> None:
     p.add_argument("--ewc-lambda", type=float, default=DEFAULTS.ewc_lambda, help="EWC strength (0: off)")
     p.add_argument("--ewc-from", help="previous task name or its prompt/response JSONL, for the EWC Fisher")
     p.add_argument("--ewc-samples", type=int, default=DEFAULTS.ewc_samples, help="examples for the Fisher estimate")
-    p.add_argument("--dtype", default=DEFAULTS.dtype, choices=("float32", "bfloat16", "float16"))
+    p.add_argument(
+        "--dtype",
+        default=DEFAULTS.dtype,
+        choices=DTYPES,
+        help="weights' dtype (default: float32 on the CPU, bfloat16 on a GPU that supports it, else float32)",
+    )
     p.add_argument("--seed", type=int, default=DEFAULTS.seed)
     p.add_argument(
         "--checkpoint-every",
@@ -70,5 +79,6 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
     )
     out = finetune(args.base, args.task, args.out, args.data_dir, config, args.overwrite)
-    print(f"fine-tuned model written to {out}")
+    if int(os.environ.get("RANK") or 0) == 0:  # under `accelerate launch`, the process that wrote it
+        print(f"fine-tuned model written to {out}")
     return 0

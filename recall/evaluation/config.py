@@ -10,6 +10,13 @@ reads it verbatim. A task is inferred in one of two modes:
   included.
 The evaluators rebuild each task from its spec, which the config carries, so a task declared in a
 folder needs nothing else in OpenCompass's process.
+
+The model runs on one of three backends (`BACKENDS`): `hf`, transformers in OpenCompass's process
+(the default, on the CPU or a GPU), or, on a CUDA GPU only, OpenCompass's vLLM or LMDeploy
+(TurboMind) chat models. Those two only generate: OpenCompass's chat classes for them have no
+likelihood method, and recall's answer likelihood (`ChatModel.get_answer_nll`) exists for `hf` only,
+so with them no task runs in mode "ppl" and generated tasks get no `nll`. The vLLM and LMDeploy
+configs were written and checked here, never run: this project's machine has no GPU.
 """
 
 from __future__ import annotations
@@ -42,6 +49,24 @@ class DatasetSpec:
 
 
 @dataclass(frozen=True)
+class Backend:
+    """How OpenCompass runs the model: `model_class` (in `recall.evaluation.model`), the package it
+    needs beyond OpenCompass, whether it needs a CUDA GPU and whether it scores likelihoods."""
+
+    model_class: str
+    package: str | None = None
+    gpu_only: bool = False
+    likelihood: bool = True
+
+
+BACKENDS = {
+    "hf": Backend("ChatModel"),
+    "vllm": Backend("VLLMChatModel", "vllm", gpu_only=True, likelihood=False),
+    "lmdeploy": Backend("TurboMindChatModel", "lmdeploy", gpu_only=True, likelihood=False),
+}
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     path: Path
     abbr: str
@@ -49,6 +74,7 @@ class ModelSpec:
     max_seq_len: int | None  # longest prompt in tokens; None lets OpenCompass read the model config
     gpu: bool
     dtype: str  # "float32", "bfloat16" or "float16"
+    backend: str = "hf"  # a key of BACKENDS
 
 
 class _Name:
@@ -69,7 +95,7 @@ from opencompass.openicl.icl_retriever import ZeroRetriever
 
 from recall.evaluation.evaluator import AnswerNLLEvaluator, ChoiceEvaluator, TaskEvaluator
 from recall.evaluation.inferencer import AnswerPPLInferencer
-from recall.evaluation.model import ChatModel
+from recall.evaluation.model import {model_class}
 """
 
 
@@ -96,28 +122,31 @@ def dataset_abbr(task: str, kind: str, path: Path, setting: str = "") -> str:
 
 
 def dataset_specs(
-    task: str, mode: str, path: Path, max_out_len: int, definition: Mapping[str, Any]
+    task: str, mode: str, path: Path, max_out_len: int, definition: Mapping[str, Any], likelihood: bool = True
 ) -> list[DatasetSpec]:
-    """The datasets one task needs in `mode`: its scored one first, then (gen) the reference's likelihood."""
+    """The datasets one task needs in `mode`: its scored one first, then (gen) the reference's likelihood,
+    unless the backend scores no `likelihood`."""
     if mode == "ppl":
         return [DatasetSpec(task, "ppl", dataset_abbr(task, "ppl", path), path, definition)]
-    return [
-        DatasetSpec(task, "gen", dataset_abbr(task, "gen", path, str(max_out_len)), path, definition, max_out_len),
-        DatasetSpec(task, "nll", dataset_abbr(task, "nll", path), path, definition),
-    ]
+    abbr = dataset_abbr(task, "gen", path, str(max_out_len))
+    generated = DatasetSpec(task, "gen", abbr, path, definition, max_out_len)
+    if not likelihood:
+        return [generated]
+    return [generated, DatasetSpec(task, "nll", dataset_abbr(task, "nll", path), path, definition)]
 
 
-def model_abbr(model: Path) -> str:
-    """Folder name + hash of every file's name, size and modification time.
+def model_abbr(model: Path, backend: str = "hf") -> str:
+    """Folder name + hash of every file's name, size and modification time (+ the backend, but hf's).
 
     A retrained or re-merged model (rewritten files) therefore gets a new name and never inherits
-    the predictions OpenCompass cached for an earlier variant in the same work dir.
+    the predictions OpenCompass cached for an earlier variant in the same work dir; nor does one
+    backend reuse another's.
     """
     digest = hashlib.sha256()
     for file in sorted(p for p in model.rglob("*") if p.is_file()):
         stat = file.stat()
         digest.update(f"{file.relative_to(model)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return f"{model.name}-{digest.hexdigest()[:8]}"
+    return f"{model.name}-{digest.hexdigest()[:8]}" + ("" if backend == "hf" else f"-{backend}")
 
 
 def dataset_config(spec: DatasetSpec) -> dict:
@@ -147,6 +176,29 @@ def dataset_config(spec: DatasetSpec) -> dict:
 
 
 def model_config(spec: ModelSpec) -> dict:
+    if spec.backend == "vllm":
+        # vllm.LLM's arguments; the context is read from the model's config (prompts are not cut to fit).
+        return dict(
+            type=_Name(BACKENDS["vllm"].model_class),
+            abbr=spec.abbr,
+            path=str(spec.path),
+            model_kwargs=dict(dtype=spec.dtype, tensor_parallel_size=1, seed=0),
+            generation_kwargs=dict(temperature=0),  # greedy
+            batch_size=spec.batch_size,
+            run_cfg=dict(num_gpus=1),
+        )
+    if spec.backend == "lmdeploy":
+        # TurbomindEngineConfig's fields (OpenCompass drops those a version lacks); greedy by default.
+        return dict(
+            type=_Name(BACKENDS["lmdeploy"].model_class),
+            abbr=spec.abbr,
+            path=str(spec.path),
+            backend="turbomind",
+            engine_config=dict(dtype=spec.dtype, max_batch_size=spec.batch_size, tp=1),
+            gen_config=dict(do_sample=False),
+            batch_size=spec.batch_size,
+            run_cfg=dict(num_gpus=1),
+        )
     config = dict(
         type=_Name("ChatModel"),
         abbr=spec.abbr,
@@ -165,4 +217,5 @@ def model_config(spec: ModelSpec) -> dict:
 def render_config(model: ModelSpec, datasets: Sequence[DatasetSpec]) -> str:
     """The config file's Python source."""
     body = {"models": [model_config(model)], "datasets": [dataset_config(d) for d in datasets]}
-    return IMPORTS + "".join(f"\n{name} = {pprint.pformat(value, width=100)}\n" for name, value in body.items())
+    imports = IMPORTS.format(model_class=BACKENDS[model.backend].model_class)
+    return imports + "".join(f"\n{name} = {pprint.pformat(value, width=100)}\n" for name, value in body.items())

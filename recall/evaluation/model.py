@@ -10,12 +10,16 @@ masks the first `mask_length` positions of the *padded* row, but its tokenizer p
 every shorter row of a batch is scored on part of its prompt too; and `get_loglikelihood` masks as
 many leading tokens as the continuation has, not the context. It also runs the prompt once per
 candidate answer; here each prompt runs once for all its candidates.
+
+`VLLMChatModel` and `TurboMindChatModel` are OpenCompass's vLLM and LMDeploy chat models given the
+same pass-through template, for `evaluate.backend: vllm | lmdeploy` on a GPU. They generate only
+(no likelihoods) and were not run here: this project's machine has neither a GPU nor those packages.
 """
 
 from __future__ import annotations
 
 import torch
-from opencompass.models import HuggingFacewithChatTemplate
+from opencompass.models import HuggingFacewithChatTemplate, TurboMindModelwithChatTemplate, VLLMwithChatTemplate
 from transformers import Cache
 
 Tail = tuple[int, list[int]]  # (prompt row in the batch, token ids of an answer of 2+ tokens)
@@ -111,3 +115,20 @@ def positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions counted from each row's first real token: models with absolute position embeddings
     (GPT-2) then score a row in a left-padded batch exactly as alone."""
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+class VLLMChatModel(VLLMwithChatTemplate):
+    """OpenCompass's vLLM chat model reading recall's rendered prompts verbatim (not run here: no GPU)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.tokenizer.chat_template = VERBATIM
+
+
+class TurboMindChatModel(TurboMindModelwithChatTemplate):
+    """OpenCompass's LMDeploy (TurboMind) chat model reading recall's rendered prompts verbatim (not run
+    here: no GPU)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.tokenizer.chat_template = VERBATIM

@@ -5,7 +5,8 @@ Layout of `out/`:
     metrics.json           {"<task>": {"<metric>": score, ...}, ...}: the task's metrics (0-100, primary
                            first), then `nll`; written last, atomically
     evaluation.json        {"model", "rendering": "chat" | "plain" (how every prompt was rendered,
-                           `recall.data.rendering`), "modes": {task: "ppl" | "gen"}}; written with metrics.json
+                           `recall.data.rendering`), "modes": {task: "ppl" | "gen"}, "backend", "device",
+                           "dtype"}; written with metrics.json
     examples/<task>.jsonl  one line per test example, in test-file order: {"index", "score" (0-100, the
                            example's part of the primary metric), "nll", "prediction", "reference"}, and
                            with BLEU primary "bleu_stats"; `Task.aggregate` of the lines gives the primary
@@ -17,10 +18,17 @@ Layout of `out/`:
 
 `nll` is the mean over examples of the reference answer's mean negative log-likelihood per token
 after the rendered prompt (natural log; lower is better), for every task and mode.
+
+`backend` picks how OpenCompass runs the model (`recall.evaluation.config.BACKENDS`): `hf`
+(transformers; the default, on the CPU or a GPU) or, on a CUDA GPU with the package installed, `vllm`
+or `lmdeploy`. Those two only generate: every task must be in mode gen, and there is no `nll` (absent
+from metrics.json, null in examples/). A backend that cannot run here fails before any work starts.
+vllm and lmdeploy were not run on this project's machine (no GPU).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -34,6 +42,7 @@ from recall.atomic import MARKER, atomic_dir, atomic_file, check_output, write_j
 from recall.data import rendering
 from recall.errors import RecallError
 from recall.evaluation.config import (
+    BACKENDS,
     MAX_NEW_TOKENS,
     DatasetSpec,
     ModelSpec,
@@ -117,6 +126,38 @@ def resolve_modes(modes: Mapping[str, str] | None) -> dict[str, str]:
     return resolved
 
 
+def check_backend(backend: str, ppl: Mapping[str, str], environment: bool = True) -> None:
+    """`backend` is known and can score the tasks to be ranked by likelihood (`ppl`: task -> its
+    format); with `environment`, also that its package is installed and the GPU it needs is visible.
+    Reads no model."""
+    if backend not in BACKENDS:
+        raise RecallError(f"unknown evaluation backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    spec = BACKENDS[backend]
+    if ppl and not spec.likelihood:
+        formats = sorted(set(ppl.values()))
+        raise RecallError(
+            f"evaluation backend {backend} only generates (it scores no likelihoods), so it cannot rank the "
+            f"choices of {', '.join(f'{t} ({f})' for t, f in ppl.items())} in mode ppl; set mode gen for "
+            f"{', '.join(formats)} (params.yaml: evaluate.mode: {{{', '.join(f + ': gen' for f in formats)}}}; "
+            f"recall evaluate: {' '.join('--mode ' + f + '=gen' for f in formats)}), or use backend hf"
+        )
+    if not environment:
+        return
+    if spec.package and importlib.util.find_spec(spec.package) is None:
+        raise RecallError(
+            f"evaluation backend {backend} needs the {spec.package} package, which is not installed: "
+            f"pip install {spec.package} on a machine with a CUDA GPU, or use backend hf"
+        )
+    if spec.gpu_only:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RecallError(
+                f"evaluation backend {backend} runs on a CUDA GPU and none is visible here; "
+                "run on a machine with one, or use backend hf"
+            )
+
+
 def use_gpu() -> tuple[bool, str]:
     """(GPU available, dtype to evaluate in): fp32 on CPU, bf16 on GPUs that have it, else fp16."""
     import torch
@@ -145,13 +186,15 @@ def evaluate(
     modes: Mapping[str, str] | None = None,
     threads: int | None = None,
     overwrite: bool = False,
+    backend: str = "hf",
 ) -> dict[str, dict[str, float]]:
     """Score `model` on the test split of each task (first `limit` examples, or limit[task]) with OpenCompass.
 
     `modes` maps a task format to "ppl" (choices ranked by likelihood) or "gen" (greedy replies); by
     default `DEFAULT_MODES`. `batch_size` is prompts per forward pass (when scoring likelihoods, each
     prompt runs once for all its candidates). `max_new_tokens` bounds generated replies;
-    `threads` sets the CPU threads of OpenCompass's process.
+    `threads` sets the CPU threads of OpenCompass's process. `backend`: a key of `BACKENDS`; vllm
+    and lmdeploy need a CUDA GPU and their package, run tasks in mode gen only and give no `nll`.
 
     Returns and writes `out/metrics.json`, after `out/examples/`. Raises RecallError on bad input
     before OpenCompass starts, and naming the task and log file when any task fails; metrics.json and
@@ -170,6 +213,8 @@ def evaluate(
     data_dir = Path(data_dir) if data_dir is not None else None
     task_list = resolve_tasks(tasks, data_dir)
     mode_of = resolve_modes(modes)
+    check_backend(backend, {t.name: t.format for t in task_list if mode_of[t.format] == "ppl"})
+    likelihood = BACKENDS[backend].likelihood
     reply_tokens = {t.name: max_new_tokens or MAX_NEW_TOKENS[t.format] for t in task_list}
     generated = [reply_tokens[t.name] for t in task_list if mode_of[t.format] == "gen"]
     tokenizer, context = model_info(model)
@@ -188,10 +233,11 @@ def evaluate(
         path = out / "data" / f"{task.name}.jsonl"
         write_dataset(examples[task.name], tokenizer, path)
         mode = mode_of[task.format]
-        datasets[task.name] = dataset_specs(task.name, mode, path, reply_tokens[task.name], task.spec.as_dict())
+        definition = task.spec.as_dict()
+        datasets[task.name] = dataset_specs(task.name, mode, path, reply_tokens[task.name], definition, likelihood)
     everything = [d for specs in datasets.values() for d in specs]
     gpu, dtype = use_gpu()
-    spec = ModelSpec(model, model_abbr(model), batch_size, max_seq_len, gpu, dtype)
+    spec = ModelSpec(model, model_abbr(model, backend), batch_size, max_seq_len, gpu, dtype, backend)
     config = out / "opencompass_config.py"
     with atomic_file(config) as fh:
         fh.write(render_config(spec, everything))
@@ -202,15 +248,20 @@ def evaluate(
         "model": str(model),
         "rendering": rendering(tokenizer),
         "modes": {t.name: mode_of[t.format] for t in task_list},
+        "backend": backend,
+        "device": "cuda" if gpu else "cpu",
+        "dtype": dtype,
     }
     log.info(
-        "evaluating %s (%s prompts) on %s (%s examples; %s) with OpenCompass on %s; log: %s",
+        "evaluating %s (%s prompts) on %s (%s examples; %s) with OpenCompass (%s) on %s in %s; log: %s",
         model,
         run["rendering"],
         ", ".join(examples),
         sum(map(len, examples.values())),
         ", ".join(f"{t} {m}" for t, m in run["modes"].items()),
+        backend,
         "GPU" if gpu else "CPU",
+        dtype,
         log_path,
     )
     started = time.monotonic()

@@ -18,6 +18,8 @@ from pathlib import Path
 import yaml
 
 from recall.errors import RecallError
+from recall.evaluation.config import BACKENDS
+from recall.evaluation.pipeline import check_backend, resolve_modes
 from recall.merge.methods import METHODS
 from recall.settings import UNKNOWN, Rule, Settings, at_least, one_of, reject_unknown, setting
 from recall.tasks.base import Task, get_task
@@ -83,6 +85,8 @@ class EvaluateSection(Settings):
     limit: int | dict[str, int | None] | None = setting(None, LIMIT)  # test examples per task or format; null: all
     max_new_tokens: int | None = setting(None, at_least(1))  # reply cap; null: each format's own
     mode: dict[str, str] | None = setting(None, MODES)  # task format -> ppl or gen; null: each format's own
+    # how OpenCompass runs the model: hf (transformers), or on a CUDA GPU vllm / lmdeploy (gen only, no nll)
+    backend: str = setting("hf", one_of(*BACKENDS, message=UNKNOWN))
 
 
 @dataclass(frozen=True)
@@ -277,6 +281,13 @@ def validate(params: Params) -> None:
                 f"needs after: {expected}"
             )
         seen.append(step.task)
+    if sections.evaluate.backend != "hf":  # its package and GPU are checked by the evaluation, where it runs
+        modes = resolve_modes(sections.evaluate.mode)
+        formats = {s.task: params.find_task(s.task).format for s in params.steps}
+        try:
+            check_backend(sections.evaluate.backend, {t: f for t, f in formats.items() if modes[f] == "ppl"}, False)
+        except RecallError as err:
+            raise RecallError(f"evaluate.backend: {err}") from None
     validate_methods(params)
 
 

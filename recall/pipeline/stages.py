@@ -321,6 +321,7 @@ def evaluate_model(params: Params, model: Path, out: Path, names: list[str] | No
         batch_size=cfg.batch_size,
         max_new_tokens=cfg.max_new_tokens,
         modes=params.eval_modes,
+        backend=cfg.backend,
     )
 
 
@@ -416,7 +417,7 @@ def log_stage(params: Params, stage: str, task: str | None, method: str | None, 
 
 
 def register_merge(params: Params, model: Path, data_tasks: list[str], dvc_stage: str, description: str) -> None:
-    """Log a merge's weights as artifacts and register the model folder with its lineage tags."""
+    """Log a merge's weights as artifacts and register the model, as an MLflow model, with its lineage tags."""
     import mlflow
 
     mlflow.log_artifact(str(model / "merge_weights.json"))

@@ -15,6 +15,12 @@ is saved atomically to a hidden sibling of OUT, `.OUT.checkpoint/state.pt` (not 
 a stage's outputs before rerunning it). A killed run rerun with the same base, data and settings
 resumes there and ends with the same weights as an uninterrupted run; a checkpoint of any other run is
 ignored. The checkpoint is deleted once OUT is written.
+
+The device is chosen once: the GPU when one is visible, else the CPU. Without --dtype the model is
+loaded in float32 on the CPU (as always) and in bfloat16 on a GPU that supports it (float32 on one
+that does not); train_metrics.json records the device, the dtype and the number of processes. Under
+`accelerate launch` (WORLD_SIZE > 1) the same command trains data-parallel: see
+`recall.training.parallel`. A single process without a launcher runs exactly the loop it always has.
 """
 
 from __future__ import annotations
@@ -38,14 +44,18 @@ from tqdm.auto import tqdm
 from recall.atomic import atomic_dir, atomic_path, check_output, write_json
 from recall.data import IGNORE_INDEX, Encoded, Record, encode, read_records, rendering
 from recall.errors import RecallError
-from recall.models import ModelInfo, describe, load_causal_lm, load_tokenizer, saveable
+from recall.models import ModelInfo, default_dtype, describe, load_causal_lm, load_tokenizer, saveable
 from recall.settings import FRACTION, POSITIVE, Settings, at_least, one_of, setting
 from recall.tasks import Example, get_task
 from recall.training.ewc import EWCPenalty, fisher_diagonal, trainable
+from recall.training.parallel import Processes
 
 log = logging.getLogger(__name__)
 
 Batch = dict[str, torch.Tensor]
+
+
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -68,7 +78,8 @@ class FinetuneConfig(Settings):
     ewc_from: str | None = None  # previous task name, or a prompt/response JSONL file
     ewc_samples: int = setting(64, POSITIVE)  # examples of the previous task used to estimate the Fisher
     seed: int = 0
-    dtype: str = setting("float32", one_of("float32", "bfloat16", "float16"))
+    # None: float32 on the CPU, bfloat16 on a GPU that supports it (`recall.models.default_dtype`)
+    dtype: str | None = setting(None, one_of(*DTYPES))
     # optimizer steps between resumable checkpoints; 0: none
     checkpoint_every: int = setting(25, at_least(0, " (0: no checkpoints)"))
 
@@ -133,6 +144,17 @@ def iterate_batches(encoded: list[Encoded], batch_size: int, steps: int, seed: i
             produced += 1
 
 
+def save_adapter(model, folder: Path) -> None:
+    """adapter_config.json + adapter_model.safetensors. peft lists the target modules it resolved from a
+    set, whose order changes with each process's string hashing: sorted, equal runs write equal files."""
+    model.save_pretrained(folder)
+    config = folder / "adapter_config.json"
+    record = json.loads(config.read_text())
+    if isinstance(record.get("target_modules"), list):
+        record["target_modules"] = sorted(record["target_modules"])
+        config.write_text(json.dumps(record, indent=2, sort_keys=True))
+
+
 def to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device) for k, v in batch.items()}
 
@@ -182,19 +204,24 @@ class Checkpoint:
         optimizer: torch.optim.Optimizer,
         schedule: torch.optim.lr_scheduler.LRScheduler,
         record: TrainLog,
+        processes: Processes | None = None,
     ) -> None:
+        """Called by every process (it gathers their RNG states); only the main one writes."""
+        processes = processes or Processes.alone()
+        rng = processes.gather(processes.rng_state())
+        if not processes.main:
+            return
         state = {
             "fingerprint": self.fingerprint,
             "step": step,
             "model": {name: p.detach().cpu() for name, p in trainable(model).items()},
             "optimizer": optimizer.state_dict(),
             "scheduler": schedule.state_dict(),
-            "rng": {
-                "cpu": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
+            "rng": rng[0],
             "log": dataclasses.asdict(record),
         }
+        if processes.world > 1:  # each process's own, so that each one's dropout goes on where it was
+            state["rng_ranks"] = rng
         # A kill mid-save leaves the previous state.pt intact; its temp file dies with the folder.
         with atomic_path(self.file) as tmp:
             torch.save(state, tmp)
@@ -205,17 +232,18 @@ class Checkpoint:
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
         schedule: torch.optim.lr_scheduler.LRScheduler,
+        processes: Processes | None = None,
     ) -> tuple[int, TrainLog]:
         """Put a saved state back into freshly built ones; returns the step it was saved at and the log."""
+        processes = processes or Processes.alone()
         params = trainable(model)
         with torch.no_grad():
             for name, value in state["model"].items():
                 params[name].copy_(value)
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["cpu"])  # dropout continues as if never interrupted
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        # dropout continues as if never interrupted
+        processes.set_rng_state(state["rng_ranks"][processes.rank] if "rng_ranks" in state else state["rng"])
         return state["step"], TrainLog(**state["log"])
 
     def remove(self) -> None:
@@ -228,11 +256,17 @@ def checkpoint_folder(out: str | Path) -> Path:
 
 
 def run_fingerprint(
-    info: ModelInfo, task: str, data_dir: Path | None, config: FinetuneConfig, encoded: list[Encoded]
+    info: ModelInfo,
+    task: str,
+    data_dir: Path | None,
+    config: FinetuneConfig,
+    encoded: list[Encoded],
+    processes: int = 1,
 ) -> str:
     """What a checkpoint must match to be resumed: the base (resolved path, and its files' sizes and
-    times, which a rerun upstream stage changes), the task, the tokenised examples and every setting
-    but `checkpoint_every`, which does not change the result."""
+    times, which a rerun upstream stage changes), the task, the tokenised examples, every setting
+    but `checkpoint_every`, which does not change the result, and (when more than one) the number of
+    data-parallel processes, whose RNG states it holds."""
     settings = dataclasses.asdict(config)
     del settings["checkpoint_every"]
     stamps = {}
@@ -245,6 +279,8 @@ def run_fingerprint(
         "data_dir": str(data_dir.resolve()) if data_dir else None,
         "config": settings,
     }
+    if processes > 1:  # one process's fingerprint stays what it always was
+        described["processes"] = processes
     digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
     for e in encoded:
         digest.update(f"{e.input_ids}{e.labels}".encode())
@@ -281,30 +317,39 @@ def train_loop(
     desc: str = "finetune",
     checkpoint: Checkpoint | None = None,
     resume: dict | None = None,
+    processes: Processes | None = None,
 ) -> TrainLog:
     """AdamW with linear decay to 0 and gradient clipping at 1.0; a progress bar shows loss and tokens/s.
 
     With `checkpoint` the state is saved every `checkpoint.every` steps; `resume`, a state that
     `Checkpoint.load` returned, continues that run from where it was saved (`batches` are still the
-    whole run's: those already trained on are skipped)."""
+    whole run's: those already trained on are skipped). With `processes` of several, each trains on
+    its shard of every batch and the gradients are summed over them (`recall.training.parallel`);
+    the log (tokens, each step's loss) is the whole batch's in every process."""
+    processes = processes or Processes.alone()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 - s / steps)
     device = next(model.parameters()).device
-    done, record = Checkpoint.restore(resume, model, optimizer, schedule) if resume else (0, TrainLog())
+    done, record = Checkpoint.restore(resume, model, optimizer, schedule, processes) if resume else (0, TrainLog())
     batches = itertools.islice(batches, done, None)
     model.train()
     start = time.perf_counter() - record.seconds  # seconds accumulate across a resume
-    with tqdm(total=steps, initial=done, desc=desc, unit="step") as bar:
+    quiet = {} if processes.main else {"disable": True}  # TQDM_DISABLE still rules the main process's bar
+    with tqdm(total=steps, initial=done, desc=desc, unit="step", **quiet) as bar:
         for step, batch in enumerate(batches, done + 1):
             record.train_tokens += int(batch["attention_mask"].sum())
             record.answer_tokens += int((batch["labels"] != IGNORE_INDEX).sum())
             loss, total = 0.0, loss_tokens(batch)
-            for part in micro_batches(batch, FORWARD_TOKENS):
-                if share := loss_tokens(part) / total:  # each part's mean loss, weighted by its tokens
+            shard = processes.shard(batch)  # the batch itself when alone
+            for part in micro_batches(shard, FORWARD_TOKENS) if shard is not None else []:
+                if share := loss_tokens(part) / total:  # each part's mean loss, weighted by the batch's tokens
                     part_loss = model(**to_device(part, device)).loss * share
                     part_loss.backward()
                     loss += part_loss.item()
+            if processes.world > 1:
+                processes.sum_gradients(params)
+                loss = processes.sum(loss)
             extra = penalty() if penalty else None
             if extra is not None:
                 extra.backward()
@@ -318,7 +363,7 @@ def train_loop(
             record.steps.append(entry)
             record.seconds = time.perf_counter() - start
             if checkpoint and checkpoint.every and step % checkpoint.every == 0 and step < steps:
-                checkpoint.save(step, model, optimizer, schedule, record)
+                checkpoint.save(step, model, optimizer, schedule, record, processes)
             bar.set_postfix(loss=f"{entry['loss']:.4f}", tok_s=f"{record.tokens_per_s:.0f}")
             bar.update()
     return record
@@ -347,10 +392,15 @@ def finetune(
     overwrite: bool = False,
 ) -> Path:
     """Fine-tune `base` with LoRA on `task` (a task name or a prompt/response JSONL) into `out`; an
-    existing `out` that recall did not write is refused unless `overwrite`."""
+    existing `out` that recall did not write is refused unless `overwrite`. Under a launcher
+    (WORLD_SIZE > 1) this process is one of several data-parallel ones and only the first writes."""
     # Everything that can be wrong with the inputs is checked before any weights are loaded.
     config.validate()
     check_output(out, overwrite)
+    processes = Processes.from_environment()
+    say = log.info if processes.main else log.debug
+    # The dtype is settled here, so the fingerprint and train_metrics.json hold the one trained in.
+    config = dataclasses.replace(config, dtype=config.dtype or default_dtype(processes.device))
     data_dir = Path(data_dir) if data_dir is not None else None
     info = describe(base)
     examples = load_examples(task, data_dir, config.limit)
@@ -364,7 +414,7 @@ def finetune(
     pad_id = tokenizer.pad_token_id
     checkpoint = Checkpoint(
         checkpoint_folder(out),
-        run_fingerprint(info, task, data_dir, config, encoded + previous_encoded),
+        run_fingerprint(info, task, data_dir, config, encoded + previous_encoded, processes.world),
         config.checkpoint_every,
     )
     resume = checkpoint.load()
@@ -372,18 +422,38 @@ def finetune(
     from transformers import set_seed
 
     set_seed(config.seed)  # LoRA init, dropout and the data order are all reproducible
-    model = add_lora(load_causal_lm(info, dtype=getattr(torch, config.dtype)), config)
+    model = add_lora(load_causal_lm(info, getattr(torch, config.dtype), str(processes.device)), config)
     device = next(model.parameters()).device
+    if processes.world > 1:
+        processes.broadcast([p for p in model.parameters() if p.requires_grad])  # equal from the start
+        if processes.rank:  # process 0 goes on with the single-process stream; the others draw their own dropout
+            torch.manual_seed(config.seed + processes.rank)
     penalty = None
     if previous_encoded:
-        log.info("estimating the Fisher on %d examples of %s", len(previous_encoded), config.ewc_from)
+        say("estimating the Fisher on %d examples of %s", len(previous_encoded), config.ewc_from)
         fisher = fisher_diagonal(model, (to_device(collate([e], pad_id), device) for e in previous_encoded))
+        processes.broadcast(list(fisher.values()))  # one Fisher for all, should GPU kernels differ in the last bit
         penalty = EWCPenalty(model, fisher, config.ewc_lambda)
-    log.info(
-        "fine-tuning %s on %s: %d examples, %d steps of batch %d", base, task, len(encoded), steps, config.batch_size
+    say(
+        "fine-tuning %s on %s: %d examples, %d steps of batch %d (%s, %s)",
+        base,
+        task,
+        len(encoded),
+        steps,
+        config.batch_size,
+        device,
+        config.dtype,
     )
+    if processes.world > 1:
+        say("%d data-parallel processes, each taking its share of every batch", processes.world)
+        if config.batch_size < processes.world and processes.main:
+            log.warning(
+                "--batch-size %d is smaller than the %d processes: some have nothing to do",
+                config.batch_size,
+                processes.world,
+            )
     if resume:
-        log.info("resuming %s from step %d of %d (checkpoint %s)", task, resume["step"], steps, checkpoint.folder)
+        say("resuming %s from step %d of %d (checkpoint %s)", task, resume["step"], steps, checkpoint.folder)
     # The RNG is restored (on resume) only now: building the model and LoRA init consumed it.
     record = train_loop(
         model,
@@ -394,6 +464,7 @@ def finetune(
         desc=f"finetune {task}",
         checkpoint=checkpoint,
         resume=resume,
+        processes=processes,
     )
 
     metrics = {
@@ -408,16 +479,20 @@ def finetune(
         "train_seconds": round(record.seconds, 3),
         "tokens_per_s": round(record.tokens_per_s, 2),
         "device": str(device),
+        "dtype": config.dtype,
+        "processes": processes.world,
         "rendering": rendering(tokenizer),
         "ewc": {"from": config.ewc_from, "samples": len(previous_encoded), **penalty.stats()} if penalty else None,
         "config": dataclasses.asdict(config),
     }
-    with atomic_dir(out, overwrite) as tmp:
-        model.save_pretrained(tmp / "adapter")  # adapter_config.json + adapter_model.safetensors
-        merged = saveable(model.merge_and_unload())
-        merged.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        write_json(tmp / "train_metrics.json", metrics)
-    checkpoint.remove()
-    log.info("wrote %s (final loss %.4f, %.0f tokens/s)", out, metrics["final_loss"], record.tokens_per_s)
+    if processes.main:
+        with atomic_dir(out, overwrite) as tmp:
+            save_adapter(model, tmp / "adapter")
+            merged = saveable(model.merge_and_unload())
+            merged.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            write_json(tmp / "train_metrics.json", metrics)
+        checkpoint.remove()
+        log.info("wrote %s (final loss %.4f, %.0f tokens/s)", out, metrics["final_loss"], record.tokens_per_s)
+    processes.wait()  # every process returns once OUT exists
     return Path(out)

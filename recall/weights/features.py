@@ -2,7 +2,8 @@
 
 The output is a .npy file of shape (n_samples, L+1, hidden) in float32. Rows are written to disk as
 each batch finishes, so the number of samples is bounded by disk, not memory. Batches are formed from
-length-sorted samples, which wastes little compute on padding.
+length-sorted samples, which wastes little compute on padding. The model runs on the GPU when one is
+visible, in bfloat16 where it supports it (`recall.models.default_dtype`); on the CPU in float32.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 from recall.atomic import atomic_path
 from recall.data import encode, read_records
 from recall.errors import RecallError
-from recall.models import ModelInfo, describe, load_causal_lm, load_tokenizer
+from recall.models import ModelInfo, default_device, default_dtype, describe, load_causal_lm, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,10 @@ def extract_features(
     batch_size: int = 8,
     max_length: int = 512,
     device: str | None = None,
+    dtype: str | None = None,
 ) -> Path:
-    """Write the representations of `data` (or of its rows `indices`) under `model` to `out` (.npy)."""
+    """Write the representations of `data` (or of its rows `indices`) under `model` to `out` (.npy).
+    `device`, `dtype`: `recall.models.default_device()` and `default_dtype(device)` when None."""
     info = model if isinstance(model, ModelInfo) else describe(model)
     records = read_records(data)
     if indices is not None:
@@ -72,7 +75,10 @@ def extract_features(
     encoded = [encode(tokenizer, r, max_length).input_ids for r in records]
     if empty := [i for i, ids in enumerate(encoded) if not ids]:
         raise RecallError(f"{data}: records {empty[:5]} render to no tokens; remove empty samples")
-    lm = load_causal_lm(info, device=device)
+    device = device or default_device()
+    dtype = dtype or default_dtype(device)
+    lm = load_causal_lm(info, getattr(torch, dtype), device)
+    log.info("features of %s: %d samples on %s in %s", info.spec, len(encoded), device, dtype)
     write_features(lm, tokenizer, encoded, out, batch_size, desc=Path(info.spec).name)
     return Path(out)
 
