@@ -15,6 +15,7 @@ output, wall-clock records left out). Writes benchmarks/results/scale_out.json.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import shutil
@@ -88,7 +89,7 @@ def main() -> None:
         "differing_files": differing,
     }
     write_json(RESULTS, result)
-    print(yaml.safe_dump(result, sort_keys=False))
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

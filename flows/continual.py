@@ -132,6 +132,7 @@ def continual_learning(
     """`runner`: sequential, or dask (`workers` local worker processes, or the scheduler at `address`)."""
     logger = get_run_logger()
     stage_runner = task_runner(runner, workers, address)  # a bad setting fails before any work
+    project = str(Path(project).resolve())  # workers elsewhere have other working directories
     added, rejected = adopt_incoming(Path(project))
     if added:
         logger.info("new task data: %s appended to the sequence", ", ".join(added))
