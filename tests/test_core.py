@@ -167,7 +167,7 @@ def test_bad_recall_settings_name_the_field_and_the_allowed_values(settings, mes
         RecallSettings(**settings).validate()
     assert message in str(err.value)
     RecallSettings(sigma="median", normalize="unit").validate()
-    assert RecallSettings().sigma == 1.0 and RecallSettings().normalize == "none"  # the paper's kernel by default
+    assert RecallSettings().sigma == "median" and RecallSettings().normalize == "none"  # the benchmark's winner
 
 
 # ---- kernel scale ------------------------------------------------------------------------------

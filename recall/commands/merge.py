@@ -118,7 +118,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         r,
         "sigma",
         f"RBF/MMD bandwidth: a number > 0, or {MEDIAN} for the per-layer median heuristic "
-        f"(default {RecallSettings.sigma}, as in the paper)",
+        f"(default {RecallSettings.sigma}; the paper's is 1.0)",
         type=sigma_value,
     )
     # Not --normalize: that flag is TIES's (divide by the agreeing weights); one flag, one meaning.
