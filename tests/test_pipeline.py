@@ -319,6 +319,26 @@ def test_a_failing_stage_is_marked_failed_in_mlflow(tmp_path, prefect_server):
     assert [r.info.status for r in runs] == ["FAILED"]
 
 
+def test_the_data_stage_refuses_training_prompts_longer_than_finetune_max_length(tmp_path):
+    """A task whose prompts cannot be trained on stops the run at its data stage, before any fine-tune,
+    naming the params key to raise; the stage reads that key, so raising it reruns the check."""
+    from recall.pipeline import plan, stages
+
+    project = tmp_path / "project"
+    project.mkdir()
+    tiny_model(project / "tiny", layers=2)
+    params = tiny_params()
+    params["finetune"]["max_length"] = 24
+    loaded = load_params(write_params(project, params))
+    data = next(s for s in plan.plan(loaded) if s.name == "data")
+    assert "finetune.max_length" in data.params and stages.base_model(loaded) in data.deps
+    stages.base(loaded)
+    with pytest.raises(RecallError, match=r"training prompts do not fit finetune.max_length 24 .*raise finetune"):
+        stages.data(loaded)
+    params["finetune"]["max_length"] = 512
+    stages.data(load_params(write_params(project, params)))  # the same data passes at a length that fits
+
+
 def test_multi_scenario_merges_every_expert(tmp_path, monkeypatch):
     """Stage functions alone (no DVC): experts from the base, then one merge with averaged reference rows."""
     import numpy as np
@@ -438,8 +458,10 @@ def test_declared_tasks_come_from_the_tasks_folder_or_data_source_with_their_spe
     )
     assert [params.find_task(t).format for t in ("tickets", "quiz")] == ["classification", "multiple_choice"]
     data = plan.find(params, "data")
-    assert tmp_path / "mytasks" in data.deps and data.params == ["data", "tasks"]
+    assert tmp_path / "mytasks" in data.deps and data.params == ["data", "tasks", "finetune.max_length"]
     assert tmp_path / "source" / "tickets" in data.deps  # new files in data.source rerun the data stage
+    tiny_model(tmp_path / "tiny", layers=2)
+    stages.base(params)  # its tokenizer checks the training prompts' lengths
     stages.data(params)
     for task in ("tickets", "quiz"):
         copy = tmp_path / "data" / "tasks" / task

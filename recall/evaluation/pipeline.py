@@ -158,15 +158,6 @@ def check_backend(backend: str, ppl: Mapping[str, str], environment: bool = True
             )
 
 
-def use_gpu() -> tuple[bool, str]:
-    """(GPU available, dtype to evaluate in): fp32 on CPU, bf16 on GPUs that have it, else fp16."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return False, "float32"
-    return True, "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-
-
 def write_examples(folder: Path, records: Mapping[str, Sequence[dict]]) -> None:
     """examples/<task>.jsonl for every task, the folder replaced as a whole."""
     with atomic_dir(folder) as tmp:
@@ -236,7 +227,10 @@ def evaluate(
         definition = task.spec.as_dict()
         datasets[task.name] = dataset_specs(task.name, mode, path, reply_tokens[task.name], definition, likelihood)
     everything = [d for specs in datasets.values() for d in specs]
-    gpu, dtype = use_gpu()
+    from recall.models import default_device, default_dtype  # torch, only once there is work to do
+
+    device = default_device()
+    gpu, dtype = device == "cuda", default_dtype(device)
     spec = ModelSpec(model, model_abbr(model, backend), batch_size, max_seq_len, gpu, dtype, backend)
     config = out / "opencompass_config.py"
     with atomic_file(config) as fh:

@@ -70,9 +70,9 @@ def shape_key(params: Params) -> str:
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def recall_keys(params: Params, *used: str) -> list[str]:
-    """`recall.<key>` params a stage reads, among those params.yaml sets (DVC fails on absent keys)."""
-    return [f"recall.{k}" for k in used if k in params.written("recall")]
+def section_keys(params: Params, section: str, *used: str) -> list[str]:
+    """`<section>.<key>` params a stage reads, among those params.yaml sets (DVC fails on absent keys)."""
+    return [f"{section}.{k}" for k in used if k in params.written(section)]
 
 
 def plan(params: Params) -> list[Stage]:
@@ -89,8 +89,9 @@ def plan(params: Params) -> list[Stage]:
         Stage(
             "data",
             "data",
-            deps=[p for p in [params.root / "incoming"] if p.is_dir()] + declared + sourced,
-            params=["data", *(["tasks"] if declared else [])],
+            # the base model's tokenizer checks that every training prompt fits finetune.max_length
+            deps=[p for p in [params.root / "incoming"] if p.is_dir()] + declared + sourced + [S.base_model(params)],
+            params=["data", *(["tasks"] if declared else []), *section_keys(params, "finetune", "max_length", "limit")],
             outs=[params.data_dir],
         ),
     ]
@@ -156,7 +157,7 @@ def plan(params: Params) -> list[Stage]:
                 inputs += [
                     S.recall_dir(params, t) / f for t in tasks for f in ("probe.jsonl", "features.npy", "typical.json")
                 ]
-            setting = recall_keys(params, *params.written("recall")) if m == "recall" else [f"methods.{m}"]
+            setting = section_keys(params, "recall", *params.written("recall")) if m == "recall" else [f"methods.{m}"]
             if m != "recall" and get_method(m).needs_base and not params.with_base:
                 inputs.append(S.base_model(params))
             out.append(
@@ -192,7 +193,7 @@ def recall_stages(params: Params, task: str) -> list[Stage]:
             "features",
             task,
             deps=[params.data_dir / task, new],
-            params=recall_keys(params, "samples", "batch_size", "max_length"),
+            params=section_keys(params, "recall", "samples", "batch_size", "max_length"),
             outs=[folder / "probe.jsonl", folder / "features.npy"],
         ),
         Stage(
@@ -200,7 +201,7 @@ def recall_stages(params: Params, task: str) -> list[Stage]:
             "typical",
             task,
             deps=[folder / "features.npy"],
-            params=recall_keys(params, "typical", "seed"),
+            params=section_keys(params, "recall", "typical", "seed"),
             outs=[folder / "typical.json"],
         ),
         Stage(
@@ -208,7 +209,7 @@ def recall_stages(params: Params, task: str) -> list[Stage]:
             "similarity",
             task,
             deps=[folder / "typical.json", folder / "probe.jsonl", folder / "features.npy", new, start],
-            params=recall_keys(params, "similarity", "sigma", "normalize", "batch_size", "max_length"),
+            params=section_keys(params, "recall", "similarity", "sigma", "normalize", "batch_size", "max_length"),
             outs=[folder / "similarity.json"],
         ),
         Stage(
@@ -217,7 +218,7 @@ def recall_stages(params: Params, task: str) -> list[Stage]:
             task,
             "recall",
             deps=[folder / "similarity.json", new, start],
-            params=recall_keys(params, "temperature"),
+            params=section_keys(params, "recall", "temperature"),
             outs=[S.chain_dir(params, "recall", task) / "model"],
         ),
     ]

@@ -43,7 +43,7 @@ from recall.pipeline.params import BASE_STEP, TRAINING_METHODS, Params
 from recall.tasks.export import export_task
 from recall.tasks.formats import TASK_FILE
 from recall.tasks.generated import generate_suite
-from recall.training.finetune import finetune
+from recall.training.finetune import check_prompts_fit, finetune
 from recall.weights.features import extract_features, load_features
 from recall.weights.representations import similarity_and_sigmas
 from recall.weights.similarity import similarity_range
@@ -117,7 +117,8 @@ def base(params: Params) -> Path:
 def data(params: Params) -> Path:
     """The sequence's task data under data/tasks: `incoming/<task>/` when present, else the folder
     that declares the task, else generated or taken from the data.source folder. A declared task's
-    task.yaml goes with its data, so every later stage reads the task from there."""
+    task.yaml goes with its data, so every later stage reads the task from there. Every task's training
+    prompts are checked against finetune.max_length here, before the first fine-tune."""
     cfg = params.sections.data
     out = params.data_dir
     if cfg.source == "generated":
@@ -138,6 +139,7 @@ def data(params: Params) -> Path:
                 (tmp / f"{split}.jsonl").write_text("".join(lines[:size]))
             if declared is not None:
                 shutil.copyfile(declared / TASK_FILE, tmp / TASK_FILE)
+    check_prompts_fit(base_model(params), tasks(params), out, params.sections.finetune, "finetune.max_length")
     return out
 
 

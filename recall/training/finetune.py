@@ -100,16 +100,28 @@ def load_examples(spec: str, data_dir: Path | None, limit: int | None = None) ->
     return get_task(spec, data_dir).load("train", data_dir, limit)
 
 
-def encode_examples(tokenizer, examples: list[Example], max_length: int, what: str) -> list[Encoded]:
-    """Every example encoded to learn its answer; fail, naming the longest, if a prompt leaves no room."""
+def encode_examples(
+    tokenizer, examples: list[Example], max_length: int, what: str, setting: str = "--max-length"
+) -> list[Encoded]:
+    """Every example encoded to learn its answer; fail, naming the longest and the `setting` to raise, if
+    a prompt leaves no room."""
     encoded = [encode(tokenizer, Record(prompt=ex.prompt, response=ex.answer), max_length) for ex in examples]
     if too_long := [(e.prompt_tokens, i) for i, e in enumerate(encoded) if e.prompt_tokens >= max_length]:
         longest, index = max(too_long)
         raise RecallError(
-            f"{len(too_long)} of {len(examples)} {what} prompts do not fit --max-length {max_length} "
-            f"(longest: example {index}, {longest} tokens); raise --max-length above {longest} or drop those examples"
+            f"{len(too_long)} of {len(examples)} {what} prompts do not fit {setting} {max_length} "
+            f"(longest: example {index}, {longest} tokens); raise {setting} above {longest} or drop those examples"
         )
     return encoded
+
+
+def check_prompts_fit(base: str | Path, tasks: list[str], data_dir: Path, config: FinetuneConfig, setting: str) -> None:
+    """Fail now if any task's training prompts will not fit `config.max_length`: a sequence learns its
+    tasks one by one, and a too-long prompt of the last task would otherwise stop it hours in."""
+    tokenizer = load_tokenizer(describe(base))
+    for task in tasks:
+        examples = load_examples(task, data_dir, config.limit)
+        encode_examples(tokenizer, examples, config.max_length, f"{task} training", setting)
 
 
 def collate(items: list[Encoded], pad_id: int) -> Batch:

@@ -1,0 +1,204 @@
+"""RECALL's ablation at one merge of the sequential benchmark (issue 11, point 7).
+
+RECALL's chain in the sequential benchmark merges, at its third step, its model after SQuAD 2.0 with
+that model fine-tuned on MedMCQA. This script redoes that one merge with one RECALL setting changed at
+a time (bandwidth, temperature, similarity metric, typical samples, normalisation of the pooled
+states) from the same two models and the same probe samples, through the commands users run (`recall
+merge`, `recall evaluate`), and scores every merged model on the three tasks learned so far at the
+benchmark's evaluation settings. The benchmark's own setting is redone too: its merge weights must
+equal those of the pipeline's merge (checked), so every variant differs from it in one setting only.
+Two references bracket them: no merge (the MedMCQA fine-tune itself) and a plain 0.5 / 0.5 average.
+
+    .venv/bin/python benchmarks/ablation.py --chain <checkout>/benchmarks/paper/sequential [--work DIR]
+
+Resumable: a variant whose scores exist is not redone; merged models are deleted once scored (their
+merge_weights.json stays). Writes benchmarks/results/ablation.{json,md}: per variant the scores with
+95% paired-bootstrap intervals, the difference to the benchmark's setting on the earlier tasks
+(retention), on MedMCQA (learning) and on the average, and the new model's mean weight over layers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import command_line, git_commit  # noqa: E402
+
+from recall.reporting import statistics as paired  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+RECALL = str(Path(sys.executable).parent / "recall")
+STEP, PREVIOUS = "medmcqa", "squad_v2"
+TASKS = ["sst2", "squad_v2", "medmcqa"]  # learned so far, in order
+LIMITS = {"sst2": 200, "medmcqa": 200, "squad_v2": 100}  # the benchmark's evaluate.limit per format
+# The benchmark's RECALL settings (benchmarks/paper/sequential/params.yaml), then one change each.
+BENCHMARK = {"sigma": "median", "temperature": "1.0", "similarity": "rbf", "typical": "20", "normalize-states": "none"}
+VARIANTS = {
+    "benchmark": {},
+    "sigma=1.0 (paper)": {"sigma": "1.0"},
+    "temperature=0.5": {"temperature": "0.5"},
+    "temperature=2.0": {"temperature": "2.0"},
+    "similarity=cosine": {"similarity": "cosine"},
+    "similarity=cka": {"similarity": "cka"},
+    "typical=5": {"typical": "5"},
+    "typical=40": {"typical": "40"},
+    "normalize=unit": {"normalize-states": "unit"},
+    "normalize=sqrt_dim": {"normalize-states": "sqrt_dim"},
+}
+REFERENCES = ("no merge", "average")
+
+
+def run(*args: str) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    subprocess.run([RECALL, *args], check=True, env=env)
+
+
+def merge(name: str, chain: Path, out: Path) -> Path:
+    """The variant's merged model in `out` (the MedMCQA fine-tune itself for "no merge")."""
+    step = chain / "data" / "chains" / "recall" / STEP
+    models = [str(chain / "data" / "chains" / "recall" / PREVIOUS / "model"), str(step / "sft")]
+    if name == "no merge":
+        return Path(models[1])
+    if name == "average":
+        run("merge", "--method", "average", "--models", *models, "--out", str(out), "--overwrite")
+        return out
+    settings = {**BENCHMARK, **VARIANTS[name]}
+    options = [f"--{k}={v}" for k, v in settings.items()]
+    probe = ["--data", str(step / "probe.jsonl"), "--max-length", "1400", "--batch-size", "8", "--seed", "0"]
+    run("merge", "--method", "recall", "--models", *models, *probe, *options, "--out", str(out), "--overwrite")
+    return out
+
+
+def evaluate(model: Path, chain: Path, folder: Path) -> None:
+    """Scores on the tasks learned so far, at the benchmark's limits (label tasks by likelihood)."""
+    for tasks in (["sst2", "medmcqa"], ["squad_v2"]):
+        out = folder / ("eval_" + "_".join(tasks))
+        if not (out / "metrics.json").is_file():
+            limit, data = str(LIMITS[tasks[0]]), str(chain / "data" / "tasks")
+            options = ["--limit", limit, "--data-dir", data, "--out", str(out), "--overwrite", "--threads", "1"]
+            run("evaluate", "--model", str(model), "--tasks", ",".join(tasks), *options)
+
+
+def records(folder: Path) -> dict[str, list[dict]]:
+    """Task -> the variant's per-example records."""
+    found = {path.stem: path for path in folder.glob("eval_*/examples/*.jsonl")}
+    return {task: [json.loads(line) for line in found[task].open()] for task in TASKS if task in found}
+
+
+def new_weight(folder: Path) -> float | None:
+    """The new model's weight, mean over the merge's layer groups."""
+    path = folder / "merge_weights.json"
+    return float(np.mean(np.array(json.loads(path.read_text())["layers"])[:, -1])) if path.is_file() else None
+
+
+def produce(name: str, chain: Path, folder: Path) -> float:
+    """Merge and score one variant unless done; the seconds it took."""
+    if all((folder / f"eval_{t}" / "metrics.json").is_file() for t in ("sst2_medmcqa", "squad_v2")):
+        return 0.0
+    start = time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
+    model = merge(name, chain, folder / "model")
+    if (model / "merge_weights.json").is_file():
+        shutil.copyfile(model / "merge_weights.json", folder / "merge_weights.json")
+    evaluate(model, chain, folder)
+    if model == folder / "model":
+        shutil.rmtree(model)
+    return time.perf_counter() - start
+
+
+def summarise(names: list[str], folders: dict[str, Path], pipeline_weights: np.ndarray) -> dict:
+    evaluations = [records(folders[n]) for n in names]
+    scores, draws = paired.full_scores(evaluations, TASKS), paired.score_draws(evaluations, TASKS)
+    ref = names.index("benchmark")
+    old, new, every = [0, 1], [2], [0, 1, 2]
+
+    def iv(statistic) -> list[float]:
+        low, estimate, high = paired.interval(statistic, scores, draws)
+        return [round(low, 2), round(estimate, 2), round(high, 2)]
+
+    mine = np.array(json.loads((folders["benchmark"] / "merge_weights.json").read_text())["layers"])
+    out = {"n_test": paired.example_counts(evaluations, TASKS), "variants": {}}
+    out["benchmark_weights_max_abs_diff_to_pipeline"] = float(np.abs(mine - pipeline_weights).max())
+    for e, name in enumerate(names):
+        row = {"settings": {**BENCHMARK, **VARIANTS[name]} if name in VARIANTS else name}
+        row |= {task: iv(paired.mean_score(e, [t])) for t, task in enumerate(TASKS)}
+        row["avg"] = iv(paired.mean_score(e, every))
+        for key, cols in (("earlier_tasks", old), ("medmcqa", new), ("avg", every)):
+            row[f"diff_vs_benchmark_{key}"] = iv(
+                paired.difference(paired.mean_score(e, cols), paired.mean_score(ref, cols))
+            )
+        row["new_model_weight"] = new_weight(folders[name])
+        out["variants"][name] = row
+    return out
+
+
+def cell(iv: list[float], difference: bool = False) -> str:
+    low, estimate, high = iv
+    text = f"{estimate:+.2f} [{low:+.2f}, {high:+.2f}]" if difference else f"{estimate:.2f} [{low:.2f}, {high:.2f}]"
+    return text + ("*" if difference and (low > 0 or high < 0) else "")
+
+
+def markdown(result: dict) -> str:
+    n = result["n_test"]
+    lines = [
+        "# RECALL ablation at one merge of the sequential benchmark",
+        "",
+        f"Generated by `{result['command']}` at commit {result['commit']} from the chain in `{result['chain']}`.",
+        "RECALL's step-3 merge (its model after SQuAD 2.0 with its MedMCQA fine-tune), redone with one setting",
+        "changed; scores on the tasks learned so far (n = "
+        + ", ".join(f"{t} {n[t]}" for t in TASKS)
+        + " test examples), 95% paired-bootstrap intervals (1000 resamples). Differences are to the",
+        "benchmark's setting; `*` marks an interval that excludes 0, any other is no difference.",
+        f"The benchmark setting's weights redone here differ from the pipeline's merge by at most "
+        f"{result['benchmark_weights_max_abs_diff_to_pipeline']:.2e}.",
+        "",
+        "| variant | new model weight | SST-2 | SQuAD EM | MedMCQA | average "
+        "| Δ earlier tasks | Δ MedMCQA | Δ average |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in result["variants"].items():
+        weight = "" if row["new_model_weight"] is None else f"{row['new_model_weight']:.3f}"
+        diffs = [cell(row[f"diff_vs_benchmark_{k}"], True) for k in ("earlier_tasks", "medmcqa", "avg")]
+        tasks = [cell(row[t]) for t in (*TASKS, "avg")]
+        lines.append("| " + " | ".join([name, weight, *tasks, *diffs]) + " |")
+    lines += ["", f"Seconds per variant (merge and scoring, one thread): {result['seconds']}", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--chain", type=Path, required=True, help="a finished sequential benchmark folder")
+    parser.add_argument("--work", type=Path, default=ROOT / ".ablation", help="merged models and scores")
+    args = parser.parse_args()
+    chain = args.chain.resolve()
+    pipeline = chain / "data" / "chains" / "recall" / STEP / "model" / "merge_weights.json"
+    if not pipeline.is_file():
+        sys.exit(f"{pipeline} is missing: run RECALL's chain first (bash benchmarks/paper/run.sh sequential)")
+    names = [*VARIANTS, *REFERENCES]
+    folders = {n: args.work / n.replace(" ", "_").replace("=", "-") for n in names}
+    seconds = {n: round(produce(n, chain, folders[n]), 1) for n in names}
+    result = {
+        "command": command_line(),
+        "commit": git_commit(),
+        "chain": str(chain),
+        "seconds": seconds,
+        **summarise(names, folders, np.array(json.loads(pipeline.read_text())["layers"])),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "ablation.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "ablation.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
