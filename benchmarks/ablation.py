@@ -33,6 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line, git_commit  # noqa: E402
 
+from recall.pipeline.params import Params, load_params  # noqa: E402
 from recall.reporting import statistics as paired  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,9 +41,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 RECALL = str(Path(sys.executable).parent / "recall")
 STEP, PREVIOUS = "medmcqa", "squad_v2"
 TASKS = ["sst2", "squad_v2", "medmcqa"]  # learned so far, in order
-LIMITS = {"sst2": 200, "medmcqa": 200, "squad_v2": 100}  # the benchmark's evaluate.limit per format
-# The benchmark's RECALL settings (benchmarks/paper/sequential/params.yaml), then one change each.
-BENCHMARK = {"sigma": "median", "temperature": "1.0", "similarity": "rbf", "typical": "20", "normalize-states": "none"}
+# One change each to the chain's own RECALL settings (its params.yaml's `recall` section).
 VARIANTS = {
     "benchmark": {},
     "sigma=1.0 (paper)": {"sigma": "1.0"},
@@ -63,6 +62,13 @@ def run(*args: str) -> None:
     subprocess.run([RECALL, *args], check=True, env=env)
 
 
+def benchmark_settings(params: Params) -> dict[str, str]:
+    """The chain's RECALL settings as `recall merge` options."""
+    r = params.sections.recall
+    named = {"sigma": r.sigma, "temperature": r.temperature, "similarity": r.similarity, "typical": r.typical}
+    return {k: str(v) for k, v in {**named, "normalize-states": r.normalize}.items()}
+
+
 def merge(name: str, chain: Path, out: Path) -> Path:
     """The variant's merged model in `out` (the MedMCQA fine-tune itself for "no merge")."""
     step = chain / "data" / "chains" / "recall" / STEP
@@ -72,19 +78,22 @@ def merge(name: str, chain: Path, out: Path) -> Path:
     if name == "average":
         run("merge", "--method", "average", "--models", *models, "--out", str(out), "--overwrite")
         return out
-    settings = {**BENCHMARK, **VARIANTS[name]}
+    params = load_params(chain / "params.yaml")
+    settings, r = {**benchmark_settings(params), **VARIANTS[name]}, params.sections.recall
     options = [f"--{k}={v}" for k, v in settings.items()]
-    probe = ["--data", str(step / "probe.jsonl"), "--max-length", "1400", "--batch-size", "8", "--seed", "0"]
+    probe = ["--data", str(step / "probe.jsonl"), "--max-length", str(r.max_length), "--batch-size", str(r.batch_size)]
+    probe += ["--seed", str(r.seed)]
     run("merge", "--method", "recall", "--models", *models, *probe, *options, "--out", str(out), "--overwrite")
     return out
 
 
 def evaluate(model: Path, chain: Path, folder: Path) -> None:
-    """Scores on the tasks learned so far, at the benchmark's limits (label tasks by likelihood)."""
-    for tasks in (["sst2", "medmcqa"], ["squad_v2"]):
+    """Scores on the tasks learned so far, at the chain's evaluate.limit per task (label tasks by likelihood)."""
+    limits = load_params(chain / "params.yaml").eval_limits()
+    for tasks in (["sst2", "medmcqa"], ["squad_v2"]):  # one `recall evaluate` per limit
         out = folder / ("eval_" + "_".join(tasks))
         if not (out / "metrics.json").is_file():
-            limit, data = str(LIMITS[tasks[0]]), str(chain / "data" / "tasks")
+            limit, data = str(limits[tasks[0]]), str(chain / "data" / "tasks")
             options = ["--limit", limit, "--data-dir", data, "--out", str(out), "--overwrite", "--threads", "1"]
             run("evaluate", "--model", str(model), "--tasks", ",".join(tasks), *options)
 
@@ -116,7 +125,7 @@ def produce(name: str, chain: Path, folder: Path) -> float:
     return time.perf_counter() - start
 
 
-def summarise(names: list[str], folders: dict[str, Path], pipeline_weights: np.ndarray) -> dict:
+def summarise(names: list[str], folders: dict[str, Path], pipeline_weights: np.ndarray, base: dict) -> dict:
     evaluations = [records(folders[n]) for n in names]
     scores, draws = paired.full_scores(evaluations, TASKS), paired.score_draws(evaluations, TASKS)
     ref = names.index("benchmark")
@@ -130,7 +139,7 @@ def summarise(names: list[str], folders: dict[str, Path], pipeline_weights: np.n
     out = {"n_test": paired.example_counts(evaluations, TASKS), "variants": {}}
     out["benchmark_weights_max_abs_diff_to_pipeline"] = float(np.abs(mine - pipeline_weights).max())
     for e, name in enumerate(names):
-        row = {"settings": {**BENCHMARK, **VARIANTS[name]} if name in VARIANTS else name}
+        row = {"settings": {**base, **VARIANTS[name]} if name in VARIANTS else name}
         row |= {task: iv(paired.mean_score(e, [t])) for t, task in enumerate(TASKS)}
         row["avg"] = iv(paired.mean_score(e, every))
         for key, cols in (("earlier_tasks", old), ("medmcqa", new), ("avg", every)):
@@ -187,12 +196,13 @@ def main() -> None:
     names = [*VARIANTS, *REFERENCES]
     folders = {n: args.work / n.replace(" ", "_").replace("=", "-") for n in names}
     seconds = {n: round(produce(n, chain, folders[n]), 1) for n in names}
+    weights = np.array(json.loads(pipeline.read_text())["layers"])
     result = {
         "command": command_line(),
         "commit": git_commit(),
         "chain": str(chain),
         "seconds": seconds,
-        **summarise(names, folders, np.array(json.loads(pipeline.read_text())["layers"])),
+        **summarise(names, folders, weights, benchmark_settings(load_params(chain / "params.yaml"))),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "ablation.json").write_text(json.dumps(result, indent=2) + "\n")
