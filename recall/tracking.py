@@ -99,45 +99,56 @@ def record_rejected(root: Path, experiment: str, run_key: str, what: str, error:
     client.set_terminated(run.info.run_id, "FAILED")
 
 
-def register_model(folder: Path, tags: dict[str, str], description: str) -> str:
-    """Log the merged model folder as a transformers-flavour MLflow model in the active run and
-    register it as a new version of REGISTERED_MODEL carrying `tags`; returns the version.
+def register_model(folder: Path, tags: dict[str, str], description: str, copy: bool = True) -> str:
+    """Register the merged model folder as a new version of REGISTERED_MODEL carrying `tags`, made in
+    the active run; returns the version.
 
-    The weights are copied into MLflow's artifact store, so `models:/recall-merged/<v>` loads on any
-    machine that reaches the store. The version also carries the folder it was made from (tag
-    `folder`), for `recall lineage`.
+    With `copy`, the folder is logged as a transformers-flavour MLflow model, its weights copied into
+    MLflow's artifact store, so `models:/recall-merged/<v>` loads on any machine that reaches the store.
+    Without, the version's source is the folder itself: nothing is copied, and the version loads where
+    the folder is (DVC restores it). Either way the version carries the folder (tag `folder`), for
+    `recall lineage`.
     """
-    import transformers
-    from huggingface_hub import ModelCard
-
-    from recall.models import load_tokenizer_from
-
     run = mlflow.active_run()
     if run is None:
         raise RecallError(f"registering {folder} needs an active MLflow run (see stage_run)")
     if not (folder / "config.json").is_file():
         raise RecallError(f"{folder} is not a model folder (no config.json); cannot register it")
+    client = MlflowClient()
+    with contextlib.suppress(mlflow.exceptions.MlflowException):  # it already exists
+        client.create_registered_model(REGISTERED_MODEL, description="Models merged by recall")
+    tags = {**tags, "folder": str(folder.resolve())}
+    if not copy:
+        made = client.create_model_version(
+            REGISTERED_MODEL, source=tags["folder"], run_id=run.info.run_id, tags=tags, description=description
+        )
+        return str(made.version)
+    version = str(_log_transformers_model(folder, tags).registered_model_version)
+    client.update_model_version(REGISTERED_MODEL, version, description=description)
+    return version
+
+
+def _log_transformers_model(folder: Path, tags: dict[str, str]):
+    import transformers
+    from huggingface_hub import ModelCard
+
+    from recall.models import load_tokenizer_from
+
     # MLflow's cheaper local-checkpoint input (the folder's path, copied without loading) fails with
     # transformers 5.23 (mlflow 3.17 reads check_task()'s "impl" as a class; it is now a string), so
     # the model is loaded, on the CPU in its own dtype (the same bytes), and MLflow saves it again.
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype="auto")
-    client = MlflowClient()
-    with contextlib.suppress(mlflow.exceptions.MlflowException):  # it already exists
-        client.create_registered_model(REGISTERED_MODEL, description="Models merged by recall")
-    info = mlflow.transformers.log_model(
+    return mlflow.transformers.log_model(
         {"model": model, "tokenizer": load_tokenizer_from(folder)},
         name="model",
         task="text-generation",
         registered_model_name=REGISTERED_MODEL,
-        tags={**tags, "folder": str(folder.resolve())},  # on the logged model and on the version
+        tags=tags,  # on the logged model and on the version
         # the card recall wrote; else MLflow asks the Hugging Face Hub for one
         model_card=ModelCard.load(folder / "README.md") if (folder / "README.md").is_file() else None,
         # given, so MLflow does not load the model once more in a subprocess to infer them
         pip_requirements=[f"{name}=={_version(name)}" for name in ("transformers", "torch")],
     )
-    version = str(info.registered_model_version)
-    client.update_model_version(REGISTERED_MODEL, version, description=description)
-    return version
 
 
 def _version(package: str) -> str:

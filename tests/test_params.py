@@ -117,3 +117,9 @@ def test_the_evaluation_backend_is_checked_against_the_modes(tmp_path):
         load_params(write(tmp_path, lambda p: p["evaluate"].update(backend="vllm")))
     gen = {"backend": "vllm", "mode": {"classification": "gen", "multiple_choice": "gen"}}
     assert load_params(write(tmp_path, lambda p: p["evaluate"].update(gen))).sections.evaluate.backend == "vllm"
+
+
+def test_the_registry_mode_copies_by_default_and_names_its_choices(tmp_path):
+    assert load_params(write(tmp_path)).sections.tracking.registry == "copy"
+    with pytest.raises(RecallError, match=r"unknown tracking.registry 'link'; choose one of copy, reference"):
+        load_params(write(tmp_path, lambda p: p["tracking"].update(registry="link")))

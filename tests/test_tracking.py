@@ -50,3 +50,14 @@ def test_registering_needs_an_active_run_and_a_model_folder(store, make_model, t
         tracking.register_model(make_model("m"), LINEAGE, "")
     with mlflow.start_run(), pytest.raises(RecallError, match="no config.json"):
         tracking.register_model(tmp_path, LINEAGE, "")
+
+
+def test_a_referenced_version_points_at_its_folder_and_copies_nothing(store, make_model):
+    folder = make_model("merged", layers=2)
+    with mlflow.start_run():
+        version = tracking.register_model(folder, LINEAGE, "recall chain: merge after step t", copy=False)
+    registered = mlflow.MlflowClient().get_model_version(tracking.REGISTERED_MODEL, version)
+    assert registered.source == str(folder.resolve()) == registered.tags["folder"]
+    assert registered.description == "recall chain: merge after step t"
+    assert resolve_model(f"models:/{tracking.REGISTERED_MODEL}/{version}") == folder.resolve()
+    assert [p for p in store.rglob("*.safetensors") if folder not in p.parents] == []  # no copy anywhere

@@ -34,6 +34,7 @@ BASE_STEP = "base"
 TRAINING_METHODS = {"sft": {}, "ewc": {"lambda": 1000.0, "samples": 64}}
 MERGE_SOURCES = ("given",)  # registry methods the pipeline can run: weights need no extra input
 EVAL_MODES = ("ppl", "gen")
+REGISTRY_MODES = ("copy", "reference")  # tracking.registry
 
 
 def limits_ok(limit: int | dict[str, int | None]) -> bool:
@@ -97,6 +98,10 @@ class RecallSection(RecallSettings):
 @dataclass(frozen=True)
 class TrackingSection(Settings):
     experiment: str = "recall"  # the MLflow experiment
+    # how a merged model enters MLflow's registry: copy (its weights into the artifact store, so it loads
+    # wherever the store is reachable) or reference (the version points at its DVC-tracked folder: no
+    # bytes copied, for long benchmarks)
+    registry: str = setting("copy", one_of(*REGISTRY_MODES, message=UNKNOWN))
 
 
 @dataclass(frozen=True)

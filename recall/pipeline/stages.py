@@ -435,7 +435,8 @@ def register_merge(params: Params, model: Path, data_tasks: list[str], dvc_stage
         "git_commit": tracking.git_commit(params.root),
         "dvc_stage": dvc_stage,
     }
-    version = tracking.register_model(model, tags, description)
+    copy = params.sections.tracking.registry == "copy"
+    version = tracking.register_model(model, tags, description, copy=copy)
     log.info("registered %s version %s", tracking.REGISTERED_MODEL, version)
 
 
