@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from recall.errors import RecallError
 from recall.training.finetune import FinetuneConfig, checkpoint_folder, finetune
@@ -114,6 +115,27 @@ def test_a_checkpoint_of_other_settings_is_ignored(work, base, data, monkeypatch
     assert "ignoring stale checkpoint" in caplog.text and "resuming" not in caplog.text
     assert not checkpoint_folder(out).exists()
     assert_same_weights(out, finetune(base, "gen_sentiment", work / "stale-reference", data, config))
+
+
+def test_a_checkpoint_follows_the_bases_bytes_not_its_file_times(work, base, data, monkeypatch, caplog):
+    """`dvc checkout` restores a base with new file times and the same bytes: the run resumes. A base
+    with other bytes at the same path (a rerun upstream stage) starts over."""
+    own = Path(shutil.copytree(base, work / "own-base"))
+    config = FinetuneConfig(max_steps=8, checkpoint_every=5, **SETTINGS)
+    caplog.set_level(logging.INFO, logger="recall.training.finetune")
+    crash_before_writing(monkeypatch, work / "touched", config, own, data)
+    for f in own.iterdir():
+        later = f.stat().st_mtime_ns + 10**12
+        os.utime(f, ns=(later, later))
+    finetune(own, "gen_sentiment", work / "touched", data, config)
+    assert "resuming gen_sentiment from step 5 of 8" in caplog.text
+
+    caplog.clear()
+    crash_before_writing(monkeypatch, work / "changed", config, own, data)
+    weights = load_file(own / "model.safetensors")
+    save_file({k: v + 1e-3 for k, v in weights.items()}, own / "model.safetensors")  # same size, other bytes
+    finetune(own, "gen_sentiment", work / "changed", data, config)
+    assert "ignoring stale checkpoint" in caplog.text and "resuming" not in caplog.text
 
 
 def test_checkpoint_every_does_not_change_the_run(work, base, data, monkeypatch, caplog):

@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from recall.atomic import atomic_dir, atomic_path, check_output, write_json
 from recall.data import IGNORE_INDEX, Encoded, Record, encode, read_records, rendering
 from recall.errors import RecallError
+from recall.hashing import sha256_file, sha256_tree
 from recall.models import ModelInfo, default_dtype, describe, load_causal_lm, load_tokenizer, saveable
 from recall.settings import FRACTION, POSITIVE, Settings, at_least, one_of, setting
 from recall.tasks import Example, get_task
@@ -275,18 +276,16 @@ def run_fingerprint(
     encoded: list[Encoded],
     processes: int = 1,
 ) -> str:
-    """What a checkpoint must match to be resumed: the base (resolved path, and its files' sizes and
-    times, which a rerun upstream stage changes), the task, the tokenised examples, every setting
-    but `checkpoint_every`, which does not change the result, and (when more than one) the number of
-    data-parallel processes, whose RNG states it holds."""
+    """What a checkpoint must match to be resumed: the base (resolved path and content hash: a rerun
+    upstream stage that changes its bytes starts the fine-tune over, a `dvc checkout` that restores
+    the same bytes with new file times does not), the task, the tokenised examples, every setting but
+    `checkpoint_every`, which does not change the result, and (when more than one) the number of
+    data-parallel processes, whose RNG states it holds. Hashing costs ~1 s per GB, once per run."""
     settings = dataclasses.asdict(config)
     del settings["checkpoint_every"]
-    stamps = {}
-    for path in [info.path] + ([info.base.path] if info.base else []):
-        files = [path] if path.is_file() else sorted(f for f in path.iterdir() if f.is_file())
-        stamps[str(path.resolve())] = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    paths = [info.path] + ([info.base.path] if info.base else [])
     described = {
-        "base": stamps,
+        "base": {str(p.resolve()): sha256_file(p) if p.is_file() else sha256_tree(p) for p in paths},
         "task": task,
         "data_dir": str(data_dir.resolve()) if data_dir else None,
         "config": settings,
