@@ -4,18 +4,23 @@ A benchmark is a params file run through the pipeline users run (`bash benchmark
 sequential|multi`); its report stage writes <scenario>/metrics.json with every method's scores,
 95% paired-bootstrap intervals and differences. This script only gathers them:
 
-    .venv/bin/python benchmarks/quality.py
+    .venv/bin/python benchmarks/quality.py [RUN...]
 
-writes benchmarks/results/quality.json (per scenario: the run's commit and params, `n_test`, and per
-method `avg`, `avg_ci95`, `diff_vs_sft`, `unseen_avg` in single, `bwt` and `bwt_ci95` in sequential),
-quality.md (one summary table per scenario) and quality_report/<scenario>/ (the run's full report).
+RUN is a benchmarks/paper/<scenario> folder of the checkout that ran it (default: each of this
+checkout's that holds a metrics.json), so a benchmark run in another checkout is collected with that
+checkout's commit. Writes benchmarks/results/quality.json (per scenario: the run's commit, checkout
+and params, `n_test`, and per method `avg`, `avg_ci95`, `diff_vs_sft`, `unseen_avg` in single, `bwt`
+and `bwt_ci95` in sequential), quality.md (one summary table per scenario) and
+quality_report/<scenario>/ (the run's full report, with the params.yaml and dvc.lock it ran with).
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -64,11 +69,16 @@ def scenario_results(folder: Path) -> dict:
 
 
 def provenance(folder: Path) -> dict:
+    params = folder / "params.yaml"
+    edited = subprocess.run(["git", "-C", str(folder), "diff", "--quiet", "HEAD", "--", "params.yaml"]).returncode
     lock = folder / "dvc.lock"
     return {
-        "params": str((folder / "params.yaml").relative_to(ROOT)),
+        "checkout": str(folder.parents[2]),
+        "params": f"benchmarks/paper/{folder.name}/params.yaml",
+        "params_sha256": hashlib.sha256(params.read_bytes()).hexdigest(),
+        "params_edited": edited != 0,  # differs from the commit's: its copy is in quality_report/
         "command": f"bash benchmarks/paper/run.sh {folder.name}",
-        "commit": git_commit(ROOT),
+        "commit": git_commit(folder),
         "dvc_lock_sha256": hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else None,
     }
 
@@ -103,7 +113,9 @@ def markdown(results: dict) -> str:
         lines += [
             f"## {scenario}",
             "",
-            f"`{run['command']}` at commit {run['commit'][:10]}; n per task: "
+            f"`{run['command']}` at commit {run['commit'][:10]}"
+            + (" with its params.yaml edited (the copy beside the report)" if run["params_edited"] else "")
+            + "; n per task: "
             + ", ".join(f"{t} {n}" for t, n in data["n_test"].items()),
             "",
         ]
@@ -124,21 +136,33 @@ def markdown(results: dict) -> str:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "runs", nargs="*", type=Path, help="benchmarks/paper/<scenario> folders (default: this checkout's)"
+    )
+    args = parser.parse_args()
+    folders = [p.resolve() for p in args.runs] or sorted(p for p in PAPER.iterdir() if (p / "metrics.json").is_file())
+    if not folders:
+        print("no benchmarks/paper/<scenario>/metrics.json yet: run bash benchmarks/paper/run.sh <scenario>")
+        return 2
+    for folder in folders:
+        if not (folder / "metrics.json").is_file():
+            print(f"{folder} has no metrics.json: its run has not reached the report stage")
+            return 2
     runs, scenarios = {}, {}
-    for folder in sorted(p for p in PAPER.iterdir() if (p / "metrics.json").is_file()):
+    for folder in folders:
         runs[folder.name] = provenance(folder)
         for scenario, data in scenario_results(folder).items():
             scenarios[scenario] = {"run": folder.name, **data}
         report = RESULTS / "quality_report" / folder.name
         shutil.rmtree(report, ignore_errors=True)
         shutil.copytree(folder / "reports", report)
-    if not runs:
-        print("no benchmarks/paper/<scenario>/metrics.json yet: run bash benchmarks/paper/run.sh <scenario>")
-        return 2
+        for record in ("params.yaml", "dvc.lock"):
+            shutil.copy2(folder / record, report / record)
     results = {"collected_by": command_line(), "runs": runs, "scenarios": scenarios}
     (RESULTS / "quality.json").write_text(json.dumps(results, indent=1) + "\n")
     (RESULTS / "quality.md").write_text(markdown(results))
-    print(f"wrote {RESULTS / 'quality.json'} and quality.md from {', '.join(runs)}")
+    print(f"wrote {RESULTS / 'quality.json'} and quality.md from {', '.join(str(f) for f in folders)}")
     return 0
 
 
