@@ -69,8 +69,9 @@ def benchmark_settings(params: Params) -> dict[str, str]:
     return {k: str(v) for k, v in {**named, "normalize-states": r.normalize}.items()}
 
 
-def merge(name: str, chain: Path, out: Path) -> Path:
+def merge(name: str, params: Params, out: Path) -> Path:
     """The variant's merged model in `out` (the MedMCQA fine-tune itself for "no merge")."""
+    chain = params.root
     step = chain / "data" / "chains" / "recall" / STEP
     models = [str(chain / "data" / "chains" / "recall" / PREVIOUS / "model"), str(step / "sft")]
     if name == "no merge":
@@ -78,7 +79,6 @@ def merge(name: str, chain: Path, out: Path) -> Path:
     if name == "average":
         run("merge", "--method", "average", "--models", *models, "--out", str(out), "--overwrite")
         return out
-    params = load_params(chain / "params.yaml")
     settings, r = {**benchmark_settings(params), **VARIANTS[name]}, params.sections.recall
     options = [f"--{k}={v}" for k, v in settings.items()]
     probe = ["--data", str(step / "probe.jsonl"), "--max-length", str(r.max_length), "--batch-size", str(r.batch_size)]
@@ -87,13 +87,13 @@ def merge(name: str, chain: Path, out: Path) -> Path:
     return out
 
 
-def evaluate(model: Path, chain: Path, folder: Path) -> None:
+def evaluate(model: Path, params: Params, folder: Path) -> None:
     """Scores on the tasks learned so far, at the chain's evaluate.limit per task (label tasks by likelihood)."""
-    limits = load_params(chain / "params.yaml").eval_limits()
+    limits = params.eval_limits()
     for tasks in (["sst2", "medmcqa"], ["squad_v2"]):  # one `recall evaluate` per limit
         out = folder / ("eval_" + "_".join(tasks))
         if not (out / "metrics.json").is_file():
-            limit, data = str(limits[tasks[0]]), str(chain / "data" / "tasks")
+            limit, data = str(limits[tasks[0]]), str(params.data_dir)
             options = ["--limit", limit, "--data-dir", data, "--out", str(out), "--overwrite", "--threads", "1"]
             run("evaluate", "--model", str(model), "--tasks", ",".join(tasks), *options)
 
@@ -110,16 +110,16 @@ def new_weight(folder: Path) -> float | None:
     return float(np.mean(np.array(json.loads(path.read_text())["layers"])[:, -1])) if path.is_file() else None
 
 
-def produce(name: str, chain: Path, folder: Path) -> float:
+def produce(name: str, params: Params, folder: Path) -> float:
     """Merge and score one variant unless done; the seconds it took."""
     if all((folder / f"eval_{t}" / "metrics.json").is_file() for t in ("sst2_medmcqa", "squad_v2")):
         return 0.0
     start = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
-    model = merge(name, chain, folder / "model")
+    model = merge(name, params, folder / "model")
     if (model / "merge_weights.json").is_file():
         shutil.copyfile(model / "merge_weights.json", folder / "merge_weights.json")
-    evaluate(model, chain, folder)
+    evaluate(model, params, folder)
     if model == folder / "model":
         shutil.rmtree(model)
     return time.perf_counter() - start
@@ -195,14 +195,15 @@ def main() -> None:
         sys.exit(f"{pipeline} is missing: run RECALL's chain first (bash benchmarks/paper/run.sh sequential)")
     names = [*VARIANTS, *REFERENCES]
     folders = {n: args.work / n.replace(" ", "_").replace("=", "-") for n in names}
-    seconds = {n: round(produce(n, chain, folders[n]), 1) for n in names}
+    params = load_params(chain / "params.yaml")
+    seconds = {n: round(produce(n, params, folders[n]), 1) for n in names}
     weights = np.array(json.loads(pipeline.read_text())["layers"])
     result = {
         "command": command_line(),
         "commit": git_commit(),
         "chain": str(chain),
         "seconds": seconds,
-        **summarise(names, folders, weights, benchmark_settings(load_params(chain / "params.yaml"))),
+        **summarise(names, folders, weights, benchmark_settings(params)),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "ablation.json").write_text(json.dumps(result, indent=2) + "\n")
