@@ -31,6 +31,7 @@ from typing import Any
 
 from recall.atomic import atomic_file
 from recall.data import chat_prompt
+from recall.hashing import sha256_tree
 from recall.tasks.base import Example
 
 # Longest reply worth generating per task format: room for a short chat lead-in before a label or
@@ -136,17 +137,14 @@ def dataset_specs(
 
 
 def model_abbr(model: Path, backend: str = "hf") -> str:
-    """Folder name + hash of every file's name, size and modification time (+ the backend, but hf's).
+    """Folder name + hash of every file's name and bytes (+ the backend, but hf's).
 
-    A retrained or re-merged model (rewritten files) therefore gets a new name and never inherits
-    the predictions OpenCompass cached for an earlier variant in the same work dir; nor does one
-    backend reuse another's.
+    A retrained or re-merged model (new bytes) therefore gets a new name and never inherits the
+    predictions OpenCompass cached for an earlier variant in the same work dir; nor does one backend
+    reuse another's. Bytes, not file times: a `dvc checkout` that restores the same model keeps its
+    name, so an interrupted evaluation resumes (hashing costs ~1 s per GB, once per evaluation).
     """
-    digest = hashlib.sha256()
-    for file in sorted(p for p in model.rglob("*") if p.is_file()):
-        stat = file.stat()
-        digest.update(f"{file.relative_to(model)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return f"{model.name}-{digest.hexdigest()[:8]}" + ("" if backend == "hf" else f"-{backend}")
+    return f"{model.name}-{sha256_tree(model)[:8]}" + ("" if backend == "hf" else f"-{backend}")
 
 
 def dataset_config(spec: DatasetSpec) -> dict:
