@@ -131,8 +131,22 @@ def markdown(results: dict) -> str:
                 *[difference(m.get("diff_vs_sft", {}).get(s)) for s in stats],
             ]
             lines.append("| " + " | ".join(row) + " |")
-        lines.append("")
+        lines += ["", *verdict(data["methods"].get("recall"), stats)]
     return "\n".join(lines)
+
+
+def verdict(recall: dict | None, stats: list[str]) -> list[str]:
+    """RECALL against SeqFT and against the best other method, read off the intervals."""
+    if not recall:
+        return []
+
+    def against(key: str) -> str:
+        return "; ".join(f"{s} {difference(recall.get(key, {}).get(s))}" for s in stats)
+
+    lines = [f"RECALL minus sft: {against('diff_vs_sft')}."]
+    if recall.get("best_other"):
+        lines[0] += f" RECALL minus the best other method ({recall['best_other']}): {against('diff_vs_best_other')}."
+    return [*lines, ""]
 
 
 def main() -> int:
