@@ -27,6 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line, git_commit  # noqa: E402
 
+from recall.atomic import MARKER  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "benchmarks" / "paper"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -170,7 +172,7 @@ def main() -> int:
             scenarios[scenario] = {"run": folder.name, **data}
         report = RESULTS / "quality_report" / folder.name
         shutil.rmtree(report, ignore_errors=True)
-        shutil.copytree(folder / "reports", report)
+        shutil.copytree(folder / "reports", report, ignore=shutil.ignore_patterns(MARKER))  # not a recall output here
         for record in ("params.yaml", "dvc.lock"):
             shutil.copy2(folder / record, report / record)
     results = {"collected_by": command_line(), "runs": runs, "scenarios": scenarios}
