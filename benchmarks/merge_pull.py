@@ -38,16 +38,15 @@ RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 def pull(prev: Path, new: Path, merged: Path) -> dict[str, float]:
     p, n, m = (load_file(folder / "model.safetensors") for folder in (prev, new, merged))
-    along = change = off = 0.0
+    along = change = moved_sq = 0.0  # one pass: |moved - c d|^2 = |moved|^2 - 2 c <moved, d> + c^2 |d|^2
     for name, tensor in n.items():
         d = (tensor - p[name]).double()
         moved = (m[name] - p[name]).double()
         along += float((moved * d).sum())
         change += float((d * d).sum())
+        moved_sq += float((moved * moved).sum())
     coefficient = along / change
-    for name, tensor in n.items():
-        d = (tensor - p[name]).double()
-        off += float(((m[name] - p[name]).double() - coefficient * d).pow(2).sum())
+    off = max(moved_sq - 2 * coefficient * along + coefficient**2 * change, 0.0)  # rounding can dip below 0
     return {"pull": round(coefficient, 4), "off_line": round((off / change) ** 0.5, 4)}
 
 
@@ -82,9 +81,13 @@ def main() -> None:
     run = next(iter(chains.values())).parents[2]
     steps = [s["task"] for s in yaml.safe_load((run / "params.yaml").read_text())["sequence"]]
     pulls = {name: p for name, chain in chains.items() if (p := chain_pulls(name, chain, steps))}
-    result = {"command": command_line(), "commit": git_commit(), "chains": {n: str(c) for n, c in chains.items()}}
-    result["steps"] = steps
-    result["pull"] = pulls
+    result = {
+        "command": command_line(),
+        "commit": git_commit(),
+        "chains": {n: str(c) for n, c in chains.items()},
+        "steps": steps,
+        "pull": pulls,
+    }
     (RESULTS / "merge_pull.json").write_text(json.dumps(result, indent=2) + "\n")
     rows = [
         f"| {name} | " + " | ".join(f"{p[s]['pull']:.2f} ({p[s]['off_line']:.2f})" for s in steps) + " |"

@@ -145,10 +145,10 @@ def verdict(recall: dict | None, stats: list[str]) -> list[str]:
     def against(key: str) -> str:
         return "; ".join(f"{s} {difference(recall.get(key, {}).get(s))}" for s in stats)
 
-    lines = [f"RECALL minus sft: {against('diff_vs_sft')}."]
+    line = f"RECALL minus sft: {against('diff_vs_sft')}."
     if recall.get("best_other"):
-        lines[0] += f" RECALL minus the best other method ({recall['best_other']}): {against('diff_vs_best_other')}."
-    return [*lines, ""]
+        line += f" RECALL minus the best other method ({recall['best_other']}): {against('diff_vs_best_other')}."
+    return [line, ""]
 
 
 def main() -> int:
