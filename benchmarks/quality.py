@@ -1,7 +1,7 @@
 """Quality benchmark results, collected from the pipeline runs of benchmarks/paper/<scenario>/.
 
 A benchmark is a params file run through the pipeline users run (`bash benchmarks/paper/run.sh
-sequential|multi`); its report stage writes <scenario>/metrics.json with every method's scores,
+sequential|single|multi`); its report stage writes <scenario>/metrics.json with every method's scores,
 95% paired-bootstrap intervals and differences. This script only gathers them:
 
     .venv/bin/python benchmarks/quality.py [RUN...]
@@ -32,7 +32,7 @@ from recall.atomic import MARKER  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "benchmarks" / "paper"
 RESULTS = ROOT / "benchmarks" / "results"
-SECTIONS = ("sequential", "single", "multi")  # of the report's metrics.json; a multi run also holds single
+SECTIONS = ("sequential", "single", "multi")  # of the report's metrics.json
 STATS = (
     "avg",
     "avg_ci95",
@@ -47,12 +47,13 @@ STATS = (
 
 
 def method_row(section: str, key: str) -> str | None:
-    """The method a report row stands for: in single, its average over the experts ("All Average/<m>")."""
+    """The method a report row stands for: in single, its average over the experts ("All Average/<m>");
+    in multi, "<setting>/<m>" (the setting is the run's `multi.with_base`)."""
     if key == "n_test":
         return None
     if section == "single":
         return key.split("/", 1)[1] if key.startswith("All Average/") else None
-    return key
+    return key.rsplit("/", 1)[-1]
 
 
 def scenario_results(folder: Path) -> dict:
@@ -124,14 +125,16 @@ def markdown(results: dict) -> str:
         stats = (
             ["avg", "unseen_avg"] if scenario == "single" else ["avg", "bwt"] if scenario == "sequential" else ["avg"]
         )
-        header = ["Method", *stats, *[f"Δ {s} vs sft" for s in stats]]
+        versus = "sft" if any("diff_vs_sft" in m for m in data["methods"].values()) else "best_other"
+        header = ["Method", *stats, *[f"Δ {s} vs {versus.replace('_', ' ')}" for s in stats]]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for method, m in data["methods"].items():
             row = [
                 method,
                 *[cell(m.get(s), m.get(f"{s}_ci95")) for s in stats],
-                *[difference(m.get("diff_vs_sft", {}).get(s)) for s in stats],
+                *[difference(m.get(f"diff_vs_{versus}", {}).get(s)) for s in stats],
             ]
+            row[-1] += f" ({m['best_other']})" if versus == "best_other" and m.get("best_other") else ""
             lines.append("| " + " | ".join(row) + " |")
         lines += ["", *verdict(data["methods"].get("recall"), stats)]
     return "\n".join(lines)
@@ -145,10 +148,10 @@ def verdict(recall: dict | None, stats: list[str]) -> list[str]:
     def against(key: str) -> str:
         return "; ".join(f"{s} {difference(recall.get(key, {}).get(s))}" for s in stats)
 
-    line = f"RECALL minus sft: {against('diff_vs_sft')}."
+    line = f"RECALL minus sft: {against('diff_vs_sft')}." if "diff_vs_sft" in recall else ""
     if recall.get("best_other"):
         line += f" RECALL minus the best other method ({recall['best_other']}): {against('diff_vs_best_other')}."
-    return [line, ""]
+    return [line.strip(), ""]
 
 
 def main() -> int:

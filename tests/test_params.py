@@ -12,7 +12,10 @@ from recall.pipeline.params import load_params
 from recall.settings import Rule, Settings, at_least, setting
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ["params.yaml", "benchmarks/paper/sequential/params.yaml", "benchmarks/paper/multi/params.yaml"]
+SHIPPED = [
+    "params.yaml",
+    *(f"benchmarks/paper/{s}/params.yaml" for s in ("sequential", "single", "multi")),
+]
 
 
 def write(tmp_path: Path, change=None) -> Path:

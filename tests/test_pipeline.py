@@ -67,6 +67,7 @@ def write_params(folder: Path, params: dict) -> Path:
             ),
             "needs scenario: sequential",
         ),
+        (dict(scenario="multi", sequence=[{"task": "gen_sentiment", "after": "base"}]), "method sft makes no merged"),
         (dict(baselines=["average"]), "`baselines` became `methods`"),
         (dict(evaluate={"limit": 2, "batch_size": 2, "mode": {"mcq": "vote"}}), "evaluate.mode"),
     ],
@@ -102,7 +103,13 @@ def test_evaluate_tasks_picks_what_each_step_scores(tmp_path, which, middle):
 
 
 @pytest.mark.parametrize(
-    "params", ["params.yaml", "benchmarks/paper/sequential/params.yaml", "benchmarks/paper/multi/params.yaml"]
+    "params",
+    [
+        "params.yaml",
+        "benchmarks/paper/sequential/params.yaml",
+        "benchmarks/paper/single/params.yaml",
+        "benchmarks/paper/multi/params.yaml",
+    ],
 )
 def test_shipped_params_are_valid_and_their_dvc_yaml_is_current(params):
     assert [s.task for s in load_params(ROOT / params).steps]
@@ -137,6 +144,20 @@ def test_each_method_is_its_own_chain(tmp_path):
     readers = {n for n, s in dag.items() if any(p.startswith("recall") for p in s.params)}
     assert readers == {f"{stage}-{t}" for stage in ("features", "typical", "similarity", "merge-recall") for t in tasks}
     assert "finetune-sft-gen_sentiment" not in dag and "finetune-gen_sentiment" in dag
+
+
+def test_the_multi_scenario_runs_the_experts_and_their_merges_at_once_only(tmp_path):
+    """Table 2 needs no per-expert merge or evaluation (table 1, scenario single, has them)."""
+    from recall.pipeline import plan, stages
+
+    sequence = [{"task": t, "after": "base"} for t in ("gen_sentiment", "gen_knowledge")]
+    params = tiny_params(scenario="multi", sequence=sequence, methods={"recall": {}, "average": {}})
+    loaded = load_params(write_params(tmp_path, params))
+    dag = {s.name: s for s in plan.plan(loaded)}
+    per_task = [f"{stage}-{t['task']}" for t in sequence for stage in ("finetune", "features", "typical")]
+    assert list(dag) == ["base", "data", *per_task, "multi-recall", "multi-average", "report"]
+    assert dag["report"].deps == [stages.multi_dir(loaded, m) for m in ("recall", "average")]
+    assert set(stages.report_spec(loaded, tmp_path / "data")) == {"tasks", "multi"}
 
 
 def test_a_stale_dvc_yaml_is_refused(tmp_path):

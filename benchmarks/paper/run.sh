@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # One paper benchmark scenario through the pipeline users run (a benchmark is a params file):
-#     bash benchmarks/paper/run.sh sequential|multi [STAGE GLOB...]
+#     bash benchmarks/paper/run.sh sequential|single|multi [STAGE GLOB...]
 # With globs, only those stages and what they need, e.g. one chain first:
 #     bash benchmarks/paper/run.sh sequential 'evaluate-sft-*'
 # Resumable: a rerun takes every finished stage from DVC's cache. Then benchmarks/quality.py collects
 # every scenario's metrics.json into benchmarks/results/quality.{json,md}.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-scenario=${1:?usage: bash benchmarks/paper/run.sh sequential|multi [STAGE GLOB...]}
+scenario=${1:?usage: bash benchmarks/paper/run.sh sequential|single|multi [STAGE GLOB...]}
 shift
 folder=benchmarks/paper/$scenario
 [ -f "$folder/params.yaml" ] || { echo "no $folder/params.yaml; scenarios: $(ls benchmarks/paper | grep -v run.sh | tr '\n' ' ')" >&2; exit 2; }

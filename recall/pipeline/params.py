@@ -327,3 +327,10 @@ def validate_methods(params: Params) -> None:
                 "method ewc anchors a fine-tune to the previous task's model, so it needs "
                 "scenario: sequential; drop it from methods for a single or multi run"
             )
+    trained = [m for m in params.methods if m in TRAINING_METHODS]
+    if trained and params.sections.scenario == "multi":
+        raise RecallError(
+            f"method {', '.join(trained)} makes no merged model, and the multi scenario compares merges of "
+            "every expert at once (table 2); drop it from methods, or compare each expert with its merges "
+            "in scenario: single (table 1)"
+        )

@@ -108,6 +108,9 @@ def plan(params: Params) -> list[Stage]:
                     outs=[S.new_model(params, "sft", t)],
                 )
             )
+        if params.sections.scenario == "multi":  # table 2 merges the experts at once: no merge per step
+            out += recall_inputs(params, t) if "recall" in params.methods else []
+            continue
         for m in params.methods:
             new, start = S.new_model(params, m, t), S.start_model(params, m, t)
             if not S.shared_expert(params, t):
@@ -171,7 +174,7 @@ def plan(params: Params) -> list[Stage]:
                 )
             )
     reads = [p for s in out if s.stage in ("evaluate", "multi") for p in s.outs]
-    if "recall" in params.methods:
+    if "recall" in params.methods and params.sections.scenario != "multi":
         reads += [S.recall_dir(params, t) / "similarity.json" for t in tasks]
         reads += [S.chain_dir(params, "recall", t) / "model" for t in tasks]
     out.append(
@@ -180,19 +183,15 @@ def plan(params: Params) -> list[Stage]:
     return out
 
 
-def recall_stages(params: Params, task: str) -> list[Stage]:
-    """RECALL's weight inputs (features, typical samples, similarity) and, in a chain, its merge."""
-    folder, new, start = (
-        S.recall_dir(params, task),
-        S.new_model(params, "recall", task),
-        S.start_model(params, "recall", task),
-    )
-    stages = [
+def recall_inputs(params: Params, task: str) -> list[Stage]:
+    """What RECALL needs of a task's new model in any scenario: its features and typical samples."""
+    folder = S.recall_dir(params, task)
+    return [
         Stage(
             stage_name("features", task),
             "features",
             task,
-            deps=[params.data_dir / task, new],
+            deps=[params.data_dir / task, S.new_model(params, "recall", task)],
             params=section_keys(params, "recall", "samples", "batch_size", "max_length"),
             outs=[folder / "probe.jsonl", folder / "features.npy"],
         ),
@@ -204,6 +203,18 @@ def recall_stages(params: Params, task: str) -> list[Stage]:
             params=section_keys(params, "recall", "typical", "seed"),
             outs=[folder / "typical.json"],
         ),
+    ]
+
+
+def recall_stages(params: Params, task: str) -> list[Stage]:
+    """RECALL's step in a chain: its inputs, the similarities to the step's start model, the merge."""
+    folder, new, start = (
+        S.recall_dir(params, task),
+        S.new_model(params, "recall", task),
+        S.start_model(params, "recall", task),
+    )
+    return [
+        *recall_inputs(params, task),
         Stage(
             stage_name("similarity", task),
             "similarity",
@@ -222,7 +233,6 @@ def recall_stages(params: Params, task: str) -> list[Stage]:
             outs=[S.chain_dir(params, "recall", task) / "model"],
         ),
     ]
-    return stages
 
 
 def render(params: Params) -> str:

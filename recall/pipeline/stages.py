@@ -2,14 +2,16 @@
 
 Every compared method (params.yaml `methods`) is its own chain. In the sequential scenario a
 method's step fine-tunes *its own* previous model and merges with *its own* method; in the single
-and multi scenarios every method starts from experts fine-tuned once from the base.
+scenario every method merges each expert (fine-tuned once from the base) with the base (table 1); the
+multi scenario merges every expert at once (table 2).
 
 Layout (every folder and file written atomically):
 
     data/tasks/<task>/{train,test}.jsonl          data stage
     data/base/model/                              base stage
     data/experts/<task>/                          the base fine-tuned on <task>, shared by every chain
-                                                  (each step of single/multi, a sequence's first step)
+                                                  (each step of single/multi, a sequence's first step;
+                                                  runs of one project share them through DVC's cache)
     data/chains/<method>/<task>/sft/              sequential: the method's previous model fine-tuned on <task>
     data/chains/recall/<task>/probe.jsonl, features.npy, typical.json, similarity.json   RECALL's inputs
     data/chains/<method>/<task>/model/            merge: the previous model and the new one, by <method>
@@ -330,10 +332,17 @@ def evaluate_model(params: Params, model: Path, out: Path, names: list[str] | No
 def report_spec(params: Params, spec_dir: Path) -> dict:
     """The spec `recall report` reads for this run's artifacts (paths relative to the spec's folder)."""
     rel = lambda p: os.path.relpath(p, spec_dir)  # noqa: E731
+    spec: dict = {"tasks": tasks(params)}
+    if params.sections.scenario == "multi":
+        setting = "with base model" if params.with_base else "without base model"
+        spec["multi"] = [
+            {"setting": setting, "method": m, "metrics": rel(multi_dir(params, m) / "eval" / "metrics.json")}
+            for m in params.merge_methods
+        ]
+        return spec  # RECALL's weights there: data/multi/recall/model/merge_weights.json
     evals = {
         m: {t: rel(chain_dir(params, m, t) / "eval" / "metrics.json") for t in tasks(params)} for m in params.methods
     }
-    spec: dict = {"tasks": tasks(params)}
     if params.sequential:
         spec["sequential"] = [
             {"method": m, "steps": [{"task": t, "metrics": evals[m][t]} for t in tasks(params)]} for m in params.methods
@@ -341,12 +350,6 @@ def report_spec(params: Params, spec_dir: Path) -> dict:
     else:
         spec["single"] = [
             {"finetuned_on": t, "method": m, "metrics": evals[m][t]} for t in tasks(params) for m in params.methods
-        ]
-    if params.sections.scenario == "multi":
-        setting = "with base model" if params.with_base else "without base model"
-        spec["multi"] = [
-            {"setting": setting, "method": m, "metrics": rel(multi_dir(params, m) / "eval" / "metrics.json")}
-            for m in params.merge_methods
         ]
     if "recall" in params.methods:
         spec["merge_weights"] = [
