@@ -8,7 +8,8 @@ sequential|single|multi`); its report stage writes <scenario>/metrics.json with 
 
 RUN is a benchmarks/paper/<scenario> folder of the checkout that ran it (default: each of this
 checkout's that holds a metrics.json), so a benchmark run in another checkout is collected with that
-checkout's commit. Writes benchmarks/results/quality.json (per scenario: the run's commit, checkout
+checkout's commit; scenarios collected earlier from other runs are kept. Writes
+benchmarks/results/quality.json (per scenario: the run's commit, checkout
 and params, `n_test`, and per method `avg`, `avg_ci95`, `diff_vs_sft`, `unseen_avg` in single, `bwt`
 and `bwt_ci95` in sequential), quality.md (one summary table per scenario) and
 quality_report/<scenario>/ (the run's full report, with the params.yaml and dvc.lock it ran with).
@@ -32,6 +33,7 @@ from recall.atomic import MARKER  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "benchmarks" / "paper"
 RESULTS = ROOT / "benchmarks" / "results"
+QUALITY = RESULTS / "quality.json"
 SECTIONS = ("sequential", "single", "multi")  # of the report's metrics.json
 STATS = (
     "avg",
@@ -168,9 +170,12 @@ def main() -> int:
         if not (folder / "metrics.json").is_file():
             print(f"{folder} has no metrics.json: its run has not reached the report stage")
             return 2
-    runs, scenarios = {}, {}
+    # Scenarios run elsewhere stay as collected (each names its run); the given runs replace their own.
+    kept = json.loads(QUALITY.read_text()) if QUALITY.is_file() else {"runs": {}, "scenarios": {}}
+    runs = {name: run for name, run in kept["runs"].items() if name not in {f.name for f in folders}}
+    scenarios = {s: data for s, data in kept["scenarios"].items() if data["run"] in runs}
     for folder in folders:
-        runs[folder.name] = provenance(folder)
+        runs[folder.name] = {**provenance(folder), "collected_by": command_line()}
         for scenario, data in scenario_results(folder).items():
             scenarios[scenario] = {"run": folder.name, **data}
         report = RESULTS / "quality_report" / folder.name
@@ -178,8 +183,8 @@ def main() -> int:
         shutil.copytree(folder / "reports", report, ignore=shutil.ignore_patterns(MARKER))  # not a recall output here
         for record in ("params.yaml", "dvc.lock"):
             shutil.copy2(folder / record, report / record)
-    results = {"collected_by": command_line(), "runs": runs, "scenarios": scenarios}
-    (RESULTS / "quality.json").write_text(json.dumps(results, indent=1) + "\n")
+    results = {"runs": runs, "scenarios": dict(sorted(scenarios.items(), key=lambda kv: SECTIONS.index(kv[0])))}
+    QUALITY.write_text(json.dumps(results, indent=1) + "\n")
     (RESULTS / "quality.md").write_text(markdown(results))
     print(f"wrote {RESULTS / 'quality.json'} and quality.md from {', '.join(str(f) for f in folders)}")
     return 0
