@@ -126,3 +126,10 @@ def test_the_registry_mode_copies_by_default_and_names_its_choices(tmp_path):
     assert load_params(write(tmp_path)).sections.tracking.registry == "copy"
     with pytest.raises(RecallError, match=r"unknown tracking.registry 'link'; choose one of copy, reference"):
         load_params(write(tmp_path, lambda p: p["tracking"].update(registry="link")))
+
+
+def test_a_repeated_key_is_refused_as_dvc_would(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params.yaml").read_text() + "\nscenario: multi\n")
+    with pytest.raises(RecallError, match=r"duplicate key 'scenario' \(DVC refuses the file; keep one\)"):
+        load_params(path)

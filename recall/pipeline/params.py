@@ -223,13 +223,28 @@ class Params:
         return hashlib.sha256(json.dumps(self.raw, sort_keys=True).encode()).hexdigest()[:12]
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of a repeated key; DVC (ruamel) refuses the file. Refuse it first."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (DVC refuses the file; keep one)", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """The params file at `path`, parsed and checked as a whole."""
     path = Path(path)
     if not path.is_file():
         raise RecallError(f"{path} not found; run from the project folder that holds params.yaml")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader)
     except yaml.YAMLError as err:
         raise RecallError(f"{path} is not valid YAML: {err}") from None
     return parse(raw or {}, path)
