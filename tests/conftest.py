@@ -16,7 +16,10 @@ from recall.testing import tiny_model  # noqa: E402
 # Tiny models' matmuls lose to thread synchronisation; on a busy 2-core machine by 5-20x.
 torch.set_num_threads(1)
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+# The params files the project ships (relative to ROOT), found so that a new scenario cannot be missed.
+SHIPPED_PARAMS = ["params.yaml", *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("benchmarks/paper/*/params.yaml"))]
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SHARED_DATA
 
 from recall.atomic import MARKER
 from recall.cli import main
@@ -34,7 +35,6 @@ from recall.testing import tiny_model, tiny_tokenizer
 
 TASKS = ["gen_sentiment", "gen_knowledge", "gen_squad"]  # likelihood (two label sets) and generation
 PAPER_TASKS = ["sst2", "squad_v2", "medmcqa", "race", "iwslt2017_en_fr"]
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(scope="module")

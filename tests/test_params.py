@@ -5,17 +5,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ROOT, SHIPPED_PARAMS
 
 from recall.cli import main
 from recall.errors import RecallError
 from recall.pipeline.params import load_params
 from recall.settings import Rule, Settings, at_least, setting
-
-ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = [
-    "params.yaml",
-    *(f"benchmarks/paper/{s}/params.yaml" for s in ("sequential", "single", "multi")),
-]
 
 
 def write(tmp_path: Path, change=None) -> Path:
@@ -81,7 +76,7 @@ def test_omitted_keys_take_the_sections_defaults(tmp_path):
 
 
 def test_params_check_accepts_the_shipped_params(capsys):
-    for path in SHIPPED:
+    for path in SHIPPED_PARAMS:
         assert main(["params", "check", str(ROOT / path)]) == 0
         assert capsys.readouterr().out.strip().endswith(tuple(yaml.safe_load((ROOT / path).read_text())["methods"]))
 

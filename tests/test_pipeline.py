@@ -14,12 +14,12 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
+from conftest import ROOT, SHIPPED_PARAMS
 
 from recall.errors import RecallError
 from recall.pipeline.params import load_params
 from recall.testing import tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 EXAMPLES = ROOT / "examples" / "tasks"
 
@@ -102,15 +102,7 @@ def test_evaluate_tasks_picks_what_each_step_scores(tmp_path, which, middle):
     assert params.eval_tasks("gen_knowledge") == list(names.values())  # the last step scores every task
 
 
-@pytest.mark.parametrize(
-    "params",
-    [
-        "params.yaml",
-        "benchmarks/paper/sequential/params.yaml",
-        "benchmarks/paper/single/params.yaml",
-        "benchmarks/paper/multi/params.yaml",
-    ],
-)
+@pytest.mark.parametrize("params", SHIPPED_PARAMS)
 def test_shipped_params_are_valid_and_their_dvc_yaml_is_current(params):
     assert [s.task for s in load_params(ROOT / params).steps]
     subprocess.run([BIN / "recall", "pipeline", params, "--check"], cwd=ROOT, check=True)

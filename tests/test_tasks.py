@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA
 
 from recall.cli import main
 from recall.data import read_records
@@ -19,7 +20,6 @@ from recall.tasks.scoring import (
     qa_match,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data (real dataset subsets) absent")
 
 PAPER_TASKS = ("sst2", "squad_v2", "medmcqa", "race", "iwslt2017_en_fr")
