@@ -147,7 +147,11 @@ def test_the_multi_scenario_runs_the_experts_and_their_merges_at_once_only(tmp_p
     loaded = load_params(write_params(tmp_path, params))
     dag = {s.name: s for s in plan.plan(loaded)}
     per_task = [f"{stage}-{t['task']}" for t in sequence for stage in ("finetune", "features", "typical")]
-    assert list(dag) == ["base", "data", *per_task, "multi-recall", "multi-average", "report"]
+    assert list(dag) == ["base", "data", *per_task, "similarity", "multi-recall", "multi-average", "report"]
+    # the similarities are their own stage: a new temperature reruns the merge, not 25 feature extractions
+    assert "recall.sigma" in dag["similarity"].params and "recall.temperature" not in dag["similarity"].params
+    assert "recall.temperature" in dag["multi-recall"].params and "recall.sigma" not in dag["multi-recall"].params
+    assert stages.multi_similarity_path(loaded) in dag["multi-recall"].deps
     assert dag["report"].deps == [stages.multi_dir(loaded, m) for m in ("recall", "average")]
     assert set(stages.report_spec(loaded, tmp_path / "data")) == {"tasks", "multi"}
 
@@ -369,6 +373,12 @@ def test_multi_scenario_merges_every_expert(tmp_path, monkeypatch):
     for task in ("gen_sentiment", "gen_knowledge"):
         for stage in (stages.finetune_step, stages.features, stages.typical):
             stage(loaded, task)
+    similarity = stages.run(loaded, "similarity")  # the multi scenario's: no step
+    record = json.loads(similarity.read_text())
+    json.dump({**record, "models": record["models"][::-1]}, similarity.open("w"))
+    with pytest.raises(RecallError, match="measured other models than this merge"):
+        stages.multi(loaded, "recall")
+    json.dump(record, similarity.open("w"))
     out = stages.multi(loaded, "recall")
 
     record = yaml.safe_load((out / "model" / "merge_weights.json").read_text())

@@ -8,7 +8,8 @@ of a setting reruns exactly the stages that read it. dvc.yaml records the key of
 written for; a stage refuses to run when params.yaml has another shape.
 
 Stage names: `<stage>-<method>-<task>` (e.g. `finetune-recall-gen_sentiment`), `<stage>-<task>` for
-RECALL's weight inputs and the shared experts, `multi-<method>`, then `base`, `data`, `report`.
+RECALL's weight inputs and the shared experts, `multi-<method>`, then `base`, `data`, `report`, and in
+the multi scenario `similarity` (every model against each expert).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from recall.pipeline import stages as S
 from recall.pipeline.params import TRAINING_METHODS, Params
 
 KEY_PREFIX = "# plan key: "
+SIMILARITY_KEYS = ("similarity", "sigma", "normalize", "batch_size", "max_length")  # what the similarities read
 
 
 @dataclass
@@ -154,13 +156,28 @@ def plan(params: Params) -> list[Stage]:
                 )
             )
     if params.sections.scenario == "multi":
+        if "recall" in params.methods:
+            out.append(
+                Stage(
+                    "similarity",
+                    "similarity",
+                    deps=[
+                        *map(Path, S.multi_models(params, "recall")),
+                        *(
+                            S.recall_dir(params, t) / f
+                            for t in tasks
+                            for f in ("probe.jsonl", "features.npy", "typical.json")
+                        ),
+                    ],
+                    params=["multi", *section_keys(params, "recall", *SIMILARITY_KEYS)],
+                    outs=[S.multi_similarity_path(params)],
+                )
+            )
         for m in params.merge_methods:
-            inputs = ([S.base_model(params)] if params.with_base else []) + [S.new_model(params, m, t) for t in tasks]
+            inputs = [*map(Path, S.multi_models(params, m))]
             if m == "recall":
-                inputs += [
-                    S.recall_dir(params, t) / f for t in tasks for f in ("probe.jsonl", "features.npy", "typical.json")
-                ]
-            setting = section_keys(params, "recall", *params.written("recall")) if m == "recall" else [f"methods.{m}"]
+                inputs.append(S.multi_similarity_path(params))
+            setting = section_keys(params, "recall", "temperature") if m == "recall" else [f"methods.{m}"]
             if m != "recall" and get_method(m).needs_base and not params.with_base:
                 inputs.append(S.base_model(params))
             out.append(
@@ -220,7 +237,7 @@ def recall_stages(params: Params, task: str) -> list[Stage]:
             "similarity",
             task,
             deps=[folder / "typical.json", folder / "probe.jsonl", folder / "features.npy", new, start],
-            params=section_keys(params, "recall", "similarity", "sigma", "normalize", "batch_size", "max_length"),
+            params=section_keys(params, "recall", *SIMILARITY_KEYS),
             outs=[folder / "similarity.json"],
         ),
         Stage(

@@ -16,6 +16,7 @@ Layout (every folder and file written atomically):
     data/chains/recall/<task>/probe.jsonl, features.npy, typical.json, similarity.json   RECALL's inputs
     data/chains/<method>/<task>/model/            merge: the previous model and the new one, by <method>
     data/chains/<method>/<task>/eval/             the model the step hands on, on every task
+    data/multi/similarity.json                    multi scenario: every model's similarity to each expert
     data/multi/<method>/{model,eval}/             multi scenario: every expert merged at once (table 2)
     reports/                                      report: tables, plots; metrics.json at the top
 
@@ -37,6 +38,7 @@ import numpy as np
 from recall import tracking
 from recall.atomic import atomic_dir, read_json, write_json
 from recall.base_model import pull_base
+from recall.errors import RecallError
 from recall.hashing import sha256_file, sha256_tree
 from recall.merge.engine import MergePlan, merge
 from recall.merge.methods import get_method, resolve_weights
@@ -102,6 +104,17 @@ def recall_dir(params: Params, task: str) -> Path:
 
 def multi_dir(params: Params, method: str) -> Path:
     return data_root(params) / "multi" / method
+
+
+def multi_similarity_path(params: Params) -> Path:
+    return data_root(params) / "multi" / "similarity.json"
+
+
+def multi_models(params: Params, method: str) -> list[str]:
+    """The models the multi scenario merges, in order: the base (with `multi.with_base`), then the experts."""
+    return ([str(base_model(params))] if params.with_base else []) + [
+        str(new_model(params, method, t)) for t in tasks(params)
+    ]
 
 
 def base(params: Params) -> Path:
@@ -186,19 +199,22 @@ def merge_inputs(params: Params, method: str, task: str) -> list[str]:
     return [str(start_model(params, method, task)), str(new_model(params, method, task))]
 
 
-def similarity(params: Params, task: str) -> Path:
-    folder, settings = recall_dir(params, task), params.sections.recall
-    inputs = merge_inputs(params, "recall", task)
+def typical_similarity(params: Params, infos: list, reference: int, task: str, workdir: Path):
+    """Every model's similarity per layer to infos[reference] on `task`'s typical samples: (the samples'
+    indices, the (layers x models) similarities, each layer's sigma)."""
+    folder = recall_dir(params, task)
     indices = read_json(folder / "typical.json")["indices"]
+    features = load_features(folder / "features.npy")
+    return indices, *similarity_and_sigmas(
+        infos, reference, folder / "probe.jsonl", features, indices, params.sections.recall, workdir
+    )
+
+
+def similarity(params: Params, task: str) -> Path:
+    settings, inputs = params.sections.recall, merge_inputs(params, "recall", task)
     with tempfile.TemporaryDirectory(prefix="recall-sim-") as tmp:
-        sim, sigmas = similarity_and_sigmas(
-            [describe(m) for m in inputs],
-            len(inputs) - 1,
-            folder / "probe.jsonl",
-            load_features(folder / "features.npy"),
-            indices,
-            settings,
-            Path(tmp),
+        indices, sim, sigmas = typical_similarity(
+            params, [describe(m) for m in inputs], len(inputs) - 1, task, Path(tmp)
         )
     record = {
         "metric": settings.similarity,
@@ -211,8 +227,38 @@ def similarity(params: Params, task: str) -> Path:
         "typical": indices,
         "layers": sim.tolist(),
     }
-    write_json(folder / "similarity.json", record)
-    return folder / "similarity.json"
+    write_json(recall_dir(params, task) / "similarity.json", record)
+    return recall_dir(params, task) / "similarity.json"
+
+
+def multi_similarity(params: Params) -> Path:
+    """Multi scenario: each expert is the reference on its own task's typical samples and measures every
+    model merged (DESIGN: no single new model). Its own stage, so a temperature reruns only the merge."""
+    settings, models = params.sections.recall, multi_models(params, "recall")
+    infos, references = [describe(m) for m in models], []
+    with tempfile.TemporaryDirectory(prefix="recall-multi-") as tmp:
+        for i, task in enumerate(tasks(params)):
+            ref = i + int(params.with_base)
+            indices, sim, sigmas = typical_similarity(params, infos, ref, task, Path(tmp))
+            references.append(
+                {
+                    "reference": models[ref],
+                    "data": str(recall_dir(params, task) / "probe.jsonl"),
+                    "typical": indices,
+                    "similarity": sim.tolist(),
+                    "sigmas": sigmas,
+                    "range": similarity_range(sim),
+                }
+            )
+    record = {
+        "metric": settings.similarity,
+        "sigma": settings.sigma,
+        "normalize": settings.normalize,
+        "models": models,
+        "references": references,
+    }
+    write_json(multi_similarity_path(params), record)
+    return multi_similarity_path(params)
 
 
 def merge_step(params: Params, task: str, method: str) -> Path:
@@ -262,10 +308,7 @@ def multi(params: Params, method: str) -> Path:
     uses each expert as a reference on its own task's typical samples and averages the weight rows
     (DESIGN: no single new model)."""
     out = multi_dir(params, method)
-    paths = ([str(base_model(params))] if params.with_base else []) + [
-        str(new_model(params, method, t)) for t in tasks(params)
-    ]
-    infos = [describe(p) for p in paths]
+    infos = [describe(p) for p in multi_models(params, method)]
     with atomic_dir(out) as tmp:
         if method == "recall":
             merge_multi_recall(params, infos, tmp / "model")
@@ -276,29 +319,18 @@ def multi(params: Params, method: str) -> Path:
 
 
 def merge_multi_recall(params: Params, infos: list, out: Path) -> Path:
-    settings, sims, references = params.sections.recall, [], []
-    with tempfile.TemporaryDirectory(prefix="recall-multi-") as tmp:
-        for i, task in enumerate(tasks(params)):
-            folder, ref = recall_dir(params, task), i + int(params.with_base)
-            indices = read_json(folder / "typical.json")["indices"]
-            sim, sigmas = similarity_and_sigmas(
-                infos, ref, folder / "probe.jsonl", load_features(folder / "features.npy"), indices, settings, Path(tmp)
-            )
-            sims.append(sim)
-            references.append(
-                {
-                    "reference": infos[ref].spec,
-                    "data": str(folder / "probe.jsonl"),
-                    "typical": indices,
-                    "similarity": sim.tolist(),
-                    "sigmas": sigmas,
-                }
-            )
+    record = read_json(multi_similarity_path(params))
+    if record["models"] != [i.spec for i in infos]:
+        raise RecallError(
+            f"{multi_similarity_path(params)} measured other models than this merge; "
+            "rerun its stage, `similarity` (dvc repro does)"
+        )
+    settings, sims = params.sections.recall, [np.array(r["similarity"]) for r in record["references"]]
     method = get_method("recall")
     weights = resolve_weights(method, infos, similarities=sims, temperature=settings.temperature)
     extra = {
         "settings": dataclasses.asdict(params.sections.recall),
-        "references": references,
+        "references": record["references"],
         "with_base": params.with_base,
         "chain": "recall",
     }
@@ -375,6 +407,8 @@ def run(params: Params, stage: str, task: str | None = None, method: str | None 
     """Run one stage; `task` and `method` as the stage takes them (see recall.pipeline.plan)."""
     if stage in ("base", "data", "report"):
         return STAGES[stage](params)
+    if stage == "similarity" and task is None:
+        return multi_similarity(params)
     if stage in ("features", "typical", "similarity"):
         return STAGES[stage](params, task)
     if stage == "multi":
