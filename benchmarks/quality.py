@@ -110,7 +110,8 @@ def markdown(results: dict) -> str:
         "",
         "Collected by `benchmarks/quality.py` from the pipeline runs of `benchmarks/paper/<scenario>/`; "
         "intervals are 95% paired-bootstrap intervals over test examples; * marks a difference whose "
-        "interval excludes 0, anything else is no difference. Analysis: quality_notes.md.",
+        "interval excludes 0, anything else is no difference. The verdict per scenario, why, and how each "
+        "run was made: [quality_notes.md](quality_notes.md).",
         "",
     ]
     for scenario, data in results["scenarios"].items():
