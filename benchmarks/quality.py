@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line, git_commit  # noqa: E402
 
 from recall.atomic import MARKER  # noqa: E402
+from recall.reporting.statistics import Interval  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "benchmarks" / "paper"
@@ -95,13 +96,8 @@ def cell(value, interval=None) -> str:
 
 
 def difference(triple) -> str:
-    if not triple:
-        return ""
-    low, estimate, high = triple
-    if low is None:
-        return f"{estimate:+.2f} [n/a]"
-    verdict = "*" if low > 0 or high < 0 else "no difference"
-    return f"{estimate:+.2f} [{low:+.2f}, {high:+.2f}] {verdict}"
+    """A stored [low, estimate, high] as the report prints it."""
+    return Interval(*triple).text(difference=True) if triple else ""
 
 
 def markdown(results: dict) -> str:

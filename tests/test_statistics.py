@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from recall.errors import RecallError
+from recall.reporting import report
 from recall.reporting import statistics as paired
 from recall.reporting.metrics import backward_transfer
 from recall.tasks.base import Example, Task
@@ -69,6 +70,18 @@ def test_one_example_of_200_is_no_difference():
     # unpaired, each model's own interval is about +-7 points wide
     own = paired.interval(paired.mean_score(0, [0]), scores, draws)
     assert own.high - own.low > 10
+
+
+def test_a_marked_difference_never_prints_as_zero():
+    # table 1's RECALL against its RACE expert: a few BLEU n-grams, an interval wholly above 0
+    tiny = paired.Interval(0.00002, 0.0006, 0.0045)
+    assert tiny.text(difference=True) == "+0.00060 [+0.00002, +0.00450] *"
+    assert paired.Interval(-1.0, 0.5, 2.0).text(difference=True) == "+0.50 [-1.00, +2.00] no difference"
+    assert paired.Interval(0.0, 0.0, 0.0).text(difference=True) == "+0.00 [+0.00, +0.00] no difference"
+    assert paired.Interval(12.3456, 23.19, 24.46).text() == "23.19 [12.35, 24.46]"
+    assert paired.Interval(None, 1.5, None).text(difference=True) == "+1.50 [n/a]"
+    # metrics.json keeps significant digits, so the stored bound still excludes 0
+    assert report._rounded(0.00002) == 0.00002 and report._rounded(28.40123456) == 28.4012
 
 
 def test_bwt_replicates_match_bwt_by_hand():

@@ -492,21 +492,17 @@ def n_note(n: Mapping[str, int | None]) -> str:
 
 
 def _estimate_cell(iv: Interval | None) -> str | None:
-    if iv is None:
-        return None
-    return f"{iv.estimate:.2f} [n/a]" if iv.low is None else f"{iv.estimate:.2f} [{iv.low:.2f}, {iv.high:.2f}]"
+    return None if iv is None else iv.text()
 
 
 def _difference_cell(iv: Interval | None) -> str | None:
-    if iv is None:
-        return None
-    if iv.low is None:
-        return f"{iv.estimate:+.2f} [n/a]"
-    return f"{iv.estimate:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}] " + ("*" if iv.excludes_zero else "no difference")
+    return None if iv is None else iv.text(difference=True)
 
 
 def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 4)
+    # Significant digits, not decimals: a bound of 2e-5 must stay above 0, or the stored interval would
+    # stop excluding 0 and a reader of metrics.json would mark it differently from the report.
+    return None if value is None else float(f"{value:.6g}")
 
 
 def interval_table(
