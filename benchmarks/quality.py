@@ -92,7 +92,9 @@ def provenance(folder: Path) -> dict:
 def cell(value, interval=None) -> str:
     if value is None:
         return "–"
-    return f"{value:.2f}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval and None not in interval else "")
+    if not interval or None in interval:
+        return f"{value:.2f}"
+    return Interval(interval[0], value, interval[1]).text()
 
 
 def difference(triple) -> str:

@@ -41,15 +41,14 @@ class Interval(NamedTuple):
         return self.low is not None and self.high is not None and (self.low > 0 or self.high < 0)
 
     def text(self, difference: bool = False) -> str:
-        """ "estimate [low, high]" at two decimals. A difference is signed and marked "*" or "no difference";
-        a marked one gets the decimals (up to 6) its bound nearest 0 needs not to read 0.00."""
+        """The interval as tables print it, estimate then [low, high], at two decimals. A difference is signed
+        and marked "*" or "no difference"; a marked one gets the decimals (up to 6) that keep its bound
+        nearest 0 from reading 0.00."""
         sign = "+" if difference else ""
         if self.low is None or self.high is None:
             return f"{self.estimate:{sign}.2f} [n/a]"
-        digits = 2
-        while (
-            difference and self.excludes_zero and digits < 6 and round(min(abs(self.low), abs(self.high)), digits) == 0
-        ):
+        digits, near = 2, min(abs(self.low), abs(self.high))
+        while difference and self.excludes_zero and digits < 6 and round(near, digits) == 0:
             digits += 1
         text = f"{self.estimate:{sign}.{digits}f} [{self.low:{sign}.{digits}f}, {self.high:{sign}.{digits}f}]"
         return f"{text} {'*' if self.excludes_zero else 'no difference'}" if difference else text
