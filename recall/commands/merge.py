@@ -40,6 +40,7 @@ WEIGHT_OPTIONS = {
         "workdir",
     },
     "loss": {"data", "temperature", "max_length", "examples"},
+    "depth": {"weights"},
 }
 FISHER_OPTIONS = {"data", "max_length", "examples", "workdir"}  # methods that need each model's Fisher
 
@@ -215,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
     params = method.resolve({name: getattr(args, name) for name in method.params})
     reference = _index(args.models, args.new or args.models[-1], "--new")
     evidence, extra = weight_evidence(args, method, infos)
-    weights = resolve_weights(method, infos, **evidence)
+    weights = resolve_weights(method, infos, **evidence, params=params)
     with tempfile.TemporaryDirectory(prefix="recall-fisher-") as tmp:
         fisher = None
         if method.needs_fisher:

@@ -104,7 +104,7 @@ def merge(plan: MergePlan, out: str | Path, max_shard_bytes: int = 2 << 30, over
             + ([f"base {base_info.spec}"] if base_src else [])
             + ([f"Fisher {f}" for f in plan.fisher] if fishers else [])
         )
-        names = list(ref_src.tensors)
+        names, kernel_params = list(ref_src.tensors), method.kernel_params(params)
         for name, tensors in tqdm(
             prefetched(inputs, names, labels),
             total=len(names),
@@ -119,7 +119,7 @@ def merge(plan: MergePlan, out: str | Path, max_shard_bytes: int = 2 << 30, over
             tensors = [t.float() for t in tensors]
             extra = {"fishers": [tensors.pop() for _ in fishers][::-1]} if fishers else {}  # inputs end with them
             base = tensors.pop() if base_src else None
-            merged = method.kernel(tensors, weights[groups[name]], base, **tensor_params(params, name), **extra)
+            merged = method.kernel(tensors, weights[groups[name]], base, **tensor_params(kernel_params, name), **extra)
             merged = merged.to(dtype)
             if bad := nonfinite(merged):  # after the cast: a half-precision output can overflow
                 raise RecallError(

@@ -203,3 +203,149 @@ def fisher(
         numerator.addcmul_(wf, t)
         denominator.add_(wf)
     return numerator.div_(denominator)
+
+
+# Continual and spectral merges. Each takes its task vectors from `task_vectors`: deltas from the base,
+# or, with `chain`, the deltas of a sequence in which each model was fine-tuned from the one before
+# (the pipeline's sequential steps merge [previous merge, new fine-tune]): the first model minus the
+# base is what the chain merged so far, the new fine-tune minus the previous model what this step
+# learned. Deltas from the base would count the history twice (the new fine-tune's delta repeats it).
+# Matrices get the spectral rules; other tensors each paper's rule for them. Spectra are cut at the
+# matrix's numerical rank: a LoRA delta's null singular vectors are arbitrary, and the papers' rules,
+# written for full-rank deltas, would spread or project along them.
+
+
+def task_vectors(tensors: list[torch.Tensor], weights: torch.Tensor, base: torch.Tensor, chain: bool):
+    """w_q (theta_q - base), or with `chain` w_q (theta_q - theta_{q-1}) with theta_0 = base."""
+    previous = [base, *tensors[:-1]] if chain else [base] * len(tensors)
+    return [(t - p).mul_(float(w)) for t, p, w in zip(tensors, previous, weights)]
+
+
+def mean_vector(tensors: list[torch.Tensor], weights: torch.Tensor, base: torch.Tensor, scale: float) -> torch.Tensor:
+    """Iso-C's and TSV-M's rule for non-matrices: base + scale * mean_q w_q (theta_q - base), the models'
+    average at unit weights (in a chain too: there it averages the previous merge and the new model)."""
+    return summed(weighted_deltas(tensors, weights, base)).mul_(scale / len(tensors)).add_(base)
+
+
+def ranked_svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """U, S, Vh of the thin SVD restricted to the nonzero singular values (torch.linalg.matrix_rank's tolerance)."""
+    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    tol = s[:1].max() * max(matrix.shape) * torch.finfo(s.dtype).eps if s.numel() else 0.0
+    k = int((s > tol).sum())
+    return u[:, :k], s[:k], vh[:k]
+
+
+def orthonormalized(m: torch.Tensor) -> torch.Tensor:
+    """The nearest matrix with orthonormal columns (rows, for a wide one): U Vh of m's SVD (orthogonal Procrustes)."""
+    u, _, vh = torch.linalg.svd(m, full_matrices=False)
+    return u @ vh
+
+
+def iso_c(
+    tensors: list[torch.Tensor], weights: torch.Tensor, base: torch.Tensor, *, scale: float = 1.0, chain: bool = False
+) -> torch.Tensor:
+    """Iso-C (Marczak et al. 2025): per matrix, the task vectors' sum with every nonzero singular value
+    replaced by their mean (one flat spectrum over the sum's row and column spaces), times scale."""
+    if base.dim() != 2:
+        return mean_vector(tensors, weights, base, scale)
+    u, s, vh = ranked_svd(summed(task_vectors(tensors, weights, base, chain)))
+    return (u * (s.mean() * scale) @ vh).add_(base) if s.numel() else base.clone()
+
+
+def iso_cts(
+    tensors: list[torch.Tensor],
+    weights: torch.Tensor,
+    base: torch.Tensor,
+    *,
+    common: float = 0.8,
+    scale: float = 1.0,
+    chain: bool = False,
+) -> torch.Tensor:
+    """Iso-CTS (Marczak et al. 2025): the sum's top `common` share of directions, plus an equal share of
+    each task's own top directions outside them, orthonormalized together, with one flat spectrum.
+
+    The shares are of the sum's rank (the paper's min(m, n) for its full-rank deltas).
+    """
+    if base.dim() != 2:
+        return mean_vector(tensors, weights, base, scale)
+    deltas = task_vectors(tensors, weights, base, chain)
+    u, s, vh = ranked_svd(summed([d.clone() for d in deltas]))
+    rank, n = s.numel(), len(deltas)
+    if rank == 0:
+        return base.clone()
+    per_task = round((rank - int(rank * common)) / n)  # as the paper: equal task shares, the rest common
+    k = rank - per_task * n
+    us, ss, vhs = [u[:, :k]], [s[:k]], [vh[:k]]
+    for d in deltas:
+        tu, ts, tvh = ranked_svd(d - u[:, :k] @ (u[:, :k].T @ d))
+        us.append(tu[:, :per_task])
+        ss.append(ts[:per_task])
+        vhs.append(tvh[:per_task])
+    flat = torch.cat(ss).mean() * scale
+    return (orthonormalized(torch.cat(us, 1)) * flat @ orthonormalized(torch.cat(vhs))).add_(base)
+
+
+def tsv_m(
+    tensors: list[torch.Tensor], weights: torch.Tensor, base: torch.Tensor, *, scale: float = 1.0, chain: bool = False
+) -> torch.Tensor:
+    """TSV-M (Gargiulo et al. 2025): per matrix, each task vector's top min(m, n) / N singular components,
+    their stacked singular vectors decorrelated (each stack replaced by its nearest orthonormal one,
+    orthogonal Procrustes), then summed: U_perp diag(S) V_perp^T, times scale."""
+    if base.dim() != 2:
+        return mean_vector(tensors, weights, base, scale)
+    keep = min(base.shape) // len(tensors)
+    parts = [ranked_svd(d) for d in task_vectors(tensors, weights, base, chain)]
+    s = torch.cat([p[1][:keep] for p in parts])
+    if not s.numel():
+        return base.clone()
+    u = orthonormalized(torch.cat([p[0][:, :keep] for p in parts], 1))
+    vh = orthonormalized(torch.cat([p[2][:keep] for p in parts]))
+    return (u * (s * scale) @ vh).add_(base)
+
+
+def off_subspace(delta: torch.Tensor, merged: torch.Tensor, energy: float) -> torch.Tensor:
+    """OPCM's projection: `delta` without its components on the pairs (u_i, v_i) of `merged`'s singular
+    vectors, and on the block u_i v_j^T of its leading directions (those before the cumulative singular
+    value share first exceeds `energy`)."""
+    u, s, vh = ranked_svd(merged)
+    if not s.numel():
+        return delta
+    lead = int((s.cumsum(0) / s.sum() > energy).float().argmax())
+    inner = u.T @ delta @ vh.T
+    removed = torch.diag_embed(inner.diagonal())
+    removed[:lead, :lead] = inner[:lead, :lead]
+    return delta - u @ removed @ vh
+
+
+def opcm(
+    tensors: list[torch.Tensor],
+    weights: torch.Tensor,
+    base: torch.Tensor,
+    *,
+    energy: float = 0.5,
+    chain: bool = False,
+) -> torch.Tensor:
+    """OPCM (Tang et al. 2025), models taken in the order given: each task vector, off the running
+    merge's singular subspace (`off_subspace`; other tensors unprojected), is added to the running
+    merge, whose norm is then set to the mean norm of the task vectors.
+
+    The paper sets one norm for the whole model; streaming one tensor at a time, the norm is each
+    tensor's, and its mean is over the task vectors that change the tensor (a base model among the
+    inputs, or a LoRA that leaves the tensor alone, is not a task there).
+    """
+    deltas = task_vectors(tensors, weights, base, chain)
+    merged = deltas[0]
+    for d in deltas[1:]:
+        merged = merged + (off_subspace(d, merged, energy) if base.dim() == 2 else d)
+    norms = [float(d.norm()) for d in deltas if d.any()]
+    norm = float(merged.norm())
+    return merged.mul_(sum(norms) / len(norms) / norm).add_(base) if norm else base.clone()
+
+
+def lines(tensors: list[torch.Tensor], weights: torch.Tensor, base: torch.Tensor, *, chain: bool = False):
+    """LiNeS (Wang et al. 2025): task arithmetic with layer-group weights that grow linearly with depth
+    (the `depth` weight source builds them; a kernel sees only its tensor's row). In a chain the running
+    merge was scaled when the chain made it, so only the later task vectors are scaled again."""
+    if chain:
+        weights = torch.cat([torch.ones(1), weights[1:]])
+    return summed(task_vectors(tensors, weights, base, chain)).add_(base)

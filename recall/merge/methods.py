@@ -25,7 +25,11 @@ from recall.weights.rows import softmax_weights, uniform_weights
 
 Kernel = Callable[..., torch.Tensor]
 REQUIRED = object()  # a parameter default meaning "the user must give it"
-WEIGHT_SOURCES = ("given", "representations", "loss")
+WEIGHT_SOURCES = ("given", "representations", "loss", "depth")
+# Parameters that a weight source reads rather than the kernel. LiNeS is task arithmetic whose weights
+# grow with depth: as a weight source (rows built from the layer-group index) its kernel needs no
+# tensor names, and merge_weights.json records the scales it applied.
+SOURCE_PARAMS = {"depth": ("alpha", "beta")}
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,30 @@ PARAMS: dict[str, Param] = {
         lambda v: v > 0,
         "must be > 0",
         "fisher: least Fisher value of an entry, so entries no example moved are averaged",
+    ),
+    "chain": Param(
+        bool,
+        lambda v: True,
+        "",
+        "task vectors of a sequence, each model fine-tuned from the one before: each model minus the one "
+        "before it (the first minus --base); default each minus --base",
+    ),
+    "energy": Param(
+        float,
+        lambda v: 0 < v < 1,
+        "must be in (0, 1)",
+        "opcm: share of the running merge's singular-value sum whose leading directions a new task vector "
+        "is projected off as a block (the paper's alpha)",
+    ),
+    "common": Param(
+        float,
+        lambda v: 0 <= v <= 1,
+        "must be in [0, 1]",
+        "iso_cts: share of the summed task vectors' rank kept as the common subspace",
+    ),
+    "alpha": Param(float, math.isfinite, "must be a finite number", "lines: scale of the first block's task vector"),
+    "beta": Param(
+        float, math.isfinite, "must be a finite number", "lines: scale added by the last block (linear in depth)"
     ),
 }
 
@@ -106,6 +134,10 @@ class Method:
             out[name] = value
         return out
 
+    def kernel_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """`params` less those the weight source reads."""
+        return {k: v for k, v in params.items() if k not in SOURCE_PARAMS.get(self.weights, ())}
+
 
 METHODS: dict[str, Method] = {}
 
@@ -146,13 +178,16 @@ def resolve_weights(
     similarities: Sequence[np.ndarray] = (),
     losses: Sequence[float] | None = None,
     temperature: float = 1.0,
+    params: Mapping[str, Any] | None = None,
 ) -> np.ndarray:
     """The merge weights (L+1 layer rows, one column per model) of `method` from its weight source.
 
     given: the user's weights, else the method's default weight for every model (1/N unless it has one);
     representations (RECALL): per reference model, a softmax over the models of each layer's
     similarities to it, averaged over the references; loss (LM-Cocktail): softmax(-loss / T), the
-    same at every layer. `recall merge` and the pipeline both choose weights here.
+    same at every layer; depth (LiNeS): the given weights times alpha + beta * (block / (L - 1)), the
+    embeddings' group at the first block's scale, the final norm and lm_head at the last's (`params`
+    holds alpha and beta). `recall merge` and the pipeline both choose weights here.
     """
     n, rows = len(models), models[0].num_layers + 1
     if method.weights == "representations":
@@ -164,7 +199,15 @@ def resolve_weights(
     weights = list(given) if given else [method.default_weight or 1.0 / n] * n
     if len(weights) != n:
         raise RecallError(f"--weights has {len(weights)} values for {n} models; give one per model")
+    if method.weights == "depth":
+        return depth_scales(rows, **{k: params[k] for k in SOURCE_PARAMS["depth"]})[:, None] * np.asarray(weights)
     return uniform_weights(rows, weights)
+
+
+def depth_scales(rows: int, alpha: float, beta: float) -> np.ndarray:
+    """LiNeS's scale of each layer group: alpha + beta * depth, depth 0 at the first block, 1 at the last."""
+    blocks = np.arange(rows - 1, dtype=np.float64) / max(rows - 2, 1)
+    return alpha + beta * np.concatenate([[0.0], blocks])
 
 
 def tensor_seed(seed: int, tensor_name: str) -> int:
@@ -222,3 +265,40 @@ register(
     params={"floor": 1e-10},
     help="Fisher merging: per-entry average weighted by each model's diagonal Fisher on its --data",
 )(kernels.fisher)
+register(
+    "opcm",
+    needs_base=True,
+    default_weight=1.0,
+    params={"energy": 0.5, "chain": False},
+    help="OPCM: models in order, each task vector projected off the running merge's singular subspace, "
+    "the sum rescaled to the mean task-vector norm",
+)(kernels.opcm)
+register(
+    "iso_c",
+    needs_base=True,
+    default_weight=1.0,
+    params={"scale": 1.0, "chain": False},
+    help="Iso-C: per matrix, the summed task vectors with a flat spectrum (every singular value their mean)",
+)(kernels.iso_c)
+register(
+    "iso_cts",
+    needs_base=True,
+    default_weight=1.0,
+    params={"common": 0.8, "scale": 1.0, "chain": False},
+    help="Iso-CTS: Iso-C over the sum's common subspace plus each task's own top directions",
+)(kernels.iso_cts)
+register(
+    "tsv_m",
+    needs_base=True,
+    default_weight=1.0,
+    params={"scale": 1.0, "chain": False},
+    help="TSV-M: per matrix, each task vector's top 1/N singular components, decorrelated, summed",
+)(kernels.tsv_m)
+register(
+    "lines",
+    needs_base=True,
+    weights="depth",
+    default_weight=1.0,
+    params={"alpha": 0.5, "beta": 0.5, "chain": False},
+    help="LiNeS: task arithmetic scaled by alpha at the first block, alpha + beta at the last, linear between",
+)(kernels.lines)
