@@ -215,3 +215,50 @@ def test_merge_help_lists_the_new_methods(capsys):
 def test_kernel_helpers_cut_spectra_at_the_numerical_rank():
     u, s, vh = kernels.ranked_svd(torch.tensor(low_rank_tasks(tasks=1)[0], dtype=torch.float32))
     assert s.numel() == 2 and u.shape == (12, 2) and vh.shape == (2, 10)
+
+
+# ---- in the pipeline -----------------------------------------------------------------------------
+
+
+def test_each_new_method_is_its_own_chain_in_the_plan(tmp_path):
+    from test_pipeline import tiny_params, write_params
+
+    from recall.pipeline import plan, stages
+    from recall.pipeline.params import load_params
+
+    methods = {"opcm": {}, "iso_c": {"scale": 0.5}, "iso_cts": {}, "tsv_m": {}, "lines": {"alpha": 0.3}}
+    params = load_params(write_params(tmp_path, tiny_params(methods=methods)))
+    dag = {s.name: s for s in plan.plan(params)}
+    first, second = [s.task for s in params.steps]
+    for m in methods:
+        merge = dag[f"merge-{m}-{second}"]
+        assert merge.params == [f"methods.{m}"]
+        assert merge.deps == [
+            stages.chain_dir(params, m, first) / "model",
+            stages.chain_dir(params, m, second) / "sft",
+            stages.base_model(params),
+        ]
+    with pytest.raises(Exception, match="methods.opcm: --energy must be in"):
+        load_params(write_params(tmp_path, tiny_params(methods={"opcm": {"energy": 1.5}})))
+
+
+def test_a_sequential_lines_step_scales_only_the_steps_own_task_vector(tmp_path):
+    """The step merges [previous merge, its fine-tune] as a chain: previous + lambda(depth) (new - previous)."""
+    from test_pipeline import tiny_params, write_params
+
+    from recall.pipeline import stages
+    from recall.pipeline.params import load_params
+    from recall.testing import tiny_model
+
+    params = load_params(write_params(tmp_path, tiny_params(methods={"lines": {"alpha": 0.2, "beta": 0.6}})))
+    first, second = [s.task for s in params.steps]
+    tiny_model(stages.base_model(params), layers=3, seed=0)
+    previous = tiny_model(stages.chain_dir(params, "lines", first) / "model", layers=3, seed=1)
+    new = tiny_model(stages.new_model(params, "lines", second), layers=3, seed=2)
+    out = stages.merge_step(params, second, "lines")
+    before, after, merged = tensors(previous), tensors(new), tensors(out)
+    for name, value in merged.items():
+        block = re.search(r"layers\.(\d+)\.", name)
+        scale = 0.2 + 0.6 * int(block.group(1)) / 2 if block else 0.2 if "embed" in name else 0.8
+        torch.testing.assert_close(value, before[name] + scale * (after[name] - before[name]), msg=name)
+    assert json.loads((out / "merge_weights.json").read_text())["params"]["chain"] is True

@@ -32,7 +32,7 @@ SCENARIOS = ("sequential", "single", "multi")
 BASE_STEP = "base"
 # Compared methods that train rather than merge: their model after a step is the fine-tune itself.
 TRAINING_METHODS = {"sft": {}, "ewc": {"lambda": 1000.0, "samples": 64}}
-MERGE_SOURCES = ("given",)  # registry methods the pipeline can run: weights need no extra input
+MERGE_SOURCES = ("given", "depth")  # registry methods the pipeline can run: weights need no extra input
 EVAL_MODES = ("ppl", "gen")
 REGISTRY_MODES = ("copy", "reference")  # tracking.registry
 

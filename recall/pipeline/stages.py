@@ -289,14 +289,18 @@ def merge_step(params: Params, task: str, method: str) -> Path:
 
 
 def merge_with(params: Params, name: str, infos: list, out: Path) -> Path:
-    """A registry method's merge of `infos`, each model weighted by the method's default."""
+    """A registry method's merge of `infos`, each model weighted by the method's default. A sequential
+    step's models were each fine-tuned from the one before, so methods that take `chain` merge each
+    step's own task vector (README, Merge methods) unless params.yaml says otherwise."""
     method = get_method(name)
+    chain = {"chain": params.sequential} if "chain" in method.params else {}
+    settings = method.resolve({**chain, **params.methods[name]})
     plan = MergePlan(
         infos,
         method,
-        resolve_weights(method, infos),
+        resolve_weights(method, infos, params=settings),
         base=describe(base_model(params)) if method.needs_base else None,
-        params=method.resolve(params.methods[name]),
+        params=settings,
         reference=len(infos) - 1,
         extra={"chain": name},
     )
