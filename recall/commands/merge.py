@@ -21,6 +21,7 @@ from recall.models import ModelInfo, check_compatible, describe
 from recall.weights.cocktail import CocktailSettings, cocktail_losses
 from recall.weights.fisher import FisherSettings, fisher_folders
 from recall.weights.representations import RecallSettings, references_similarities
+from recall.weights.rows import CALIBRATIONS
 from recall.weights.similarity import MEDIAN, NORMALIZATIONS
 
 # The options each source of merge weights reads (argparse dest names).
@@ -29,6 +30,7 @@ WEIGHT_OPTIONS = {
     "representations": {
         "data",
         "temperature",
+        "calibrate",
         "max_length",
         "seed",
         "experts",
@@ -113,6 +115,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         add(k, name, spec.help, **kw)
     r = p.add_argument_group("recall")
     add(r, "experts", "multi-expert mode: reference models, each with its --data file", nargs="+")
+    add(
+        r,
+        "calibrate",
+        f"the similarities before the softmax: {', '.join(CALIBRATIONS)} (default {RecallSettings.calibrate}, "
+        "the paper's); zscore: each layer's differences across models in units of their spread",
+    )
     add(r, "typical", f"typical samples per layer (KMeans k, default {RecallSettings.typical})", type=int)
     add(r, "similarity", f"rbf, cosine, euclidean, cka, mmd or dot (default {RecallSettings.similarity})")
     add(
@@ -183,7 +191,7 @@ def weight_evidence(args: argparse.Namespace, method: Method, infos: list[ModelI
         settings.validate()
         references = [(_index(args.models, e, "--experts/--new"), d) for e, d in zip(experts, args.data)]
         sims, extra = references_similarities(infos, references, settings, args.workdir)
-        return {"similarities": sims, "temperature": settings.temperature}, extra
+        return {"similarities": sims, "temperature": settings.temperature, "calibrate": settings.calibrate}, extra
     if method.weights == "loss":
         settings = _given(args, CocktailSettings)
         losses, extra = cocktail_losses(infos, args.data or [], settings)

@@ -28,6 +28,7 @@ from recall.merge.provenance import write_provenance
 from recall.merge.safetensors_io import DTYPES, StreamingWriter
 from recall.merge.sources import FullModel, open_source
 from recall.models import ModelInfo, check_compatible, safetensors_folder
+from recall.weights.rows import NEAR_UNIFORM, near_uniform, weight_spread
 
 log = logging.getLogger(__name__)
 
@@ -137,12 +138,32 @@ def merge(plan: MergePlan, out: str | Path, max_shard_bytes: int = 2 << 30, over
             "params": params,
             **({"fisher": [str(f) for f in plan.fisher]} if fishers else {}),
             "layers": plan.weights.tolist(),
+            **spread_record(method, plan.weights),
             "tensor_groups": groups,
             **plan.extra,
         }
         write_provenance(tmp, record)
     log.info("merged %d models with %s into %s", len(models), method.name, out)
     return out
+
+
+def spread_record(method: Method, weights: np.ndarray) -> dict:
+    """For softmax weights (RECALL, LM-Cocktail): each layer group's spread, and whether every weight
+    stays within NEAR_UNIFORM of 1/N, which makes the merge nearly the plain average (logged as a warning)."""
+    if method.weights not in ("representations", "loss"):
+        return {}
+    deviation = near_uniform(weights)
+    if deviation is not None:
+        log.warning(
+            "%s's weights stay within %.2f of uniform (1/%d) in every layer (largest deviation %.3f): "
+            "this merge is nearly the plain average; recall.calibrate: zscore (--calibrate zscore) or a "
+            "lower temperature lets them leave it",
+            method.name,
+            NEAR_UNIFORM,
+            weights.shape[1],
+            deviation,
+        )
+    return {"spread": weight_spread(weights), "near_uniform": deviation}
 
 
 def fisher_sources(plan: MergePlan, tensors: dict) -> list[FullModel]:

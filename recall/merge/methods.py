@@ -21,7 +21,7 @@ import torch
 from recall.errors import RecallError
 from recall.merge import kernels
 from recall.models import ModelInfo
-from recall.weights.rows import softmax_weights, uniform_weights
+from recall.weights.rows import calibrated, softmax_weights, uniform_weights
 
 Kernel = Callable[..., torch.Tensor]
 REQUIRED = object()  # a parameter default meaning "the user must give it"
@@ -178,22 +178,24 @@ def resolve_weights(
     similarities: Sequence[np.ndarray] = (),
     losses: Sequence[float] | None = None,
     temperature: float = 1.0,
+    calibrate: str = "none",
     params: Mapping[str, Any] | None = None,
 ) -> np.ndarray:
     """The merge weights (L+1 layer rows, one column per model) of `method` from its weight source.
 
     given: the user's weights, else the method's default weight for every model (1/N unless it has one);
     representations (RECALL): per reference model, a softmax over the models of each layer's
-    similarities to it, averaged over the references; loss (LM-Cocktail): softmax(-loss / T), the
-    same at every layer; depth (LiNeS): the given weights times alpha + beta * (block / (L - 1)), the
-    embeddings' group at the first block's scale, the final norm and lm_head at the last's (`params`
-    holds alpha and beta). `recall merge` and the pipeline both choose weights here.
+    similarities to it (`calibrate`d first, `recall.weights.rows.calibrated`), averaged over the
+    references; loss (LM-Cocktail): softmax(-loss / T), the same at every layer; depth (LiNeS): the
+    given weights times alpha + beta * (block / (L - 1)), the embeddings' group at the first block's
+    scale, the final norm and lm_head at the last's (`params` holds alpha and beta). `recall merge`
+    and the pipeline both choose weights here.
     """
     n, rows = len(models), models[0].num_layers + 1
     if method.weights == "representations":
         if not similarities:
             raise RecallError(f"--method {method.name} needs the similarities of at least one reference model")
-        return np.mean([softmax_weights(np.asarray(s), temperature) for s in similarities], axis=0)
+        return np.mean([softmax_weights(calibrated(s, calibrate), temperature) for s in similarities], axis=0)
     if method.weights == "loss":
         return uniform_weights(rows, softmax_weights(-np.asarray(losses, dtype=np.float64)[None], temperature)[0])
     weights = list(given) if given else [method.default_weight or 1.0 / n] * n

@@ -30,6 +30,7 @@ from recall.pipeline.params import TRAINING_METHODS, Params
 
 KEY_PREFIX = "# plan key: "
 SIMILARITY_KEYS = ("similarity", "sigma", "normalize", "batch_size", "max_length")  # what the similarities read
+MERGE_KEYS = ("temperature", "calibrate")  # what RECALL's merge reads besides them
 
 
 @dataclass
@@ -177,7 +178,7 @@ def plan(params: Params) -> list[Stage]:
             inputs = [*map(Path, S.multi_models(params, m))]
             if m == "recall":
                 inputs.append(S.multi_similarity_path(params))
-            setting = section_keys(params, "recall", "temperature") if m == "recall" else [f"methods.{m}"]
+            setting = section_keys(params, "recall", *MERGE_KEYS) if m == "recall" else [f"methods.{m}"]
             if m != "recall" and get_method(m).needs_base and not params.with_base:
                 inputs.append(S.base_model(params))
             out.append(
@@ -246,7 +247,7 @@ def recall_stages(params: Params, task: str) -> list[Stage]:
             task,
             "recall",
             deps=[folder / "similarity.json", new, start],
-            params=section_keys(params, "recall", "temperature"),
+            params=section_keys(params, "recall", *MERGE_KEYS),
             outs=[S.chain_dir(params, "recall", task) / "model"],
         ),
     ]

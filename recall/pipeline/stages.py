@@ -275,6 +275,7 @@ def merge_step(params: Params, task: str, method: str) -> Path:
         infos,
         similarities=[np.array(sim["layers"])],
         temperature=params.sections.recall.temperature,
+        calibrate=params.sections.recall.calibrate,
     )
     extra = {
         "similarity": sim["layers"],
@@ -331,7 +332,9 @@ def merge_multi_recall(params: Params, infos: list, out: Path) -> Path:
         )
     settings, sims = params.sections.recall, [np.array(r["similarity"]) for r in record["references"]]
     method = get_method("recall")
-    weights = resolve_weights(method, infos, similarities=sims, temperature=settings.temperature)
+    weights = resolve_weights(
+        method, infos, similarities=sims, temperature=settings.temperature, calibrate=settings.calibrate
+    )
     extra = {
         "settings": dataclasses.asdict(params.sections.recall),
         "references": record["references"],
@@ -467,6 +470,10 @@ def register_merge(params: Params, model: Path, data_tasks: list[str], dvc_stage
     mlflow.log_artifact(str(model / "merge_weights.png"))
     record = read_json(model / "merge_weights.json")
     mlflow.log_dict({"layers": record["layers"], "models": record["models"]}, "weights_matrix.json")
+    if spread := record.get("spread"):  # softmax weights: how far each layer group's row is from uniform
+        for group, (width, entropy) in enumerate(zip(spread["range"], spread["entropy"])):
+            mlflow.log_metrics({"weights.range": width, "weights.entropy": entropy}, step=group)
+        mlflow.set_tag("weights.near_uniform", str(record["near_uniform"] is not None).lower())
     tags = {
         "parents": json.dumps(record["models"]),
         "method": record["method"],

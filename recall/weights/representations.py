@@ -18,6 +18,7 @@ import numpy as np
 from recall.models import ModelInfo
 from recall.settings import UNKNOWN, Settings, above, at_least, one_of, setting
 from recall.weights.features import extract_features, load_features
+from recall.weights.rows import CALIBRATIONS
 from recall.weights.similarity import METRICS, NORMALIZE, SIGMA, layer_sigmas, layer_similarity
 from recall.weights.typical import select_typical
 
@@ -32,6 +33,8 @@ class RecallSettings(Settings):
     sigma: float | str = setting("median", SIGMA)
     normalize: str = setting("none", NORMALIZE)  # rescale the pooled states before the similarity
     temperature: float = setting(1.0, above(0))
+    # the similarities before the softmax: as measured (the paper), or zscore (recall.weights.rows.calibrated)
+    calibrate: str = setting("none", one_of(*CALIBRATIONS))
     batch_size: int = setting(8, at_least(1))
     max_length: int = setting(512, at_least(1))
     seed: int = 0

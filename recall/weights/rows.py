@@ -1,10 +1,13 @@
-"""Per-layer merge weights from similarities (eq. 4)."""
+"""Per-layer merge weights from similarities (eq. 4), their optional calibration, and their spread."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from recall.errors import RecallError
+
+CALIBRATIONS = ("none", "zscore")
+NEAR_UNIFORM = 0.05  # a softmax-weighted merge whose weights all lie this close to 1/N is nearly the average
 
 
 def softmax_weights(similarity: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -14,6 +17,42 @@ def softmax_weights(similarity: np.ndarray, temperature: float = 1.0) -> np.ndar
     z = np.asarray(similarity, dtype=np.float64) / temperature
     z = np.exp(z - z.max(axis=1, keepdims=True))
     return z / z.sum(axis=1, keepdims=True)
+
+
+def calibrated(similarity: np.ndarray, rule: str = "none") -> np.ndarray:
+    """(n_layers, N) similarities as the softmax sees them. none: as measured (the paper's rule). zscore:
+    each layer's similarities minus their mean over the models, divided by the root mean square of
+    those differences over every layer and model, so the temperature acts on the differences in units
+    of their own spread. One scale for the whole merge rather than one per layer: with two models a
+    per-layer standardisation would leave only the sign of the difference (+-1 at every layer).
+    """
+    s = np.asarray(similarity, dtype=np.float64)
+    if rule == "none":
+        return s
+    centred = s - s.mean(axis=1, keepdims=True)
+    rms = np.sqrt(np.mean(centred**2))
+    # Differences below a millionth of the similarities (float32 features) are rounding, not evidence.
+    return centred / rms if rms > 1e-6 * np.abs(s).max() else np.zeros_like(s)
+
+
+def weight_spread(weights: np.ndarray) -> dict:
+    """Per layer group: the largest minus the smallest weight, and the entropy of the (normalised) row
+    in nats (ln N for the uniform row, which is `uniform_entropy`)."""
+    w = np.asarray(weights, dtype=np.float64)
+    p = w / w.sum(axis=1, keepdims=True)
+    entropy = -(p * np.log(np.where(p > 0, p, 1.0))).sum(axis=1)
+    return {
+        "range": (w.max(axis=1) - w.min(axis=1)).tolist(),
+        "entropy": entropy.tolist(),
+        "uniform_entropy": float(np.log(w.shape[1])),
+    }
+
+
+def near_uniform(weights: np.ndarray) -> float | None:
+    """The largest deviation of any weight from 1/N, when every weight lies within NEAR_UNIFORM of it."""
+    w = np.asarray(weights, dtype=np.float64)
+    deviation = float(np.abs(w - 1.0 / w.shape[1]).max())
+    return deviation if deviation <= NEAR_UNIFORM else None
 
 
 def uniform_weights(n_layers: int, model_weights: list[float]) -> np.ndarray:
