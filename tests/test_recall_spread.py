@@ -80,3 +80,19 @@ def test_a_recall_merge_records_its_spread_and_mlflow_logs_it(store, make_model,
     assert [s for s, _ in logged] == list(range(len(layers)))
     near = "true" if record["near_uniform"] is not None else "false"
     assert client.get_run(run.info.run_id).data.tags["weights.near_uniform"] == near
+
+
+def test_the_report_prints_each_merges_spread(tmp_path):
+    from recall.reporting.report import write_report
+
+    for name, layers in (("near", [[0.48, 0.52], [0.54, 0.46]]), ("far", [[0.2, 0.8], [0.5, 0.5]])):
+        record = {"method": "recall", "models": ["a", "b"], "layers": layers, "tensor_groups": {}}
+        record |= spread_record(METHODS["recall"], np.array(layers))
+        (tmp_path / f"{name}.json").write_text(json.dumps(record))
+    (tmp_path / "spec.yaml").write_text("merge_weights: [near.json, far.json]\n")
+    text = write_report(tmp_path / "spec.yaml", tmp_path / "out").read_text()
+    near, far = text.split("far.json")
+    assert "largest minus smallest weight: 0.040 0.080; entropy (nats, uniform 0.693): 0.692 0.690." in near
+    assert "Every weight is within 0.040 of uniform: nearly the plain average." in near
+    assert "largest minus smallest weight: 0.600 0.000; entropy (nats, uniform 0.693): 0.500 0.693." in far
+    assert "nearly the plain average" not in far

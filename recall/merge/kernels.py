@@ -60,12 +60,17 @@ def dare_drop(delta: torch.Tensor, density: float, generator: torch.Generator) -
 
 
 def weighted_deltas(
-    tensors: list[torch.Tensor], weights: torch.Tensor, base: torch.Tensor, sparsify: Sparsifier | None = None
+    tensors: list[torch.Tensor],
+    weights: torch.Tensor,
+    base: torch.Tensor,
+    sparsify: Sparsifier | None = None,
+    chain: bool = False,
 ) -> list[torch.Tensor]:
-    """w_q * sparsify(theta_q - base) for every model: the task vectors the task-vector methods combine."""
+    """w_q * sparsify(theta_q - base) for every model: the task vectors the task-vector methods combine.
+    With `chain`, theta_q - theta_{q-1} (theta_0 = base): see "Continual and spectral merges" below."""
     deltas = []
-    for t, w in zip(tensors, weights):
-        delta = t - base  # a new tensor: the sparsifiers may work in place on it
+    for t, w, previous in zip(tensors, weights, [base, *tensors[:-1]] if chain else [base] * len(tensors)):
+        delta = t - previous  # a new tensor: the sparsifiers may work in place on it
         deltas.append((sparsify(delta) if sparsify else delta).mul_(float(w)))
     return deltas
 
@@ -205,20 +210,14 @@ def fisher(
     return numerator.div_(denominator)
 
 
-# Continual and spectral merges. Each takes its task vectors from `task_vectors`: deltas from the base,
-# or, with `chain`, the deltas of a sequence in which each model was fine-tuned from the one before
-# (the pipeline's sequential steps merge [previous merge, new fine-tune]): the first model minus the
-# base is what the chain merged so far, the new fine-tune minus the previous model what this step
-# learned. Deltas from the base would count the history twice (the new fine-tune's delta repeats it).
-# Matrices get the spectral rules; other tensors each paper's rule for them. Spectra are cut at the
-# matrix's numerical rank: a LoRA delta's null singular vectors are arbitrary, and the papers' rules,
-# written for full-rank deltas, would spread or project along them.
-
-
-def task_vectors(tensors: list[torch.Tensor], weights: torch.Tensor, base: torch.Tensor, chain: bool):
-    """w_q (theta_q - base), or with `chain` w_q (theta_q - theta_{q-1}) with theta_0 = base."""
-    previous = [base, *tensors[:-1]] if chain else [base] * len(tensors)
-    return [(t - p).mul_(float(w)) for t, p, w in zip(tensors, previous, weights)]
+# Continual and spectral merges. Their task vectors are deltas from the base, or, with `chain`, the
+# deltas of a sequence in which each model was fine-tuned from the one before (the pipeline's
+# sequential steps merge [previous merge, new fine-tune]): the first model minus the base is what the
+# chain merged so far, the new fine-tune minus the previous model what this step learned. Deltas from
+# the base would count the history twice (the new fine-tune's delta repeats it). Matrices get the
+# spectral rules; other tensors each paper's rule for them. Spectra are cut at the matrix's numerical
+# rank: a LoRA delta's null singular vectors are arbitrary, and the papers' rules, written for
+# full-rank deltas, would spread or project along them.
 
 
 def mean_vector(tensors: list[torch.Tensor], weights: torch.Tensor, base: torch.Tensor, scale: float) -> torch.Tensor:
@@ -229,6 +228,9 @@ def mean_vector(tensors: list[torch.Tensor], weights: torch.Tensor, base: torch.
 
 def ranked_svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """U, S, Vh of the thin SVD restricted to the nonzero singular values (torch.linalg.matrix_rank's tolerance)."""
+    if not matrix.any():  # a tensor no task changed (a LoRA leaves most alone): skip its SVD
+        m, n = matrix.shape
+        return matrix.new_zeros(m, 0), matrix.new_zeros(0), matrix.new_zeros(0, n)
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
     tol = s[:1].max() * max(matrix.shape) * torch.finfo(s.dtype).eps if s.numel() else 0.0
     k = int((s > tol).sum())
@@ -248,7 +250,7 @@ def iso_c(
     replaced by their mean (one flat spectrum over the sum's row and column spaces), times scale."""
     if base.dim() != 2:
         return mean_vector(tensors, weights, base, scale)
-    u, s, vh = ranked_svd(summed(task_vectors(tensors, weights, base, chain)))
+    u, s, vh = ranked_svd(summed(weighted_deltas(tensors, weights, base, chain=chain)))
     return (u * (s.mean() * scale) @ vh).add_(base) if s.numel() else base.clone()
 
 
@@ -268,7 +270,7 @@ def iso_cts(
     """
     if base.dim() != 2:
         return mean_vector(tensors, weights, base, scale)
-    deltas = task_vectors(tensors, weights, base, chain)
+    deltas = weighted_deltas(tensors, weights, base, chain=chain)
     u, s, vh = ranked_svd(summed([d.clone() for d in deltas]))
     rank, n = s.numel(), len(deltas)
     if rank == 0:
@@ -294,7 +296,7 @@ def tsv_m(
     if base.dim() != 2:
         return mean_vector(tensors, weights, base, scale)
     keep = min(base.shape) // len(tensors)
-    parts = [ranked_svd(d) for d in task_vectors(tensors, weights, base, chain)]
+    parts = [ranked_svd(d) for d in weighted_deltas(tensors, weights, base, chain=chain)]
     s = torch.cat([p[1][:keep] for p in parts])
     if not s.numel():
         return base.clone()
@@ -333,7 +335,7 @@ def opcm(
     tensor's, and its mean is over the task vectors that change the tensor (a base model among the
     inputs, or a LoRA that leaves the tensor alone, is not a task there).
     """
-    deltas = task_vectors(tensors, weights, base, chain)
+    deltas = weighted_deltas(tensors, weights, base, chain=chain)
     merged = deltas[0]
     for d in deltas[1:]:
         merged = merged + (off_subspace(d, merged, energy) if base.dim() == 2 else d)
@@ -348,4 +350,4 @@ def lines(tensors: list[torch.Tensor], weights: torch.Tensor, base: torch.Tensor
     merge was scaled when the chain made it, so only the later task vectors are scaled again."""
     if chain:
         weights = torch.cat([torch.ones(1), weights[1:]])
-    return summed(task_vectors(tensors, weights, base, chain)).add_(base)
+    return summed(weighted_deltas(tensors, weights, base, chain=chain)).add_(base)

@@ -599,6 +599,24 @@ def _layer_plots(spec: Spec, section: str, out: Path, lines: list[str]) -> None:
             title = f"Layer-wise {data.get('metric', 'similarity')} similarity"
             plot_similarity(data["layers"], names, out / png, metric=data.get("metric", "similarity"), title=title)
         lines.append(f"### {title}\n\nFrom `{relative}`.\n\n![{title}]({png})\n")
+        if section == "merge_weights" and "spread" in data:
+            lines.append(spread_text(data))
+
+
+def spread_text(record: dict) -> str:
+    """A merge's weight spread per layer group (merge_weights.json `spread`), and whether it is nearly the average."""
+    spread = record["spread"]
+    text = (
+        "Weight spread per layer group, largest minus smallest weight: "
+        + " ".join(f"{r:.3f}" for r in spread["range"])
+        + "; entropy (nats, uniform "
+        + f"{spread['uniform_entropy']:.3f}): "
+        + " ".join(f"{e:.3f}" for e in spread["entropy"])
+        + "."
+    )
+    if record.get("near_uniform") is not None:
+        text += f" Every weight is within {record['near_uniform']:.3f} of uniform: nearly the plain average."
+    return text + "\n"
 
 
 def table_metrics(tables: list[Table]) -> dict:
