@@ -202,7 +202,8 @@ def resolve_weights(
     if len(weights) != n:
         raise RecallError(f"--weights has {len(weights)} values for {n} models; give one per model")
     if method.weights == "depth":
-        return depth_scales(rows, **{k: params[k] for k in SOURCE_PARAMS["depth"]})[:, None] * np.asarray(weights)
+        settings = method.resolve(params or {})  # the defaults where none are given
+        return depth_scales(rows, **{k: settings[k] for k in SOURCE_PARAMS["depth"]})[:, None] * np.asarray(weights)
     return uniform_weights(rows, weights)
 
 
