@@ -232,8 +232,7 @@ def ranked_svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
         m, n = matrix.shape
         return matrix.new_zeros(m, 0), matrix.new_zeros(0), matrix.new_zeros(0, n)
     u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
-    tol = s[:1].max() * max(matrix.shape) * torch.finfo(s.dtype).eps if s.numel() else 0.0
-    k = int((s > tol).sum())
+    k = int((s > s[0] * max(matrix.shape) * torch.finfo(s.dtype).eps).sum())
     return u[:, :k], s[:k], vh[:k]
 
 
@@ -344,7 +343,9 @@ def opcm(
     return merged.mul_(sum(norms) / len(norms) / norm).add_(base) if norm else base.clone()
 
 
-def lines(tensors: list[torch.Tensor], weights: torch.Tensor, base: torch.Tensor, *, chain: bool = False):
+def lines(
+    tensors: list[torch.Tensor], weights: torch.Tensor, base: torch.Tensor, *, chain: bool = False
+) -> torch.Tensor:
     """LiNeS (Wang et al. 2025): task arithmetic with layer-group weights that grow linearly with depth
     (the `depth` weight source builds them; a kernel sees only its tensor's row). In a chain the running
     merge was scaled when the chain made it, so only the later task vectors are scaled again."""
