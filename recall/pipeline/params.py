@@ -10,8 +10,11 @@ can check alone (folders, task names, the order of the sequence, the methods) is
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
+import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +38,7 @@ TRAINING_METHODS = {"sft": {}, "ewc": {"lambda": 1000.0, "samples": 64}}
 MERGE_SOURCES = ("given",)  # registry methods the pipeline can run: weights need no extra input
 EVAL_MODES = ("ppl", "gen")
 REGISTRY_MODES = ("copy", "reference")  # tracking.registry
+SEEDS_KEY = "seeds"  # methods.<m>.seeds: the protocol's training seeds this method's chains run with
 
 
 def limits_ok(limit: int | dict[str, int | None]) -> bool:
@@ -127,6 +131,24 @@ class Sections(Settings):
     multi: MultiSection = MultiSection()
     tracking: TrackingSection = TrackingSection()
     tasks: str | None = None  # the folder holding <task>/task.yaml folders of the user's own tasks
+    # a protocol (sequential only): several task orders, each a permutation of the sequence's tasks, or
+    # {random: n, seed: s}; several training seeds (finetune.seed of each chain). Each (order, seed) is a run.
+    orders: tuple[tuple[str, ...], ...] | dict[str, int] | None = None
+    seeds: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Run:
+    """One (order, seed) of a protocol: every method's chain over `tasks`, fine-tuned with `seed`."""
+
+    order: int  # 1-based, as params.yaml lists the orders
+    seed: int
+    tasks: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        """Its part of stage names and folders (data/runs/<label>/)."""
+        return f"o{self.order}-s{self.seed}"
 
 
 @dataclass(frozen=True)
@@ -134,6 +156,7 @@ class Params:
     sections: Sections
     root: Path  # params.yaml's folder, where its relative paths start
     raw: dict  # params.yaml as written: `key` hashes it; `written` gives its sections for MLflow and DVC
+    run: Run | None = None  # a protocol's run these params stand for (`for_run`): its order, seed and methods
 
     @property
     def steps(self) -> list[Step]:
@@ -171,8 +194,67 @@ class Params:
 
     @property
     def methods(self) -> dict[str, dict]:
-        """Compared method -> its parameters (`{}`: defaults), in the order params.yaml lists them."""
-        return {name: dict(given or {}) for name, given in self.sections.methods.items()}
+        """Compared method -> its parameters (`{}`: defaults), in the order params.yaml lists them; a run's
+        params keep the methods that train with its seed."""
+        return {
+            name: {k: v for k, v in (given or {}).items() if k != SEEDS_KEY}
+            for name, given in self.sections.methods.items()
+            if self.run is None or self.run.seed in self.method_seeds(name)
+        }
+
+    def method_seeds(self, method: str) -> tuple[int, ...]:
+        """The training seeds a method's chains run with: its `seeds` among the protocol's, else all of them."""
+        given = self.sections.methods[method] or {}
+        return tuple(given.get(SEEDS_KEY, self.seeds))
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return self.sections.seeds or (self.sections.finetune.seed,)
+
+    @property
+    def orders(self) -> list[tuple[str, ...]]:
+        """The task orders: as listed, or `random` distinct permutations of the sequence drawn from `seed`."""
+        orders, tasks = self.sections.orders, tuple(s.task for s in self.steps)
+        if not isinstance(orders, dict):
+            return list(orders or [tasks])
+        rng, drawn = random.Random(orders["seed"]), []
+        while len(drawn) < orders["random"]:  # appending draws keeps the earlier orders: a larger n only adds
+            if (order := tuple(rng.sample(tasks, len(tasks)))) not in drawn:
+                drawn.append(order)
+        return drawn
+
+    @property
+    def runs(self) -> list[Run]:
+        """Every (order, seed) of a protocol, order by order; none without `orders` or `seeds`."""
+        if self.sections.orders is None and self.sections.seeds is None:
+            return []
+        return [Run(i, seed, order) for i, order in enumerate(self.orders, 1) for seed in self.seeds]
+
+    def for_run(self, run: Run) -> Params:
+        """These params as the run sees them: its order as the sequence, its seed as finetune.seed."""
+        steps = tuple(Step(t, a) for t, a in zip(run.tasks, (BASE_STEP, *run.tasks)))
+        sections = dataclasses.replace(
+            self.sections,
+            sequence=steps,
+            finetune=dataclasses.replace(self.sections.finetune, seed=run.seed),
+        )
+        return dataclasses.replace(self, sections=sections, run=run)
+
+    def select(self, label: str) -> Params:
+        """The params of the run `label` (e.g. o2-s1)."""
+        for run in self.runs:
+            if run.label == label:
+                return self.for_run(run)
+        raise RecallError(f"no run {label!r} in params.yaml; its runs: {', '.join(r.label for r in self.runs)}")
+
+    def owner(self, task: str) -> Run | None:
+        """The run whose folders and stages hold this run's step `task`: the first run with the same seed
+        and the same tasks up to `task`, whose work is identical (every order's first fine-tune of a seed
+        whose order starts alike, say). None outside a protocol."""
+        if self.run is None:
+            return None
+        prefix = self.run.tasks[: self.run.tasks.index(task) + 1]
+        return next(r for r in self.runs if r.seed == self.run.seed and r.tasks[: len(prefix)] == prefix)
 
     @property
     def merge_methods(self) -> list[str]:
@@ -309,6 +391,37 @@ def validate(params: Params) -> None:
         except RecallError as err:
             raise RecallError(f"evaluate.backend: {err}") from None
     validate_methods(params)
+    validate_runs(params)
+
+
+def validate_runs(params: Params) -> None:
+    """Orders are permutations of the sequence's tasks, seeds distinct, a method's seeds among them."""
+    sections, tasks = params.sections, sorted(s.task for s in params.steps)
+    if (sections.orders is not None or sections.seeds is not None) and not params.sequential:
+        raise RecallError("orders and seeds make runs of a sequence; they need scenario: sequential")
+    if isinstance(sections.orders, dict):
+        if set(sections.orders) != {"random", "seed"} or sections.orders["random"] < 1:
+            raise RecallError(
+                f"orders must list task orders or be {{random: n, seed: s}} with n >= 1, got {sections.orders}"
+            )
+        if sections.orders["random"] > (count := math.factorial(len(tasks))):
+            raise RecallError(f"orders.random asks for more orders than the {count} of the sequence's tasks")
+    elif sections.orders is not None:
+        for i, order in enumerate(sections.orders):
+            if sorted(order) != tasks:
+                raise RecallError(
+                    f"orders[{i}] must be an order of the sequence's tasks ({', '.join(tasks)}), got {list(order)}"
+                )
+        if len(set(sections.orders)) != len(sections.orders):
+            raise RecallError("orders lists an order twice; each run needs its own order")
+    if len(set(params.seeds)) != len(params.seeds):
+        raise RecallError(f"seeds lists a seed twice: {list(params.seeds)}")
+    for name in sections.methods:
+        extra = set(params.method_seeds(name)) - set(params.seeds)
+        if extra:
+            raise RecallError(
+                f"methods.{name}.seeds {sorted(extra)} are not among seeds {list(params.seeds)}; add them there"
+            )
 
 
 def validate_methods(params: Params) -> None:
@@ -318,6 +431,10 @@ def validate_methods(params: Params) -> None:
         path = f"methods.{name}"
         if given is not None and not isinstance(given, dict):
             raise RecallError(f"{path} must be a mapping of parameters ({{}} for the defaults), got {given!r}")
+        seeds = (given or {}).get(SEEDS_KEY, ())
+        if not (isinstance(seeds, list) and seeds and all(isinstance(x, int) for x in seeds)) and seeds != ():
+            raise RecallError(f"{path}.seeds must list training seeds, e.g. seeds: [0, 1], got {seeds!r}")
+        given = {k: v for k, v in (given or {}).items() if k != SEEDS_KEY}
         if name == "recall":
             if given:
                 raise RecallError("methods.recall takes no parameters here; RECALL's settings are the `recall` section")

@@ -9,11 +9,13 @@ written for; a stage refuses to run when params.yaml has another shape.
 
 Stage names: `<stage>-<method>-<task>` (e.g. `finetune-recall-gen_sentiment`), `<stage>-<task>` for
 RECALL's weight inputs and the shared experts, `multi-<method>`, then `base`, `data`, `report`, and in
-the multi scenario `similarity` (every model against each expert).
+the multi scenario `similarity` (every model against each expert). A protocol (params `orders`/`seeds`)
+has every step stage once per run that owns it, its label appended: `finetune-recall-amazon-o1-s0`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -41,9 +43,10 @@ class Stage:
     deps: list[Path] = field(default_factory=list)
     params: list[str] = field(default_factory=list)
     outs: list[Path] = field(default_factory=list)
+    run: str | None = None  # a protocol's run (Run.label) that owns the step
 
     def entry(self, root: Path) -> dict:
-        args = "".join(f" --{k} {v}" for k, v in (("method", self.method), ("step", self.task)) if v)
+        args = "".join(f" --{k} {v}" for k, v in (("method", self.method), ("step", self.task), ("run", self.run)) if v)
         rel = lambda ps: [os.path.relpath(p, root) for p in ps]  # noqa: E731
         entry = {"cmd": f"python -m flows.stage {self.stage}{args}"}
         entry.update(
@@ -52,8 +55,8 @@ class Stage:
         return entry
 
 
-def stage_name(stage: str, task: str | None = None, method: str | None = None) -> str:
-    return "-".join(part for part in (stage, method, task) if part)
+def stage_name(stage: str, task: str | None = None, method: str | None = None, run: str | None = None) -> str:
+    return "-".join(part for part in (stage, method, task, run) if part)
 
 
 def shape_key(params: Params) -> str:
@@ -69,6 +72,9 @@ def shape_key(params: Params) -> str:
     }
     if sections.tasks is not None:  # the data stage's dependencies (absent from earlier keys, which stay valid)
         shape["tasks"] = sections.tasks
+    if params.runs:
+        shape["runs"] = [[r.label, *r.tasks] for r in params.runs]
+        shape["seeds"] = {m: params.method_seeds(m) for m in params.methods}
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -97,7 +103,67 @@ def plan(params: Params) -> list[Stage]:
             outs=[params.data_dir],
         ),
     ]
-    for t in tasks:
+    if params.runs:  # a protocol: every run's chains; a step that runs share is one stage, its owner's
+        chains: dict[str, Stage] = {}
+        for run in params.runs:
+            of_run = params.for_run(run)
+            for stage in step_stages(of_run):
+                owner = of_run.owner(stage.task).label
+                named = stage_name(stage.stage, stage.task, stage.method, owner)
+                chains.setdefault(named, dataclasses.replace(stage, name=named, run=owner))
+        out += chains.values()
+    else:
+        out += step_stages(params)
+    if params.sections.scenario == "multi":
+        if "recall" in params.methods:
+            out.append(
+                Stage(
+                    "similarity",
+                    "similarity",
+                    deps=[
+                        *map(Path, S.multi_models(params, "recall")),
+                        *(
+                            S.recall_dir(params, t) / f
+                            for t in tasks
+                            for f in ("probe.jsonl", "features.npy", "typical.json")
+                        ),
+                    ],
+                    params=["multi", *section_keys(params, "recall", *SIMILARITY_KEYS)],
+                    outs=[S.multi_similarity_path(params)],
+                )
+            )
+        for m in params.merge_methods:
+            inputs = [*map(Path, S.multi_models(params, m))]
+            if m == "recall":
+                inputs.append(S.multi_similarity_path(params))
+            setting = section_keys(params, "recall", "temperature") if m == "recall" else [f"methods.{m}"]
+            if m != "recall" and get_method(m).needs_base and not params.with_base:
+                inputs.append(S.base_model(params))
+            out.append(
+                Stage(
+                    stage_name("multi", method=m),
+                    "multi",
+                    method=m,
+                    deps=[*task_data(*tasks), *inputs],
+                    params=["multi", "evaluate", *setting],
+                    outs=[S.multi_dir(params, m)],
+                )
+            )
+    reads = [p for s in out if s.stage in ("evaluate", "multi") for p in s.outs]
+    if "recall" in params.methods and params.sections.scenario != "multi" and not params.runs:
+        reads += [S.recall_dir(params, t) / "similarity.json" for t in tasks]
+        reads += [S.chain_dir(params, "recall", t) / "model" for t in tasks]
+    out.append(
+        Stage("report", "report", deps=reads, outs=[params.root / "reports", S.data_root(params) / "report_spec.json"])
+    )
+    return out
+
+
+def step_stages(params: Params) -> list[Stage]:
+    """The stages of every step: the shared experts, and each method's fine-tune, merge and evaluation."""
+    task_data = lambda *ts: [params.data_dir / t for t in ts]  # noqa: E731
+    out: list[Stage] = []
+    for t in S.tasks(params):
         after = params.step(t).after
         if S.shared_expert(params, t):
             out.append(
@@ -155,48 +221,6 @@ def plan(params: Params) -> list[Stage]:
                     outs=[S.chain_dir(params, m, t) / "eval"],
                 )
             )
-    if params.sections.scenario == "multi":
-        if "recall" in params.methods:
-            out.append(
-                Stage(
-                    "similarity",
-                    "similarity",
-                    deps=[
-                        *map(Path, S.multi_models(params, "recall")),
-                        *(
-                            S.recall_dir(params, t) / f
-                            for t in tasks
-                            for f in ("probe.jsonl", "features.npy", "typical.json")
-                        ),
-                    ],
-                    params=["multi", *section_keys(params, "recall", *SIMILARITY_KEYS)],
-                    outs=[S.multi_similarity_path(params)],
-                )
-            )
-        for m in params.merge_methods:
-            inputs = [*map(Path, S.multi_models(params, m))]
-            if m == "recall":
-                inputs.append(S.multi_similarity_path(params))
-            setting = section_keys(params, "recall", "temperature") if m == "recall" else [f"methods.{m}"]
-            if m != "recall" and get_method(m).needs_base and not params.with_base:
-                inputs.append(S.base_model(params))
-            out.append(
-                Stage(
-                    stage_name("multi", method=m),
-                    "multi",
-                    method=m,
-                    deps=[*task_data(*tasks), *inputs],
-                    params=["multi", "evaluate", *setting],
-                    outs=[S.multi_dir(params, m)],
-                )
-            )
-    reads = [p for s in out if s.stage in ("evaluate", "multi") for p in s.outs]
-    if "recall" in params.methods and params.sections.scenario != "multi":
-        reads += [S.recall_dir(params, t) / "similarity.json" for t in tasks]
-        reads += [S.chain_dir(params, "recall", t) / "model" for t in tasks]
-    out.append(
-        Stage("report", "report", deps=reads, outs=[params.root / "reports", S.data_root(params) / "report_spec.json"])
-    )
     return out
 
 

@@ -16,6 +16,8 @@ Layout (every folder and file written atomically):
     data/chains/recall/<task>/probe.jsonl, features.npy, typical.json, similarity.json   RECALL's inputs
     data/chains/<method>/<task>/model/            merge: the previous model and the new one, by <method>
     data/chains/<method>/<task>/eval/             the model the step hands on, on every task
+    data/runs/<run>/{experts,chains}/...          a protocol's run (order, seed), e.g. o2-s1: as above;
+                                                  a step is kept by the first run that makes it
     data/multi/similarity.json                    multi scenario: every model's similarity to each expert
     data/multi/<method>/{model,eval}/             multi scenario: every expert merged at once (table 2)
     reports/                                      report: tables, plots; metrics.json at the top
@@ -69,8 +71,15 @@ def base_model(params: Params) -> Path:
     return data_root(params) / "base" / "model"
 
 
+def scope(params: Params, task: str) -> Path:
+    """Where a step's chain folders and expert live: data/, or in a protocol the folder of the run that
+    owns the step (`Params.owner`), data/runs/<run>/, so runs doing the same work share it."""
+    owner = params.owner(task)
+    return data_root(params) if owner is None else data_root(params) / "runs" / owner.label
+
+
 def chain_dir(params: Params, method: str, task: str) -> Path:
-    return data_root(params) / "chains" / method / task
+    return scope(params, task) / "chains" / method / task
 
 
 def shared_expert(params: Params, task: str) -> bool:
@@ -82,7 +91,7 @@ def shared_expert(params: Params, task: str) -> bool:
 def new_model(params: Params, method: str, task: str) -> Path:
     """The model fine-tuned on `task` that a method's step starts its merge from."""
     if shared_expert(params, task):
-        return data_root(params) / "experts" / task
+        return scope(params, task) / "experts" / task
     return chain_dir(params, method, task) / "sft"
 
 
