@@ -1,11 +1,18 @@
 """A protocol: several task orders x training seeds as independent chains, sharing identical work."""
 
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
 from test_pipeline import tiny_params, write_params
 
 from recall.errors import RecallError
 from recall.pipeline import plan, stages
 from recall.pipeline.params import load_params
+from recall.reporting import metrics
+from recall.reporting import statistics as paired
+from recall.reporting.protocol import write_protocol
 
 A, B, C = "gen_sentiment", "gen_translation", "gen_knowledge"
 SEQUENCE = [{"task": A, "after": "base"}, {"task": B, "after": A}, {"task": C, "after": B}]
@@ -31,7 +38,7 @@ def test_two_orders_and_two_seeds_make_independent_chains_sharing_identical_step
     # evaluates; a later step fine-tunes per method. average runs with seed 0 only.
     seed0 = 2 * (1 + 5 + 1 + 2) + 6 * (6 + 2 + 3)
     seed1 = 2 * (1 + 5 + 1) + 6 * (6 + 2)
-    assert len(dag) == 3 + seed0 + seed1
+    assert len(dag) == 4 + seed0 + seed1  # base, data, the base's evaluation, report
     assert {"finetune-gen_sentiment-o1-s0", "finetune-gen_knowledge-o3-s0", "finetune-gen_sentiment-o1-s1"} <= set(dag)
     assert "finetune-gen_sentiment-o2-s0" not in dag  # order 2 starts like order 1: the same fine-tune
     assert "evaluate-sft-gen_sentiment-o1-s0" in dag and "evaluate-sft-gen_sentiment-o2-s0" not in dag
@@ -87,3 +94,107 @@ def test_random_orders_are_distinct_and_a_larger_n_keeps_the_first(tmp_path):
 def test_bad_orders_and_seeds_are_refused(tmp_path, change, message):
     with pytest.raises(RecallError, match=message):
         protocol(tmp_path, **change)
+
+
+# -- statistics over runs, on hand-made records ------------------------------------------------------
+
+
+def test_two_level_interval_of_runs_without_test_noise_is_the_bootstrap_of_their_means():
+    # Two runs scoring 0 and 10 on every example resample: a replicate's mean is 0, 5 or 10 with
+    # probabilities 1/4, 1/2, 1/4, so the 2.5th and 97.5th percentiles are 0 and 10.
+    iv = paired.two_level([(0.0, np.zeros(50)), (10.0, np.full(50, 10.0))], replicates=4000)
+    assert (iv.low, iv.estimate, iv.high) == (0.0, 5.0, 10.0)
+
+
+def test_two_level_interval_of_identical_runs_shrinks_with_their_number():
+    # K identical runs whose example resamples are N(0, 1): a replicate averages K independent draws,
+    # so the interval is about +-1.96 / sqrt(K).
+    rng = np.random.default_rng(1)
+    for k in (1, 4, 16):
+        runs = [(0.0, rng.standard_normal(4000)) for _ in range(k)]
+        iv = paired.two_level(runs, replicates=8000)
+        assert iv.high == pytest.approx(1.96 / k**0.5, rel=0.1) and iv.low == pytest.approx(-1.96 / k**0.5, rel=0.1)
+
+
+def test_forgetting_statistic_matches_the_metric():
+    matrix = np.array([[60.0, 10, 5], [40, 70, 8], [30, 50, 90]])
+    statistic = paired.forgetting([0, 1, 2], [0, 1, 2])
+    assert statistic(matrix) == pytest.approx(np.mean(metrics.forgetting(matrix.tolist())))
+    matrix[1, 0] = np.nan  # a step that did not score task 0 is left out of its max
+    assert statistic(matrix) == pytest.approx(((60 - 30) + (70 - 50)) / 2)
+
+
+def write_eval(folder: Path, scores: dict[str, list[float]]) -> str:
+    """An evaluation folder: metrics.json with each task's accuracy and examples/<task>.jsonl."""
+    (folder / "examples").mkdir(parents=True)
+    for task, values in scores.items():
+        lines = [json.dumps({"score": v, "reference": f"r{i}"}) for i, v in enumerate(values)]
+        (folder / "examples" / f"{task}.jsonl").write_text("\n".join(lines) + "\n")
+    (folder / "metrics.json").write_text(json.dumps({t: {"accuracy": float(np.mean(v))} for t, v in scores.items()}))
+    return str(folder.relative_to(folder.parents[2]) / "metrics.json")
+
+
+def hand_made(tmp_path, twin: bool) -> dict:
+    """Two orders of A, B, one seed. Each step's model scores 90% on the task it just learned; on the
+    earlier task sft keeps 50%, average 70%; `twin` is sft's very records, or its own at 70%."""
+    rng = np.random.default_rng(0)
+    spec = {"tasks": [A, C], "runs": [], "bootstrap": {"replicates": 400, "seed": 0}}
+    for label, order in (("o1-s0", [A, C]), ("o2-s0", [C, A])):
+        methods: dict[str, list[str]] = {}
+        for m in ("sft", "twin", "average"):
+            steps = []
+            for k in range(2):
+                kept = 0.5 if m == "sft" else 0.7
+                scores = {
+                    t: (100.0 * (rng.random(40) < (0.9 if j == k else kept))).tolist()
+                    for j, t in enumerate(order[: k + 1])
+                }
+                if m == "twin" and twin:
+                    scores = json.loads((tmp_path / label / "sft" / str(k) / "scores.json").read_text())
+                steps.append(write_eval(tmp_path / label / m / str(k), scores))
+                (tmp_path / label / m / str(k) / "scores.json").write_text(json.dumps(scores))
+            methods[m] = steps
+        spec["runs"].append({"label": label, "order": order, "seed": 0, "methods": methods})
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    return spec
+
+
+def test_the_interval_of_identical_methods_is_zero(tmp_path):
+    hand_made(tmp_path, twin=True)
+    write_protocol(tmp_path / "spec.json", tmp_path / "out")
+    twin = json.loads((tmp_path / "out" / "protocol.json").read_text())["methods"]["twin"]
+    for name in ("final_avg", "bwt", "forgetting"):
+        assert twin["diff_vs_sft"][name] == [0.0, 0.0, 0.0]
+    assert twin["wins_vs_sft"] == 0
+
+
+def test_protocol_statistics_match_hand_computation(tmp_path):
+    spec = hand_made(tmp_path, twin=False)
+    write_protocol(tmp_path / "spec.json", tmp_path / "out")
+    summary = json.loads((tmp_path / "out" / "protocol.json").read_text())
+    assert summary["orders"] == [[A, C], [C, A]] and summary["n_test"] == {A: 40, C: 40}
+    final, bwt = {}, {}
+    for run in spec["runs"]:
+        for m, steps in run["methods"].items():
+            rows = [json.loads((tmp_path / s).read_text()) for s in steps]
+            first, second = run["order"]
+            final.setdefault(m, []).append((rows[1][first]["accuracy"] + rows[1][second]["accuracy"]) / 2)
+            bwt.setdefault(m, []).append(rows[1][first]["accuracy"] - rows[0][first]["accuracy"])
+    for m, entry in summary["methods"].items():
+        assert entry["runs"] == 2
+        assert entry["final_avg"] == pytest.approx(np.mean(final[m]), abs=1e-3)
+        assert entry["bwt"] == pytest.approx(np.mean(bwt[m]), abs=1e-3)
+        assert entry["forgetting"] == pytest.approx(-np.mean(bwt[m]), abs=1e-3)
+        low, high = entry["final_avg_ci95"]
+        assert low < entry["final_avg"] < high
+        per_run = [entry["per_run"][r]["final_avg"] for r in ("o1-s0", "o2-s0")]
+        assert per_run == pytest.approx(final[m], abs=1e-3)
+        assert entry["order_sensitivity"]["range"] == pytest.approx(abs(final[m][0] - final[m][1]), abs=1e-3)
+    twin = summary["methods"]["twin"]
+    expected = [a - b for a, b in zip(final["twin"], final["sft"])]
+    assert list(twin["per_run_diff_vs_sft"].values()) == pytest.approx(expected, abs=1e-3)
+    assert twin["wins_vs_sft"] == sum(d > 0 for d in expected)
+    assert twin["diff_vs_sft"]["final_avg"][1] == pytest.approx(np.mean(expected), abs=1e-3)
+    assert (tmp_path / "out" / "protocol.png").is_file() and "| twin | 2 |" in (
+        tmp_path / "out" / "report.md"
+    ).read_text()

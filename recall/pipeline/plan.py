@@ -112,6 +112,15 @@ def plan(params: Params) -> list[Stage]:
                 named = stage_name(stage.stage, stage.task, stage.method, owner)
                 chains.setdefault(named, dataclasses.replace(stage, name=named, run=owner))
         out += chains.values()
+        out.append(
+            Stage(
+                "evaluate",
+                "evaluate",
+                deps=[*task_data(*tasks), S.base_model(params)],
+                params=["evaluate"],
+                outs=[S.base_eval(params)],
+            )
+        )
     else:
         out += step_stages(params)
     if params.sections.scenario == "multi":

@@ -9,6 +9,7 @@ Layout (every folder and file written atomically):
 
     data/tasks/<task>/{train,test}.jsonl          data stage
     data/base/model/                              base stage
+    data/base/eval/                               a protocol's base model on every task
     data/experts/<task>/                          the base fine-tuned on <task>, shared by every chain
                                                   (each step of single/multi, a sequence's first step;
                                                   runs of one project share them through DVC's cache)
@@ -69,6 +70,11 @@ def data_root(params: Params) -> Path:
 
 def base_model(params: Params) -> Path:
     return data_root(params) / "base" / "model"
+
+
+def base_eval(params: Params) -> Path:
+    """A protocol's base model on every task: what each task's learning is measured against."""
+    return data_root(params) / "base" / "eval"
 
 
 def scope(params: Params, task: str) -> Path:
@@ -400,15 +406,31 @@ def report_spec(params: Params, spec_dir: Path) -> dict:
     return spec
 
 
+def protocol_spec(params: Params, spec_dir: Path) -> dict:
+    """The spec `recall.reporting.protocol` reads: every run's evaluations per method and step, and the base's."""
+    rel = lambda p: os.path.relpath(p, spec_dir)  # noqa: E731
+    runs = []
+    for run in params.runs:
+        of_run = params.for_run(run)
+        evals = {m: [rel(chain_dir(of_run, m, t) / "eval" / "metrics.json") for t in run.tasks] for m in of_run.methods}
+        runs.append({"label": run.label, "order": list(run.tasks), "seed": run.seed, "methods": evals})
+    return {"tasks": tasks(params), "base": rel(base_eval(params) / "metrics.json"), "runs": runs}
+
+
 def report(params: Params) -> Path:
+    from recall.reporting.protocol import write_protocol
     from recall.reporting.report import write_report
 
     out = params.root / "reports"
     spec_path = data_root(params) / "report_spec.json"
-    write_json(spec_path, report_spec(params, spec_path.parent))
-    report_md = write_report(spec_path, out)
+    if params.runs:
+        write_json(spec_path, protocol_spec(params, spec_path.parent))
+        report_md, metrics = write_protocol(spec_path, out), out / "protocol.json"
+    else:
+        write_json(spec_path, report_spec(params, spec_path.parent))
+        report_md, metrics = write_report(spec_path, out), out / "metrics.json"
     # DVC metrics may not sit inside an output folder, so the run's metrics also live at the top.
-    write_json(params.root / "metrics.json", read_json(out / "metrics.json"))
+    write_json(params.root / "metrics.json", read_json(metrics))
     return report_md
 
 
@@ -418,6 +440,8 @@ def run(params: Params, stage: str, task: str | None = None, method: str | None 
         return STAGES[stage](params)
     if stage == "similarity" and task is None:
         return multi_similarity(params)
+    if stage == "evaluate" and task is None:
+        return evaluate_model(params, base_model(params), base_eval(params))
     if stage in ("features", "typical", "similarity"):
         return STAGES[stage](params, task)
     if stage == "multi":
@@ -456,7 +480,8 @@ def log_stage(params: Params, stage: str, task: str | None, method: str | None, 
             params, chain_dir(params, method, task) / "model", [task], name, f"{method} chain: merge after step {task}"
         )
     elif stage == "evaluate":
-        log_scores({method: chain_dir(params, method, task) / "eval"}, "", index, sequence_run)
+        folder = chain_dir(params, method, task) / "eval" if task else base_eval(params)
+        log_scores({method or "base": folder}, "", index, sequence_run)
     elif stage == "multi":
         register_merge(
             params, multi_dir(params, method) / "model", tasks(params), name, f"{method}: every expert merged"
