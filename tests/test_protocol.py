@@ -15,6 +15,7 @@ from recall.reporting import statistics as paired
 from recall.reporting.protocol import write_protocol
 
 A, B, C = "gen_sentiment", "gen_translation", "gen_knowledge"
+K = C
 SEQUENCE = [{"task": A, "after": "base"}, {"task": B, "after": A}, {"task": C, "after": B}]
 
 
@@ -198,3 +199,34 @@ def test_protocol_statistics_match_hand_computation(tmp_path):
     assert (tmp_path / "out" / "protocol.png").is_file() and "| twin | 2 |" in (
         tmp_path / "out" / "report.md"
     ).read_text()
+
+
+@pytest.mark.slow
+def test_a_tiny_protocol_runs_stage_by_stage_into_protocol_json(tmp_path):
+    """Every stage of a two-order, two-seed protocol on a tiny model, in plan order, as DVC would run them."""
+    from recall.testing import tiny_model
+
+    tiny_model(tmp_path / "tiny", layers=2)
+    params = protocol(
+        tmp_path,
+        sequence=[{"task": A, "after": "base"}, {"task": K, "after": A}],
+        orders=[[A, K], [K, A]],
+        methods={"sft": {}, "recall": {"seeds": [0]}},
+    )
+    for stage in plan.plan(params):
+        stages.run(params.select(stage.run) if stage.run else params, stage.stage, stage.task, stage.method)
+    summary = json.loads((tmp_path / "metrics.json").read_text())
+    assert summary["runs"] == ["o1-s0", "o1-s1", "o2-s0", "o2-s1"]
+    assert summary["methods"]["sft"]["runs"] == 4 and summary["methods"]["recall"]["runs"] == 2
+    final = json.loads(
+        (tmp_path / "data" / "runs" / "o2-s1" / "chains" / "sft" / A / "eval" / "metrics.json").read_text()
+    )
+    expected = np.mean([next(iter(final[t].values())) for t in (A, K)])
+    assert summary["methods"]["sft"]["per_run"]["o2-s1"]["final_avg"] == pytest.approx(expected, abs=1e-3)
+    base = json.loads((tmp_path / "data" / "base" / "eval" / "metrics.json").read_text())
+    assert summary["learned"][A][0] == pytest.approx(next(iter(base[A].values())), abs=1e-3)
+    # order 2's second step starts from its own first: the fine-tune's start model says so
+    started = json.loads(
+        (tmp_path / "data" / "runs" / "o2-s0" / "chains" / "recall" / A / "sft" / "train_metrics.json").read_text()
+    )
+    assert Path(started["base"]) == tmp_path / "data" / "runs" / "o2-s0" / "chains" / "recall" / K / "model"
