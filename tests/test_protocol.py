@@ -59,12 +59,21 @@ def test_two_orders_and_two_seeds_make_independent_chains_sharing_identical_step
 
 
 def test_adding_a_seed_or_an_order_only_adds_stages(tmp_path):
-    small = protocol(tmp_path, orders=[[A, B, C], [A, C, B]], seeds=[0])
-    big = protocol(tmp_path, orders=[[A, B, C], [A, C, B], [C, B, A]], seeds=[0, 1])
+    ewc = {"lambda": 100, "samples": 8}
+    small = protocol(tmp_path, orders=[[A, B, C], [A, C, B]], seeds=[0, 1], methods={"ewc": {**ewc, "seeds": [0]}})
+    big = protocol(
+        tmp_path, orders=[[A, B, C], [A, C, B], [C, B, A]], seeds=[0, 1], methods={"ewc": {**ewc, "seeds": [0, 1]}}
+    )
     before = {s.name: s for s in plan.plan(small) if s.name != "report"}
     after = {s.name: s for s in plan.plan(big)}
     assert before.items() <= after.items()
     assert len(after) > len(before) + 1
+    # the fine-tunes read the method's parameters, not its seeds: a seed added there reruns nothing
+    assert before["finetune-ewc-gen_translation-o1-s0"].params == [
+        "finetune",
+        "methods.ewc.lambda",
+        "methods.ewc.samples",
+    ]
 
 
 def test_the_run_params_seed_the_fine_tune_and_keep_the_runs_methods(tmp_path):

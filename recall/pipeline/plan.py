@@ -28,7 +28,7 @@ from recall.atomic import atomic_file
 from recall.errors import RecallError
 from recall.merge.methods import get_method
 from recall.pipeline import stages as S
-from recall.pipeline.params import TRAINING_METHODS, Params
+from recall.pipeline.params import SEEDS_KEY, TRAINING_METHODS, Params
 
 KEY_PREFIX = "# plan key: "
 SIMILARITY_KEYS = ("similarity", "sigma", "normalize", "batch_size", "max_length")  # what the similarities read
@@ -81,6 +81,15 @@ def shape_key(params: Params) -> str:
 def section_keys(params: Params, section: str, *used: str) -> list[str]:
     """`<section>.<key>` params a stage reads, among those params.yaml sets (DVC fails on absent keys)."""
     return [f"{section}.{k}" for k in used if k in params.written(section)]
+
+
+def method_keys(params: Params, method: str) -> list[str]:
+    """The params a method's stages read: its section, or with a protocol's `seeds` in it, each other key,
+    so that a seed added to a method's list adds its chains and reruns nothing."""
+    given = params.sections.methods[method] or {}
+    if SEEDS_KEY not in given:
+        return [f"methods.{method}"]
+    return [f"methods.{method}.{k}" for k in given if k != SEEDS_KEY]
 
 
 def plan(params: Params) -> list[Stage]:
@@ -191,7 +200,7 @@ def step_stages(params: Params) -> list[Stage]:
         for m in params.methods:
             new, start = S.new_model(params, m, t), S.start_model(params, m, t)
             if not S.shared_expert(params, t):
-                extra = ["methods.ewc"] if m == "ewc" else []
+                extra = method_keys(params, "ewc") if m == "ewc" else []
                 anchor = task_data(after) if m == "ewc" else []
                 out.append(
                     Stage(
@@ -215,7 +224,7 @@ def step_stages(params: Params) -> list[Stage]:
                         t,
                         m,
                         deps=[start, new, *base],
-                        params=[f"methods.{m}"],
+                        params=method_keys(params, m),
                         outs=[S.chain_dir(params, m, t) / "model"],
                     )
                 )
