@@ -216,7 +216,7 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if summary["learned"]:
         lines += ["", "Learned (base, then SeqFT right after learning the task, mean over runs):", ""]
-        lines += [f"- {t}: {b if b is None else f'{b:.2f}'} -> {e:.2f}" for t, (b, e) in summary["learned"].items()]
+        lines += [f"- {t}: {'n/a' if b is None else f'{b:.2f}'} -> {e:.2f}" for t, (b, e) in summary["learned"].items()]
     return "\n".join([*lines, "", "![pooled comparison](protocol.png)", ""])
 
 
