@@ -16,6 +16,7 @@ from recall.reporting.protocol import write_protocol
 
 A, B, C = "gen_sentiment", "gen_translation", "gen_knowledge"
 K = C
+U = "gen_reading"  # scored, never learned
 SEQUENCE = [{"task": A, "after": "base"}, {"task": B, "after": A}, {"task": C, "after": B}]
 
 
@@ -53,6 +54,12 @@ def test_two_orders_and_two_seeds_make_independent_chains_sharing_identical_step
     assert dag["merge-recall-gen_translation-o3-s1"].deps[-1] == runs / "o3-s1" / "chains" / "recall" / C / "model"
     entry = dag["evaluate-recall-gen_sentiment-o3-s0"].entry(tmp_path)
     assert entry["cmd"] == "python -m flows.stage evaluate --method recall --step gen_sentiment --run o3-s0"
+    # unseen tasks: the data stage copies them, the base and every last step score them
+    seen = protocol(tmp_path, evaluate={"limit": 2, "batch_size": 2, "unseen": [U]})
+    dag = {s.name: s for s in plan.plan(seen)}
+    for name in ("evaluate", "evaluate-sft-gen_knowledge-o1-s0", "evaluate-recall-gen_sentiment-o3-s1"):
+        assert tmp_path / "data" / "tasks" / U in dag[name].deps
+    assert tmp_path / "data" / "tasks" / U not in dag["evaluate-sft-gen_translation-o1-s0"].deps
     # no two stages write the same output
     outs = [o for s in dag.values() for o in s.outs]
     assert len(outs) == len(set(outs))
@@ -99,6 +106,7 @@ def test_random_orders_are_distinct_and_a_larger_n_keeps_the_first(tmp_path):
         (dict(seeds=[0, 0]), "lists a seed twice"),
         (dict(methods={"sft": {"seeds": [2]}}), r"methods.sft.seeds \[2\] are not among seeds"),
         (dict(methods={"sft": {"seeds": 1}}), "must list training seeds"),
+        (dict(evaluate={"limit": 2, "batch_size": 2, "unseen": [A]}), "a task of the sequence"),
     ],
 )
 def test_bad_orders_and_seeds_are_refused(tmp_path, change, message):
@@ -148,16 +156,16 @@ def hand_made(tmp_path, twin: bool) -> dict:
     """Two orders of A, B, one seed. Each step's model scores 90% on the task it just learned; on the
     earlier task sft keeps 50%, average 70%; `twin` is sft's very records, or its own at 70%."""
     rng = np.random.default_rng(0)
-    spec = {"tasks": [A, C], "runs": [], "bootstrap": {"replicates": 400, "seed": 0}}
+    spec = {"tasks": [A, C], "unseen": [U], "runs": [], "bootstrap": {"replicates": 400, "seed": 0}}
     for label, order in (("o1-s0", [A, C]), ("o2-s0", [C, A])):
         methods: dict[str, list[str]] = {}
         for m in ("sft", "twin", "average"):
             steps = []
             for k in range(2):
                 kept = 0.5 if m == "sft" else 0.7
+                held = order[: k + 1] + ([U] if k == 1 else [])  # the last step also scores the unseen task
                 scores = {
-                    t: (100.0 * (rng.random(40) < (0.9 if j == k else kept))).tolist()
-                    for j, t in enumerate(order[: k + 1])
+                    t: (100.0 * (rng.random(40) < (0.9 if j == k else kept))).tolist() for j, t in enumerate(held)
                 }
                 if m == "twin" and twin:
                     scores = json.loads((tmp_path / label / "sft" / str(k) / "scores.json").read_text())
@@ -173,7 +181,7 @@ def test_the_interval_of_identical_methods_is_zero(tmp_path):
     hand_made(tmp_path, twin=True)
     write_protocol(tmp_path / "spec.json", tmp_path / "out")
     twin = json.loads((tmp_path / "out" / "protocol.json").read_text())["methods"]["twin"]
-    for name in ("final_avg", "bwt", "forgetting"):
+    for name in ("final_avg", "bwt", "forgetting", "unseen_avg"):
         assert twin["diff_vs_sft"][name] == [0.0, 0.0, 0.0]
     assert twin["wins_vs_sft"] == 0
 
@@ -182,19 +190,21 @@ def test_protocol_statistics_match_hand_computation(tmp_path):
     spec = hand_made(tmp_path, twin=False)
     write_protocol(tmp_path / "spec.json", tmp_path / "out")
     summary = json.loads((tmp_path / "out" / "protocol.json").read_text())
-    assert summary["orders"] == [[A, C], [C, A]] and summary["n_test"] == {A: 40, C: 40}
-    final, bwt = {}, {}
+    assert summary["orders"] == [[A, C], [C, A]] and summary["n_test"] == {A: 40, C: 40, U: 40}
+    final, bwt, unseen = {}, {}, {}
     for run in spec["runs"]:
         for m, steps in run["methods"].items():
             rows = [json.loads((tmp_path / s).read_text()) for s in steps]
             first, second = run["order"]
             final.setdefault(m, []).append((rows[1][first]["accuracy"] + rows[1][second]["accuracy"]) / 2)
             bwt.setdefault(m, []).append(rows[1][first]["accuracy"] - rows[0][first]["accuracy"])
+            unseen.setdefault(m, []).append(rows[1][U]["accuracy"])
     for m, entry in summary["methods"].items():
         assert entry["runs"] == 2
         assert entry["final_avg"] == pytest.approx(np.mean(final[m]), abs=1e-3)
         assert entry["bwt"] == pytest.approx(np.mean(bwt[m]), abs=1e-3)
         assert entry["forgetting"] == pytest.approx(-np.mean(bwt[m]), abs=1e-3)
+        assert entry["unseen_avg"] == pytest.approx(np.mean(unseen[m]), abs=1e-3)
         low, high = entry["final_avg_ci95"]
         assert low < entry["final_avg"] < high
         per_run = [entry["per_run"][r]["final_avg"] for r in ("o1-s0", "o2-s0")]

@@ -92,6 +92,8 @@ class EvaluateSection(Settings):
     mode: dict[str, str] | None = setting(None, MODES)  # task format -> ppl or gen; null: each format's own
     # how OpenCompass runs the model: hf (transformers), or on a CUDA GPU vllm / lmdeploy (gen only, no nll)
     backend: str = setting("hf", one_of(*BACKENDS, message=UNKNOWN))
+    # tasks outside the sequence, scored after its last step: how the final model does on tasks it never learned
+    unseen: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -270,14 +272,17 @@ class Params:
         (`new`); every task after the last step. Final average and BWT need no more than `new` gives."""
         names = [s.task for s in self.steps]
         which = self.sections.evaluate.tasks
-        if which == "all" or task == names[-1]:
+        if task == names[-1]:
+            return [*names, *self.sections.evaluate.unseen]
+        if which == "all":
             return names
         return names[: names.index(task) + 1] if which == "seen" else [task]
 
     def eval_limits(self) -> dict[str, int | None]:
         """Task -> test examples scored: `evaluate.limit` is one number, or one per task format."""
         limit = self.sections.evaluate.limit
-        formats = {s.task: self.find_task(s.task).format for s in self.steps}
+        names = [*(s.task for s in self.steps), *self.sections.evaluate.unseen]
+        formats = {t: self.find_task(t).format for t in names}
         return {t: limit.get(f) if isinstance(limit, dict) else limit for t, f in formats.items()}
 
     @property
@@ -383,6 +388,10 @@ def validate(params: Params) -> None:
                 f"needs after: {expected}"
             )
         seen.append(step.task)
+    for task in sections.evaluate.unseen:
+        params.find_task(task)
+        if task in seen:
+            raise RecallError(f"evaluate.unseen lists {task!r}, a task of the sequence; list tasks it never learns")
     if sections.evaluate.backend != "hf":  # its package and GPU are checked by the evaluation, where it runs
         modes = resolve_modes(sections.evaluate.mode)
         formats = {s.task: params.find_task(s.task).format for s in params.steps}

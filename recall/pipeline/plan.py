@@ -72,6 +72,8 @@ def shape_key(params: Params) -> str:
     }
     if sections.tasks is not None:  # the data stage's dependencies (absent from earlier keys, which stay valid)
         shape["tasks"] = sections.tasks
+    if sections.evaluate.unseen:
+        shape["unseen"] = list(sections.evaluate.unseen)
     if params.runs:
         shape["runs"] = [[r.label, *r.tasks] for r in params.runs]
         shape["seeds"] = {m: params.method_seeds(m) for m in params.methods}
@@ -93,12 +95,12 @@ def method_keys(params: Params, method: str) -> list[str]:
 
 
 def plan(params: Params) -> list[Stage]:
-    tasks = S.tasks(params)
+    tasks, scored = S.tasks(params), S.scored_tasks(params)
     task_data = lambda *ts: [params.data_dir / t for t in ts]  # noqa: E731
     declared = [params.root / params.sections.tasks] if params.sections.tasks is not None else []
     source = params.sections.data.source
     # A data folder's files, not only its name: new data in it reruns the data stage (and what it changes).
-    sourced = [] if source == "generated" else [p for t in tasks if (p := params.root / source / t).is_dir()]
+    sourced = [] if source == "generated" else [p for t in scored if (p := params.root / source / t).is_dir()]
     out: list[Stage] = [
         Stage("base", "base", params=["base"], outs=[S.base_model(params)]),
         # incoming/<task>/ overrides a task's data (the scheduled flow drops new tasks there), if the
@@ -125,7 +127,7 @@ def plan(params: Params) -> list[Stage]:
             Stage(
                 "evaluate",
                 "evaluate",
-                deps=[*task_data(*tasks), S.base_model(params)],
+                deps=[*task_data(*scored), S.base_model(params)],
                 params=["evaluate"],
                 outs=[S.base_eval(params)],
             )

@@ -64,6 +64,11 @@ def tasks(params: Params) -> list[str]:
     return [s.task for s in params.steps]
 
 
+def scored_tasks(params: Params) -> list[str]:
+    """The sequence's tasks, then those only scored (`evaluate.unseen`)."""
+    return [*tasks(params), *params.sections.evaluate.unseen]
+
+
 def data_root(params: Params) -> Path:
     return params.root / "data"
 
@@ -153,7 +158,7 @@ def data(params: Params) -> Path:
     out = params.data_dir
     if cfg.source == "generated":
         generate_suite(out, seed=cfg.seed, train=cfg.train_size, test=cfg.test_size)
-    for task in tasks(params):
+    for task in scored_tasks(params):
         declared, incoming = params.declaring_folder(task), params.root / "incoming" / task
         if incoming.is_dir():
             source = incoming
@@ -365,7 +370,7 @@ def evaluate_model(params: Params, model: Path, out: Path, names: list[str] | No
     cfg = params.sections.evaluate
     return evaluate(
         model,
-        names or tasks(params),
+        names or scored_tasks(params),
         out,
         data_dir=params.data_dir,
         limit=params.eval_limits(),
@@ -414,7 +419,12 @@ def protocol_spec(params: Params, spec_dir: Path) -> dict:
         of_run = params.for_run(run)
         evals = {m: [rel(chain_dir(of_run, m, t) / "eval" / "metrics.json") for t in run.tasks] for m in of_run.methods}
         runs.append({"label": run.label, "order": list(run.tasks), "seed": run.seed, "methods": evals})
-    return {"tasks": tasks(params), "base": rel(base_eval(params) / "metrics.json"), "runs": runs}
+    return {
+        "tasks": tasks(params),
+        "unseen": list(params.sections.evaluate.unseen),
+        "base": rel(base_eval(params) / "metrics.json"),
+        "runs": runs,
+    }
 
 
 def report(params: Params) -> Path:

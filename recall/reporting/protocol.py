@@ -44,15 +44,20 @@ class RunEvidence:
     seed: int
     rows: dict[str, list[int]]  # method -> its evaluation rows, one per step
     learned: list[int]  # the column of the task learned at each step
+    unseen: list[int]  # the columns of the tasks only scored after the last step (`evaluate.unseen`)
     scores: np.ndarray  # (E, T)
     draws: np.ndarray  # (B, E, T)
     n: dict[str, int | None]  # test examples per task; None: no records
 
     def statistic(self, method: str, name: str) -> Statistic:
         rows = self.rows[method]
-        if name == "final_avg":
-            return paired.mean_score(rows[-1], self.learned)
+        if name in ("final_avg", "unseen_avg"):
+            return paired.mean_score(rows[-1], self.learned if name == "final_avg" else self.unseen)
         return (paired.backward_transfer if name == "bwt" else paired.forgetting)(rows, self.learned)
+
+    @property
+    def stats(self) -> tuple[str, ...]:
+        return (*STATS, "unseen_avg") if self.unseen else STATS
 
     def value(self, statistic: Statistic) -> tuple[float, np.ndarray]:
         """The statistic on all examples and on each resample: a run's entry of `two_level`."""
@@ -68,7 +73,8 @@ def _scores(path: Path, tasks: Sequence[str]) -> list[float]:
 
 
 def gather(spec: dict, folder: Path, tasks: list[str], replicates: int, seed: int) -> list[RunEvidence]:
-    """Every run's evaluations, each run's examples resampled on their own (`seed` + the run's index)."""
+    """Every run's evaluations, each run's examples resampled on their own (`seed` + the run's index);
+    `tasks`: the columns, the suite's tasks then the unseen ones."""
     runs = []
     for i, run in enumerate(spec["runs"]):
         files, rows = [], {}
@@ -82,9 +88,11 @@ def gather(spec: dict, folder: Path, tasks: list[str], replicates: int, seed: in
             {t: read_records(p) for t in tasks if (p := f.parent / "examples" / f"{t}.jsonl").is_file()} for f in files
         ]
         draws = paired.score_draws(records, tasks, replicates, seed + i)
-        learned = [tasks.index(t) for t in run["order"]]
+        learned, unseen = [tasks.index(t) for t in run["order"]], [tasks.index(t) for t in spec.get("unseen", [])]
         n = paired.example_counts(records, tasks)
-        runs.append(RunEvidence(run["label"], tuple(run["order"]), run["seed"], rows, learned, scores, draws, n))
+        runs.append(
+            RunEvidence(run["label"], tuple(run["order"]), run["seed"], rows, learned, unseen, scores, draws, n)
+        )
     return runs
 
 
@@ -108,7 +116,7 @@ def compare(
                 [r.value(paired.difference(r.statistic(a, name), r.statistic(b, name))) for r in both], replicates, seed
             )
         )
-        for name in STATS
+        for name in both[0].stats
     }
     per_run = {
         r.label: r.value(paired.difference(r.statistic(a, "final_avg"), r.statistic(b, "final_avg")))[0] for r in both
@@ -126,10 +134,12 @@ def summarize(spec: dict, runs: list[RunEvidence], replicates: int, seed: int, b
     for m in methods:
         mine = [r for r in runs if m in r.rows]
         entry: dict = {"runs": len(mine)}
-        for name in STATS:
+        for name in mine[0].stats:
             iv = paired.two_level([r.value(r.statistic(m, name)) for r in mine], replicates, seed)
             entry[name], entry[f"{name}_ci95"] = _round(iv.estimate), [_round(iv.low), _round(iv.high)]
-        entry["per_run"] = {r.label: {name: round(r.value(r.statistic(m, name))[0], 4) for name in STATS} for r in mine}
+        entry["per_run"] = {
+            r.label: {name: round(r.value(r.statistic(m, name))[0], 4) for name in r.stats} for r in mine
+        }
         by_order: dict[str, list[float]] = {}
         for r in mine:
             by_order.setdefault(r.label.split("-")[0], []).append(entry["per_run"][r.label]["final_avg"])
@@ -161,6 +171,7 @@ def summarize(spec: dict, runs: list[RunEvidence], replicates: int, seed: int, b
             learned[t] = [None if base is None else _round(base.get(t)), _round(float(np.mean(right_after)))]
     return {
         "orders": [list(o) for o in dict.fromkeys(r.order for r in runs)],
+        "unseen": list(spec.get("unseen", [])),
         "seeds": sorted({r.seed for r in runs}),
         "runs": [r.label for r in runs],
         "n_test": runs[0].n,
@@ -194,20 +205,23 @@ def markdown(summary: dict) -> str:
         f"Orders: {'; '.join(' > '.join(o) for o in summary['orders'])}. Seeds: {summary['seeds']}. "
         f"Test examples per task: {', '.join(f'{t} {n}' for t, n in summary['n_test'].items())}.",
         "",
-        "Final avg: mean score of the last model over the order's tasks; BWT = mean over j < T of "
+        "Final avg: mean score of the last model over the order's tasks (unseen avg: over the tasks it never "
+        "learned); BWT = mean over j < T of "
         "R[T][j] - R[j][j]; forgetting = mean over j < T of max over t < T of R[t][j] minus R[T][j]. "
         f"Intervals: 95% two-level bootstrap ({summary['bootstrap']['replicates']} replicates): the runs "
         "(order, seed) resampled, then the test examples of each drawn run, the same draws for every method. "
         "A difference marked * excludes 0; wins count the runs where the method's final average is higher.",
         "",
-        "| Method | Runs | Final avg | BWT | Forgetting | Δ final avg vs sft | Δ vs average | Δ vs best other "
-        "| Order range |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| Method | Runs | Final avg | BWT | Forgetting | "
+        + ("Unseen avg | " if summary["unseen"] else "")
+        + "Δ final avg vs sft | Δ vs average | Δ vs best other | Order range |",
+        "|---|---|---|---|---|" + ("---|" if summary["unseen"] else "") + "---|---|---|---|",
     ]
     for name, m in methods.items():
         best = f"{diff(m, 'best_other')} ({m['best_other']})" if "best_other" in m else ""
+        unseen = f"{cell(m, 'unseen_avg')} | " if summary["unseen"] else ""
         lines.append(
-            f"| {name} | {m['runs']} | {cell(m, 'final_avg')} | {cell(m, 'bwt')} | {cell(m, 'forgetting')} | "
+            f"| {name} | {m['runs']} | {cell(m, 'final_avg')} | {cell(m, 'bwt')} | {cell(m, 'forgetting')} | {unseen}"
             f"{diff(m, 'sft')} | {diff(m, 'average')} | {best} | {m['order_sensitivity']['range']:.2f} |"
         )
     lines += ["", "Final average per run:", "", "| Method | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
@@ -243,7 +257,7 @@ def write_protocol(spec_path: str | os.PathLike, out: str | os.PathLike) -> Path
     spec_path = Path(spec_path)
     spec = read_json(spec_path)
     settings = {**{"replicates": paired.REPLICATES, "seed": 0}, **spec.get("bootstrap", {})}
-    tasks = list(spec["tasks"])
+    tasks = [*spec["tasks"], *spec.get("unseen", [])]
     runs = gather(spec, spec_path.parent, tasks, settings["replicates"], settings["seed"])
     base = None
     if spec.get("base"):
