@@ -95,6 +95,8 @@ def test_random_orders_are_distinct_and_a_larger_n_keeps_the_first(tmp_path):
     three = protocol(tmp_path, orders={"random": 3, "seed": 7}).orders
     five = protocol(tmp_path, orders={"random": 5, "seed": 7}).orders
     assert five[:3] == three and len(set(five)) == 5 and all(sorted(o) == sorted([A, B, C]) for o in five)
+    params = protocol(tmp_path, orders={"random": 3, "seed": 7})
+    assert all(params.select(r.label).runs == params.runs for r in params.runs)  # every run sees the same runs
 
 
 @pytest.mark.parametrize(

@@ -219,6 +219,7 @@ class Params:
         orders, tasks = self.sections.orders, tuple(s.task for s in self.steps)
         if not isinstance(orders, dict):
             return list(orders or [tasks])
+        tasks = tuple(sorted(tasks))  # a run's params list its own order as the sequence: draw from one list
         rng, drawn = random.Random(orders["seed"]), []
         while len(drawn) < orders["random"]:  # appending draws keeps the earlier orders: a larger n only adds
             if (order := tuple(rng.sample(tasks, len(tasks)))) not in drawn:
