@@ -251,3 +251,16 @@ def test_a_tiny_protocol_runs_stage_by_stage_into_protocol_json(tmp_path):
         (tmp_path / "data" / "runs" / "o2-s0" / "chains" / "recall" / A / "sft" / "train_metrics.json").read_text()
     )
     assert Path(started["base"]) == tmp_path / "data" / "runs" / "o2-s0" / "chains" / "recall" / K / "model"
+
+
+def test_a_stage_command_names_its_run(tmp_path, capsys):
+    from flows import stage as flow
+
+    params = protocol(tmp_path)
+    plan.write(params)
+    args = ["finetune", "--method", "sft", "--step", B, "--params", str(tmp_path / "params.yaml")]
+    assert plan.find(params, plan.stage_name("finetune", B, "sft", "o1-s1")).outs == [
+        tmp_path / "data" / "runs" / "o1-s1" / "chains" / "sft" / B / "sft"
+    ]
+    assert flow.main([*args, "--run", "o4-s0"]) == 2  # refused before Prefect starts: there is no order 4
+    assert "no stage 'finetune-sft-gen_translation-o4-s0'" in capsys.readouterr().err
