@@ -95,6 +95,8 @@ def method_keys(params: Params, method: str) -> list[str]:
 
 
 def plan(params: Params) -> list[Stage]:
+    if params.runs and params.run is None:
+        return protocol_plan(params)
     tasks, scored = S.tasks(params), S.scored_tasks(params)
     task_data = lambda *ts: [params.data_dir / t for t in ts]  # noqa: E731
     declared = [params.root / params.sections.tasks] if params.sections.tasks is not None else []
@@ -114,76 +116,7 @@ def plan(params: Params) -> list[Stage]:
             outs=[params.data_dir],
         ),
     ]
-    if params.runs:  # a protocol: every run's chains; a step that runs share is one stage, its owner's
-        chains: dict[str, Stage] = {}
-        for run in params.runs:
-            of_run = params.for_run(run)
-            for stage in step_stages(of_run):
-                owner = of_run.owner(stage.task).label
-                named = stage_name(stage.stage, stage.task, stage.method, owner)
-                chains.setdefault(named, dataclasses.replace(stage, name=named, run=owner))
-        out += chains.values()
-        out.append(
-            Stage(
-                "evaluate",
-                "evaluate",
-                deps=[*task_data(*scored), S.base_model(params)],
-                params=["evaluate"],
-                outs=[S.base_eval(params)],
-            )
-        )
-    else:
-        out += step_stages(params)
-    if params.sections.scenario == "multi":
-        if "recall" in params.methods:
-            out.append(
-                Stage(
-                    "similarity",
-                    "similarity",
-                    deps=[
-                        *map(Path, S.multi_models(params, "recall")),
-                        *(
-                            S.recall_dir(params, t) / f
-                            for t in tasks
-                            for f in ("probe.jsonl", "features.npy", "typical.json")
-                        ),
-                    ],
-                    params=["multi", *section_keys(params, "recall", *SIMILARITY_KEYS)],
-                    outs=[S.multi_similarity_path(params)],
-                )
-            )
-        for m in params.merge_methods:
-            inputs = [*map(Path, S.multi_models(params, m))]
-            if m == "recall":
-                inputs.append(S.multi_similarity_path(params))
-            setting = section_keys(params, "recall", "temperature") if m == "recall" else [f"methods.{m}"]
-            if m != "recall" and get_method(m).needs_base and not params.with_base:
-                inputs.append(S.base_model(params))
-            out.append(
-                Stage(
-                    stage_name("multi", method=m),
-                    "multi",
-                    method=m,
-                    deps=[*task_data(*tasks), *inputs],
-                    params=["multi", "evaluate", *setting],
-                    outs=[S.multi_dir(params, m)],
-                )
-            )
-    reads = [p for s in out if s.stage in ("evaluate", "multi") for p in s.outs]
-    if "recall" in params.methods and params.sections.scenario != "multi" and not params.runs:
-        reads += [S.recall_dir(params, t) / "similarity.json" for t in tasks]
-        reads += [S.chain_dir(params, "recall", t) / "model" for t in tasks]
-    out.append(
-        Stage("report", "report", deps=reads, outs=[params.root / "reports", S.data_root(params) / "report_spec.json"])
-    )
-    return out
-
-
-def step_stages(params: Params) -> list[Stage]:
-    """The stages of every step: the shared experts, and each method's fine-tune, merge and evaluation."""
-    task_data = lambda *ts: [params.data_dir / t for t in ts]  # noqa: E731
-    out: list[Stage] = []
-    for t in S.tasks(params):
+    for t in tasks:
         after = params.step(t).after
         if S.shared_expert(params, t):
             out.append(
@@ -241,7 +174,77 @@ def step_stages(params: Params) -> list[Stage]:
                     outs=[S.chain_dir(params, m, t) / "eval"],
                 )
             )
+    if params.sections.scenario == "multi":
+        if "recall" in params.methods:
+            out.append(
+                Stage(
+                    "similarity",
+                    "similarity",
+                    deps=[
+                        *map(Path, S.multi_models(params, "recall")),
+                        *(
+                            S.recall_dir(params, t) / f
+                            for t in tasks
+                            for f in ("probe.jsonl", "features.npy", "typical.json")
+                        ),
+                    ],
+                    params=["multi", *section_keys(params, "recall", *SIMILARITY_KEYS)],
+                    outs=[S.multi_similarity_path(params)],
+                )
+            )
+        for m in params.merge_methods:
+            inputs = [*map(Path, S.multi_models(params, m))]
+            if m == "recall":
+                inputs.append(S.multi_similarity_path(params))
+            setting = section_keys(params, "recall", "temperature") if m == "recall" else [f"methods.{m}"]
+            if m != "recall" and get_method(m).needs_base and not params.with_base:
+                inputs.append(S.base_model(params))
+            out.append(
+                Stage(
+                    stage_name("multi", method=m),
+                    "multi",
+                    method=m,
+                    deps=[*task_data(*tasks), *inputs],
+                    params=["multi", "evaluate", *setting],
+                    outs=[S.multi_dir(params, m)],
+                )
+            )
+    reads = [p for s in out if s.stage in ("evaluate", "multi") for p in s.outs]
+    if "recall" in params.methods and params.sections.scenario != "multi":
+        reads += [S.recall_dir(params, t) / "similarity.json" for t in tasks]
+        reads += [S.chain_dir(params, "recall", t) / "model" for t in tasks]
+    out.append(
+        Stage("report", "report", deps=reads, outs=[params.root / "reports", S.data_root(params) / "report_spec.json"])
+    )
     return out
+
+
+def protocol_plan(params: Params) -> list[Stage]:
+    """A protocol's stages: every run's steps (a step that runs share once, in the name of the first run
+    that makes it, `Params.owner`), the one-sequence plan's base and data, the base's evaluation on every
+    task, and a report of every evaluation."""
+    chains: dict[str, Stage] = {}
+    for run in params.runs:
+        of_run = params.for_run(run)
+        for stage in (s for s in plan(of_run) if s.task is not None):
+            owner = of_run.owner(stage.task).label
+            named = stage_name(stage.stage, stage.task, stage.method, owner)
+            chains.setdefault(named, dataclasses.replace(stage, name=named, run=owner))
+    sequence = dataclasses.replace(params, sections=dataclasses.replace(params.sections, orders=None, seeds=None))
+    shared = [s for s in plan(sequence) if s.name in ("base", "data")]
+    base_eval = Stage(
+        "evaluate",
+        "evaluate",
+        deps=[*(params.data_dir / t for t in S.scored_tasks(params)), S.base_model(params)],
+        params=["evaluate"],
+        outs=[S.base_eval(params)],
+    )
+    steps = [*chains.values(), base_eval]
+    reads = [p for s in steps if s.stage == "evaluate" for p in s.outs]
+    report = Stage(
+        "report", "report", deps=reads, outs=[params.root / "reports", S.data_root(params) / "report_spec.json"]
+    )
+    return [*shared, *steps, report]
 
 
 def recall_inputs(params: Params, task: str) -> list[Stage]:
