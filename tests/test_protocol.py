@@ -233,6 +233,7 @@ def test_a_tiny_protocol_runs_stage_by_stage_into_protocol_json(tmp_path):
         sequence=[{"task": A, "after": "base"}, {"task": K, "after": A}],
         orders=[[A, K], [K, A]],
         methods={"sft": {}, "recall": {"seeds": [0]}},
+        evaluate={"limit": 2, "batch_size": 2, "max_new_tokens": 8, "unseen": [U]},
     )
     for stage in plan.plan(params):
         stages.run(params.select(stage.run) if stage.run else params, stage.stage, stage.task, stage.method)
@@ -246,6 +247,7 @@ def test_a_tiny_protocol_runs_stage_by_stage_into_protocol_json(tmp_path):
     assert summary["methods"]["sft"]["per_run"]["o2-s1"]["final_avg"] == pytest.approx(expected, abs=1e-3)
     base = json.loads((tmp_path / "data" / "base" / "eval" / "metrics.json").read_text())
     assert summary["learned"][A][0] == pytest.approx(next(iter(base[A].values())), abs=1e-3)
+    assert summary["methods"]["sft"]["per_run"]["o2-s1"]["unseen_avg"] == pytest.approx(next(iter(final[U].values())))
     # order 2's second step starts from its own first: the fine-tune's start model says so
     started = json.loads(
         (tmp_path / "data" / "runs" / "o2-s0" / "chains" / "recall" / A / "sft" / "train_metrics.json").read_text()
