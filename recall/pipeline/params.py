@@ -270,7 +270,7 @@ class Params:
     def eval_tasks(self, task: str) -> list[str]:
         """The tasks scored after a step: every task of the sequence (`evaluate.tasks: all`), or, in a
         sequential run's cheaper settings, those learned so far (`seen`) or only the task just learned
-        (`new`); every task after the last step. Final average and BWT need no more than `new` gives."""
+        (`new`); every task, and `evaluate.unseen`, after the last step. Final average and BWT need no more."""
         names = [s.task for s in self.steps]
         which = self.sections.evaluate.tasks
         if task == names[-1]:
