@@ -28,9 +28,10 @@ def transient(task, task_run, state) -> bool:
 
 
 @task(retries=1, retry_delay_seconds=5, retry_condition_fn=transient)
-def execute(stage: str, step: str | None, method: str | None, params_file: str) -> str:
+def execute(stage: str, step: str | None, method: str | None, params_file: str, run: str | None = None) -> str:
     params = load_params(params_file)
-    label = "/".join(filter(None, (method, step))) or stage
+    params = params.select(run) if run else params
+    label = "/".join(filter(None, (run, method, step))) or stage
     experiment = params.sections.tracking.experiment
     with tracking.stage_run(params.root, experiment, params.key, label, stage) as (sequence_run, _):
         result = stages.run(params, stage, step, method)
@@ -39,11 +40,18 @@ def execute(stage: str, step: str | None, method: str | None, params_file: str) 
 
 
 @flow(name="recall-stage", log_prints=True)
-def run_stage(stage: str, step: str | None = None, method: str | None = None, params_file: str = "params.yaml") -> str:
+def run_stage(
+    stage: str,
+    step: str | None = None,
+    method: str | None = None,
+    params_file: str = "params.yaml",
+    run: str | None = None,
+) -> str:
     logger = get_run_logger()
-    logger.info("stage %s", plan.stage_name(stage, step, method))
-    result = execute(stage, step, method, params_file)
-    logger.info("stage %s done: %s", plan.stage_name(stage, step, method), result)
+    name = plan.stage_name(stage, step, method, run)
+    logger.info("stage %s", name)
+    result = execute(stage, step, method, params_file, run)
+    logger.info("stage %s done: %s", name, result)
     return result
 
 
@@ -52,14 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("stage", choices=sorted(stages.STAGES))
     parser.add_argument("--step", help="the step's task (per-step stages)")
     parser.add_argument("--method", help="the compared method whose chain this stage belongs to")
+    parser.add_argument("--run", help="a protocol's run (order and seed, e.g. o2-s1) that owns the step")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         params = load_params(args.params)  # fail before Prefect or MLflow start
         plan.check_current(params)
-        plan.find(params, plan.stage_name(args.stage, args.step, args.method))  # a stage of this pipeline
-        run_stage(args.stage, args.step, args.method, args.params)
+        plan.find(params, plan.stage_name(args.stage, args.step, args.method, args.run))  # a stage of this pipeline
+        run_stage(args.stage, args.step, args.method, args.params, args.run)
     except RecallError as err:
         print(f"recall stage {args.stage}: error: {err}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 # The params files the project ships (relative to ROOT), found so that a new scenario cannot be missed.
-SHIPPED_PARAMS = ["params.yaml", *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("benchmarks/paper/*/params.yaml"))]
+SHIPPED_PARAMS = ["params.yaml", *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("benchmarks/*/*/params.yaml"))]
 
 
 @pytest.fixture

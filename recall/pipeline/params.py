@@ -10,8 +10,11 @@ can check alone (folders, task names, the order of the sequence, the methods) is
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
+import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +38,7 @@ TRAINING_METHODS = {"sft": {}, "ewc": {"lambda": 1000.0, "samples": 64}}
 MERGE_SOURCES = ("given", "depth")  # registry methods the pipeline can run: weights need no extra input
 EVAL_MODES = ("ppl", "gen")
 REGISTRY_MODES = ("copy", "reference")  # tracking.registry
+SEEDS_KEY = "seeds"  # methods.<m>.seeds: the protocol's training seeds this method's chains run with
 
 
 def limits_ok(limit: int | dict[str, int | None]) -> bool:
@@ -88,6 +92,8 @@ class EvaluateSection(Settings):
     mode: dict[str, str] | None = setting(None, MODES)  # task format -> ppl or gen; null: each format's own
     # how OpenCompass runs the model: hf (transformers), or on a CUDA GPU vllm / lmdeploy (gen only, no nll)
     backend: str = setting("hf", one_of(*BACKENDS, message=UNKNOWN))
+    # tasks outside the sequence, scored after its last step: how the final model does on tasks it never learned
+    unseen: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,24 @@ class Sections(Settings):
     multi: MultiSection = MultiSection()
     tracking: TrackingSection = TrackingSection()
     tasks: str | None = None  # the folder holding <task>/task.yaml folders of the user's own tasks
+    # a protocol (sequential only): several task orders, each a permutation of the sequence's tasks, or
+    # {random: n, seed: s}; several training seeds (finetune.seed of each chain). Each (order, seed) is a run.
+    orders: tuple[tuple[str, ...], ...] | dict[str, int] | None = None
+    seeds: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Run:
+    """One (order, seed) of a protocol: every method's chain over `tasks`, fine-tuned with `seed`."""
+
+    order: int  # 1-based, as params.yaml lists the orders
+    seed: int
+    tasks: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        """Its part of stage names and folders (data/runs/<label>/)."""
+        return f"o{self.order}-s{self.seed}"
 
 
 @dataclass(frozen=True)
@@ -134,6 +158,7 @@ class Params:
     sections: Sections
     root: Path  # params.yaml's folder, where its relative paths start
     raw: dict  # params.yaml as written: `key` hashes it; `written` gives its sections for MLflow and DVC
+    run: Run | None = None  # a protocol's run these params stand for (`for_run`): its order, seed and methods
 
     @property
     def steps(self) -> list[Step]:
@@ -171,8 +196,68 @@ class Params:
 
     @property
     def methods(self) -> dict[str, dict]:
-        """Compared method -> its parameters (`{}`: defaults), in the order params.yaml lists them."""
-        return {name: dict(given or {}) for name, given in self.sections.methods.items()}
+        """Compared method -> its parameters (`{}`: defaults), in the order params.yaml lists them; a run's
+        params keep the methods that train with its seed."""
+        return {
+            name: {k: v for k, v in (given or {}).items() if k != SEEDS_KEY}
+            for name, given in self.sections.methods.items()
+            if self.run is None or self.run.seed in self.method_seeds(name)
+        }
+
+    def method_seeds(self, method: str) -> tuple[int, ...]:
+        """The training seeds a method's chains run with: its `seeds` among the protocol's, else all of them."""
+        given = self.sections.methods[method] or {}
+        return tuple(given.get(SEEDS_KEY, self.seeds))
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return self.sections.seeds or (self.sections.finetune.seed,)
+
+    @property
+    def orders(self) -> list[tuple[str, ...]]:
+        """The task orders: as listed, or `random` distinct permutations of the sequence drawn from `seed`."""
+        orders, tasks = self.sections.orders, tuple(s.task for s in self.steps)
+        if not isinstance(orders, dict):
+            return list(orders or [tasks])
+        tasks = tuple(sorted(tasks))  # a run's params list its own order as the sequence: draw from one list
+        rng, drawn = random.Random(orders["seed"]), []
+        while len(drawn) < orders["random"]:  # appending draws keeps the earlier orders: a larger n only adds
+            if (order := tuple(rng.sample(tasks, len(tasks)))) not in drawn:
+                drawn.append(order)
+        return drawn
+
+    @property
+    def runs(self) -> list[Run]:
+        """Every (order, seed) of a protocol, order by order; none without `orders` or `seeds`."""
+        if self.sections.orders is None and self.sections.seeds is None:
+            return []
+        return [Run(i, seed, order) for i, order in enumerate(self.orders, 1) for seed in self.seeds]
+
+    def for_run(self, run: Run) -> Params:
+        """These params as the run sees them: its order as the sequence, its seed as finetune.seed."""
+        steps = tuple(Step(t, a) for t, a in zip(run.tasks, (BASE_STEP, *run.tasks)))
+        sections = dataclasses.replace(
+            self.sections,
+            sequence=steps,
+            finetune=dataclasses.replace(self.sections.finetune, seed=run.seed),
+        )
+        return dataclasses.replace(self, sections=sections, run=run)
+
+    def select(self, label: str) -> Params:
+        """The params of the run `label` (e.g. o2-s1)."""
+        for run in self.runs:
+            if run.label == label:
+                return self.for_run(run)
+        raise RecallError(f"no run {label!r} in params.yaml; its runs: {', '.join(r.label for r in self.runs)}")
+
+    def owner(self, task: str) -> Run | None:
+        """The run whose folders and stages hold this run's step `task`: the first run with the same seed
+        and the same tasks up to `task`, whose work is identical (every order's first fine-tune of a seed
+        whose order starts alike, say). None outside a protocol."""
+        if self.run is None:
+            return None
+        prefix = self.run.tasks[: self.run.tasks.index(task) + 1]
+        return next(r for r in self.runs if r.seed == self.run.seed and r.tasks[: len(prefix)] == prefix)
 
     @property
     def merge_methods(self) -> list[str]:
@@ -185,17 +270,20 @@ class Params:
     def eval_tasks(self, task: str) -> list[str]:
         """The tasks scored after a step: every task of the sequence (`evaluate.tasks: all`), or, in a
         sequential run's cheaper settings, those learned so far (`seen`) or only the task just learned
-        (`new`); every task after the last step. Final average and BWT need no more than `new` gives."""
+        (`new`); every task, and `evaluate.unseen`, after the last step. Final average and BWT need no more."""
         names = [s.task for s in self.steps]
         which = self.sections.evaluate.tasks
-        if which == "all" or task == names[-1]:
+        if task == names[-1]:
+            return [*names, *self.sections.evaluate.unseen]
+        if which == "all":
             return names
         return names[: names.index(task) + 1] if which == "seen" else [task]
 
     def eval_limits(self) -> dict[str, int | None]:
         """Task -> test examples scored: `evaluate.limit` is one number, or one per task format."""
         limit = self.sections.evaluate.limit
-        formats = {s.task: self.find_task(s.task).format for s in self.steps}
+        names = [*(s.task for s in self.steps), *self.sections.evaluate.unseen]
+        formats = {t: self.find_task(t).format for t in names}
         return {t: limit.get(f) if isinstance(limit, dict) else limit for t, f in formats.items()}
 
     @property
@@ -301,6 +389,10 @@ def validate(params: Params) -> None:
                 f"needs after: {expected}"
             )
         seen.append(step.task)
+    for task in sections.evaluate.unseen:
+        params.find_task(task)
+        if task in seen:
+            raise RecallError(f"evaluate.unseen lists {task!r}, a task of the sequence; list tasks it never learns")
     if sections.evaluate.backend != "hf":  # its package and GPU are checked by the evaluation, where it runs
         modes = resolve_modes(sections.evaluate.mode)
         formats = {s.task: params.find_task(s.task).format for s in params.steps}
@@ -309,6 +401,37 @@ def validate(params: Params) -> None:
         except RecallError as err:
             raise RecallError(f"evaluate.backend: {err}") from None
     validate_methods(params)
+    validate_runs(params)
+
+
+def validate_runs(params: Params) -> None:
+    """Orders are permutations of the sequence's tasks, seeds distinct, a method's seeds among them."""
+    sections, tasks = params.sections, sorted(s.task for s in params.steps)
+    if (sections.orders is not None or sections.seeds is not None) and not params.sequential:
+        raise RecallError("orders and seeds make runs of a sequence; they need scenario: sequential")
+    if isinstance(sections.orders, dict):
+        if set(sections.orders) != {"random", "seed"} or sections.orders["random"] < 1:
+            raise RecallError(
+                f"orders must list task orders or be {{random: n, seed: s}} with n >= 1, got {sections.orders}"
+            )
+        if sections.orders["random"] > (count := math.factorial(len(tasks))):
+            raise RecallError(f"orders.random asks for more orders than the {count} of the sequence's tasks")
+    elif sections.orders is not None:
+        for i, order in enumerate(sections.orders):
+            if sorted(order) != tasks:
+                raise RecallError(
+                    f"orders[{i}] must be an order of the sequence's tasks ({', '.join(tasks)}), got {list(order)}"
+                )
+        if len(set(sections.orders)) != len(sections.orders):
+            raise RecallError("orders lists an order twice; each run needs its own order")
+    if len(set(params.seeds)) != len(params.seeds):
+        raise RecallError(f"seeds lists a seed twice: {list(params.seeds)}")
+    for name in sections.methods:
+        extra = set(params.method_seeds(name)) - set(params.seeds)
+        if extra:
+            raise RecallError(
+                f"methods.{name}.seeds {sorted(extra)} are not among seeds {list(params.seeds)}; add them there"
+            )
 
 
 def validate_methods(params: Params) -> None:
@@ -318,6 +441,10 @@ def validate_methods(params: Params) -> None:
         path = f"methods.{name}"
         if given is not None and not isinstance(given, dict):
             raise RecallError(f"{path} must be a mapping of parameters ({{}} for the defaults), got {given!r}")
+        seeds = (given or {}).get(SEEDS_KEY, ())
+        if not (isinstance(seeds, list) and seeds and all(isinstance(x, int) for x in seeds)) and seeds != ():
+            raise RecallError(f"{path}.seeds must list training seeds, e.g. seeds: [0, 1], got {seeds!r}")
+        given = {k: v for k, v in (given or {}).items() if k != SEEDS_KEY}
         if name == "recall":
             if given:
                 raise RecallError("methods.recall takes no parameters here; RECALL's settings are the `recall` section")

@@ -9,11 +9,13 @@ written for; a stage refuses to run when params.yaml has another shape.
 
 Stage names: `<stage>-<method>-<task>` (e.g. `finetune-recall-gen_sentiment`), `<stage>-<task>` for
 RECALL's weight inputs and the shared experts, `multi-<method>`, then `base`, `data`, `report`, and in
-the multi scenario `similarity` (every model against each expert).
+the multi scenario `similarity` (every model against each expert). A protocol (params `orders`/`seeds`)
+has every step stage once per run that owns it, its label appended: `finetune-recall-amazon-o1-s0`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -26,7 +28,7 @@ from recall.atomic import atomic_file
 from recall.errors import RecallError
 from recall.merge.methods import get_method
 from recall.pipeline import stages as S
-from recall.pipeline.params import TRAINING_METHODS, Params
+from recall.pipeline.params import SEEDS_KEY, TRAINING_METHODS, Params
 
 KEY_PREFIX = "# plan key: "
 SIMILARITY_KEYS = ("similarity", "sigma", "normalize", "batch_size", "max_length")  # what the similarities read
@@ -42,9 +44,10 @@ class Stage:
     deps: list[Path] = field(default_factory=list)
     params: list[str] = field(default_factory=list)
     outs: list[Path] = field(default_factory=list)
+    run: str | None = None  # a protocol's run (Run.label) that owns the step
 
     def entry(self, root: Path) -> dict:
-        args = "".join(f" --{k} {v}" for k, v in (("method", self.method), ("step", self.task)) if v)
+        args = "".join(f" --{k} {v}" for k, v in (("method", self.method), ("step", self.task), ("run", self.run)) if v)
         rel = lambda ps: [os.path.relpath(p, root) for p in ps]  # noqa: E731
         entry = {"cmd": f"python -m flows.stage {self.stage}{args}"}
         entry.update(
@@ -53,8 +56,8 @@ class Stage:
         return entry
 
 
-def stage_name(stage: str, task: str | None = None, method: str | None = None) -> str:
-    return "-".join(part for part in (stage, method, task) if part)
+def stage_name(stage: str, task: str | None = None, method: str | None = None, run: str | None = None) -> str:
+    return "-".join(part for part in (stage, method, task, run) if part)
 
 
 def shape_key(params: Params) -> str:
@@ -70,6 +73,11 @@ def shape_key(params: Params) -> str:
     }
     if sections.tasks is not None:  # the data stage's dependencies (absent from earlier keys, which stay valid)
         shape["tasks"] = sections.tasks
+    if sections.evaluate.unseen:
+        shape["unseen"] = list(sections.evaluate.unseen)
+    if params.runs:
+        shape["runs"] = [[r.label, *r.tasks] for r in params.runs]
+        shape["seeds"] = {m: params.method_seeds(m) for m in params.methods}
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -78,13 +86,24 @@ def section_keys(params: Params, section: str, *used: str) -> list[str]:
     return [f"{section}.{k}" for k in used if k in params.written(section)]
 
 
+def method_keys(params: Params, method: str) -> list[str]:
+    """The params a method's stages read: its section, or with a protocol's `seeds` in it, each other key,
+    so that a seed added to a method's list adds its chains and reruns nothing."""
+    given = params.sections.methods[method] or {}
+    if SEEDS_KEY not in given:
+        return [f"methods.{method}"]
+    return [f"methods.{method}.{k}" for k in given if k != SEEDS_KEY]
+
+
 def plan(params: Params) -> list[Stage]:
-    tasks = S.tasks(params)
+    if params.runs and params.run is None:
+        return protocol_plan(params)
+    tasks, scored = S.tasks(params), S.scored_tasks(params)
     task_data = lambda *ts: [params.data_dir / t for t in ts]  # noqa: E731
     declared = [params.root / params.sections.tasks] if params.sections.tasks is not None else []
     source = params.sections.data.source
     # A data folder's files, not only its name: new data in it reruns the data stage (and what it changes).
-    sourced = [] if source == "generated" else [p for t in tasks if (p := params.root / source / t).is_dir()]
+    sourced = [] if source == "generated" else [p for t in scored if (p := params.root / source / t).is_dir()]
     out: list[Stage] = [
         Stage("base", "base", params=["base"], outs=[S.base_model(params)]),
         # incoming/<task>/ overrides a task's data (the scheduled flow drops new tasks there), if the
@@ -117,7 +136,7 @@ def plan(params: Params) -> list[Stage]:
         for m in params.methods:
             new, start = S.new_model(params, m, t), S.start_model(params, m, t)
             if not S.shared_expert(params, t):
-                extra = ["methods.ewc"] if m == "ewc" else []
+                extra = method_keys(params, "ewc") if m == "ewc" else []
                 anchor = task_data(after) if m == "ewc" else []
                 out.append(
                     Stage(
@@ -141,7 +160,7 @@ def plan(params: Params) -> list[Stage]:
                         t,
                         m,
                         deps=[start, new, *base],
-                        params=[f"methods.{m}"],
+                        params=method_keys(params, m),
                         outs=[S.chain_dir(params, m, t) / "model"],
                     )
                 )
@@ -199,6 +218,34 @@ def plan(params: Params) -> list[Stage]:
         Stage("report", "report", deps=reads, outs=[params.root / "reports", S.data_root(params) / "report_spec.json"])
     )
     return out
+
+
+def protocol_plan(params: Params) -> list[Stage]:
+    """A protocol's stages: every run's steps (a step that runs share once, in the name of the first run
+    that makes it, `Params.owner`), the one-sequence plan's base and data, the base's evaluation on every
+    task, and a report of every evaluation."""
+    chains: dict[str, Stage] = {}
+    for run in params.runs:
+        of_run = params.for_run(run)
+        for stage in (s for s in plan(of_run) if s.task is not None):
+            owner = of_run.owner(stage.task).label
+            named = stage_name(stage.stage, stage.task, stage.method, owner)
+            chains.setdefault(named, dataclasses.replace(stage, name=named, run=owner))
+    sequence = dataclasses.replace(params, sections=dataclasses.replace(params.sections, orders=None, seeds=None))
+    shared = [s for s in plan(sequence) if s.name in ("base", "data")]
+    base_eval = Stage(
+        "evaluate",
+        "evaluate",
+        deps=[*(params.data_dir / t for t in S.scored_tasks(params)), S.base_model(params)],
+        params=["evaluate"],
+        outs=[S.base_eval(params)],
+    )
+    steps = [*chains.values(), base_eval]
+    reads = [p for s in steps if s.stage == "evaluate" for p in s.outs]
+    report = Stage(
+        "report", "report", deps=reads, outs=[params.root / "reports", S.data_root(params) / "report_spec.json"]
+    )
+    return [*shared, *steps, report]
 
 
 def recall_inputs(params: Params, task: str) -> list[Stage]:

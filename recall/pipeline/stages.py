@@ -9,6 +9,7 @@ Layout (every folder and file written atomically):
 
     data/tasks/<task>/{train,test}.jsonl          data stage
     data/base/model/                              base stage
+    data/base/eval/                               a protocol's base model on every task
     data/experts/<task>/                          the base fine-tuned on <task>, shared by every chain
                                                   (each step of single/multi, a sequence's first step;
                                                   runs of one project share them through DVC's cache)
@@ -16,6 +17,8 @@ Layout (every folder and file written atomically):
     data/chains/recall/<task>/probe.jsonl, features.npy, typical.json, similarity.json   RECALL's inputs
     data/chains/<method>/<task>/model/            merge: the previous model and the new one, by <method>
     data/chains/<method>/<task>/eval/             the model the step hands on, on every task
+    data/runs/<run>/{experts,chains}/...          a protocol's run (order, seed), e.g. o2-s1: as above;
+                                                  a step is kept by the first run that makes it
     data/multi/similarity.json                    multi scenario: every model's similarity to each expert
     data/multi/<method>/{model,eval}/             multi scenario: every expert merged at once (table 2)
     reports/                                      report: tables, plots; metrics.json at the top
@@ -61,6 +64,11 @@ def tasks(params: Params) -> list[str]:
     return [s.task for s in params.steps]
 
 
+def scored_tasks(params: Params) -> list[str]:
+    """The sequence's tasks, then those only scored (`evaluate.unseen`)."""
+    return [*tasks(params), *params.sections.evaluate.unseen]
+
+
 def data_root(params: Params) -> Path:
     return params.root / "data"
 
@@ -69,8 +77,20 @@ def base_model(params: Params) -> Path:
     return data_root(params) / "base" / "model"
 
 
+def base_eval(params: Params) -> Path:
+    """A protocol's base model on every task: what each task's learning is measured against."""
+    return data_root(params) / "base" / "eval"
+
+
+def scope(params: Params, task: str) -> Path:
+    """Where a step's chain folders and expert live: data/, or in a protocol the folder of the run that
+    owns the step (`Params.owner`), data/runs/<run>/, so runs doing the same work share it."""
+    owner = params.owner(task)
+    return data_root(params) if owner is None else data_root(params) / "runs" / owner.label
+
+
 def chain_dir(params: Params, method: str, task: str) -> Path:
-    return data_root(params) / "chains" / method / task
+    return scope(params, task) / "chains" / method / task
 
 
 def shared_expert(params: Params, task: str) -> bool:
@@ -82,7 +102,7 @@ def shared_expert(params: Params, task: str) -> bool:
 def new_model(params: Params, method: str, task: str) -> Path:
     """The model fine-tuned on `task` that a method's step starts its merge from."""
     if shared_expert(params, task):
-        return data_root(params) / "experts" / task
+        return scope(params, task) / "experts" / task
     return chain_dir(params, method, task) / "sft"
 
 
@@ -138,7 +158,7 @@ def data(params: Params) -> Path:
     out = params.data_dir
     if cfg.source == "generated":
         generate_suite(out, seed=cfg.seed, train=cfg.train_size, test=cfg.test_size)
-    for task in tasks(params):
+    for task in scored_tasks(params):
         declared, incoming = params.declaring_folder(task), params.root / "incoming" / task
         if incoming.is_dir():
             source = incoming
@@ -357,7 +377,7 @@ def evaluate_model(params: Params, model: Path, out: Path, names: list[str] | No
     cfg = params.sections.evaluate
     return evaluate(
         model,
-        names or tasks(params),
+        names or scored_tasks(params),
         out,
         data_dir=params.data_dir,
         limit=params.eval_limits(),
@@ -398,15 +418,36 @@ def report_spec(params: Params, spec_dir: Path) -> dict:
     return spec
 
 
+def protocol_spec(params: Params, spec_dir: Path) -> dict:
+    """The spec `recall.reporting.protocol` reads: every run's evaluations per method and step, and the base's."""
+    rel = lambda p: os.path.relpath(p, spec_dir)  # noqa: E731
+    runs = []
+    for run in params.runs:
+        of_run = params.for_run(run)
+        evals = {m: [rel(chain_dir(of_run, m, t) / "eval" / "metrics.json") for t in run.tasks] for m in of_run.methods}
+        runs.append({"label": run.label, "order": list(run.tasks), "seed": run.seed, "methods": evals})
+    return {
+        "tasks": tasks(params),
+        "unseen": list(params.sections.evaluate.unseen),
+        "base": rel(base_eval(params) / "metrics.json"),
+        "runs": runs,
+    }
+
+
 def report(params: Params) -> Path:
+    from recall.reporting.protocol import write_protocol
     from recall.reporting.report import write_report
 
     out = params.root / "reports"
     spec_path = data_root(params) / "report_spec.json"
-    write_json(spec_path, report_spec(params, spec_path.parent))
-    report_md = write_report(spec_path, out)
+    if params.runs:
+        write_json(spec_path, protocol_spec(params, spec_path.parent))
+        report_md, metrics = write_protocol(spec_path, out), out / "protocol.json"
+    else:
+        write_json(spec_path, report_spec(params, spec_path.parent))
+        report_md, metrics = write_report(spec_path, out), out / "metrics.json"
     # DVC metrics may not sit inside an output folder, so the run's metrics also live at the top.
-    write_json(params.root / "metrics.json", read_json(out / "metrics.json"))
+    write_json(params.root / "metrics.json", read_json(metrics))
     return report_md
 
 
@@ -416,6 +457,8 @@ def run(params: Params, stage: str, task: str | None = None, method: str | None 
         return STAGES[stage](params)
     if stage == "similarity" and task is None:
         return multi_similarity(params)
+    if stage == "evaluate" and task is None:
+        return evaluate_model(params, base_model(params), base_eval(params))
     if stage in ("features", "typical", "similarity"):
         return STAGES[stage](params, task)
     if stage == "multi":
@@ -454,7 +497,8 @@ def log_stage(params: Params, stage: str, task: str | None, method: str | None, 
             params, chain_dir(params, method, task) / "model", [task], name, f"{method} chain: merge after step {task}"
         )
     elif stage == "evaluate":
-        log_scores({method: chain_dir(params, method, task) / "eval"}, "", index, sequence_run)
+        folder = chain_dir(params, method, task) / "eval" if task else base_eval(params)
+        log_scores({method or "base": folder}, "", index, sequence_run)
     elif stage == "multi":
         register_merge(
             params, multi_dir(params, method) / "model", tasks(params), name, f"{method}: every expert merged"

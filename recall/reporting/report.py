@@ -215,7 +215,7 @@ class Spec:
         """The per-example records in examples/<task>.jsonl beside a metrics file, for each task that has
         them (older evaluations have no examples/ folder: no records, no intervals)."""
         folder = self.file(relative).parent / "examples"
-        return {task: _read_records(folder / f"{task}.jsonl") for task in tasks if (folder / f"{task}.jsonl").is_file()}
+        return {task: read_records(folder / f"{task}.jsonl") for task in tasks if (folder / f"{task}.jsonl").is_file()}
 
     def tasks(self) -> list[str]:
         """The `tasks` section, else the tasks of the first metrics file named in the spec."""
@@ -226,7 +226,7 @@ class Spec:
         return list(self.metrics(first[0])) if first else []
 
 
-def _read_records(path: Path) -> list[dict]:
+def read_records(path: Path) -> list[dict]:
     records = []
     for number, record in iter_jsonl(path):
         if not isinstance(record.get("score"), (int, float)):

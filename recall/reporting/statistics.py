@@ -165,3 +165,41 @@ def interval(statistic: Statistic, scores: np.ndarray, draws: np.ndarray, level:
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
     return Interval(float(low), estimate, float(high))
+
+
+def forgetting(steps: Sequence[int], learned: Sequence[int]) -> Statistic:
+    """Mean forgetting = mean over j < T-1 of (max over t < T-1 of R[t][j]) - R[T-1][j] (as
+    `recall.reporting.metrics.forgetting`); steps that did not score task j are left out of the max."""
+    if len(steps) < 2 or len(learned) != len(steps):
+        raise RecallError(f"forgetting needs at least 2 steps with one learned task each, got {len(steps)}")
+    last, before, cols = steps[-1], list(steps[:-1]), list(learned[:-1])
+
+    def statistic(s: np.ndarray) -> np.ndarray:
+        earlier = s[..., before, :][..., cols]  # (..., steps before the last, tasks learned before it)
+        best = np.fmax.reduce(np.moveaxis(earlier, -2, 0), axis=0)  # a step without the task is NaN: skipped
+        return (best - s[..., last, cols]).mean(axis=-1)
+
+    return statistic
+
+
+def two_level(
+    runs: Sequence[tuple[float, np.ndarray]], replicates: int = REPLICATES, seed: int = 0, level: float = LEVEL
+) -> Interval:
+    """The mean of a per-run statistic over runs, with a two-level bootstrap interval.
+
+    `runs` holds each run's (estimate, its B example-resample replicates). A replicate draws the runs
+    with replacement (training variance: order and seed), then for each drawn run one of its example
+    resamples (test-sample variance), and averages. The draws depend only on the number of runs, B and
+    `seed`, so every statistic over the same runs uses the same draws: differences are paired."""
+    if not runs:
+        raise RecallError("a two-level interval needs at least one run")
+    estimates = np.array([estimate for estimate, _ in runs], dtype=float)
+    draws = np.stack([np.asarray(d, dtype=float) for _, d in runs])  # (K, B)
+    if np.isnan(draws).any():
+        return Interval(None, float(estimates.mean()), None)
+    k, b = draws.shape
+    rng = np.random.default_rng([seed, k, b])
+    values = draws[rng.integers(0, k, (replicates, k)), rng.integers(0, b, (replicates, k))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return Interval(float(low), float(estimates.mean()), float(high))

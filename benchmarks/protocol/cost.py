@@ -1,0 +1,69 @@
+"""Machine-hours of a protocol suite, from its plan and measured per-stage rates (benchmarks/protocol/PLAN.md):
+
+    .venv/bin/python benchmarks/protocol/cost.py benchmarks/protocol/standard/params.yaml [--steps 50] [--limit 200]
+
+Counts the stages `recall pipeline` writes for the params, and prices each at one thread:
+fine-tuning at TRAIN_TOK_S over the task's padded tokens for max_steps x batch_size examples, likelihood
+scoring at SCORE_TOK_S over the prompts of `limit` test examples, plus each stage's fixed cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+from recall.pipeline import plan
+from recall.pipeline.params import load_params
+
+# Measured (PLAN.md says where): one thread, beside one other job, SmolLM2-135M fp32.
+TRAIN_TOK_S = 104.0  # LoRA fine-tuning, training tokens per second
+SCORE_TOK_S = 400.0  # likelihood scoring, prompt tokens per second (one forward per prompt, all options)
+FIXED_S = {"finetune": 20, "evaluate": 15, "merge": 25, "features": 30, "typical": 5, "similarity": 40}
+EWC_FISHER_EXAMPLES = 64  # a forward and backward pass each, on the previous task
+# Mean tokens per example through the chat template (SmolLM2's tokenizer; the first 400 training rows,
+# the first 200 test rows), and the padding factor of batches of 4 (longest row x 4 / tokens).
+TRAIN_TOKENS = {"agnews": 116.8, "dbpedia": 168.7, "amazon": 165.4, "yelp": 235.9}
+PADDING = {"agnews": 1.16, "dbpedia": 1.21, "amazon": 1.42, "yelp": 1.70}
+TEST_TOKENS = {"agnews": 113.0, "dbpedia": 170.2, "amazon": 158.8, "yelp": 257.0, "sst2": 76.4, "medmcqa": 98.0}
+
+
+def stage_seconds(stage: plan.Stage, params, steps: int, limit: int) -> float:
+    task = stage.task
+    if stage.stage == "finetune":
+        examples = steps * params.sections.finetune.batch_size
+        seconds = examples * TRAIN_TOKENS[task] * PADDING[task] / TRAIN_TOK_S
+        if stage.method == "ewc":
+            after = params.select(stage.run).step(task).after
+            seconds += EWC_FISHER_EXAMPLES * TRAIN_TOKENS[after] / TRAIN_TOK_S
+        return FIXED_S["finetune"] + seconds
+    if stage.stage == "evaluate":
+        scored = [p.name for p in stage.deps if p.parent == params.data_dir]
+        return FIXED_S["evaluate"] + sum(limit * TEST_TOKENS[t] / SCORE_TOK_S for t in scored)
+    return FIXED_S.get(stage.stage, 0)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("params", type=Path)
+    parser.add_argument("--steps", type=int, help="finetune.max_steps (default: the params')")
+    parser.add_argument("--limit", type=int, help="test examples per task (default: the params')")
+    args = parser.parse_args()
+    params = load_params(args.params)
+    steps = args.steps or params.sections.finetune.max_steps
+    limit = args.limit or params.sections.evaluate.limit
+    seconds, counts = Counter(), Counter()
+    for stage in plan.plan(params):
+        seconds[stage.stage] += stage_seconds(stage, params, steps, limit)
+        counts[stage.stage] += 1
+    total = sum(seconds.values())
+    print(f"{args.params}: max_steps {steps}, {limit} test examples per task")
+    for kind in sorted(seconds, key=seconds.get, reverse=True):
+        print(f"  {kind:<10} {counts[kind]:>4} stages  {seconds[kind] / 3600:6.2f} one-thread hours")
+    print(f"  total: {total / 3600:.2f} one-thread hours = {total / 7200:.2f} h on two one-thread lanes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

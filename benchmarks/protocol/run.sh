@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One protocol suite (task orders x training seeds) through the pipeline users run:
+#     bash benchmarks/protocol/run.sh standard [STAGE GLOB...]
+# With globs, only those stages and what they need, e.g. SeqFT's first run, then the base's evaluation:
+#     bash benchmarks/protocol/run.sh standard 'evaluate-sft-*-o1-s0' evaluate
+# Resumable: a rerun (or a killed run started again) takes every finished stage from DVC's cache, and
+# an order or seed added to params.yaml runs only its new stages. Two one-thread lanes: start the same
+# command in a second checkout of the same commit sharing the DVC cache, each with its own globs.
+# Then benchmarks/protocol.py collects the suite's metrics.json into benchmarks/results/protocol.{json,md}.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+suite=${1:?usage: bash benchmarks/protocol/run.sh SUITE [STAGE GLOB...]}
+shift
+folder=benchmarks/protocol/$suite
+[ -f "$folder/params.yaml" ] || { echo "no $folder/params.yaml" >&2; exit 2; }
+bash scripts/setup.sh
+source scripts/env.sh
+source scripts/prefect_server.sh
+start=$(date +%s)
+recall pipeline "$folder/params.yaml"
+if [ $# -gt 0 ]; then
+    dvc repro --glob "${@/#/$folder/dvc.yaml:}"
+    echo "$suite $*: dvc repro took $(( $(date +%s) - start )) s"
+    exit 0
+fi
+dvc repro "$folder/dvc.yaml"
+echo "$suite: dvc repro took $(( $(date +%s) - start )) s"
+python benchmarks/protocol.py "$folder"
