@@ -14,10 +14,14 @@ the MedMCQA fine-tune was trained from RECALL's model after SQuAD 2.0, so each m
 model's task vector and the step's own (README, Merge methods). In their own chains their previous
 model would be their own merge; here every method starts from RECALL's, so only the merge differs.
 
-    .venv/bin/python benchmarks/ablation.py --chain <checkout>/benchmarks/paper/sequential [--work DIR]
+    .venv/bin/python benchmarks/ablation.py --chain <checkout>/benchmarks/paper/sequential [--work DIR] \
+        [--variants NAME ...] [--name ablation]
+
+--variants runs a subset (two one-thread lanes: disjoint subsets, one --work); the summary always
+pairs them with the benchmark's setting, and whichever lane finishes last (or a rerun) writes it.
 
 Resumable: a variant whose scores exist is not redone; merged models are deleted once scored (their
-merge_weights.json stays). Writes benchmarks/results/ablation.{json,md}: per variant the scores with
+merge_weights.json stays). Writes benchmarks/results/<name>.{json,md}: per variant the scores with
 95% paired-bootstrap intervals, the difference to the benchmark's setting on the earlier tasks
 (retention), on MedMCQA (learning) and on the average, and the new model's mean weight over layers.
 """
@@ -123,10 +127,14 @@ def new_weight(folder: Path) -> float | None:
     return float(layers[:, -1].mean()) if layers is not None and np.allclose(layers.sum(1), 1) else None
 
 
+def done(folder: Path) -> bool:
+    return all((folder / f"eval_{t}" / "metrics.json").is_file() for t in ("sst2_medmcqa", "squad_v2"))
+
+
 def produce(name: str, params: Params, folder: Path) -> float:
-    """Merge and score one variant unless done; the seconds it took."""
-    if all((folder / f"eval_{t}" / "metrics.json").is_file() for t in ("sst2_medmcqa", "squad_v2")):
-        return 0.0
+    """Merge and score one variant unless done; the seconds it took (kept beside its scores)."""
+    if done(folder):
+        return json.loads((folder / "seconds.json").read_text()) if (folder / "seconds.json").is_file() else 0.0
     start = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
     model = merge(name, params, folder / "model")
@@ -135,7 +143,9 @@ def produce(name: str, params: Params, folder: Path) -> float:
     evaluate(model, params, folder)
     if model == folder / "model":
         shutil.rmtree(model)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    (folder / "seconds.json").write_text(json.dumps(seconds))
+    return seconds
 
 
 def summarise(names: list[str], folders: dict[str, Path], pipeline_weights: np.ndarray, base: dict) -> dict:
@@ -202,15 +212,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chain", type=Path, required=True, help="a finished sequential benchmark folder")
     parser.add_argument("--work", type=Path, default=ROOT / ".ablation", help="merged models and scores")
+    parser.add_argument(
+        "--variants", nargs="+", help="produce only these (lanes: one checkout, one --work, disjoint --variants)"
+    )
+    parser.add_argument("--name", default="ablation", help="results file stem in benchmarks/results/")
     args = parser.parse_args()
     chain = args.chain.resolve()
     pipeline = chain / "data" / "chains" / "recall" / STEP / "model" / "merge_weights.json"
     if not pipeline.is_file():
         sys.exit(f"{pipeline} is missing: run RECALL's chain first (bash benchmarks/paper/run.sh sequential)")
     names = [*VARIANTS, *METHODS, *REFERENCES]
-    folders = {n: args.work / n.replace(" ", "_").replace("=", "-") for n in names}
+    if args.variants:
+        if unknown := sorted(set(args.variants) - set(names)):
+            sys.exit(f"unknown variant {unknown[0]!r}; choose among: {', '.join(names)}")
+        names = [n for n in names if n in args.variants]
+    folders = {n: args.work / n.replace(" ", "_").replace("=", "-") for n in ["benchmark", *names]}
     params = load_params(chain / "params.yaml")
     seconds = {n: round(produce(n, params, folders[n]), 1) for n in names}
+    if not done(folders["benchmark"]):  # another lane is producing the reference: its last run summarises
+        sys.exit(f"scores kept in {args.work}; the summary needs the benchmark variant: rerun once it is done")
+    names = list(dict.fromkeys(["benchmark", *names]))
     weights = np.array(json.loads(pipeline.read_text())["layers"])
     result = {
         "command": command_line(),
@@ -220,8 +241,8 @@ def main() -> None:
         **summarise(names, folders, weights, benchmark_settings(params)),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "ablation.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "ablation.md").write_text(markdown(result))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{args.name}.md").write_text(markdown(result))
     print(markdown(result))
 
 
