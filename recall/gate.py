@@ -72,7 +72,7 @@ class Decision:
         parts = []
         for t in self.failures:
             what = f"did not learn {t.task}" if t.new else f"worse on {t.task}"
-            parts.append(f"{what}: {t.difference.text(difference=True)} points vs the champion")
+            parts.append(f"{what}: {_points(t.difference)} vs the champion")
         return "; ".join(parts)
 
     def table(self) -> str:
@@ -101,6 +101,13 @@ class Decision:
             "below -tolerance, or if, on the new task, its low bound is not above 0",
             "tasks": {t.task: _numbers(t) for t in self.tasks},
         }
+
+
+def _points(iv: Interval) -> str:
+    """A difference in the reason's words: estimate and its interval, or why there is none."""
+    if iv.low is None or iv.high is None:
+        return "no per-example records to compare"
+    return f"{iv.estimate:+.2f} points [{iv.low:+.2f}, {iv.high:+.2f}]"
 
 
 def _numbers(t: TaskDifference) -> dict:
