@@ -134,7 +134,8 @@ def version_of(folder: Path) -> str | None:
     """The newest version of REGISTERED_MODEL registered from the model folder `folder`, if any."""
     folder = str(folder.resolve())
     found = MlflowClient().search_model_versions(f"name='{REGISTERED_MODEL}'", max_results=10000)
-    return max((v.version for v in found if v.tags.get("folder", v.source) == folder), key=int, default=None)
+    made = [int(v.version) for v in found if v.tags.get("folder", v.source) == folder]
+    return str(max(made)) if made else None
 
 
 def record_gate(folder: Path, promoted: bool, reason: str, version: str | None = None) -> str:
