@@ -40,6 +40,7 @@ from recall.atomic import read_json
 from recall.errors import RecallError
 from recall.pipeline import plan
 from recall.pipeline.params import add_steps, load_params
+from recall.pipeline.stages import gate_metrics
 
 RUNNERS = ("sequential", "dask")
 CODE = Path(__file__).resolve().parents[1]  # this checkout: what a deployment's workers run
@@ -122,8 +123,10 @@ def adopt_incoming(project: Path) -> tuple[list[str], dict[str, str]]:
 
 
 def gate_decisions(project: Path) -> dict[str, dict]:
-    """Each step's gate decision on disk: {task: its gates/<task>/metrics.json}."""
-    return {path.parent.name: read_json(path) for path in sorted((project / "gates").glob("*/metrics.json"))}
+    """Each step's gate decision on disk, in the sequence's order: {task: its gates/<task>/metrics.json}."""
+    params = load_params(project / "params.yaml")
+    paths = {s.task: gate_metrics(params, s.task) for s in params.steps}
+    return {task: read_json(path) for task, path in paths.items() if path.is_file()}
 
 
 def notify(block: str | None, subject: str, body: str) -> None:
