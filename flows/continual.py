@@ -11,6 +11,10 @@ its stages in every method's chain. A folder in incoming/ is a task of the user'
 task.yaml; one that fails its checks stays where it is, is reported in the flow's log and as a FAILED
 MLflow run, and does not stop the others.
 
+When a step's gate refuses its model (`gates/<task>/metrics.json` changed to refused in this run) or a
+stage fails, the Prefect notification block named in params.yaml (`promote.notify`) is told, and the
+flow run's state message says why (a refusal completes the run; a failure fails it).
+
     python -m flows.continual run                       # once
     python -m flows.continual run --runner dask         # independent stages at once
     python -m flows.continual serve --cron "0 3 * * *"  # a deployment: nightly, and whenever new
@@ -28,12 +32,15 @@ import sys
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
+from prefect.states import Completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from recall import tracking
+from recall.atomic import read_json
 from recall.errors import RecallError
 from recall.pipeline import plan
 from recall.pipeline.params import add_steps, load_params
+from recall.pipeline.stages import gate_metrics
 
 RUNNERS = ("sequential", "dask")
 CODE = Path(__file__).resolve().parents[1]  # this checkout: what a deployment's workers run
@@ -57,7 +64,7 @@ def producers(ordered: list[plan.Stage]) -> dict[str, list[str]]:
         return dep == out or out in dep.parents or dep in out.parents
 
     return {
-        s.name: [p.name for p in ordered[:i] if any(reads(d, o) for d in s.deps for o in p.outs)]
+        s.name: [p.name for p in ordered[:i] if any(reads(d, o) for d in s.deps for o in [*p.outs, *p.metrics])]
         for i, s in enumerate(ordered)
     }
 
@@ -115,6 +122,28 @@ def adopt_incoming(project: Path) -> tuple[list[str], dict[str, str]]:
     return added, rejected
 
 
+def gate_decisions(project: Path) -> dict[str, dict]:
+    """Each step's gate decision on disk, in the sequence's order: {task: its gates/<task>/metrics.json}."""
+    params = load_params(project / "params.yaml")
+    paths = {s.task: gate_metrics(params, s.task) for s in params.steps}
+    return {task: read_json(path) for task, path in paths.items() if path.is_file()}
+
+
+def notify(block: str | None, subject: str, body: str) -> None:
+    """Tell the Prefect notification block `block` ("<type slug>/<name>", e.g. custom-webhook/ops), if any.
+    A notification that cannot be sent is logged; it does not change the run's outcome."""
+    logger = get_run_logger()
+    if not block:
+        return
+    from prefect.blocks.core import Block
+
+    try:
+        Block.load(block).notify(body=body, subject=subject)
+        logger.info("notified %s: %s", block, subject)
+    except Exception as err:  # a missing block, an unreachable endpoint: the run's result stands
+        logger.error("promote.notify %s: could not notify (%s: %s)", block, type(err).__name__, err)
+
+
 @flow(name="recall-stages")
 def run_stages(project: str, graph: dict[str, list[str]], threads: int | None = None) -> list[str]:
     """Every stage of `graph` ({stage: the stages it reads from}, in dependency order), each submitted
@@ -145,9 +174,23 @@ def continual_learning(
     graph = producers(stages(str(Path(project) / "params.yaml")))
     # On a local cluster every worker's stage gets an equal share of the CPUs; otherwise torch's choice.
     threads = max(1, (os.cpu_count() or 1) // workers) if runner == "dask" and not address else None
-    done = run_stages.with_options(task_runner=stage_runner)(project, graph, threads)
+    block = load_params(Path(project) / "params.yaml").sections.promote.notify
+    before = gate_decisions(Path(project))
+    try:
+        done = run_stages.with_options(task_runner=stage_runner)(project, graph, threads)
+    except Exception as err:
+        notify(block, f"recall: a scheduled run failed in {project}", str(err)[-4000:])
+        raise
     logger.info("sequence complete: %d stages", len(done))
-    return done
+    refused = {
+        t: d["reason"] for t, d in gate_decisions(Path(project)).items() if d != before.get(t) and not d["promoted"]
+    }
+    if not refused:
+        return done
+    message = "; ".join(f"step {t} refused by the gate: {reason}" for t, reason in refused.items())
+    logger.warning(message)
+    notify(block, f"recall: {', '.join(refused)} refused in {project}", message)
+    return Completed(message=message, data=done)
 
 
 def options(parser: argparse.ArgumentParser, defaults: bool) -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "recall.commands.evaluate",
     "recall.commands.report",
     "recall.commands.lineage",
+    "recall.commands.gate",
     "recall.commands.pipeline",
     "recall.commands.params",
 )

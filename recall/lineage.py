@@ -88,17 +88,27 @@ def lineage(folder: str | Path, prefix: str = "", seen: set | None = None) -> li
 
 
 def resolve_model(spec: str) -> Path:
-    """A model folder, or a registered model `name/version` (or `models:/name/version`)."""
-    if Path(spec).is_dir():
-        return Path(spec)
-    name, _, version = spec.removeprefix("models:/").rpartition("/")
-    if not name or not version.isdigit():
-        raise RecallError(f"{spec} is neither a model folder nor a registered model NAME/VERSION")
+    """A model folder, or a registered model `name/version` or `name@alias` (either after `models:/`)."""
+    return made_from(registered(spec)) if not Path(spec).is_dir() else Path(spec)
+
+
+def registered(spec: str):
+    """The MLflow model version `spec` names: `[models:/]name/version` or `[models:/]name@alias`."""
+    name, at, alias = spec.removeprefix("models:/").partition("@")
+    if not at:
+        name, _, alias = name.rpartition("/")
+    if not name or not alias or not (at or alias.isdigit()):
+        raise RecallError(
+            f"{spec} is neither a model folder nor a registered model NAME/VERSION or NAME@ALIAS "
+            "(e.g. models:/recall-merged@champion)"
+        )
     import mlflow
 
+    client = mlflow.MlflowClient()
     try:
-        return made_from(mlflow.MlflowClient().get_model_version(name, version))
+        return client.get_model_version_by_alias(name, alias) if at else client.get_model_version(name, alias)
     except mlflow.exceptions.MlflowException as err:
+        what = f"alias {alias}" if at else f"version {alias}"
         raise RecallError(
-            f"registered model {name} version {version} not found in {mlflow.get_tracking_uri()}: {err}"
+            f"registered model {name} {what} not found in {mlflow.get_tracking_uri()}: {err.message}"
         ) from None

@@ -8,6 +8,7 @@ and honours MLFLOW_TRACKING_URI.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fcntl
 import importlib.metadata
 import os
@@ -23,6 +24,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from recall.errors import RecallError  # noqa: E402
 
 REGISTERED_MODEL = "recall-merged"
+CHAMPION, CHALLENGER = "champion", "challenger"  # aliases the promotion gate sets (recall.gate)
 
 
 def tracking_uri(root: Path) -> str:
@@ -125,6 +127,38 @@ def register_model(folder: Path, tags: dict[str, str], description: str, copy: b
         return str(made.version)
     version = str(_log_transformers_model(folder, tags).registered_model_version)
     client.update_model_version(REGISTERED_MODEL, version, description=description)
+    return version
+
+
+def version_of(folder: Path) -> str | None:
+    """The newest version of REGISTERED_MODEL registered from the model folder `folder`, if any."""
+    folder = str(folder.resolve())
+    found = MlflowClient().search_model_versions(f"name='{REGISTERED_MODEL}'", max_results=10000)
+    made = [int(v.version) for v in found if v.tags.get("folder", v.source) == folder]
+    return str(max(made)) if made else None
+
+
+def record_gate(folder: Path, promoted: bool, reason: str, version: str | None = None) -> str:
+    """The gate's decision on the version registered from `folder` (or `version`): tags `gate` and
+    `gate.reason`, and the alias `champion` when promoted (the version it takes the alias from is tagged
+    `champion.replaced`, when and by which version) or `challenger` when refused. Returns the version."""
+    client = MlflowClient()
+    version = version or version_of(folder)
+    if version is None:
+        raise RecallError(
+            f"no version of {REGISTERED_MODEL} was registered from {folder} in {mlflow.get_tracking_uri()}; "
+            "its merge stage registers it (dvc repro), or name a registered version (models:/NAME/VERSION)"
+        )
+    client.set_model_version_tag(REGISTERED_MODEL, version, "gate", "promoted" if promoted else "refused")
+    client.set_model_version_tag(REGISTERED_MODEL, version, "gate.reason", reason[:5000])
+    if not promoted:
+        client.set_registered_model_alias(REGISTERED_MODEL, CHALLENGER, version)
+        return version
+    previous = client.get_registered_model(REGISTERED_MODEL).aliases.get(CHAMPION)
+    if previous is not None and str(previous) != version:
+        when = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        client.set_model_version_tag(REGISTERED_MODEL, previous, "champion.replaced", f"{when} by version {version}")
+    client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, version)
     return version
 
 

@@ -18,6 +18,13 @@ awk '/^### /{h=$0; next} /^\|/{if(h){print ""; print h; print ""; h=""} print}' 
 echo
 echo "wall time: $(( $(date +%s) - start )) s"
 echo "report:    reports/report.md (tables, CSV and PNG plots in reports/); metrics.json (dvc metrics show)"
-echo "MLflow:    ${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlflow.db}"
-echo "           open the UI: MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false .venv/bin/mlflow ui --backend-store-uri sqlite:///$PWD/mlflow.db --host 127.0.0.1 --workers 1"
+store="${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlflow.db}"   # the store the stages logged to (recall/tracking.py)
+echo "MLflow:    $store"
+case "$store" in
+  http://*|https://*) echo "           open the UI: $store (the tracking server's own UI)" ;;
+  *) echo "           open the UI: MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false .venv/bin/mlflow ui --backend-store-uri $store --host 127.0.0.1 --workers 1" ;;
+esac
+echo "gate:      gates/<task>/metrics.json; the served model: models:/recall-merged@champion (if a step was promoted)"
+echo "           .venv/bin/recall lineage models:/recall-merged@champion"
+echo "           MLFLOW_TRACKING_URI=$store .venv/bin/mlflow models serve -m models:/recall-merged@champion --env-manager local"
 echo "lineage:   .venv/bin/recall lineage data/chains/recall/$(python -c 'import yaml; print(yaml.safe_load(open("params.yaml"))["sequence"][-1]["task"])')/model"

@@ -69,6 +69,9 @@ def write_params(folder: Path, params: dict) -> Path:
         ),
         (dict(scenario="multi", sequence=[{"task": "gen_sentiment", "after": "base"}]), "method sft makes no merged"),
         (dict(baselines=["average"]), "`baselines` became `methods`"),
+        (dict(promote={"method": "ties"}), "promote.method 'ties' is not a compared method"),
+        (dict(promote={"notify": "ops"}), "promote.notify must name a Prefect notification block"),
+        (dict(promote={"tolerance": -1}), "promote.tolerance must be >= 0 points"),
         (dict(evaluate={"limit": 2, "batch_size": 2, "mode": {"mcq": "vote"}}), "evaluate.mode"),
     ],
 )
@@ -110,6 +113,7 @@ def test_shipped_params_are_valid_and_their_dvc_yaml_is_current(params):
 
 def test_each_method_is_its_own_chain(tmp_path):
     """Step k of a method starts from that method's step k-1; only the first fine-tune is shared."""
+    from flows.continual import producers
     from recall.pipeline import plan, stages
 
     sequence = [
@@ -136,6 +140,18 @@ def test_each_method_is_its_own_chain(tmp_path):
     readers = {n for n, s in dag.items() if any(p.startswith("recall") for p in s.params)}
     assert readers == {f"{stage}-{t}" for stage in ("features", "typical", "similarity", "merge-recall") for t in tasks}
     assert "finetune-sft-gen_sentiment" not in dag and "finetune-gen_sentiment" in dag
+    # the served chain (promote.method, recall by default) has a gate after each step; it reads the earlier
+    # gates' decisions (whose step holds the champion), and the report reads every gate's
+    gates = [n for n in dag if n.startswith("gate-")]
+    assert gates == [f"gate-{t}" for t in tasks]
+    assert [stages.gate_metrics(params, t) for t in tasks[:2]] == [
+        d for d in dag["gate-gen_knowledge"].deps if d.name == "metrics.json"
+    ]
+    assert (
+        dag["gate-gen_knowledge"].params == ["evaluate", "promote.tolerance"]
+        and "gate-gen_translation" in producers(list(dag.values()))["gate-gen_knowledge"]
+    )
+    assert stages.gate_metrics(params, "gen_knowledge") in dag["report"].deps
 
 
 def test_the_multi_scenario_runs_the_experts_and_their_merges_at_once_only(tmp_path):
@@ -253,12 +269,20 @@ def test_dvc_repro_runs_the_sequence_end_to_end(tmp_path, prefect_server):
     ]
     report = (project / "reports" / "report.md").read_text()
     assert "Table 7" in report and (project / "reports" / "forgetting.png").stat().st_size > 1000
+    # the gate after each step of the served chain (recall): its decision in DVC metrics and the report
+    first = json.loads((project / "gates" / "gen_sentiment" / "metrics.json").read_text())
+    assert first["champion"] == "data/base/model" and set(first["tasks"]) == {"gen_sentiment"}
+    gate = json.loads((project / "gates" / "gen_translation" / "metrics.json").read_text())
+    assert gate["champion_step"] == ("gen_sentiment" if first["promoted"] else "base")
+    assert set(gate["tasks"]) == {"gen_sentiment", "gen_translation"} and gate["tasks"]["gen_translation"]["new"]
+    assert f"- gen_translation: **{gate['decision']}**" in report
 
     # Nothing changed: nothing reruns. A variant with one RECALL param changed: only RECALL's chain
     # from its first merge on reruns.
     assert "Data and pipelines are up to date" in dvc(project, env, "repro")
     metrics = json.loads(dvc(project, env, "metrics", "show", "--json"))
     assert "Final average" in str(metrics) and "BWT" in str(metrics)
+    assert "gates/gen_translation/metrics.json" in str(metrics) and "promoted" in str(metrics)
     subprocess.run(["git", "add", "-A"], cwd=project, env=env, check=True)
     subprocess.run(["git", "commit", "-qm", "default run"], cwd=project, env=env, check=True)
     out = dvc(project, env, "exp", "run", "-S", "recall.temperature=0.5", "--name", "cooler")
@@ -272,6 +296,8 @@ def test_dvc_repro_runs_the_sequence_end_to_end(tmp_path, prefect_server):
         "similarity-gen_translation",
         "merge-recall-gen_translation",
         "evaluate-recall-gen_translation",
+        "gate-gen_sentiment",
+        "gate-gen_translation",
         "report",
     }, ran
     assert "cooler" in dvc(project, env, "exp", "list", "--name-only")
@@ -298,8 +324,15 @@ def test_dvc_repro_runs_the_sequence_end_to_end(tmp_path, prefect_server):
     assert {"parents", "weights_sha256", "data_sha256", "git_commit", "dvc_stage", "folder"} <= set(latest.tags)
     assert Path(latest.tags["folder"]).is_dir()  # the DVC output it was made from, for `recall lineage`
 
+    # the gate tagged every version of the served chain; the last one holds champion or challenger
+    gated = json.loads((project / "gates" / "gen_translation" / "metrics.json").read_text())
+    assert latest.tags["gate"] == gated["decision"] and latest.tags["gate.reason"] == gated["reason"]
+    assert all("gate" not in v.tags for v in versions if v.tags["chain"] == "average")
+    alias = "champion" if gated["promoted"] else "challenger"
+    assert str(client.get_registered_model("recall-merged").aliases[alias]) == str(latest.version)
+
     lineage = subprocess.run(
-        [BIN / "recall", "lineage", f"recall-merged/{latest.version}"],
+        [BIN / "recall", "lineage", f"models:/recall-merged@{alias}"],
         cwd=project,
         env=env,
         capture_output=True,
@@ -311,6 +344,19 @@ def test_dvc_repro_runs_the_sequence_end_to_end(tmp_path, prefect_server):
         and "fine-tuned on gen_translation" in lineage
         and "base model" in lineage
     )
+
+    # `recall gate`: the base model against the last step's model (its evaluation reused, the base's made)
+    def gate_cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([BIN / "recall", "gate", *args], cwd=project, env=env, capture_output=True, text=True)
+
+    last = "data/chains/recall/gen_translation/model"
+    proc = gate_cli("--candidate", "data/base/model", "--champion", last)
+    assert proc.returncode == (0 if "promoted:" in proc.stdout else 1), proc.stderr[-2000:]
+    assert "| gen_translation (new) |" in proc.stdout and "Traceback" not in proc.stderr
+    same = gate_cli("--candidate", f"models:/recall-merged/{latest.version}", "--champion", last)
+    assert same.returncode == 0 and "no change" in same.stdout
+    missing = gate_cli("--candidate", "nowhere/model")
+    assert missing.returncode == 2 and "nowhere/model is neither a model folder" in missing.stderr
 
 
 def test_a_failing_stage_is_marked_failed_in_mlflow(tmp_path, prefect_server):
@@ -415,11 +461,58 @@ def test_the_scheduled_flow_adopts_incoming_task_data_into_every_chain(tmp_path)
     assert adopt_incoming(tmp_path) == ([], {})  # already in the sequence
 
 
+def webhook_block(api: str, name: str) -> list[dict]:
+    """A Prefect custom-webhook notification block `name`, saved on the server at `api`, posting to a
+    local HTTP server; returns the list its JSON bodies are appended to."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    received: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    block = CustomWebhookNotificationBlock(
+        name="recall",
+        url=f"http://127.0.0.1:{server.server_address[1]}/hook",
+        json_data={"subject": "{{subject}}", "body": "{{body}}"},
+        allow_private_urls=True,  # the test's server is on localhost
+    )
+    with temporary_settings({PREFECT_API_URL: api}):
+        block.save(name, overwrite=True)
+    return received
+
+
+def flow_run_state(api: str, project: str):
+    """The final state of the continual flow's run on `project`, read back from the Prefect server."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["recall-continual-learning"])))
+    [run] = [r for r in runs if r.parameters.get("project") == project]
+    return run.state
+
+
 def test_the_scheduled_flow_learns_declared_tasks_and_leaves_a_bad_folder(tmp_path, prefect_server):
     """The real flow (Prefect, then DVC stage by stage, MLflow) on a base model without a chat
     template: the sequence's task is declared in the `tasks` folder; a task folder dropped into
     incoming/ is checked, appended and learned; one that fails its checks stays where it is, is
-    logged and recorded as a FAILED MLflow run, and the others run."""
+    logged and recorded as a FAILED MLflow run, and the others run. The served chain (here sft) is gated
+    after each step; a refusal reaches the notification block in promote.notify (a webhook to a local
+    HTTP server) and the flow run's state message."""
     project = tmp_path / "project"
     shutil.copytree(EXAMPLES / "tickets", project / "mytasks" / "tickets")
     shutil.copytree(EXAMPLES / "quiz", project / "incoming" / "quiz")
@@ -428,9 +521,16 @@ def test_the_scheduled_flow_learns_declared_tasks_and_leaves_a_bad_folder(tmp_pa
     (broken / "task.yaml").write_text("format: qa\nmetric: bleu\n")
     tiny_model(project / "tiny", layers=2, chat=False)
     write_params(
-        project, tiny_params(tasks="mytasks", sequence=[{"task": "tickets", "after": "base"}], methods={"sft": {}})
+        project,
+        tiny_params(
+            tasks="mytasks",
+            sequence=[{"task": "tickets", "after": "base"}],
+            methods={"sft": {}},
+            promote={"method": "sft", "notify": "custom-webhook/recall-gate"},
+        ),
     )
     env = dvc_project(project, prefect_server)
+    received = webhook_block(env["PREFECT_API_URL"], "recall-gate")
 
     proc = subprocess.run(
         [sys.executable, "-m", "flows.continual", "--project", str(project), "run"],
@@ -462,6 +562,16 @@ def test_the_scheduled_flow_learns_declared_tasks_and_leaves_a_bad_folder(tmp_pa
     assert rejected.info.status == "FAILED" and rejected.data.tags["recall.input"] == "incoming/broken"
     assert "field 'metric'" in rejected.data.tags["error"]
     assert {r.info.status for r in runs if r is not rejected} == {"FINISHED"}
+
+    decisions = {t: json.loads((project / "gates" / t / "metrics.json").read_text()) for t in ("tickets", "quiz")}
+    refused = [t for t, d in decisions.items() if not d["promoted"]]
+    assert refused, decisions  # tiny random models learn nothing the gate can see
+    [note] = received
+    assert note["subject"] == f"recall: {', '.join(refused)} refused in {project}"
+    assert all(f"step {t} refused by the gate: {decisions[t]['reason']}" in note["body"] for t in refused)
+    assert f"recall: {', '.join(refused)} refused" in logs
+    state = flow_run_state(env["PREFECT_API_URL"], str(project))
+    assert state.type.value == "COMPLETED" and state.message == note["body"]
 
 
 def test_declared_tasks_come_from_the_tasks_folder_or_data_source_with_their_spec(tmp_path):

@@ -11,7 +11,10 @@ from recall.lineage import lineage, resolve_model
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lineage", help="which models, weights, data and commit produced a model", description=__doc__)
-    p.add_argument("model", help="a model folder, or a registered model NAME/VERSION (e.g. recall-merged/3)")
+    p.add_argument(
+        "model",
+        help="a model folder, or a registered model NAME/VERSION or NAME@ALIAS (e.g. models:/recall-merged@champion)",
+    )
     p.add_argument("--project", type=Path, default=Path("."), help="project folder holding mlflow.db")
     p.set_defaults(func=run)
 

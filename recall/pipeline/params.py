@@ -111,6 +111,23 @@ class TrackingSection(Settings):
 
 
 @dataclass(frozen=True)
+class PromoteSection(Settings):
+    """The gate after each step of the production chain (`recall.gate`): which models are served."""
+
+    method: str = "recall"  # the compared method whose chain is served (sequential scenario)
+    tolerance: float = setting(2.0, at_least(0, " points"))  # an earlier task may drop this much, or not surely more
+    # a Prefect notification block "<type slug>/<name>" (e.g. custom-webhook/ops) told of refusals and failures
+    notify: str | None = setting(
+        None,
+        Rule(
+            lambda v: v.count("/") == 1 and all(v.split("/")),
+            "{name} must name a Prefect notification block as <type slug>/<name>, e.g. custom-webhook/ops; "
+            "got {value!r}",
+        ),
+    )
+
+
+@dataclass(frozen=True)
 class Sections(Settings):
     """params.yaml, typed: one field per top-level key."""
 
@@ -132,6 +149,7 @@ class Sections(Settings):
     evaluate: EvaluateSection
     multi: MultiSection = MultiSection()
     tracking: TrackingSection = TrackingSection()
+    promote: PromoteSection = PromoteSection()
     tasks: str | None = None  # the folder holding <task>/task.yaml folders of the user's own tasks
     # a protocol (sequential only): several task orders, each a permutation of the sequence's tasks, or
     # {random: n, seed: s}; several training seeds (finetune.seed of each chain). Each (order, seed) is a run.
@@ -296,6 +314,13 @@ class Params:
         return self.sections.scenario == "sequential"
 
     @property
+    def gated(self) -> str | None:
+        """The method whose chain the gate follows (`promote.method`), or None: no gate outside the
+        sequential scenario, or when that method is not compared."""
+        method = self.sections.promote.method
+        return method if self.sequential and method in self.methods else None
+
+    @property
     def with_base(self) -> bool:
         """Multi scenario: merge the base model with the experts (or the experts alone)."""
         return self.sections.multi.with_base
@@ -401,6 +426,12 @@ def validate(params: Params) -> None:
         except RecallError as err:
             raise RecallError(f"evaluate.backend: {err}") from None
     validate_methods(params)
+    promote = params.written("promote")
+    if "method" in promote and params.sequential and promote["method"] not in params.methods:
+        raise RecallError(
+            f"promote.method {promote['method']!r} is not a compared method; name one of "
+            f"{', '.join(params.methods)} (its chain's models are gated and served)"
+        )
     validate_runs(params)
 
 

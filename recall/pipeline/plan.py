@@ -45,6 +45,7 @@ class Stage:
     params: list[str] = field(default_factory=list)
     outs: list[Path] = field(default_factory=list)
     run: str | None = None  # a protocol's run (Run.label) that owns the step
+    metrics: list[Path] = field(default_factory=list)  # small files kept in git, not DVC's cache
 
     def entry(self, root: Path) -> dict:
         args = "".join(f" --{k} {v}" for k, v in (("method", self.method), ("step", self.task), ("run", self.run)) if v)
@@ -53,6 +54,8 @@ class Stage:
         entry.update(
             {k: v for k, v in (("deps", rel(self.deps)), ("params", self.params), ("outs", rel(self.outs))) if v}
         )
+        if self.metrics:
+            entry["metrics"] = [{path: {"cache": False}} for path in rel(self.metrics)]
         return entry
 
 
@@ -71,6 +74,8 @@ def shape_key(params: Params) -> str:
         "eval_tasks": sections.evaluate.tasks,
         "incoming": (params.root / "incoming").is_dir(),
     }
+    if params.gated:  # the gate stages (absent from earlier keys of runs without them, which stay valid)
+        shape["gated"] = params.gated
     if sections.tasks is not None:  # the data stage's dependencies (absent from earlier keys, which stay valid)
         shape["tasks"] = sections.tasks
     if sections.evaluate.unseen:
@@ -175,6 +180,8 @@ def plan(params: Params) -> list[Stage]:
                     outs=[S.chain_dir(params, m, t) / "eval"],
                 )
             )
+            if m == params.gated:
+                out.append(gate_stage(params, t))
     if params.sections.scenario == "multi":
         if "recall" in params.methods:
             out.append(
@@ -211,6 +218,7 @@ def plan(params: Params) -> list[Stage]:
                 )
             )
     reads = [p for s in out if s.stage in ("evaluate", "multi") for p in s.outs]
+    reads += [p for s in out if s.stage == "gate" for p in s.metrics]
     if "recall" in params.methods and params.sections.scenario != "multi":
         reads += [S.recall_dir(params, t) / "similarity.json" for t in tasks]
         reads += [S.chain_dir(params, "recall", t) / "model" for t in tasks]
@@ -227,7 +235,7 @@ def protocol_plan(params: Params) -> list[Stage]:
     chains: dict[str, Stage] = {}
     for run in params.runs:
         of_run = params.for_run(run)
-        for stage in (s for s in plan(of_run) if s.task is not None):
+        for stage in (s for s in plan(of_run) if s.task is not None and s.stage != "gate"):  # gates serve one chain
             owner = of_run.owner(stage.task).label
             named = stage_name(stage.stage, stage.task, stage.method, owner)
             chains.setdefault(named, dataclasses.replace(stage, name=named, run=owner))
@@ -246,6 +254,27 @@ def protocol_plan(params: Params) -> list[Stage]:
         "report", "report", deps=reads, outs=[params.root / "reports", S.data_root(params) / "report_spec.json"]
     )
     return [*shared, *steps, report]
+
+
+def gate_stage(params: Params, task: str) -> Stage:
+    """The served chain's gate after `task`: its model against the champion, which is the model of any
+    earlier step (or the base), as the earlier gates decided; it evaluates what their evaluations lack."""
+    m, names = params.gated, S.tasks(params)
+    earlier = names[: names.index(task)]
+    return Stage(
+        stage_name("gate", task),
+        "gate",
+        task,
+        deps=[
+            *(params.data_dir / t for t in [*earlier, task]),
+            S.base_model(params),
+            *(S.gate_metrics(params, t) for t in earlier),
+            *(p for t in [*earlier, task] for p in (S.handed_on(params, m, t), S.chain_dir(params, m, t) / "eval")),
+        ],
+        params=["evaluate", *section_keys(params, "promote", "tolerance")],
+        outs=[S.gate_dir(params, task)],
+        metrics=[S.gate_metrics(params, task)],
+    )
 
 
 def recall_inputs(params: Params, task: str) -> list[Stage]:

@@ -19,9 +19,12 @@ Layout (every folder and file written atomically):
     data/chains/<method>/<task>/eval/             the model the step hands on, on every task
     data/runs/<run>/{experts,chains}/...          a protocol's run (order, seed), e.g. o2-s1: as above;
                                                   a step is kept by the first run that makes it
+    data/gate/<task>/                             gate (sequential): what it had to evaluate to compare the
+                                                  step's model of promote.method's chain with the champion
     data/multi/similarity.json                    multi scenario: every model's similarity to each expert
     data/multi/<method>/{model,eval}/             multi scenario: every expert merged at once (table 2)
     reports/                                      report: tables, plots; metrics.json at the top
+    gates/<task>/metrics.json                     gate: its decision (recall.gate), in git like metrics.json
 
 `sft` and `ewc` hand on their fine-tune itself (no `model/`).
 """
@@ -120,6 +123,15 @@ def start_model(params: Params, method: str, task: str) -> Path:
 def recall_dir(params: Params, task: str) -> Path:
     """Where RECALL's weight inputs for a step live (features, typical samples, similarity)."""
     return chain_dir(params, "recall", task)
+
+
+def gate_dir(params: Params, task: str) -> Path:
+    return data_root(params) / "gate" / task
+
+
+def gate_metrics(params: Params, task: str) -> Path:
+    """The gate's decision: DVC metrics may not sit in an output folder, and data/ is git-ignored."""
+    return params.root / "gates" / task / "metrics.json"
 
 
 def multi_dir(params: Params, method: str) -> Path:
@@ -388,6 +400,60 @@ def evaluate_model(params: Params, model: Path, out: Path, names: list[str] | No
     )
 
 
+def champion_step(params: Params, task: str) -> str:
+    """The step whose model is the champion when `task`'s gate runs: the last earlier step its gate
+    promoted, else the base (read from the earlier gates' metrics.json, this stage's dependencies)."""
+    names = tasks(params)
+    promoted = [t for t in names[: names.index(task)] if read_json(gate_metrics(params, t))["promoted"]]
+    return promoted[-1] if promoted else BASE_STEP
+
+
+def evaluation_of(params: Params, model: Path) -> Path | None:
+    """The pipeline's evaluation folder of `model` (a chain's step or a multi merge), if it has one."""
+    made = {handed_on(params, m, t): chain_dir(params, m, t) / "eval" for m in params.methods for t in tasks(params)}
+    made.update({multi_dir(params, m) / "model": multi_dir(params, m) / "eval" for m in params.merge_methods})
+    found = next((e for m, e in made.items() if m.resolve() == model.resolve()), None)
+    return found if found is not None and found.is_dir() else None
+
+
+def scored(params: Params, model: Path, evaluation: Path | None, names: list[str], out: Path) -> dict[str, list]:
+    """`model`'s per-example records on `names`: those its evaluation folder holds, the rest evaluated into `out`."""
+    from recall.reporting.report import read_records
+
+    have = read_records(evaluation / "examples", names) if evaluation else {}
+    if missing := [t for t in names if t not in have]:
+        evaluate_model(params, model, out, missing)
+        have.update(read_records(out / "examples", missing))
+    return have
+
+
+def gate_step(params: Params, task: str) -> Path:
+    """The gate after `task` in the served chain: its model (the candidate) against the champion on every
+    task learned so far (`recall.gate`), evaluating whatever their evaluations lack; the decision into
+    metrics.json."""
+    from recall.gate import decide
+
+    names, method = tasks(params), params.gated
+    seen, before = names[: names.index(task) + 1], champion_step(params, task)
+    candidate = handed_on(params, method, task)
+    champion = base_model(params) if before == BASE_STEP else handed_on(params, method, before)
+    champion_eval = None if before == BASE_STEP else chain_dir(params, method, before) / "eval"
+    with atomic_dir(gate_dir(params, task)) as tmp:
+        write_json(tmp / "inputs.json", {"candidate": str(candidate), "champion": str(champion), "tasks": seen})
+        records = [
+            scored(params, candidate, chain_dir(params, method, task) / "eval", seen, tmp / "candidate"),
+            scored(params, champion, champion_eval, seen, tmp / "champion"),
+        ]
+    decision = decide(*records, seen, task, params.sections.promote.tolerance)
+    rel = lambda p: os.path.relpath(p, params.root)  # noqa: E731
+    write_json(
+        gate_metrics(params, task),
+        {**decision.record(), "candidate": rel(candidate), "champion": rel(champion), "champion_step": before},
+    )
+    log.info("gate %s: %s (%s)\n%s", task, decision.record()["decision"], decision.reason, decision.table())
+    return gate_metrics(params, task)
+
+
 def report_spec(params: Params, spec_dir: Path) -> dict:
     """The spec `recall report` reads for this run's artifacts (paths relative to the spec's folder)."""
     rel = lambda p: os.path.relpath(p, spec_dir)  # noqa: E731
@@ -415,6 +481,8 @@ def report_spec(params: Params, spec_dir: Path) -> dict:
             rel(chain_dir(params, "recall", t) / "model" / "merge_weights.json") for t in tasks(params)
         ]
         spec["similarity"] = [rel(recall_dir(params, t) / "similarity.json") for t in tasks(params)]
+    if params.gated:
+        spec["gate"] = [rel(gate_metrics(params, t)) for t in tasks(params)]
     return spec
 
 
@@ -459,7 +527,7 @@ def run(params: Params, stage: str, task: str | None = None, method: str | None 
         return multi_similarity(params)
     if stage == "evaluate" and task is None:
         return evaluate_model(params, base_model(params), base_eval(params))
-    if stage in ("features", "typical", "similarity"):
+    if stage in ("features", "typical", "similarity", "gate"):
         return STAGES[stage](params, task)
     if stage == "multi":
         return multi(params, method)
@@ -499,6 +567,16 @@ def log_stage(params: Params, stage: str, task: str | None, method: str | None, 
     elif stage == "evaluate":
         folder = chain_dir(params, method, task) / "eval" if task else base_eval(params)
         log_scores({method or "base": folder}, "", index, sequence_run)
+    elif stage == "gate":
+        record = read_json(gate_metrics(params, task))
+        mlflow.log_params({f"promote.{k}": v for k, v in params.written("promote").items()})
+        mlflow.log_metric("gate.promoted", record["promoted"])
+        for t, row in record["tasks"].items():
+            mlflow.log_metrics({f"gate.{t}.{k}": row[k] for k in ("difference", "low", "high") if row[k] is not None})
+        mlflow.log_dict(record, "gate.json")
+        if params.gated in params.merge_methods:  # a registered version to tag; training methods register none
+            model = handed_on(params, params.gated, task)
+            tracking.record_gate(model, record["decision"] == "promoted", record["reason"])
     elif stage == "multi":
         register_merge(
             params, multi_dir(params, method) / "model", tasks(params), name, f"{method}: every expert merged"
@@ -555,6 +633,7 @@ STAGES = {
     "similarity": similarity,
     "merge": merge_step,
     "evaluate": evaluate_step,
+    "gate": gate_step,
     "multi": multi,
     "report": report,
 }

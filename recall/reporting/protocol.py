@@ -84,9 +84,7 @@ def gather(spec: dict, folder: Path, tasks: list[str], replicates: int, seed: in
             rows[method] = list(range(len(files), len(files) + len(steps)))
             files += [folder / s for s in steps]
         scores = np.array([_scores(f, tasks) for f in files]).reshape(len(files), len(tasks))
-        records = [
-            {t: read_records(p) for t in tasks if (p := f.parent / "examples" / f"{t}.jsonl").is_file()} for f in files
-        ]
+        records = [read_records(f.parent / "examples", tasks) for f in files]
         draws = paired.score_draws(records, tasks, replicates, seed + i)
         learned, unseen = [tasks.index(t) for t in run["order"]], [tasks.index(t) for t in spec.get("unseen", [])]
         n = paired.example_counts(records, tasks)

@@ -18,6 +18,7 @@ optional; each score is the task's primary metric (the first one in its metrics.
           - {task: squad_v2, metrics: runs/seq/2/eval/metrics.json}
     merge_weights: [runs/seq/2/model/merge_weights.json]  # heatmaps
     similarity: [runs/seq/2/similarity.json]              # layer-wise similarity curves
+    gate: [runs/gate/sst2/metrics.json]                   # promotion-gate decisions, a line each
     bootstrap: {replicates: 1000, seed: 0}                # the paired bootstrap (these are the defaults)
 
 Evidence: beside each metrics.json, `examples/<task>.jsonl` holds one scored record per test example
@@ -71,7 +72,7 @@ ENTRY_FIELDS = {
     "multi": ("method", "metrics"),
     "sequential": ("method", "steps"),
 }
-LIST_SECTIONS = {"tasks", "merge_weights", "similarity", *ENTRY_FIELDS}
+LIST_SECTIONS = {"tasks", "merge_weights", "similarity", "gate", *ENTRY_FIELDS}
 SECTIONS = {*LIST_SECTIONS, "bootstrap"}
 BOOTSTRAP = {"replicates": paired.REPLICATES, "seed": 0}
 SFT_NAMES = {"sft", "sft only"}  # the reference method of "vs sft" (lower case)
@@ -214,8 +215,7 @@ class Spec:
     def records(self, relative: str, tasks: Sequence[str]) -> dict[str, list[dict]]:
         """The per-example records in examples/<task>.jsonl beside a metrics file, for each task that has
         them (older evaluations have no examples/ folder: no records, no intervals)."""
-        folder = self.file(relative).parent / "examples"
-        return {task: read_records(folder / f"{task}.jsonl") for task in tasks if (folder / f"{task}.jsonl").is_file()}
+        return read_records(self.file(relative).parent / "examples", tasks)
 
     def tasks(self) -> list[str]:
         """The `tasks` section, else the tasks of the first metrics file named in the spec."""
@@ -226,7 +226,12 @@ class Spec:
         return list(self.metrics(first[0])) if first else []
 
 
-def read_records(path: Path) -> list[dict]:
+def read_records(folder: Path, tasks: Sequence[str]) -> dict[str, list[dict]]:
+    """The records of `folder`/<task>.jsonl (an evaluation's examples/) for each task that has them."""
+    return {task: _read_records(folder / f"{task}.jsonl") for task in tasks if (folder / f"{task}.jsonl").is_file()}
+
+
+def _read_records(path: Path) -> list[dict]:
     records = []
     for number, record in iter_jsonl(path):
         if not isinstance(record.get("score"), (int, float)):
@@ -619,6 +624,20 @@ def spread_text(record: dict) -> str:
     return text + "\n"
 
 
+def gate_lines(spec: Spec) -> list[str]:
+    """One line per promotion-gate decision (`recall.gate`) the spec names, in step order."""
+    if not spec.entries("gate"):
+        return []
+    lines = ["### Promotion gate\n"]
+    for relative in spec.entries("gate"):
+        record = read_json(spec.file(relative))
+        lines.append(
+            f"- {record['new_task']}: **{record['decision']}** against {record['champion']}: {record['reason']} "
+            f"(`{relative}`)"
+        )
+    return [*lines, ""]
+
+
 def table_metrics(tables: list[Table]) -> dict:
     """Every table's numbers as {table: {row label: {column: value}}} (the row label joins its text cells,
     e.g. "recall/Task 2/gen_translation"): what `dvc metrics` and `dvc exp show` compare across runs."""
@@ -706,6 +725,7 @@ def write_report(spec_path: str | os.PathLike, out: str | os.PathLike, overwrite
             lines.append("### Scores over the task sequence (figure 5)\n\n![forgetting](forgetting.png)\n")
         for section in ("merge_weights", "similarity"):
             _layer_plots(spec, section, tmp, lines)
+        lines += gate_lines(spec)
         write_json(tmp / "metrics.json", {**table_metrics(paper), **scenarios})
         with atomic_file(tmp / "report.md") as fh:
             fh.write("\n".join(lines))
