@@ -316,9 +316,10 @@ class Params:
     @property
     def gated(self) -> str | None:
         """The method whose chain the gate follows (`promote.method`), or None: no gate outside the
-        sequential scenario, or when that method is not compared."""
+        sequential scenario, in a protocol's runs (a benchmark, nothing served), or when that method is
+        not compared."""
         method = self.sections.promote.method
-        return method if self.sequential and method in self.methods else None
+        return method if self.sequential and not self.runs and method in self.methods else None
 
     @property
     def with_base(self) -> bool:
@@ -427,7 +428,7 @@ def validate(params: Params) -> None:
             raise RecallError(f"evaluate.backend: {err}") from None
     validate_methods(params)
     promote = params.written("promote")
-    if "method" in promote and params.sequential and promote["method"] not in params.methods:
+    if "method" in promote and params.sequential and not params.runs and promote["method"] not in params.methods:
         raise RecallError(
             f"promote.method {promote['method']!r} is not a compared method; name one of "
             f"{', '.join(params.methods)} (its chain's models are gated and served)"
