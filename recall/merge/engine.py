@@ -27,7 +27,7 @@ from recall.merge.methods import Method, tensor_seed
 from recall.merge.provenance import write_provenance
 from recall.merge.safetensors_io import DTYPES, StreamingWriter
 from recall.merge.sources import FullModel, open_source
-from recall.models import ModelInfo, check_compatible, safetensors_folder
+from recall.models import ModelInfo, check_compatible, remote_code_record, safetensors_folder
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,7 @@ def merge(plan: MergePlan, out: str | Path, max_shard_bytes: int = 2 << 30, over
             "layers": plan.weights.tolist(),
             "tensor_groups": groups,
             **plan.extra,
+            **remote_code_record(),
         }
         write_provenance(tmp, record)
     log.info("merged %d models with %s into %s", len(models), method.name, out)

@@ -64,6 +64,7 @@ class Step(Settings):
 @dataclass(frozen=True)
 class BaseSection(Settings):
     model: str  # "smollm2" (SmolLM2-135M-Instruct from PyPI), or a model folder, .gguf file or hub id
+    trust_remote_code: bool = False  # run Python code shipped in model folders (`auto_map`); only if you trust it
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,15 @@ from recall.atomic import atomic_dir, atomic_path, check_output, write_json
 from recall.data import IGNORE_INDEX, Encoded, Record, encode, read_records, rendering
 from recall.errors import RecallError
 from recall.hashing import sha256_file, sha256_tree
-from recall.models import ModelInfo, default_dtype, describe, load_causal_lm, load_tokenizer, saveable
+from recall.models import (
+    ModelInfo,
+    default_dtype,
+    describe,
+    load_causal_lm,
+    load_tokenizer,
+    remote_code_record,
+    saveable,
+)
 from recall.settings import FRACTION, POSITIVE, Settings, at_least, one_of, setting
 from recall.tasks import Example, get_task
 from recall.training.ewc import EWCPenalty, fisher_diagonal, trainable
@@ -495,6 +503,7 @@ def finetune(
         "rendering": rendering(tokenizer),
         "ewc": {"from": config.ewc_from, "samples": len(previous_encoded), **penalty.stats()} if penalty else None,
         "config": dataclasses.asdict(config),
+        **remote_code_record(),
     }
     if processes.main:
         with atomic_dir(out, overwrite) as tmp:
