@@ -2,12 +2,15 @@
 refuses a folder that ships code (`auto_map`) before any work, and leaves nothing behind."""
 
 import json
+from pathlib import Path
 
 import pytest
+import torch
 from test_faults import error_line, run_cli
 
 from recall import models
 from recall.tasks.generated import generate_suite
+from recall.training.finetune import checkpoint_folder
 
 # Imported by transformers only if it trusts the folder's code: its import leaves the marker.
 PLANTED = """\
@@ -82,3 +85,32 @@ def test_the_opt_in_runs_the_folder_code_and_is_recorded(make_model, tmp_path, m
     assert run_cli(*args, "--trust-remote-code") == 0
     assert marker.read_text() == "ran"
     assert json.loads((out / "merge_weights.json").read_text())["trust_remote_code"] is True
+
+
+class Planted:
+    """Unpickled, it would write a marker: what a planted checkpoint does to a plain torch.load."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path(self.marker).write_text, ("ran",))
+
+
+@pytest.mark.parametrize("content", ["planted", "truncated"])
+def test_a_checkpoint_that_is_no_weights_only_state_is_set_aside(make_model, suite, tmp_path, caplog, content):
+    marker, out = tmp_path / "marker", tmp_path / "out"
+    state = checkpoint_folder(out) / "state.pt"
+    state.parent.mkdir()
+    if content == "planted":
+        torch.save({"fingerprint": Planted(marker), "step": 1}, state)
+    else:
+        torch.save({"fingerprint": "x", "step": 1}, state)
+        state.write_bytes(state.read_bytes()[:100])
+    planted = state.read_bytes()
+    args = ["--task", "gen_sentiment", "--data-dir", suite, "--out", out, "--max-steps", 2, "--checkpoint-every", 1]
+    assert run_cli("finetune", "--base", make_model("a"), *args) == 0
+    aside = state.parent.with_name(f"{state.parent.name}-rejected-state.pt")
+    assert f"checkpoint {state} is not a weights-only training state" in caplog.text and "starting over" in caplog.text
+    assert not marker.exists() and aside.read_bytes() == planted
+    assert (out / "model.safetensors").is_file() and not state.parent.exists()

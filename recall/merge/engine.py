@@ -95,7 +95,8 @@ def merge(plan: MergePlan, out: str | Path, max_shard_bytes: int = 2 << 30, over
     groups = tensor_groups(models[0].config, ref_src.tensors)
 
     out = Path(out)
-    with atomic_dir(out, overwrite) as tmp:
+    needed = sum(info.nbytes for info in ref_src.tensors.values())
+    with atomic_dir(out, overwrite, needed) as tmp:
         writer = StreamingWriter(tmp, ref_src.tensors, max_shard_bytes)
         weights = torch.tensor(plan.weights, dtype=torch.float32)
         inputs = sources + ([base_src] if base_src else []) + fishers

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 import recall.tasks.catalog  # noqa: F401  the built-in tasks come first: a folder cannot take their names
-from recall.errors import RecallError
+from recall.errors import RecallError, read_text
 from recall.tasks.base import Task, register, registered
 from recall.tasks.formats import SPEC_FIELDS, SPLITS, TASK_FILE, SpecError, TaskSpec, make_task, parse_spec
 
@@ -30,7 +30,7 @@ def read_spec(path: Path) -> TaskSpec:
     if not path.is_file():
         raise RecallError(f"{path} does not exist; a task folder holds {TASK_FILE}, train.jsonl and test.jsonl")
     try:
-        source = path.read_text(encoding="utf-8")
+        source = read_text(path)
         node, raw = yaml.compose(source), yaml.safe_load(source)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
