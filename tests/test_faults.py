@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from recall.atomic import MARKER
@@ -363,3 +364,46 @@ def test_an_unexpected_error_is_a_bug_with_its_traceback_in_a_file(make_model, t
     monkeypatch.setenv("RECALL_DEBUG", "1")
     with pytest.raises(ZeroDivisionError):
         run_cli(*args, "--out", tmp_path / "out")
+
+
+# ---------------------------------------------------------------- task.yaml and task names as users write them
+BOOLQ = 'format: classification\ntemplate: "{passage}\\nQuestion: {question}?\\nAnswer:"\nanswer: answer\n'
+MAPPED = {"yes": "true", "no": "1.0"}
+
+
+@pytest.mark.parametrize(
+    ("labels", "answers", "words"),
+    [
+        ("[yes, no]", ["yes", "no"], {"yes": "yes", "no": "no"}),
+        ("[on, off, ~]", ["on", "off", "~"], {"on": "on", "off": "off", "~": "~"}),
+        ("{yes: 'true', no: 1.0}", ["yes", "no"], MAPPED),
+    ],
+)
+def test_label_words_are_read_as_written(tmp_path, capsys, labels, answers, words):
+    """YAML 1.1 reads plain yes/no/on/off/~ and 1.0 as booleans, null and numbers; label words are text."""
+    from test_declared_tasks import task_folder
+
+    rows = [{"passage": "Cats purr.", "question": f"do cats purr {i}", "answer": a} for i, a in enumerate(answers)]
+    data = tmp_path / "data"
+    task_folder(data, "boolq", BOOLQ + f"labels: {labels}\n", rows)
+    assert run_cli("tasks", "show", "boolq", "--data-dir", data) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)["labels"]
+    assert shown == (MAPPED if words is MAPPED else answers)
+    out = tmp_path / "test.jsonl"
+    assert run_cli("tasks", "export", "--task", "boolq", "--split", "test", "--data-dir", data, "--out", out) == 0
+    assert [json.loads(line)["response"] for line in out.read_text().splitlines()] == [words[a] for a in answers]
+
+
+def test_a_task_name_that_leaves_the_data_folder_is_refused_before_reading(make_model, tmp_path, capsys):
+    from test_declared_tasks import TICKETS, task_folder, ticket
+
+    from recall.tasks.base import registered
+
+    outside = task_folder(tmp_path, "outside", TICKETS, [ticket()])
+    not_utf8(outside / "task.yaml", 1)  # reading it would be another error
+    (tmp_path / "data").mkdir()
+    for command in (["evaluate", "--model", make_model("a"), "--tasks"], ["tasks", "export", "--task"]):
+        assert run_cli(*command, "../outside", "--data-dir", tmp_path / "data", "--out", tmp_path / "out") == 2
+        line = error_line(capsys)
+        assert "'../outside' is not a task name" in line and "letters, digits, _ and - only" in line
+    assert registered("outside") is None and not (tmp_path / "out").exists()
