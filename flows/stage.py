@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--debug", action="store_true", help="show the traceback of a failure (also RECALL_DEBUG=1)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # Prefect's handler on the root logger (at WARNING) prints them: recall's progress (e.g. a resumed fine-tune).
+    logging.getLogger("recall").setLevel(logging.INFO)
 
     def work() -> int:
         params = load_params(args.params)  # fail before Prefect or MLflow start
