@@ -9,6 +9,7 @@ import torch
 from test_faults import error_line, run_cli
 
 from recall import models
+from recall.errors import RecallError
 from recall.tasks.generated import generate_suite
 from recall.training.finetune import checkpoint_folder
 
@@ -114,3 +115,23 @@ def test_a_checkpoint_that_is_no_weights_only_state_is_set_aside(make_model, sui
     assert f"checkpoint {state} is not a weights-only training state" in caplog.text and "starting over" in caplog.text
     assert not marker.exists() and aside.read_bytes() == planted
     assert (out / "model.safetensors").is_file() and not state.parent.exists()
+
+
+def test_the_pipeline_refuses_a_base_with_code_unless_params_opt_in(tmp_path, monkeypatch):
+    from test_pipeline import tiny_params, write_params
+
+    from recall.pipeline import stages
+    from recall.pipeline.params import load_params
+    from recall.testing import tiny_model
+
+    monkeypatch.setattr(models, "_remote_code_allowed", False)  # the opt-in is process-wide: undone after
+    marker, project = tmp_path / "marker", tmp_path / "project"
+    plant(tiny_model(project / "tiny"), marker)
+    params = tiny_params()
+    with pytest.raises(RecallError, match=r"tiny: config.json has `auto_map`.*base.trust_remote_code: true"):
+        stages.run(load_params(write_params(project, params)), "base")
+    assert not marker.exists() and not stages.base_model(load_params(project / "params.yaml")).exists()
+
+    params["base"]["trust_remote_code"] = True
+    assert stages.run(load_params(write_params(project, params)), "base").is_dir()
+    assert marker.read_text() == "ran"
