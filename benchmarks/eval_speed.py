@@ -287,9 +287,14 @@ def main() -> None:
     from recall.evaluation.model import ChatModel
 
     restore_batch_encode_plus()
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    lm = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
-    model = ChatModel(path=str(args.model), model_kwargs=dict(torch_dtype="float32", device_map="cpu"))
+    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=False)
+    lm = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, trust_remote_code=False).eval()
+    model = ChatModel(  # OpenCompass defaults to remote code, and reads the config itself without max_seq_len
+        path=str(args.model),
+        model_kwargs=dict(torch_dtype="float32", device_map="cpu", trust_remote_code=False),
+        tokenizer_kwargs=dict(trust_remote_code=False),
+        max_seq_len=lm.config.max_position_embeddings,
+    )
     # Warm-up: the first forward of a process pays one-off costs that none of the timed paths should.
     plain_forward(lm, tokenizer, ["Hello"], [[(0, "A")]])
     one_pass(model, ["Hello"], ["A"], [[0]])

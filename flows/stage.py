@@ -17,7 +17,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 
 from recall import tracking
-from recall.errors import RecallError
+from recall.errors import RecallError, boundary
 from recall.pipeline import plan, stages
 from recall.pipeline.params import load_params
 
@@ -62,17 +62,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", help="the compared method whose chain this stage belongs to")
     parser.add_argument("--run", help="a protocol's run (order and seed, e.g. o2-s1) that owns the step")
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure (also RECALL_DEBUG=1)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
+    # Prefect's handler on the root logger (at WARNING) prints them: recall's progress (e.g. a resumed fine-tune).
+    logging.getLogger("recall").setLevel(logging.INFO)
+
+    def work() -> int:
         params = load_params(args.params)  # fail before Prefect or MLflow start
         plan.check_current(params)
         plan.find(params, plan.stage_name(args.stage, args.step, args.method, args.run))  # a stage of this pipeline
         run_stage(args.stage, args.step, args.method, args.params, args.run)
-    except RecallError as err:
-        print(f"recall stage {args.stage}: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return boundary(f"recall stage {args.stage}", work, args.debug)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ its own earlier outputs but never a folder it did not write (unless told to).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -40,9 +41,10 @@ def check_output(out: str | os.PathLike, overwrite: bool = False, flag: str = "-
 
 
 @contextlib.contextmanager
-def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(out: str | os.PathLike, overwrite: bool = False, needed: int | None = None) -> Iterator[Path]:
     """Yield an empty temporary folder that replaces `out` only if the block succeeds; an existing `out`
-    must be an earlier recall output (or empty) unless `overwrite`."""
+    must be an earlier recall output (or empty) unless `overwrite`. A full disk is one error naming `out`
+    and the bytes it `needed` (when the caller knows them)."""
     out = Path(out)
     check_output(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -58,6 +60,16 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
             shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
         else:
             tmp.rename(out)
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # first: what it held is free again
+        size = f"it needs {needed:,} bytes and " if needed else ""
+        free = shutil.disk_usage(out.parent).free
+        raise RecallError(
+            f"the disk filled up while writing {out}: {size}{free:,} bytes are free there; "
+            "free some space or write the output elsewhere"
+        ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

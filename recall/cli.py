@@ -7,7 +7,7 @@ import importlib
 import logging
 import sys
 
-from recall.errors import RecallError
+from recall.errors import boundary
 
 # Modules exposing `register(subparsers)`; each adds its subcommands with `set_defaults(func=...)`.
 COMMAND_MODULES = (
@@ -29,6 +29,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     then pays for its own dependencies alone: torch, mlflow and OpenCompass are heavy)."""
     parser = argparse.ArgumentParser(prog="recall", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure (also RECALL_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     names = {m.rsplit(".", 1)[1]: m for m in COMMAND_MODULES}
     chosen = next((a for a in argv or [] if not a.startswith("-")), None)
@@ -42,11 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    try:
-        return args.func(args) or 0
-    except RecallError as err:
-        print(f"recall {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    return boundary(f"recall {args.command}", lambda: args.func(args) or 0, args.debug)
 
 
 if __name__ == "__main__":

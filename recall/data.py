@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from recall.errors import RecallError
+from recall.errors import RecallError, read_text
 
 
 @dataclass(frozen=True)
@@ -31,17 +31,16 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     path = Path(path)
     if not path.is_file():
         raise RecallError(f"data file {path} does not exist; give a JSONL file path")
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise RecallError(f"{path}:{lineno}: not valid JSON ({err.msg}); fix or remove the line") from None
-            if not isinstance(obj, dict):
-                raise RecallError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+    for lineno, line in enumerate(read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise RecallError(f"{path}:{lineno}: not valid JSON ({err.msg}); fix or remove the line") from None
+        if not isinstance(obj, dict):
+            raise RecallError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
 
 
 def read_records(path: str | os.PathLike) -> list[Record]:

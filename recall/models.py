@@ -24,6 +24,55 @@ log = logging.getLogger(__name__)
 
 COMPAT_FIELDS = ("model_type", "num_hidden_layers", "hidden_size", "vocab_size")
 CACHE = Path(os.environ.get("RECALL_CACHE", Path.home() / ".cache" / "recall"))
+REMOTE_CODE_FIX = (
+    "recall runs no code from a model folder unless you pass --trust-remote-code "
+    "(the pipeline: base.trust_remote_code: true in params.yaml) and trust the folder's author"
+)
+# The user's opt-in to code shipped in model folders, set once by the entry point (`allow_remote_code`);
+# every load of a config, tokenizer or model passes it as `trust_remote_code` (via `trusted`).
+_remote_code_allowed = False
+
+
+def allow_remote_code(allowed: bool) -> None:
+    global _remote_code_allowed
+    _remote_code_allowed = allowed
+
+
+def remote_code_record() -> dict:
+    """What an output's record (merge_weights.json, train_metrics.json, evaluation.json) says of the opt-in."""
+    return {"trust_remote_code": True} if _remote_code_allowed else {}
+
+
+def trusted(where: Path) -> bool:
+    """`trust_remote_code` for a load from `where` (a folder or a .gguf file): the user's opt-in. Without it
+    a folder whose config or tokenizer config points at code beside it (`auto_map`), or whose architecture
+    transformers does not know, is refused here, before anything is loaded."""
+    if _remote_code_allowed or not Path(where).is_dir():
+        return _remote_code_allowed
+    for name in ("config.json", "tokenizer_config.json"):
+        if (where / name).is_file() and "auto_map" in read_config(where / name):
+            raise RecallError(f"{where}: {name} has `auto_map` (Python code shipped with the model); {REMOTE_CODE_FIX}")
+    if (where / "config.json").is_file():
+        from transformers import CONFIG_MAPPING
+
+        model_type = read_config(where / "config.json").get("model_type")
+        if model_type not in CONFIG_MAPPING:
+            raise RecallError(
+                f"{where}: config.json's model_type {model_type!r} is no architecture transformers knows, so "
+                f"loading it would need code from the folder; {REMOTE_CODE_FIX}"
+            )
+    return False
+
+
+def read_config(path: Path) -> dict:
+    """A model folder's JSON file, as a mapping; one clear error when it is not one."""
+    try:
+        config = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RecallError(f"{path} is not valid JSON ({err}); restore the file from the model's source") from None
+    if not isinstance(config, dict):
+        raise RecallError(f"{path} holds {type(config).__name__}, not a JSON object; restore it from its source")
+    return config
 
 
 @dataclass(frozen=True)
@@ -41,6 +90,9 @@ class ModelInfo:
         return self.config.num_hidden_layers
 
 
+PULLED = ["*.json", "*.safetensors", "*.model", "*.txt"]  # what a hub model is fetched with (code only if trusted)
+
+
 def resolve(spec: str | os.PathLike) -> Path:
     """A local path for a model spec; hub ids are downloaded (config and weights) once."""
     path = Path(spec)
@@ -51,7 +103,7 @@ def resolve(spec: str | os.PathLike) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(str(spec), allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+        return Path(snapshot_download(str(spec), allow_patterns=PULLED + (["*.py"] if _remote_code_allowed else [])))
     except Exception as err:  # hub errors come in many types; all mean the same thing to the user
         raise RecallError(f"model {spec} is not a local path and could not be fetched from the hub ({err})") from None
 
@@ -62,9 +114,10 @@ def describe(spec: str | os.PathLike, base: str | os.PathLike | None = None) -> 
 
     path = resolve(spec)
     if path.is_file() and path.suffix == ".gguf":
-        return ModelInfo(str(spec), path, "gguf", AutoConfig.from_pretrained(path.parent, gguf_file=path.name))
+        config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=trusted(path))
+        return ModelInfo(str(spec), path, "gguf", config)
     if (path / "adapter_config.json").is_file():
-        adapter = json.loads((path / "adapter_config.json").read_text())
+        adapter = read_config(path / "adapter_config.json")
         base_spec = base or adapter.get("base_model_name_or_path")
         if not base_spec:
             raise RecallError(f"LoRA adapter {spec} names no base model; pass --base")
@@ -72,7 +125,7 @@ def describe(spec: str | os.PathLike, base: str | os.PathLike | None = None) -> 
         return ModelInfo(str(spec), path, "lora", base_info.config, base_info)
     if not (path / "config.json").is_file():
         raise RecallError(f"{spec} is not a model: no config.json or adapter_config.json in {path}")
-    return ModelInfo(str(spec), path, "full", AutoConfig.from_pretrained(path))
+    return ModelInfo(str(spec), path, "full", AutoConfig.from_pretrained(path, trust_remote_code=trusted(path)))
 
 
 def check_compatible(infos: list[ModelInfo], tokenizers: bool = True) -> None:
@@ -174,9 +227,9 @@ def load_tokenizer_from(where: Path):
     from transformers import AutoTokenizer
 
     if where.suffix == ".gguf":
-        tok = AutoTokenizer.from_pretrained(where.parent, gguf_file=where.name)
+        tok = AutoTokenizer.from_pretrained(where.parent, gguf_file=where.name, trust_remote_code=trusted(where))
     else:
-        tok = AutoTokenizer.from_pretrained(where)
+        tok = AutoTokenizer.from_pretrained(where, trust_remote_code=trusted(where))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -207,14 +260,16 @@ def load_causal_lm(info: ModelInfo, dtype: torch.dtype = torch.float32, device: 
 
     device = device or default_device()
     if info.kind == "gguf":
-        model = AutoModelForCausalLM.from_pretrained(info.path.parent, gguf_file=info.path.name, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(
+            info.path.parent, gguf_file=info.path.name, dtype=dtype, trust_remote_code=trusted(info.path)
+        )
     elif info.kind == "lora":
         from peft import PeftModel
 
         base = load_causal_lm(info.base, dtype, device)
         model = PeftModel.from_pretrained(base, info.path).merge_and_unload()
     else:
-        model = AutoModelForCausalLM.from_pretrained(info.path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(info.path, dtype=dtype, trust_remote_code=trusted(info.path))
     return model.to(device).eval()
 
 

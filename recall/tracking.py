@@ -166,12 +166,12 @@ def _log_transformers_model(folder: Path, tags: dict[str, str]):
     import transformers
     from huggingface_hub import ModelCard
 
-    from recall.models import load_tokenizer_from
+    from recall.models import load_tokenizer_from, trusted
 
     # MLflow's cheaper local-checkpoint input (the folder's path, copied without loading) fails with
     # transformers 5.23 (mlflow 3.17 reads check_task()'s "impl" as a class; it is now a string), so
     # the model is loaded, on the CPU in its own dtype (the same bytes), and MLflow saves it again.
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype="auto")
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype="auto", trust_remote_code=trusted(folder))
     return mlflow.transformers.log_model(
         {"model": model, "tokenizer": load_tokenizer_from(folder)},
         name="model",

@@ -417,7 +417,9 @@ def test_config_is_a_valid_opencompass_config(tmp_path):
     config = Config.fromfile(str(path))
     model = config.models[0]
     assert model.type is ChatModel
-    assert model.model_kwargs == {"torch_dtype": "float32", "device_map": "cpu"}
+    assert model.model_kwargs == {"torch_dtype": "float32", "device_map": "cpu", "trust_remote_code": False}
+    # OpenCompass turns remote code on unless told, and reads the config itself without a max_seq_len.
+    assert model.tokenizer_kwargs == {"trust_remote_code": False} and model.max_seq_len == 100
     assert model.run_cfg == {"num_gpus": 0} and model.generation_kwargs == {"do_sample": False}
     generated, reference, ranked = config.datasets
     assert generated.infer_cfg.inferencer.max_out_len == 16

@@ -1,12 +1,16 @@
 """Faults and bad input: each case exits non-zero with one line naming the cause and leaves no output."""
 
+import errno
 import json
+import os
 import shutil
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from recall.atomic import MARKER
@@ -241,3 +245,165 @@ def test_weights_only_folders_are_merged_without_a_tokenizer_check(make_model, t
             file.unlink()
     assert run_cli("merge", "--method", "average", "--models", a, b, "--out", tmp_path / "out") == 0
     assert "not comparing tokenizers" in caplog.text
+
+
+# ---------------------------------------------------------------- one error boundary: every failure one line
+def not_utf8(path, line: int) -> None:
+    """Make `path`'s `line` (1-based) hold a Latin-1 byte, as an editor saving in the wrong encoding does."""
+    lines = path.read_bytes().split(b"\n")
+    lines[line - 1] = lines[line - 1].replace(b"e", b"\xe9", 1)
+    path.write_bytes(b"\n".join(lines))
+
+
+def test_a_data_file_that_is_not_utf8_is_named_with_its_line(make_model, task_data, tmp_path, capsys):
+    not_utf8(task_data, 3)
+    column = task_data.read_bytes().split(b"\n")[2].index(b"\xe9") + 1
+    out = tmp_path / "out"
+    assert run_cli("finetune", "--base", make_model("a"), "--task", task_data, "--out", out) == 2
+    line = error_line(capsys)
+    assert line.endswith(f"{task_data}:3: not UTF-8 text (byte 0xe9 at column {column}); save the file as UTF-8")
+    assert not out.exists()
+
+
+def test_a_task_yaml_that_is_not_utf8_is_named_with_its_line(make_model, tmp_path, capsys):
+    from test_declared_tasks import TICKETS, task_folder, ticket
+
+    folder = task_folder(tmp_path / "data", "tickets", TICKETS, [ticket()])
+    not_utf8(folder / "task.yaml", 2)
+    args = ["--tasks", "tickets", "--data-dir", tmp_path / "data", "--out", tmp_path / "out"]
+    assert run_cli("evaluate", "--model", make_model("a"), *args) == 2
+    assert f"{folder / 'task.yaml'}:2: not UTF-8 text (byte 0xe9" in error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def shard(model, max_shard_bytes: int = 20_000) -> list:
+    """Re-save a model folder's weights as an indexed set of shards."""
+    from recall.merge.safetensors_io import write_tensors
+
+    weights = load_file(model / "model.safetensors")
+    (model / "model.safetensors").unlink()
+    write_tensors(model, weights.items(), max_shard_bytes=max_shard_bytes)
+    return sorted(model.glob("model-*.safetensors"))
+
+
+def test_a_shard_the_index_names_but_is_missing_is_refused_before_reading(make_model, tmp_path, capsys):
+    a, b = make_model("a"), make_model("b", seed=1)
+    shards = shard(b)
+    assert len(shards) > 2
+    shards[1].unlink()
+    shards[0].write_bytes(b"never read")  # the index is checked before any shard is opened
+    assert run_cli("merge", "--method", "average", "--models", a, b, "--out", tmp_path / "out") == 2
+    line = error_line(capsys)
+    assert f"{b / 'model.safetensors.index.json'} names 1 shard(s) missing from {b}: {shards[1].name}" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_lora_adapter_on_a_base_of_other_shapes_is_refused_before_reading(make_model, tmp_path, capsys):
+    from test_merge import make_adapter
+
+    base = make_model("base")
+    adapters = [make_adapter(base, tmp_path / f"lora_{i}", i)[0] for i in range(2)]
+    wider = make_model("wider", hidden=64)
+    args = ["--method", "average", "--models", *adapters, "--base", wider, "--out", tmp_path / "out"]
+    assert run_cli("merge", *args) == 2
+    line = error_line(capsys)
+    assert f"{adapters[0]}: LoRA weights for " in line and "do not fit the base's [64, 64]" in line
+    assert "is --base the model the adapter was trained on?" in line and not (tmp_path / "out").exists()
+
+
+class FullDisk:
+    """A file whose writes reach the disk until `room` bytes are written; then the system's ENOSPC."""
+
+    def __init__(self, file, room: int):
+        self.file, self.room = file, room
+
+    def write(self, data) -> int:
+        size = memoryview(data).nbytes
+        if size > self.room:
+            self.file.write(memoryview(data).cast("B")[: self.room])
+            self.room = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.file.name)
+        self.room -= size
+        return self.file.write(data)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def test_a_full_disk_during_a_merge_names_the_output_and_the_bytes(make_model, tmp_path, capsys, monkeypatch):
+    a, b = make_model("a"), make_model("b", seed=1)
+    needed = SafetensorsModel(a).nbytes
+    real_open = Path.open
+
+    def open_on_a_full_disk(path, mode="r", *args, **kwargs):
+        file = real_open(path, mode, *args, **kwargs)
+        return FullDisk(file, needed // 2) if path.suffix == ".safetensors" and "w" in mode else file
+
+    monkeypatch.setattr(Path, "open", open_on_a_full_disk)
+    assert run_cli("merge", "--method", "average", "--models", a, b, "--out", tmp_path / "out") == 2
+    line = error_line(capsys)
+    assert f"the disk filled up while writing {tmp_path / 'out'}: it needs {needed:,} bytes and " in line
+    assert "bytes are free there" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]  # nothing partial left
+
+
+def test_an_unexpected_error_is_a_bug_with_its_traceback_in_a_file(make_model, tmp_path, capsys, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("planted bug")
+
+    monkeypatch.setattr("recall.commands.merge.merge", broken)
+    args = ["merge", "--method", "average", "--models", make_model("a"), make_model("b", seed=1)]
+    assert run_cli(*args, "--out", tmp_path / "out") == 1
+    line = error_line(capsys)
+    assert line.startswith("recall merge: internal error (a bug in recall, please report it): ZeroDivisionError")
+    trace = Path(line.split("full traceback in ")[1].split(" ")[0])
+    assert 'raise ZeroDivisionError("planted bug")' in trace.read_text()
+    trace.unlink()
+    with pytest.raises(ZeroDivisionError):
+        run_cli("--debug", *args, "--out", tmp_path / "out")
+    monkeypatch.setenv("RECALL_DEBUG", "1")
+    with pytest.raises(ZeroDivisionError):
+        run_cli(*args, "--out", tmp_path / "out")
+
+
+# ---------------------------------------------------------------- task.yaml and task names as users write them
+BOOLQ = 'format: classification\ntemplate: "{passage}\\nQuestion: {question}?\\nAnswer:"\nanswer: answer\n'
+MAPPED = {"yes": "true", "no": "1.0"}
+
+
+@pytest.mark.parametrize(
+    ("labels", "answers", "words"),
+    [
+        ("[yes, no]", ["yes", "no"], {"yes": "yes", "no": "no"}),
+        ("[on, off, ~]", ["on", "off", "~"], {"on": "on", "off": "off", "~": "~"}),
+        ("{yes: 'true', no: 1.0}", ["yes", "no"], MAPPED),
+    ],
+)
+def test_label_words_are_read_as_written(tmp_path, capsys, labels, answers, words):
+    """YAML 1.1 reads plain yes/no/on/off/~ and 1.0 as booleans, null and numbers; label words are text."""
+    from test_declared_tasks import task_folder
+
+    rows = [{"passage": "Cats purr.", "question": f"do cats purr {i}", "answer": a} for i, a in enumerate(answers)]
+    data = tmp_path / "data"
+    task_folder(data, "boolq", BOOLQ + f"labels: {labels}\n", rows)
+    assert run_cli("tasks", "show", "boolq", "--data-dir", data) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)["labels"]
+    assert shown == (MAPPED if words is MAPPED else answers)
+    out = tmp_path / "test.jsonl"
+    assert run_cli("tasks", "export", "--task", "boolq", "--split", "test", "--data-dir", data, "--out", out) == 0
+    assert [json.loads(line)["response"] for line in out.read_text().splitlines()] == [words[a] for a in answers]
+
+
+def test_a_task_name_that_leaves_the_data_folder_is_refused_before_reading(make_model, tmp_path, capsys):
+    from test_declared_tasks import TICKETS, task_folder, ticket
+
+    from recall.tasks.base import registered
+
+    outside = task_folder(tmp_path, "outside", TICKETS, [ticket()])
+    not_utf8(outside / "task.yaml", 1)  # reading it would be another error
+    (tmp_path / "data").mkdir()
+    for command in (["evaluate", "--model", make_model("a"), "--tasks"], ["tasks", "export", "--task"]):
+        assert run_cli(*command, "../outside", "--data-dir", tmp_path / "data", "--out", tmp_path / "out") == 2
+        line = error_line(capsys)
+        assert "'../outside' is not a task name" in line and "letters, digits, _ and - only" in line
+    assert registered("outside") is None and not (tmp_path / "out").exists()

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -665,3 +666,57 @@ def test_the_dask_runner_runs_independent_stages_at_once_and_makes_the_same_arti
     runs = client.search_runs([client.get_experiment_by_name("recall").experiment_id], query)
     first, second = sorted((r.info.start_time, r.info.end_time) for r in runs)
     assert len(runs) == 2 and second[0] < first[1], runs  # the second fine-tune started before the first ended
+
+
+def test_a_cancelled_stage_stops_at_once_keeps_nothing_partial_and_resumes(tmp_path, prefect_server):
+    """SIGTERM (Prefect cancelling a flow run, a scheduler's limit) to a real stage process mid-fine-tune."""
+    from recall.pipeline import plan, stages
+    from recall.training.finetune import checkpoint_folder
+
+    project = tmp_path / "project"
+    project.mkdir()
+    tiny_model(project / "tiny", layers=2)
+    params = tiny_params()
+    params["finetune"].update(max_steps=60, checkpoint_every=2)
+    loaded = load_params(write_params(project, params))
+    plan.write(loaded)
+    stages.base(loaded)
+    stages.data(loaded)
+    out = stages.new_model(loaded, None, "gen_sentiment")
+    state = checkpoint_folder(out) / "state.pt"
+    env = {**prefect_server, "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    command = [sys.executable, "-m", "flows.stage", "finetune", "--step", "gen_sentiment"]
+    proc = subprocess.Popen(command, cwd=project, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not state.is_file() or torch_step(state) < 4:  # a checkpoint replaced by a later one
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint after 300 s"
+        time.sleep(0.05)
+    at_signal = torch_step(state)
+    proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    stderr = proc.communicate(timeout=60)[1]
+    stopped = time.monotonic() - sent
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    # Training stops at once (at most the checkpoint being written lands); the exit itself waits for
+    # Prefect and MLflow to report the crash and flush (about 5 s on a busy 2-core machine).
+    assert stopped < 15, f"took {stopped:.1f} s to exit"
+    kept = torch_step(state)
+    assert at_signal <= kept <= at_signal + 2 < 60
+    assert stderr.strip().splitlines()[-1].startswith("recall stage finetune: cancelled (SIGTERM)")
+    assert not out.exists() and not list(out.parent.glob(f".{out.name}.tmp-*"))  # nothing partial
+
+    rerun = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resuming gen_sentiment from step {kept} of 60" in rerun.stderr
+    assert (out / "model.safetensors").is_file() and not checkpoint_folder(out).exists()
+
+
+def torch_step(state: Path) -> int:
+    import torch
+
+    try:
+        return torch.load(state, weights_only=True)["step"]
+    except (RuntimeError, EOFError, FileNotFoundError):  # caught mid-replace
+        return 0

@@ -10,3 +10,13 @@ def add_output(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace --out even when it holds files recall did not write"
     )
+
+
+def add_trust_remote_code(parser: argparse.ArgumentParser) -> None:
+    """The opt-in to code shipped in a model folder (config.json's `auto_map`), for every command that loads
+    models; the command passes it to `recall.models.allow_remote_code` before anything is loaded."""
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run Python code shipped in model folders (config.json's auto_map); only for folders you trust",
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from recall.commands import add_output
+from recall.commands import add_output, add_trust_remote_code
 from recall.evaluation import evaluate
 from recall.evaluation.config import BACKENDS
 
@@ -31,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--tasks", required=True, type=_task_list, help="comma-separated task names, e.g. sst2,race")
     add_output(p, "output folder: metrics.json, examples/<task>.jsonl, OpenCompass outputs")
+    add_trust_remote_code(p)
     p.add_argument(
         "--data-dir",
         type=Path,
@@ -69,6 +70,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from recall.models import allow_remote_code
+
+    allow_remote_code(args.trust_remote_code)
     metrics = evaluate(
         args.model,
         args.tasks,

@@ -9,7 +9,7 @@ import argparse
 import os
 from pathlib import Path
 
-from recall.commands import add_output
+from recall.commands import add_output, add_trust_remote_code
 from recall.training.finetune import DTYPES, FinetuneConfig, finetune
 
 DEFAULTS = FinetuneConfig()
@@ -26,6 +26,7 @@ def register(subparsers) -> None:
         "<task>/{task.yaml,train.jsonl,test.jsonl} (default: the HF hub)",
     )
     add_output(p, "output model folder")
+    add_trust_remote_code(p)
     p.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
     p.add_argument("--epochs", type=float, default=DEFAULTS.epochs)
     p.add_argument("--lr", type=float, default=DEFAULTS.lr)
@@ -57,6 +58,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from recall.models import allow_remote_code
+
+    allow_remote_code(args.trust_remote_code)
     if args.threads:
         import torch
 

@@ -13,11 +13,11 @@ from dataclasses import fields
 from pathlib import Path
 
 from recall.atomic import check_output
-from recall.commands import add_output
+from recall.commands import add_output, add_trust_remote_code
 from recall.errors import RecallError
 from recall.merge.engine import MergePlan, merge
 from recall.merge.methods import METHODS, PARAMS, Method, get_method, resolve_weights
-from recall.models import ModelInfo, check_compatible, describe
+from recall.models import ModelInfo, allow_remote_code, check_compatible, describe
 from recall.weights.cocktail import CocktailSettings, cocktail_losses
 from recall.weights.fisher import FisherSettings, fisher_folders
 from recall.weights.representations import RecallSettings, references_similarities
@@ -70,6 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--models", nargs="+", required=True, help="models to merge: HF folders, LoRA adapters, .gguf, hub ids"
     )
     add_output(p, "output HF model folder")
+    add_trust_remote_code(p)
     p.add_argument("--base", help="the base model (for LoRA adapters and task-vector methods)")
     p.add_argument(
         "--allow-tokenizer-mismatch",
@@ -214,6 +215,7 @@ def check_request(args: argparse.Namespace, method: Method) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    allow_remote_code(args.trust_remote_code)
     method = get_method(args.method)
     check_request(args, method)
     infos = [describe(m, args.base) for m in args.models]

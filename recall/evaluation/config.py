@@ -72,10 +72,11 @@ class ModelSpec:
     path: Path
     abbr: str
     batch_size: int
-    max_seq_len: int | None  # longest prompt in tokens; None lets OpenCompass read the model config
+    max_seq_len: int  # longest prompt in tokens (given: else OpenCompass reads the config with remote code on)
     gpu: bool
     dtype: str  # "float32", "bfloat16" or "float16"
     backend: str = "hf"  # a key of BACKENDS
+    trust_remote_code: bool = False  # the user's opt-in (`recall.models.trusted`); OpenCompass defaults to True
 
 
 class _Name:
@@ -180,7 +181,9 @@ def model_config(spec: ModelSpec) -> dict:
             type=_Name(BACKENDS["vllm"].model_class),
             abbr=spec.abbr,
             path=str(spec.path),
-            model_kwargs=dict(dtype=spec.dtype, tensor_parallel_size=1, seed=0),
+            model_kwargs=dict(
+                dtype=spec.dtype, tensor_parallel_size=1, seed=0, trust_remote_code=spec.trust_remote_code
+            ),
             generation_kwargs=dict(temperature=0),  # greedy
             batch_size=spec.batch_size,
             run_cfg=dict(num_gpus=1),
@@ -197,19 +200,22 @@ def model_config(spec: ModelSpec) -> dict:
             batch_size=spec.batch_size,
             run_cfg=dict(num_gpus=1),
         )
-    config = dict(
+    return dict(
         type=_Name("ChatModel"),
         abbr=spec.abbr,
         path=str(spec.path),
-        # OpenCompass's defaults are fp16 and device_map "auto": always say both explicitly.
-        model_kwargs=dict(torch_dtype=spec.dtype, device_map="auto" if spec.gpu else "cpu"),
+        # OpenCompass's defaults are fp16, device_map "auto" and remote code on: always say all three.
+        model_kwargs=dict(
+            torch_dtype=spec.dtype,
+            device_map="auto" if spec.gpu else "cpu",
+            trust_remote_code=spec.trust_remote_code,
+        ),
+        tokenizer_kwargs=dict(trust_remote_code=spec.trust_remote_code),  # updates OpenCompass's defaults
         generation_kwargs=dict(do_sample=False),  # greedy
         batch_size=spec.batch_size,
         run_cfg=dict(num_gpus=1 if spec.gpu else 0),
+        max_seq_len=spec.max_seq_len,
     )
-    if spec.max_seq_len is not None:
-        config["max_seq_len"] = spec.max_seq_len
-    return config
 
 
 def render_config(model: ModelSpec, datasets: Sequence[DatasetSpec]) -> str:

@@ -69,29 +69,37 @@ DEFAULT_MODES = {name: "ppl" for name, cls in FORMATS.items() if cls.ranked}
 _CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "seq_length")
 
 
-def model_info(model: Path) -> tuple[PreTrainedTokenizerBase, int | None]:
-    """(tokenizer, context length or None) of a model folder, checked.
+def model_info(model: Path) -> tuple[PreTrainedTokenizerBase, int]:
+    """(tokenizer, context length) of a model folder, checked.
 
     Reads the config and tokenizer only, so a wrong path fails in a second rather than after
-    OpenCompass has started. The context is None when the config states none.
+    OpenCompass has started. The context is always given to OpenCompass, which would otherwise read the
+    config again itself, with remote code enabled.
     """
     from transformers import AutoConfig, AutoTokenizer
 
+    from recall.models import trusted
+
     if not (model / "config.json").is_file():
         raise RecallError(f"{model} is not a model folder (no config.json); give a Hugging Face model folder")
+    trust_remote_code = trusted(model)  # refuses a folder with code before anything is loaded
     try:
-        config = AutoConfig.from_pretrained(model)
-        tokenizer = AutoTokenizer.from_pretrained(model)
+        config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
     except Exception as err:  # transformers raises many types for a bad folder; all mean the same here
         raise RecallError(f"cannot load the config and tokenizer of {model}: {type(err).__name__}: {err}") from None
     text_config = config.get_text_config()
-    return tokenizer, next((getattr(text_config, f) for f in _CONTEXT_FIELDS if getattr(text_config, f, None)), None)
-
-
-def prompt_budget(model: Path, context: int | None, reply_tokens: int) -> int | None:
-    """How many prompt tokens fit beside a generated reply; None when the context is unknown."""
+    context = next((getattr(text_config, f) for f in _CONTEXT_FIELDS if getattr(text_config, f, None)), None)
     if context is None:
-        return None
+        raise RecallError(
+            f"{model / 'config.json'} states no context length ({', '.join(_CONTEXT_FIELDS)}); add the model's "
+            "max_position_embeddings to it"
+        )
+    return tokenizer, context
+
+
+def prompt_budget(model: Path, context: int, reply_tokens: int) -> int:
+    """How many prompt tokens fit beside a generated reply."""
     if context <= reply_tokens:
         raise RecallError(
             f"{model} has a context of {context} tokens, too short for replies of up to {reply_tokens}; "
@@ -227,11 +235,17 @@ def evaluate(
         definition = task.spec.as_dict()
         datasets[task.name] = dataset_specs(task.name, mode, path, reply_tokens[task.name], definition, likelihood)
     everything = [d for specs in datasets.values() for d in specs]
-    from recall.models import default_device, default_dtype  # torch, only once there is work to do
+    from recall.models import (  # torch, only once there is work to do
+        default_device,
+        default_dtype,
+        remote_code_record,
+        trusted,
+    )
 
     device = default_device()
     gpu, dtype = device == "cuda", default_dtype(device)
-    spec = ModelSpec(model, model_abbr(model, backend), batch_size, max_seq_len, gpu, dtype, backend)
+    remote_code = trusted(model)
+    spec = ModelSpec(model, model_abbr(model, backend), batch_size, max_seq_len, gpu, dtype, backend, remote_code)
     config = out / "opencompass_config.py"
     with atomic_file(config) as fh:
         fh.write(render_config(spec, everything))
@@ -245,6 +259,7 @@ def evaluate(
         "backend": backend,
         "device": "cuda" if gpu else "cpu",
         "dtype": dtype,
+        **remote_code_record(),
     }
     log.info(
         "evaluating %s (%s prompts) on %s (%s examples; %s) with OpenCompass (%s) on %s in %s; log: %s",

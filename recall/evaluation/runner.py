@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -33,13 +34,20 @@ def run_opencompass(config: Path, work_dir: Path, log: Path, threads: int | None
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     # OpenCompass leaves `tmp/` and `icl_inference_output/` in its working directory: give it a scratch one.
     with tempfile.TemporaryDirectory(prefix="recall-opencompass-") as scratch, log.open("wb") as sink:
-        child = subprocess.Popen(command, cwd=scratch, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        child = subprocess.Popen(
+            command, cwd=scratch, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        )
         assert child.stdout is not None
-        while chunk := child.stdout.read1(1 << 16):
-            sink.write(chunk)
-            sink.flush()
-            sys.stderr.write(decoder.decode(chunk))
-        return child.wait()
+        try:
+            while chunk := child.stdout.read1(1 << 16):
+                sink.write(chunk)
+                sink.flush()
+                sys.stderr.write(decoder.decode(chunk))
+            return child.wait()
+        finally:  # cancelled or failed here: OpenCompass and the workers it started stop too
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGTERM)
+                child.wait()
 
 
 def last_error(log: Path) -> str:

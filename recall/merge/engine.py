@@ -27,7 +27,7 @@ from recall.merge.methods import Method, tensor_seed
 from recall.merge.provenance import write_provenance
 from recall.merge.safetensors_io import DTYPES, StreamingWriter
 from recall.merge.sources import FullModel, open_source
-from recall.models import ModelInfo, check_compatible, safetensors_folder
+from recall.models import ModelInfo, check_compatible, remote_code_record, safetensors_folder
 from recall.weights.rows import NEAR_UNIFORM, near_uniform, weight_spread
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,8 @@ def merge(plan: MergePlan, out: str | Path, max_shard_bytes: int = 2 << 30, over
     groups = tensor_groups(models[0].config, ref_src.tensors)
 
     out = Path(out)
-    with atomic_dir(out, overwrite) as tmp:
+    needed = sum(info.nbytes for info in ref_src.tensors.values())
+    with atomic_dir(out, overwrite, needed) as tmp:
         writer = StreamingWriter(tmp, ref_src.tensors, max_shard_bytes)
         weights = torch.tensor(plan.weights, dtype=torch.float32)
         inputs = sources + ([base_src] if base_src else []) + fishers
@@ -141,6 +142,7 @@ def merge(plan: MergePlan, out: str | Path, max_shard_bytes: int = 2 << 30, over
             **spread_record(method, plan.weights),
             "tensor_groups": groups,
             **plan.extra,
+            **remote_code_record(),
         }
         write_provenance(tmp, record)
     log.info("merged %d models with %s into %s", len(models), method.name, out)

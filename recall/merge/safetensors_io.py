@@ -155,7 +155,7 @@ class SafetensorsModel:
         folder = Path(folder)
         index = folder / INDEX_NAME
         if index.is_file():
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            files = shard_files(index)
         else:
             files = sorted(p.name for p in folder.glob("*.safetensors"))
         if not files:
@@ -183,6 +183,24 @@ class SafetensorsModel:
 
     def mapped(self, name: str) -> torch.Tensor:
         return self._file_of[name].mapped(name)
+
+
+def shard_files(index: Path) -> list[str]:
+    """The shards an index names, each checked to exist before any is opened."""
+    try:
+        weight_map = json.loads(index.read_bytes())["weight_map"]
+        files = sorted(set(weight_map.values()))
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise RecallError(
+            f"{index} is not a shard index (a JSON object with a weight_map: {type(err).__name__}); "
+            "re-download or re-save the model"
+        ) from None
+    if missing := [name for name in files if not (index.parent / name).is_file()]:
+        raise RecallError(
+            f"{index} names {len(missing)} shard(s) missing from {index.parent}: {', '.join(missing)}; "
+            "copy the missing shards in (an interrupted download?) or re-save the model"
+        )
+    return files
 
 
 def plan_shards(tensors: dict[str, TensorInfo], max_shard_bytes: int) -> list[list[str]]:

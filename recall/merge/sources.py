@@ -53,7 +53,19 @@ class LoraModel:
             if set(ab) != {"A", "B"}:
                 raise RecallError(f"{adapter_dir}: LoRA weights for {target} lack lora_A or lora_B")
             self._ab[name] = (ab["A"], ab["B"])
+            self._check_shapes(adapter_dir, name, adapter.tensors[ab["A"]].shape, adapter.tensors[ab["B"]].shape)
         self.adapter = adapter
+
+    def _check_shapes(self, adapter_dir: Path, name: str, a: tuple[int, ...], b: tuple[int, ...]) -> None:
+        """B @ A must have the base tensor's shape: checked from the headers, before any tensor is read."""
+        delta = (b[0], a[1]) if len(a) == len(b) == 2 and a[0] == b[1] else None
+        if delta and self.fan_in_fan_out:
+            delta = delta[::-1]
+        if delta != tuple(self.tensors[name].shape):
+            raise RecallError(
+                f"{adapter_dir}: LoRA weights for {name} (B {list(b)} @ A {list(a)}) do not fit the base's "
+                f"{list(self.tensors[name].shape)}; is --base the model the adapter was trained on?"
+            )
 
     def _match(self, target: str) -> str:
         for name in self.tensors:

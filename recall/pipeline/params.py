@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from recall.errors import RecallError
+from recall.errors import RecallError, read_text
 from recall.evaluation.config import BACKENDS
 from recall.evaluation.pipeline import check_backend, resolve_modes
 from recall.merge.methods import METHODS
@@ -68,6 +68,7 @@ class Step(Settings):
 @dataclass(frozen=True)
 class BaseSection(Settings):
     model: str  # "smollm2" (SmolLM2-135M-Instruct from PyPI), or a model folder, .gguf file or hub id
+    trust_remote_code: bool = False  # run Python code shipped in model folders (`auto_map`); only if you trust it
 
 
 @dataclass(frozen=True)
@@ -358,7 +359,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not path.is_file():
         raise RecallError(f"{path} not found; run from the project folder that holds params.yaml")
     try:
-        raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader)
+        raw = yaml.load(read_text(path), Loader=UniqueKeyLoader)
     except yaml.YAMLError as err:
         raise RecallError(f"{path} is not valid YAML: {err}") from None
     return parse(raw or {}, path)

@@ -48,7 +48,7 @@ from recall.errors import RecallError
 from recall.hashing import sha256_file, sha256_tree
 from recall.merge.engine import MergePlan, merge
 from recall.merge.methods import get_method, resolve_weights
-from recall.models import describe, safetensors_folder
+from recall.models import allow_remote_code, describe, safetensors_folder
 from recall.pipeline.params import BASE_STEP, TRAINING_METHODS, Params
 from recall.tasks.export import export_task
 from recall.tasks.formats import TASK_FILE
@@ -521,6 +521,7 @@ def report(params: Params) -> Path:
 
 def run(params: Params, stage: str, task: str | None = None, method: str | None = None):
     """Run one stage; `task` and `method` as the stage takes them (see recall.pipeline.plan)."""
+    allow_remote_code(params.sections.base.trust_remote_code)
     if stage in ("base", "data", "report"):
         return STAGES[stage](params)
     if stage == "similarity" and task is None:

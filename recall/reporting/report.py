@@ -52,7 +52,7 @@ import yaml
 
 from recall.atomic import atomic_dir, atomic_file, check_output, read_json, write_json
 from recall.data import iter_jsonl
-from recall.errors import RecallError
+from recall.errors import RecallError, read_text
 from recall.reporting import statistics as paired
 from recall.reporting.metrics import (
     Metrics,
@@ -123,7 +123,7 @@ class Spec:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         try:
-            data = yaml.safe_load(self.path.read_text())
+            data = yaml.safe_load(read_text(self.path))
         except FileNotFoundError:
             raise RecallError(f"report spec {self.path} does not exist") from None
         except yaml.YAMLError as err:

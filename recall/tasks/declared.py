@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 import recall.tasks.catalog  # noqa: F401  the built-in tasks come first: a folder cannot take their names
-from recall.errors import RecallError
+from recall.errors import RecallError, read_text
 from recall.tasks.base import Task, register, registered
 from recall.tasks.formats import SPEC_FIELDS, SPLITS, TASK_FILE, SpecError, TaskSpec, make_task, parse_spec
 
@@ -30,7 +30,7 @@ def read_spec(path: Path) -> TaskSpec:
     if not path.is_file():
         raise RecallError(f"{path} does not exist; a task folder holds {TASK_FILE}, train.jsonl and test.jsonl")
     try:
-        source = path.read_text(encoding="utf-8")
+        source = read_text(path)
         node, raw = yaml.compose(source), yaml.safe_load(source)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
@@ -40,10 +40,27 @@ def read_spec(path: Path) -> TaskSpec:
     if not isinstance(raw, dict):
         raise RecallError(f"{path}:1: expected a mapping of the fields {', '.join(SPEC_FIELDS)}")
     lines = {key.value: key.start_mark.line + 1 for key, _ in node.value}
+    labels = next((value for key, value in node.value if key.value == "labels"), None)
+    if labels is not None:
+        raw["labels"] = as_written(labels)
     try:
         return parse_spec(raw)
     except SpecError as err:
         raise RecallError(f"{path}:{lines.get(err.field, 1)}: field {err.field!r}: {err}") from None
+
+
+def as_written(node: yaml.Node):
+    """The labels field as the user wrote it: YAML 1.1 reads plain `yes`, `no`, `on`, `off`, `1.5` or `~` as
+    booleans, numbers and null, but a label word is text (`[yes, no]` are BoolQ's). Integer data values
+    (the keys of a mapping) stay integers: the data may hold them."""
+    if isinstance(node, yaml.ScalarNode):
+        return node.value
+    if isinstance(node, yaml.SequenceNode):
+        return [as_written(item) for item in node.value]
+    return {
+        yaml.safe_load(key.value) if key.tag.endswith(":int") else as_written(key): as_written(value)
+        for key, value in node.value
+    }
 
 
 def declare(folder: Path) -> Task:
@@ -63,7 +80,13 @@ def declare(folder: Path) -> Task:
 
 
 def declare_in(root: Path, name: str) -> None:
-    """Declare `root/<name>/` if it holds a task.yaml."""
+    """Declare `root/<name>/` if it holds a task.yaml; a name that is no folder name is refused before any
+    path is built from it (`../x` would read, and register, a folder outside `root`)."""
+    if not NAME.fullmatch(name):
+        raise RecallError(
+            f"{name!r} is not a task name: a task is a folder of {root} named with letters, digits, _ and - only; "
+            "see `recall tasks list`"
+        )
     if (root / name / TASK_FILE).is_file():
         declare(root / name)
 

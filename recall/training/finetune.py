@@ -25,12 +25,14 @@ that does not); train_metrics.json records the device, the dtype and the number 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
 import json
 import logging
 import math
+import pickle
 import random
 import shutil
 import time
@@ -45,7 +47,15 @@ from recall.atomic import atomic_dir, atomic_path, check_output, write_json
 from recall.data import IGNORE_INDEX, Encoded, Record, encode, read_records, rendering
 from recall.errors import RecallError
 from recall.hashing import sha256_file, sha256_tree
-from recall.models import ModelInfo, default_dtype, describe, load_causal_lm, load_tokenizer, saveable
+from recall.models import (
+    ModelInfo,
+    default_dtype,
+    describe,
+    load_causal_lm,
+    load_tokenizer,
+    remote_code_record,
+    saveable,
+)
 from recall.settings import FRACTION, POSITIVE, Settings, at_least, one_of, setting
 from recall.tasks import Example, get_task
 from recall.training.ewc import EWCPenalty, fisher_diagonal, trainable
@@ -198,11 +208,26 @@ class Checkpoint:
         return self.folder / "state.pt"
 
     def load(self) -> dict | None:
-        """The saved state, if there is one and it belongs to this run."""
+        """The saved state, if there is one and it belongs to this run. A file that is no weights-only
+        training state (corrupt, or planted: unpickling it would run code) is set aside and the run starts over."""
         if not self.file.is_file():
             return None
-        state = torch.load(self.file, map_location="cpu", weights_only=True)
-        if state["fingerprint"] != self.fingerprint:
+        try:
+            state = torch.load(self.file, map_location="cpu", weights_only=True)
+            fingerprint = state["fingerprint"]
+        except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, TypeError) as err:
+            aside = self.folder.with_name(f"{self.folder.name}-rejected-state.pt")
+            with contextlib.suppress(FileNotFoundError):  # another process of the run set it aside first
+                self.file.replace(aside)
+            log.warning(
+                "checkpoint %s is not a weights-only training state (%s: %s); set it aside as %s and starting over",
+                self.file,
+                type(err).__name__,
+                str(err).split("\n")[0][:200],
+                aside,
+            )
+            return None
+        if fingerprint != self.fingerprint:
             log.warning(
                 "ignoring stale checkpoint %s: it is from another run (base, data or settings differ); starting over",
                 self.folder,
@@ -495,6 +520,7 @@ def finetune(
         "rendering": rendering(tokenizer),
         "ewc": {"from": config.ewc_from, "samples": len(previous_encoded), **penalty.stats()} if penalty else None,
         "config": dataclasses.asdict(config),
+        **remote_code_record(),
     }
     if processes.main:
         with atomic_dir(out, overwrite) as tmp:
