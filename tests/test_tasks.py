@@ -342,13 +342,20 @@ def test_generated_tasks_load_with_disjoint_splits_and_balanced_answers(suite, n
 def test_generated_translation_grammar(suite):
     pairs = [json.loads(line)["translation"] for line in (suite / "gen_translation" / "train.jsonl").open()]
     by_en = {p["en"]: p["fr"] for p in pairs}
-    for en, fr in by_en.items():
-        if en.startswith("The bird "):
-            assert fr.startswith("L'oiseau ")  # elision
-        if en.startswith("The red apple"):
-            assert fr.startswith("La pomme rouge")  # colour after the noun, feminine article
-        if " does not " in en:
-            assert " pas " in fr and (" ne " in fr or " n'" in fr)
+    # Each rule as (does the English have it, what the French must then hold); every rule must be exercised.
+    rules = {
+        "elision": (lambda en: en.startswith("The bird "), lambda fr: fr.startswith("L'oiseau ")),
+        "colour after a feminine noun": (lambda en: " the red apple" in en, lambda fr: " la pomme rouge" in fr),
+        "size before a feminine noun": (
+            lambda en: en.startswith("The small girl "),
+            lambda fr: fr.startswith("La petite fille "),
+        ),
+        "negation": (lambda en: " does not " in en, lambda fr: " pas " in fr and (" ne " in fr or " n'" in fr)),
+    }
+    for rule, (applies, holds) in rules.items():
+        checked = [fr for en, fr in by_en.items() if applies(en)]
+        assert len(checked) >= 3, f"{rule}: only {len(checked)} sentences in the suite"
+        assert all(holds(fr) for fr in checked), rule
 
 
 def test_generated_squad_labels_follow_the_passage():
