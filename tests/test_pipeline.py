@@ -15,7 +15,10 @@ import mlflow
 import pytest
 import yaml
 from conftest import ROOT, SHIPPED_PARAMS
+from test_core import independent_representations
+from transformers import AutoTokenizer
 
+from recall.data import read_records, render
 from recall.errors import RecallError
 from recall.pipeline.params import load_params
 from recall.testing import tiny_model
@@ -367,6 +370,7 @@ def test_multi_scenario_merges_every_expert(tmp_path, monkeypatch):
     tiny_model(project / "tiny", layers=2)
     params = tiny_params(scenario="multi", methods={"recall": {}}, multi={"with_base": True})
     params["sequence"] = [{"task": "gen_sentiment", "after": "base"}, {"task": "gen_knowledge", "after": "base"}]
+    params["recall"].update(typical=8, sigma=1.0)  # every probe sample typical: eq. 1 recomputable below
     loaded = load_params(write_params(project, params))
     stages.base(loaded)
     stages.data(loaded)
@@ -388,11 +392,15 @@ def test_multi_scenario_merges_every_expert(tmp_path, monkeypatch):
         data / "experts" / "gen_sentiment",
         data / "experts" / "gen_knowledge",
     ]
-    rows = [
-        np.exp(np.array(r["similarity"])) / np.exp(np.array(r["similarity"])).sum(1, keepdims=True)
-        for r in record["references"]
-    ]
-    np.testing.assert_allclose(record["layers"], np.mean(rows, axis=0), rtol=1e-6)
+    # Each expert the reference on its own task's probe samples (eq. 1 from the models' hidden states,
+    # recomputed here); the weights the mean of the rows' softmaxes.
+    tokenizer, models, rows = AutoTokenizer.from_pretrained(data / "base" / "model"), record["models"], []
+    for task in ("gen_sentiment", "gen_knowledge"):
+        texts = [render(tokenizer, r) for r in read_records(data / "chains" / "recall" / task / "probe.jsonl")]
+        ref, *reps = (independent_representations(m, texts) for m in (data / "experts" / task, *models))
+        sim = np.array([[np.mean(np.exp(-((ref[:, i] - r[:, i]) ** 2).sum(-1) / 2)) for r in reps] for i in range(3)])
+        rows.append(np.exp(sim) / np.exp(sim).sum(1, keepdims=True))
+    np.testing.assert_allclose(record["layers"], np.mean(rows, axis=0), rtol=1e-4)
     metrics = yaml.safe_load((out / "eval" / "metrics.json").read_text())
     assert set(metrics) == {"gen_sentiment", "gen_knowledge"}
     assert stages.report_spec(loaded, project / "data")["multi"][0]["setting"] == "with base model"
