@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from recall.data import chat_prompt, read_records, render
 from recall.merge import kernels
+from recall.testing import tiny_model
 
 
 def mergekit_merge(tmp_path, config: dict) -> dict:
@@ -58,10 +59,11 @@ def ties_reference(thetas: list[np.ndarray], base: np.ndarray, weights, density:
     return (base.astype(np.float64).ravel() + scale * merged).reshape(base.shape)
 
 
-@pytest.fixture
-def trio(make_model):
-    """A base model and two 'fine-tuned' ones: the base plus small random deltas (as real experts are)."""
-    base = make_model("base", seed=0)
+@pytest.fixture(scope="module")
+def trio(tmp_path_factory):
+    """A base model and two 'fine-tuned' ones: the base plus small random deltas (as real experts are).
+    Built once per module: the tests only read them."""
+    base = tiny_model(tmp_path_factory.mktemp("trio") / "base", seed=0)
     theta0 = tensors(base)
     experts = []
     for i in (1, 2):
