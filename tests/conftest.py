@@ -82,3 +82,15 @@ def base(work) -> Path:
 def data(work) -> Path:
     generate_suite(work / "data", seed=0, train=64, test=8)
     return work / "data"
+
+
+@pytest.fixture(scope="session")
+def empty_mlflow_db(tmp_path_factory) -> Path:
+    """An empty MLflow sqlite store, its schema migrated once per session (seconds each time): a test
+    that needs a store of its own copies this file."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()  # creates and migrates the schema
+    return path
+
