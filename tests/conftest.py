@@ -93,4 +93,3 @@ def empty_mlflow_db(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
     mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()  # creates and migrates the schema
     return path
-

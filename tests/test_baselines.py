@@ -39,14 +39,19 @@ def assert_same_tensors(ours: dict, theirs: dict) -> None:
         torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=1e-6)
 
 
-def ties_reference(thetas: list[np.ndarray], base: np.ndarray, weights, density: float, scale=1.0, normalize=True):
-    """TIES as the paper writes it, with sorting and stacking (float64)."""
+def ties_reference(
+    thetas: list[np.ndarray], base: np.ndarray, weights, density: float, scale=1.0, normalize=True, keep_ties=False
+):
+    """TIES as the paper writes it, with sorting and stacking (float64). `keep_ties` also keeps the
+    entries whose magnitude equals the k-th largest (as recall does; real task vectors have such ties)."""
     deltas = []
     for theta, w in zip(thetas, weights):
         d = (theta - base).astype(np.float64).ravel()
         k = max(1, int(density * d.size))
         trimmed = np.zeros_like(d)
         top = np.argsort(-np.abs(d), kind="stable")[:k]
+        if keep_ties:
+            top = np.flatnonzero(np.abs(d) >= np.abs(d[top[-1]]))
         trimmed[top] = d[top]
         deltas.append(w * trimmed)
     d = np.stack(deltas)
