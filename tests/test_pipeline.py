@@ -514,7 +514,7 @@ def test_the_scheduled_flow_learns_declared_tasks_and_leaves_a_bad_folder(schedu
     folder = project / "data" / "chains" / "sft" / "quiz" / "eval"
     assert set(json.loads((folder / "metrics.json").read_text())) == {"tickets", "quiz"}
     assert json.loads((folder / "evaluation.json").read_text())["rendering"] == "plain"
-    trained = json.loads((project / "data" / "chains" / "sft" / "quiz" / "sft" / "train_metrics.json").read_text())
+    trained = json.loads((project / "data" / "experts" / "quiz" / "train_metrics.json").read_text())
     assert trained["task"] == "quiz" and trained["rendering"] == "plain"
     assert (project / "reports" / "report.md").is_file()
 
