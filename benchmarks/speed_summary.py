@@ -94,7 +94,7 @@ def startup_section(startup: dict) -> list[str]:
         + (f"; *before*: commit `{startup['before_commit'][:10]}`" if startup.get("before_commit") else "")
         + "). A stage is `python -m flows.stage KIND` on a tiny project, whose work takes well under a second: "
         "its time is the process's start-up (imports, params check, Prefect flow, MLflow run; for evaluate, "
-        "the OpenCompass child's too).",
+        "the OpenCompass child's too)." + (f" Note: {startup['note']}." if startup.get("note") else ""),
         "",
         "| command | seconds | / import torch |",
         "|---|---|---|",

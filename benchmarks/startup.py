@@ -120,8 +120,9 @@ def main() -> None:
             stage_env = {**envs["now"], "PREFECT_API_URL": url, "MLFLOW_DISABLE_TELEMETRY": "true"}
             stage_env.pop("MLFLOW_TRACKING_URI", None)
             timed: dict[str, list[float]] = {"import torch": []}
+            # cwd: `python -m` puts it first on sys.path, so each checkout's CLI runs from its own folder
             jobs = {
-                f"{cmd} ({k})": ([sys.executable, "-m", "recall.cli", *argv], ROOT, envs[k])
+                f"{cmd} ({k})": ([sys.executable, "-m", "recall.cli", *argv], checkouts[k], envs[k])
                 for cmd, argv in CLI.items()
                 for k in checkouts
             }
