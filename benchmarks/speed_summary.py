@@ -5,7 +5,7 @@ and the default run's wall time by stage (each stage's MLflow run records its st
                                                                   # (none there: the last summary's default run)
 
 Run the components first: merge_speed.py, merge_vs_mergekit.py, extract_speed.py, finetune_speed.py,
-and `bash scripts/run.sh` for the default run.
+startup.py, and `bash scripts/run.sh` for the default run.
 """
 
 from __future__ import annotations
@@ -83,6 +83,26 @@ def default_run(run_dir: Path) -> dict:
     }
 
 
+def startup_section(startup: dict) -> list[str]:
+    """benchmarks/startup.py's table: each command's wall time against `import torch` in the same run."""
+    torch_s = startup["import_torch_s"]
+    lines = [
+        "## Start-up",
+        "",
+        f'Each command in a fresh process against `python -c "import torch"` ({torch_s:.2f} s) in the same '
+        f"run, best of {startup['repeats']} (`{startup['command']}`, commit `{startup['commit'][:10]}`"
+        + (f"; *before*: commit `{startup['before_commit'][:10]}`" if startup.get("before_commit") else "")
+        + "). A stage is `python -m flows.stage KIND` on a tiny project, whose work takes well under a second: "
+        "its time is the process's start-up (imports, params check, Prefect flow, MLflow run; for evaluate, "
+        "the OpenCompass child's too)." + (f" Note: {startup['note']}." if startup.get("note") else ""),
+        "",
+        "| command | seconds | / import torch |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {name} | {s:.2f} | {s / torch_s:.2f} |" for name, s in startup["seconds"].items()]
+    return [*lines, ""]
+
+
 def load(name: str) -> dict | None:
     path = RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else None
@@ -93,8 +113,8 @@ def main() -> None:
     parser.add_argument("--run-dir", type=Path, default=Path.cwd(), help="the checkout where the default run ran")
     args = parser.parse_args()
     run_dir = args.run_dir.resolve()
-    merge, extract, finetune, vs = (
-        load(n) for n in ("merge_speed", "extract_speed", "finetune_speed", "merge_vs_mergekit")
+    merge, extract, finetune, vs, startup = (
+        load(n) for n in ("merge_speed", "extract_speed", "finetune_speed", "merge_vs_mergekit", "startup")
     )
     summary = {
         "machine": machine(),
@@ -104,6 +124,7 @@ def main() -> None:
         "extraction": extract,
         "finetune": finetune,
         "default_run": default_run(run_dir),
+        "startup": startup,
     }
     write_json(RESULTS / "speed.json", summary)
 
@@ -178,6 +199,8 @@ def main() -> None:
                 "compute, while features, similarity and evaluation only run forwards on a few dozen examples.",
                 "",
             ]
+    if startup:
+        lines += startup_section(startup)
     with atomic_file(RESULTS / "speed.md") as fh:
         fh.write("\n".join(lines))
     print("\n".join(lines))

@@ -9,33 +9,36 @@ import sys
 
 from recall.errors import boundary
 
-# Modules exposing `register(subparsers)`; each adds its subcommands with `set_defaults(func=...)`.
-COMMAND_MODULES = (
-    "recall.commands.merge",
-    "recall.commands.tasks",
-    "recall.commands.base",
-    "recall.commands.finetune",
-    "recall.commands.evaluate",
-    "recall.commands.report",
-    "recall.commands.lineage",
-    "recall.commands.gate",
-    "recall.commands.pipeline",
-    "recall.commands.params",
-)
+# Each command: its module, recall.commands.<name>, whose `register(subparsers)` adds it with
+# `set_defaults(func=...)`, and the one line `recall --help` lists it with.
+COMMANDS = {
+    "merge": "merge models layer by layer",
+    "tasks": "list, show, generate and export tasks",
+    "base": "the default base model",
+    "finetune": "LoRA fine-tune a model on a task; writes a merged HF model folder",
+    "evaluate": "evaluate a model on tasks with OpenCompass",
+    "report": "render tables and plots from evaluation results",
+    "lineage": "which models, weights, data and commit produced a model",
+    "gate": "would a candidate model replace the champion (exit 0) or not (1)",
+    "pipeline": "write dvc.yaml from params.yaml (then `dvc repro`)",
+    "params": "check a params file (params.yaml)",
+}
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    """The parser; with a known command in `argv`, only that command's module is imported (start-up
-    then pays for its own dependencies alone: torch, mlflow and OpenCompass are heavy)."""
+    """The parser. Only the command named in `argv` is imported and registered, so start-up pays for
+    its own dependencies alone (torch, mlflow and OpenCompass are heavy); without one, the commands are
+    listed from COMMANDS and none is imported."""
     parser = argparse.ArgumentParser(prog="recall", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--debug", action="store_true", help="show the traceback of a failure (also RECALL_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
-    names = {m.rsplit(".", 1)[1]: m for m in COMMAND_MODULES}
     chosen = next((a for a in argv or [] if not a.startswith("-")), None)
-    for name, module in names.items():
-        if chosen not in names or name == chosen:
-            importlib.import_module(module).register(sub)
+    for name, help in COMMANDS.items():
+        if name == chosen:
+            importlib.import_module(f"recall.commands.{name}").register(sub)
+        elif chosen not in COMMANDS:
+            sub.add_parser(name, help=help)
     return parser
 
 

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -22,12 +23,22 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 SHIPPED_PARAMS = ["params.yaml", *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("benchmarks/*/*/params.yaml"))]
 
 
+@pytest.fixture(scope="session")
+def built_models(tmp_path_factory) -> dict[str, Path]:
+    """Each distinct tiny model, built once per session (keyed by its tiny_model arguments)."""
+    return {"": tmp_path_factory.mktemp("built_models")}
+
+
 @pytest.fixture
-def make_model(tmp_path):
-    """Build a tiny random model folder: make_model("a", family="llama", seed=1, ...)."""
+def make_model(tmp_path, built_models):
+    """A tiny random model folder of the test's own: make_model("a", family="llama", seed=1, ...).
+    Built once per session for each set of arguments and copied, so a test may change its copy."""
 
     def make(name: str = "m", **kwargs) -> Path:
-        return tiny_model(tmp_path / name, **kwargs)
+        key = json.dumps(kwargs, sort_keys=True)
+        if key not in built_models:
+            built_models[key] = tiny_model(built_models[""] / str(len(built_models)), **kwargs)
+        return Path(shutil.copytree(built_models[key], tmp_path / name, dirs_exist_ok=True))
 
     return make
 
@@ -71,3 +82,14 @@ def base(work) -> Path:
 def data(work) -> Path:
     generate_suite(work / "data", seed=0, train=64, test=8)
     return work / "data"
+
+
+@pytest.fixture(scope="session")
+def empty_mlflow_db(tmp_path_factory) -> Path:
+    """An empty MLflow sqlite store, its schema migrated once per session (seconds each time): a test
+    that needs a store of its own copies this file."""
+    import mlflow
+
+    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()  # creates and migrates the schema
+    return path

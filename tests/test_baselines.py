@@ -4,6 +4,7 @@ mergekit is a test extra (`pip install -e ".[mergekit]"`); without it the mergek
 the in-test references (numpy, written independently of recall's kernels) still check every method.
 """
 
+import hashlib
 import json
 import math
 import re
@@ -16,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from recall.data import chat_prompt, read_records, render
 from recall.merge import kernels
-from recall.merge.methods import tensor_seed
+from recall.testing import tiny_model
 
 
 def mergekit_merge(tmp_path, config: dict) -> dict:
@@ -38,14 +39,19 @@ def assert_same_tensors(ours: dict, theirs: dict) -> None:
         torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=1e-6)
 
 
-def ties_reference(thetas: list[np.ndarray], base: np.ndarray, weights, density: float, scale=1.0, normalize=True):
-    """TIES as the paper writes it, with sorting and stacking (float64)."""
+def ties_reference(
+    thetas: list[np.ndarray], base: np.ndarray, weights, density: float, scale=1.0, normalize=True, keep_ties=False
+):
+    """TIES as the paper writes it, with sorting and stacking (float64). `keep_ties` also keeps the
+    entries whose magnitude equals the k-th largest (as recall does; real task vectors have such ties)."""
     deltas = []
     for theta, w in zip(thetas, weights):
         d = (theta - base).astype(np.float64).ravel()
         k = max(1, int(density * d.size))
         trimmed = np.zeros_like(d)
         top = np.argsort(-np.abs(d), kind="stable")[:k]
+        if keep_ties:
+            top = np.flatnonzero(np.abs(d) >= np.abs(d[top[-1]]))
         trimmed[top] = d[top]
         deltas.append(w * trimmed)
     d = np.stack(deltas)
@@ -58,10 +64,11 @@ def ties_reference(thetas: list[np.ndarray], base: np.ndarray, weights, density:
     return (base.astype(np.float64).ravel() + scale * merged).reshape(base.shape)
 
 
-@pytest.fixture
-def trio(make_model):
-    """A base model and two 'fine-tuned' ones: the base plus small random deltas (as real experts are)."""
-    base = make_model("base", seed=0)
+@pytest.fixture(scope="module")
+def trio(tmp_path_factory):
+    """A base model and two 'fine-tuned' ones: the base plus small random deltas (as real experts are).
+    Built once per module: the tests only read them."""
+    base = tiny_model(tmp_path_factory.mktemp("trio") / "base", seed=0)
     theta0 = tensors(base)
     experts = []
     for i in (1, 2):
@@ -252,13 +259,20 @@ def test_dare_cli_is_repeatable_per_tensor_and_reduces_to_its_base_method(trio, 
     assert record["params"] == {"density": 0.4, "scale": 1.0, "seed": 3}
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not all(torch.equal(first[k], other[k]) for k in first)
-    # Each tensor's mask comes from (seed, tensor name) alone: the kernel called on one tensor agrees.
+    # Each tensor's mask comes from (seed, tensor name) alone, as documented: a generator seeded with the
+    # first 8 bytes of sha256("<seed>:<name>") (little endian, >> 1) draws one uniform per entry for each
+    # model in turn; an entry is kept where its draw is below the density. Recomputed here in float64.
     name = "model.layers.1.mlp.down_proj.weight"
-    theta0, inputs = tensors(base), [tensors(e) for e in experts]
-    alone = kernels.dare_linear(
-        [t[name] for t in inputs], torch.tensor([0.5, 0.8]), theta0[name], density=0.4, seed=tensor_seed(3, name)
+    theta0, inputs = tensors(base)[name].double(), [tensors(e)[name].double() for e in experts]
+    generator = torch.Generator().manual_seed(
+        int.from_bytes(hashlib.sha256(f"3:{name}".encode()).digest()[:8], "little") >> 1
     )
-    torch.testing.assert_close(first[name], alone, rtol=0, atol=0)
+    expected = theta0.clone()
+    for w, theta in zip((0.5, 0.8), inputs):
+        kept = torch.rand(theta0.shape, generator=generator) < 0.4
+        expected += w * torch.where(kept, (theta - theta0) / 0.4, 0.0)
+    assert 0.3 < (first[name] != theta0.float()).float().mean() < 0.8  # some entries of each model dropped
+    torch.testing.assert_close(first[name].double(), expected, rtol=1e-5, atol=1e-6)
     # Keeping everything, DARE is its base method.
     for dare, plain, extra in [("dare_linear", "task_arithmetic", []), ("dare_ties", "ties", ["--no-normalize"])]:
         ours, _ = merged(dare, "--density", 1, *extra)
@@ -460,7 +474,9 @@ def test_fisher_kernel_matches_a_reference():
     fishers = [torch.rand(6, 5, generator=g) for _ in range(3)]
     fishers[1][0] = 0  # a row no example of model 1 moved
     w = torch.tensor([0.2, 0.5, 0.3])
+    before = [x.clone() for x in thetas + fishers]
     merged = kernels.fisher(thetas, w, fishers=fishers, floor=1e-3)
+    assert all(torch.equal(a, b) for a, b in zip(thetas + fishers, before))  # inputs untouched
     f = [np.maximum(x.numpy().astype(np.float64), 1e-3) * float(wq) for x, wq in zip(fishers, w)]
     expected = sum(fq * t.numpy() for fq, t in zip(f, thetas)) / sum(f)
     np.testing.assert_allclose(merged.numpy(), expected, rtol=1e-5)
@@ -469,7 +485,6 @@ def test_fisher_kernel_matches_a_reference():
     torch.testing.assert_close(kernels.fisher(thetas, w, fishers=zero), sum(float(wq) * t for wq, t in zip(w, thetas)))
     big = [torch.full((6, 5), 1e6), torch.full((6, 5), 1e-6), torch.full((6, 5), 1e-6)]
     torch.testing.assert_close(kernels.fisher(thetas, w, fishers=big), thetas[0], rtol=1e-4, atol=1e-5)
-    assert all(torch.equal(a, b) for a, b in zip(fishers, [x.clone() for x in fishers]))  # inputs untouched
 
 
 def test_fisher_merge_weights_each_entry_by_each_models_fisher_on_its_own_data(make_model, tmp_path, task_data):

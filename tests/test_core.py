@@ -70,10 +70,11 @@ def test_incompatible_vocab(make_model):
 def independent_representations(path, texts):
     """Mean-pooled hidden states, one sample at a time (no batching, no padding)."""
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tokenizer = model_tok(path)
     out = []
     with torch.no_grad():
         for text in texts:
-            ids = model_tok(path)(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+            ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
             hs = model(input_ids=ids, output_hidden_states=True).hidden_states
             out.append(torch.stack([h[0].mean(0) for h in hs]).numpy())
     return np.stack(out)

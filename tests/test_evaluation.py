@@ -269,7 +269,10 @@ def test_paper_tasks_wiring_and_per_example_records(model, tmp_path, monkeypatch
 def test_modes_choose_inference_and_predictions_reuse(model, suite, tmp_path, monkeypatch):
     """`--mode classification=gen` generates sentiment replies (and scores the reference's likelihood
     apart); MCQ stays PPL; the mode is in the dataset names, so cached predictions never cross modes."""
-    monkeypatch.setattr(pipeline, "run_opencompass", fake_opencompass(lambda answers, choices: answers))
+    # Replies alternate "negative", "positive": the generation dataset's accuracy and the likelihood
+    # dataset's NLL (the fake charges 1 per answer other than the reply) follow from the test answers alone.
+    replies = ["negative", "positive"]
+    monkeypatch.setattr(pipeline, "run_opencompass", fake_opencompass(lambda answers, choices: replies[: len(answers)]))
     out = tmp_path / "out"
     assert (
         main(
@@ -300,7 +303,9 @@ def test_modes_choose_inference_and_predictions_reuse(model, suite, tmp_path, mo
         "gen_sentiment-nll": "AnswerPPLInferencer",
         "gen_knowledge-ppl": "AnswerPPLInferencer",
     }
-    assert json.loads((out / "metrics.json").read_text())["gen_sentiment"] == {"accuracy": 100.0, "nll": 0.0}
+    right = [r == e.answer for r, e in zip(replies, get_task("gen_sentiment").load("test", suite, 2))]
+    assert right == [False, True]  # one right, one wrong: neither metric can come out right by default
+    assert json.loads((out / "metrics.json").read_text())["gen_sentiment"] == {"accuracy": 50.0, "nll": 0.5}
 
     evaluate(model, ["gen_sentiment"], out, data_dir=suite, limit=2)  # the default: PPL
     ppl = Config.fromfile(str(out / "opencompass_config.py")).datasets

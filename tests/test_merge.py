@@ -127,37 +127,26 @@ def test_recall_weights_match_the_paper_exactly(make_model, tmp_path, task_data)
 
 
 def test_multi_expert_mode_averages_reference_rows(make_model, tmp_path, task_data):
+    """Each expert's data gives its own similarity row per layer (eq. 1, every sample typical); the
+    weights are the mean of their softmaxes, recomputed here from the models' own hidden states."""
     base, e1, e2 = (make_model(n, seed=s) for n, s in [("base", 0), ("e1", 1), ("e2", 2)])
+    data_e2 = tmp_path / "e2.jsonl"
+    data_e2.write_text("".join(task_data.read_text().splitlines(keepends=True)[3:]))  # other data for e2
     out = tmp_path / "out"
-    assert (
-        run_cli(
-            "merge",
-            "--method",
-            "recall",
-            "--models",
-            base,
-            e1,
-            e2,
-            "--experts",
-            e1,
-            e2,
-            "--data",
-            task_data,
-            task_data,
-            "--typical",
-            4,
-            "--out",
-            out,
-        )
-        == 0
-    )
+    args = ["--models", base, e1, e2, "--experts", e1, e2, "--data", task_data, data_e2, "--typical", 100]
+    assert run_cli("merge", "--method", "recall", *args, "--sigma", 1.0, "--out", out) == 0
     record = json.loads((out / "merge_weights.json").read_text())
-    rows = []
-    for ref in record["references"]:
-        s = np.array(ref["similarity"])
-        rows.append(np.exp(s) / np.exp(s).sum(1, keepdims=True))
-    np.testing.assert_allclose(record["layers"], np.mean(rows, axis=0), rtol=1e-6)
     assert [r["reference"] for r in record["references"]] == [str(e1), str(e2)]
+
+    tok = AutoTokenizer.from_pretrained(e1)
+    rows = []
+    for reference, data in [(e1, task_data), (e2, data_e2)]:
+        texts = [render(tok, r) for r in read_records(data)]
+        ref, *reps = (independent_representations(m, texts) for m in (reference, base, e1, e2))
+        sim = np.array([[np.mean(np.exp(-((ref[:, i] - r[:, i]) ** 2).sum(-1) / 2)) for r in reps] for i in range(3)])
+        rows.append(np.exp(sim) / np.exp(sim).sum(1, keepdims=True))
+    assert not np.allclose(rows[0], rows[1], atol=1e-3)  # the two references disagree: the mean is not either row
+    np.testing.assert_allclose(record["layers"], np.mean(rows, axis=0), rtol=1e-4)
 
 
 def test_recall_with_median_sigma_and_unit_states_records_its_kernel(make_model, tmp_path, task_data):

@@ -13,11 +13,18 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import yaml
 from conftest import ROOT, SHIPPED_PARAMS
+from test_core import independent_representations
+from test_merge import tensors
+from transformers import AutoTokenizer
 
+from recall.cli import main
+from recall.data import read_records, render
 from recall.errors import RecallError
+from recall.pipeline.fingerprint import fingerprint
 from recall.pipeline.params import load_params
 from recall.testing import tiny_model
 
@@ -109,7 +116,7 @@ def test_evaluate_tasks_picks_what_each_step_scores(tmp_path, which, middle):
 @pytest.mark.parametrize("params", SHIPPED_PARAMS)
 def test_shipped_params_are_valid_and_their_dvc_yaml_is_current(params):
     assert [s.task for s in load_params(ROOT / params).steps]
-    subprocess.run([BIN / "recall", "pipeline", params, "--check"], cwd=ROOT, check=True)
+    assert main(["pipeline", str(ROOT / params), "--check"]) == 0  # in-process: the same command, no start-up
 
 
 def test_each_method_is_its_own_chain(tmp_path):
@@ -219,8 +226,10 @@ def dvc(project: Path, env: dict, *args: str) -> str:
     return proc.stdout
 
 
-def dvc_project(project: Path, prefect_server: dict) -> dict:
-    """`project` as a git + DVC repository; the environment its commands run in."""
+def dvc_project(project: Path, prefect_server: dict, mlflow_db: Path) -> dict:
+    """`project` as a git + DVC repository with an empty MLflow store (its schema already migrated,
+    which its first stage would otherwise spend seconds on); the environment its commands run in."""
+    shutil.copy(mlflow_db, project / "mlflow.db")
     env = {
         **prefect_server,
         "PATH": f"{BIN}:{os.environ['PATH']}",
@@ -240,13 +249,13 @@ def dvc_project(project: Path, prefect_server: dict) -> dict:
     return env
 
 
-def test_dvc_repro_runs_the_sequence_end_to_end(tmp_path, prefect_server):
+def test_dvc_repro_runs_the_sequence_end_to_end(tmp_path, prefect_server, empty_mlflow_db):
     project = tmp_path / "project"
     project.mkdir()
     shutil.copytree(ROOT / "incoming", project / "incoming")
     tiny_model(project / "tiny", layers=2)
     write_params(project, tiny_params())
-    env = dvc_project(project, prefect_server)
+    env = dvc_project(project, prefect_server, empty_mlflow_db)
     subprocess.run([BIN / "recall", "pipeline"], cwd=project, env=env, check=True)
 
     dvc(project, env, "repro")
@@ -360,9 +369,10 @@ def test_dvc_repro_runs_the_sequence_end_to_end(tmp_path, prefect_server):
     assert missing.returncode == 2 and "nowhere/model is neither a model folder" in missing.stderr
 
 
-def test_a_failing_stage_is_marked_failed_in_mlflow(tmp_path, prefect_server):
+def test_a_failing_stage_is_marked_failed_in_mlflow(tmp_path, prefect_server, empty_mlflow_db):
     project = tmp_path / "project"
     project.mkdir()
+    shutil.copy(empty_mlflow_db, project / "mlflow.db")
     write_params(project, tiny_params())  # no base model built and no task data: the stage must fail
     from recall.pipeline import plan
 
@@ -405,8 +415,6 @@ def test_the_data_stage_refuses_training_prompts_longer_than_finetune_max_length
 
 def test_multi_scenario_merges_every_expert(tmp_path, monkeypatch):
     """Stage functions alone (no DVC): experts from the base, then one merge with averaged reference rows."""
-    import numpy as np
-
     from recall.pipeline import stages
 
     project = tmp_path / "project"
@@ -414,6 +422,7 @@ def test_multi_scenario_merges_every_expert(tmp_path, monkeypatch):
     tiny_model(project / "tiny", layers=2)
     params = tiny_params(scenario="multi", methods={"recall": {}}, multi={"with_base": True})
     params["sequence"] = [{"task": "gen_sentiment", "after": "base"}, {"task": "gen_knowledge", "after": "base"}]
+    params["recall"].update(typical=8, sigma=1.0)  # every probe sample typical: eq. 1 recomputable below
     loaded = load_params(write_params(project, params))
     stages.base(loaded)
     stages.data(loaded)
@@ -435,14 +444,59 @@ def test_multi_scenario_merges_every_expert(tmp_path, monkeypatch):
         data / "experts" / "gen_sentiment",
         data / "experts" / "gen_knowledge",
     ]
-    rows = [
-        np.exp(np.array(r["similarity"])) / np.exp(np.array(r["similarity"])).sum(1, keepdims=True)
-        for r in record["references"]
-    ]
-    np.testing.assert_allclose(record["layers"], np.mean(rows, axis=0), rtol=1e-6)
+    # Each expert the reference on its own task's probe samples (eq. 1 from the models' hidden states,
+    # recomputed here); the weights the mean of the rows' softmaxes.
+    tokenizer, models, rows = AutoTokenizer.from_pretrained(data / "base" / "model"), record["models"], []
+    for task in ("gen_sentiment", "gen_knowledge"):
+        texts = [render(tokenizer, r) for r in read_records(data / "chains" / "recall" / task / "probe.jsonl")]
+        ref, *reps = (independent_representations(m, texts) for m in (data / "experts" / task, *models))
+        sim = np.array([[np.mean(np.exp(-((ref[:, i] - r[:, i]) ** 2).sum(-1) / 2)) for r in reps] for i in range(3)])
+        rows.append(np.exp(sim) / np.exp(sim).sum(1, keepdims=True))
+    np.testing.assert_allclose(record["layers"], np.mean(rows, axis=0), rtol=1e-4)
     metrics = yaml.safe_load((out / "eval" / "metrics.json").read_text())
     assert set(metrics) == {"gen_sentiment", "gen_knowledge"}
     assert stages.report_spec(loaded, project / "data")["multi"][0]["setting"] == "with base model"
+
+
+def test_ewc_ties_magmax_and_task_arithmetic_chains_run_both_steps(tmp_path):
+    """Stage functions alone (no DVC): each method's chain through both steps of a sequence, up to the
+    model each step hands on (the evaluate stage scores that model the same way for every method, as
+    the dvc repro test shows). Every merge equals its method's rule recomputed here (numpy, float32
+    task vectors as the models store them), and EWC's second fine-tune is penalised towards the first task."""
+    from test_baselines import magmax_reference, ties_reference
+
+    from recall.pipeline import plan, stages
+
+    project = tmp_path / "project"
+    project.mkdir()
+    tiny_model(project / "tiny", layers=2)
+    methods = {"ewc": {"lambda": 100.0, "samples": 4}, "ties": {"density": 0.5}, "magmax": {}, "task_arithmetic": {}}
+    loaded = load_params(write_params(project, tiny_params(methods=methods)))
+    for stage in plan.plan(loaded):
+        if stage.stage not in ("evaluate", "report"):
+            stages.run(loaded, stage.stage, stage.task, stage.method)
+
+    chains, base = project / "data" / "chains", tensors(project / "data" / "base" / "model")
+    rules = {
+        "task_arithmetic": lambda thetas, b: b + sum(t - b for t in thetas),
+        "ties": lambda thetas, b: ties_reference(thetas, b, [1.0, 1.0], density=0.5, keep_ties=True),
+        "magmax": lambda thetas, b: magmax_reference(thetas, b),
+    }
+    for method, rule in rules.items():
+        for task, first in (("gen_sentiment", project / "data" / "base" / "model"), ("gen_translation", None)):
+            first = first or chains / method / "gen_sentiment" / "model"
+            second = project / "data" / "experts" / task if task == "gen_sentiment" else chains / method / task / "sft"
+            record = json.loads((chains / method / task / "model" / "merge_weights.json").read_text())
+            assert record["method"] == method and [Path(m) for m in record["models"]] == [first, second]
+            inputs, merged = [tensors(first), tensors(second)], tensors(chains / method / task / "model")
+            for name, value in merged.items():
+                expected = rule([t[name].numpy() for t in inputs], base[name].numpy())
+                np.testing.assert_allclose(value.numpy(), expected, rtol=1e-5, atol=1e-6, err_msg=f"{method} {name}")
+
+    trained = json.loads((chains / "ewc" / "gen_translation" / "sft" / "train_metrics.json").read_text())
+    assert Path(trained["base"]) == project / "data" / "experts" / "gen_sentiment"  # the chain's step-1 model
+    assert trained["ewc"]["from"] == "gen_sentiment" and trained["ewc"]["samples"] == 4
+    assert any(s.get("ewc_penalty", 0) > 0 for s in trained["steps"])
 
 
 def test_the_scheduled_flow_adopts_incoming_task_data_into_every_chain(tmp_path):
@@ -507,43 +561,52 @@ def flow_run_state(api: str, project: str):
     return run.state
 
 
-def test_the_scheduled_flow_learns_declared_tasks_and_leaves_a_bad_folder(tmp_path, prefect_server):
+@pytest.fixture(scope="module")
+def scheduled(tmp_path_factory, prefect_server, empty_mlflow_db) -> dict:
+    """The scheduled flow, run once for the module with the sequential runner (the tests below check
+    different things of it): a base model without a chat template; a sequence of one task declared in
+    the `tasks` folder, two chains (sft, ewc: their second steps are independent), two task folders
+    dropped into incoming/, one of them broken; the sft chain is gated, its refusals notified to a
+    webhook block (a local HTTP server; `received` collects what it got).
+    The run is moved to `sequential/` after its fingerprint is taken, so that a run of the same
+    project by another runner can use its path ("pristine" is the project before any run)."""
+    root = tmp_path_factory.mktemp("scheduled")
+    pristine, project = root / "pristine", root / "project"
+    shutil.copytree(EXAMPLES / "tickets", pristine / "mytasks" / "tickets")
+    shutil.copytree(EXAMPLES / "quiz", pristine / "incoming" / "quiz")
+    shutil.copytree(EXAMPLES / "faq", pristine / "incoming" / "broken")
+    (pristine / "incoming" / "broken" / "task.yaml").write_text("format: qa\nmetric: bleu\n")
+    tiny_model(pristine / "tiny", layers=2, chat=False)
+    sequence = [{"task": "tickets", "after": "base"}]
+    promote = {"method": "sft", "notify": "custom-webhook/recall-gate"}
+    methods = {"sft": {}, "ewc": {}}
+    write_params(pristine, tiny_params(tasks="mytasks", sequence=sequence, methods=methods, promote=promote))
+    env = dvc_project(pristine, prefect_server, empty_mlflow_db)
+    received = webhook_block(env["PREFECT_API_URL"], "recall-gate")
+    shutil.copytree(pristine, project)
+    logs = run_flow(project, env)
+    expected = fingerprint(project)
+    return {
+        "env": env,
+        "pristine": pristine,
+        "project": project,
+        "run": project.rename(root / "sequential"),
+        "logs": logs,
+        "fingerprint": expected,
+        "received": received,
+    }
+
+
+def test_the_scheduled_flow_learns_declared_tasks_and_leaves_a_bad_folder(scheduled):
     """The real flow (Prefect, then DVC stage by stage, MLflow) on a base model without a chat
     template: the sequence's task is declared in the `tasks` folder; a task folder dropped into
     incoming/ is checked, appended and learned; one that fails its checks stays where it is, is
-    logged and recorded as a FAILED MLflow run, and the others run. The served chain (here sft) is gated
-    after each step; a refusal reaches the notification block in promote.notify (a webhook to a local
-    HTTP server) and the flow run's state message."""
-    project = tmp_path / "project"
-    shutil.copytree(EXAMPLES / "tickets", project / "mytasks" / "tickets")
-    shutil.copytree(EXAMPLES / "quiz", project / "incoming" / "quiz")
-    broken = project / "incoming" / "broken"
-    shutil.copytree(EXAMPLES / "faq", broken)
-    (broken / "task.yaml").write_text("format: qa\nmetric: bleu\n")
-    tiny_model(project / "tiny", layers=2, chat=False)
-    write_params(
-        project,
-        tiny_params(
-            tasks="mytasks",
-            sequence=[{"task": "tickets", "after": "base"}],
-            methods={"sft": {}},
-            promote={"method": "sft", "notify": "custom-webhook/recall-gate"},
-        ),
-    )
-    env = dvc_project(project, prefect_server)
-    received = webhook_block(env["PREFECT_API_URL"], "recall-gate")
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "flows.continual", "--project", str(project), "run"],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    logs = proc.stdout + proc.stderr
-    assert proc.returncode == 0, logs[-4000:]
+    logged and recorded as a FAILED MLflow run, and the others run. The served chain (sft) is gated
+    after each step; a refusal reaches the notification block in promote.notify and the flow run's
+    state message."""
+    project, logs, env, received = scheduled["run"], scheduled["logs"], scheduled["env"], scheduled["received"]
     assert "incoming/broken left out" in logs and "task.yaml:2: field 'metric'" in logs
-    assert (broken / "task.yaml").is_file()  # left where it was
+    assert (project / "incoming" / "broken" / "task.yaml").is_file()  # left where it was
     sequence = yaml.safe_load((project / "params.yaml").read_text())["sequence"]
     assert sequence == [{"task": "tickets", "after": "base"}, {"task": "quiz", "after": "tickets"}]
     assert (project / "data" / "tasks" / "quiz" / "task.yaml").read_text() == (
@@ -638,34 +701,24 @@ def run_flow(project: Path, env: dict, *args: str, kill_stage: str | None = None
     return logs
 
 
-def test_the_dask_runner_runs_independent_stages_at_once_and_makes_the_same_artifacts(tmp_path, prefect_server):
-    """Two experts of a single scenario on a local Dask cluster of 2 worker processes: their fine-tunes
-    overlap in time (MLflow's runs), a stage process killed mid-stage is retried by Prefect, and the
-    artifacts equal the sequential runner's (same project path, same seeds)."""
-    from recall.pipeline.fingerprint import fingerprint
-
-    pristine, project = tmp_path / "pristine", tmp_path / "project"
-    tiny_model(pristine / "tiny", layers=2)
-    sequence = [{"task": "gen_sentiment", "after": "base"}, {"task": "gen_translation", "after": "base"}]
-    write_params(pristine, tiny_params(scenario="single", sequence=sequence, methods={"sft": {}}))
-    env = dvc_project(pristine, prefect_server)
-
-    shutil.copytree(pristine, project)
-    run_flow(project, env)
-    expected = fingerprint(project)
-    assert any(k.endswith("adapter_model.safetensors") for k in expected)
-    shutil.rmtree(project)
-    shutil.copytree(pristine, project)
-    logs = run_flow(project, env, "--runner", "dask", "--workers", "2", kill_stage="evaluate")
+def test_the_dask_runner_runs_independent_stages_at_once_and_makes_the_same_artifacts(scheduled):
+    """The scheduled project on a local Dask cluster of 2 worker processes: the two chains' second
+    fine-tunes overlap in time (MLflow's runs), a stage process killed mid-stage is retried by Prefect,
+    and the artifacts equal the sequential runner's (same project path, same seeds)."""
+    project = scheduled["project"]
+    shutil.copytree(scheduled["pristine"], project)
+    logs = run_flow(project, scheduled["env"], "--runner", "dask", "--workers", "2", kill_stage="evaluate")
 
     assert "Retry 1/2" in logs  # the killed stage, rerun by Prefect
-    assert fingerprint(project) == expected
+    assert any(k.endswith("adapter_model.safetensors") for k in scheduled["fingerprint"])
+    assert fingerprint(project) == scheduled["fingerprint"]
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     client = mlflow.MlflowClient()
     query = "tags.`recall.level` = 'stage' and tags.`recall.stage` = 'finetune' and attributes.status = 'FINISHED'"
     runs = client.search_runs([client.get_experiment_by_name("recall").experiment_id], query)
-    first, second = sorted((r.info.start_time, r.info.end_time) for r in runs)
-    assert len(runs) == 2 and second[0] < first[1], runs  # the second fine-tune started before the first ended
+    steps = {r.info.run_name: (r.info.start_time, r.info.end_time) for r in runs if "quiz" in r.info.run_name}
+    first, second = sorted(steps.values())
+    assert len(steps) == 2 and second[0] < first[1], runs  # one chain's quiz fine-tune started before the other's ended
 
 
 def test_a_cancelled_stage_stops_at_once_keeps_nothing_partial_and_resumes(tmp_path, prefect_server):

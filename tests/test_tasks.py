@@ -1,9 +1,11 @@
 """Tasks: registry, appendix-C prompts, loaders over the real data subsets, scoring, generated suite, CLI."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
+import sacrebleu
 from conftest import SHARED_DATA
 
 from recall.cli import main
@@ -18,6 +20,7 @@ from recall.tasks.scoring import (
     extract_label,
     normalize_text,
     qa_match,
+    sentence_bleu,
 )
 
 needs_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data (real dataset subsets) absent")
@@ -290,6 +293,45 @@ def test_bleu_and_translation_scores():
     assert scores["exact_match"] == 50.0 and 0 < scores["bleu"] < 100
 
 
+def reference_bleu(predictions: list[str], references: list[str]) -> float:
+    """Corpus BLEU as Papineni et al. define it (clipped 1-4-gram precisions summed over the corpus,
+    geometric mean, brevity penalty) on whitespace tokens: for texts without punctuation, where no
+    count is zero, this is what any BLEU implementation must give."""
+    matches, totals, hyp_len, ref_len = [0] * 4, [0] * 4, 0, 0
+    for prediction, reference in zip(predictions, references):
+        hyp, ref = prediction.split(), reference.split()
+        hyp_len, ref_len = hyp_len + len(hyp), ref_len + len(ref)
+        for n in range(1, 5):
+            grams = [tuple(hyp[i : i + n]) for i in range(len(hyp) - n + 1)]
+            ref_grams = [tuple(ref[i : i + n]) for i in range(len(ref) - n + 1)]
+            matches[n - 1] += sum(min(grams.count(g), ref_grams.count(g)) for g in set(grams))
+            totals[n - 1] += len(grams)
+    brevity = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / hyp_len)
+    return 100 * brevity * math.exp(sum(math.log(m / t) for m, t in zip(matches, totals)) / 4)
+
+
+def test_bleu_agrees_with_the_definition_and_with_sacrebleu():
+    predictions = ["le petit chat noir mange la pomme rouge", "le chien voit la grande maison blanche ce matin"]
+    references = ["le petit chat noir mange une pomme rouge", "le chien voit la grande maison ce matin"]
+    expected = reference_bleu(predictions, references)
+    assert 20 < expected < 90
+    assert corpus_bleu(predictions, references) == pytest.approx(expected, abs=1e-6)
+    task = get_task("iwslt2017_en_fr")
+    assert task.score(predictions, references)["bleu"] == pytest.approx(expected, abs=1e-6)
+    # Texts with punctuation, casing and zero counts: sacrebleu's own corpus and sentence scores, and any
+    # subset's corpus score from the per-example statistics the examples/ records keep.
+    predictions = ["Le chat mange la pomme rouge.", "Un chien regarde une maison.", "Bonjour!", "La voiture."]
+    references = ["Le chat mange la pomme.", "Le chien voit la maison.", "Bonjour !", "La voiture est rouge."]
+    records = task.records(predictions, references)
+    for subset in ([0, 1, 2, 3], [0, 2], [1], [3, 1]):
+        theirs = sacrebleu.corpus_bleu([predictions[i] for i in subset], [[references[i] for i in subset]]).score
+        assert task.aggregate([records[i] for i in subset]) == pytest.approx(theirs, abs=1e-6)
+    for prediction, reference in zip(predictions, references):
+        assert sentence_bleu(prediction, reference) == pytest.approx(
+            sacrebleu.sentence_bleu(prediction, [reference]).score, abs=1e-6
+        )
+
+
 def test_task_scores_verbose_correct_replies():
     assert get_task("medmcqa").score(["The answer is B: homocysteine", "C"], ["B", "D"]) == {"accuracy": 50.0}
     assert get_task("sst2").score(["I would say this is positive.", "negative"], ["positive", "negative"]) == {
@@ -342,13 +384,20 @@ def test_generated_tasks_load_with_disjoint_splits_and_balanced_answers(suite, n
 def test_generated_translation_grammar(suite):
     pairs = [json.loads(line)["translation"] for line in (suite / "gen_translation" / "train.jsonl").open()]
     by_en = {p["en"]: p["fr"] for p in pairs}
-    for en, fr in by_en.items():
-        if en.startswith("The bird "):
-            assert fr.startswith("L'oiseau ")  # elision
-        if en.startswith("The red apple"):
-            assert fr.startswith("La pomme rouge")  # colour after the noun, feminine article
-        if " does not " in en:
-            assert " pas " in fr and (" ne " in fr or " n'" in fr)
+    # Each rule as (does the English have it, what the French must then hold); every rule must be exercised.
+    rules = {
+        "elision": (lambda en: en.startswith("The bird "), lambda fr: fr.startswith("L'oiseau ")),
+        "colour after a feminine noun": (lambda en: " the red apple" in en, lambda fr: " la pomme rouge" in fr),
+        "size before a feminine noun": (
+            lambda en: en.startswith("The small girl "),
+            lambda fr: fr.startswith("La petite fille "),
+        ),
+        "negation": (lambda en: " does not " in en, lambda fr: " pas " in fr and (" ne " in fr or " n'" in fr)),
+    }
+    for rule, (applies, holds) in rules.items():
+        checked = [fr for en, fr in by_en.items() if applies(en)]
+        assert len(checked) >= 3, f"{rule}: only {len(checked)} sentences in the suite"
+        assert all(holds(fr) for fr in checked), rule
 
 
 def test_generated_squad_labels_follow_the_passage():

@@ -15,10 +15,11 @@ LINEAGE = {"parents": '["a", "b"]', "method": "recall", "chain": "recall", "dvc_
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch):
+def store(tmp_path, monkeypatch, empty_mlflow_db):
     """A fresh sqlite tracking store; its artifact store (./mlruns) lands in tmp_path too."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri sets it for subprocesses
+    shutil.copy(empty_mlflow_db, tmp_path / "mlflow.db")
     before = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(tracking.tracking_uri(tmp_path))
     mlflow.set_experiment("registry")

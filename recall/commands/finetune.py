@@ -16,7 +16,7 @@ DEFAULTS = FinetuneConfig()
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("finetune", help="LoRA fine-tune a model on a task; writes a merged HF model folder")
+    p = subparsers.add_parser("finetune")
     p.add_argument("--base", required=True, help="model folder, LoRA adapter folder, .gguf file or hub id")
     p.add_argument("--task", required=True, help="task name (see `recall tasks`) or a prompt/response JSONL file")
     p.add_argument(

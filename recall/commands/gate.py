@@ -25,7 +25,6 @@ CHAMPION = f"models:/{tracking.REGISTERED_MODEL}@{tracking.CHAMPION}"
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "gate",
-        help="would a candidate model replace the champion (exit 0) or not (1)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

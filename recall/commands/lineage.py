@@ -10,7 +10,7 @@ from recall.lineage import lineage, resolve_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("lineage", help="which models, weights, data and commit produced a model", description=__doc__)
+    p = sub.add_parser("lineage", description=__doc__)
     p.add_argument(
         "model",
         help="a model folder, or a registered model NAME/VERSION or NAME@ALIAS (e.g. models:/recall-merged@champion)",

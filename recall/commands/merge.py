@@ -60,7 +60,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     methods = "\n".join(f"  {m.name:16} {m.help}" for m in METHODS.values())
     p = sub.add_parser(
         "merge",
-        help="merge models layer by layer",
         description=__doc__,
         epilog=f"methods:\n{methods}",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("params", help="check a params file (params.yaml)", description=__doc__)
+    parser = sub.add_parser("params", description=__doc__)
     commands = parser.add_subparsers(dest="params_command", required=True)
     check = commands.add_parser(
         "check",

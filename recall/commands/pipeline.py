@@ -9,7 +9,7 @@ from recall.errors import RecallError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pipeline", help="write dvc.yaml from params.yaml (then `dvc repro`)", description=__doc__)
+    p = sub.add_parser("pipeline", description=__doc__)
     p.add_argument(
         "params",
         nargs="?",

@@ -18,7 +18,6 @@ from recall.tasks import list_tasks
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report",
-        help="render tables and plots from evaluation results",
         description=f"{__doc__}\n{report.__doc__}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -13,7 +13,7 @@ from recall.tasks.generated import DEFAULT_TEST, DEFAULT_TRAIN, generate_suite
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("tasks", help="list, show, generate and export tasks")
+    parser = subparsers.add_parser("tasks")
     declared = "folder holding tasks of your own, each a <task>/ folder with task.yaml, train.jsonl and test.jsonl"
     parser.add_argument("--data-dir", type=Path, help=declared)
     parser.set_defaults(func=run_list)

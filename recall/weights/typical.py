@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from sklearn.cluster import KMeans
-from sklearn.metrics import pairwise_distances_argmin
 
 from recall.errors import RecallError
 
@@ -24,6 +22,11 @@ def select_typical(features: np.ndarray, m: int = 20, seed: int = 0) -> list[int
     if m >= n:
         log.info("typical samples: m=%d >= %d samples, so every sample is typical", m, n)
         return list(range(n))
+    # scikit-learn (with SciPy, about a second to import) only here: every other stage process and
+    # `recall params check` import this module through the pipeline and never cluster.
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import pairwise_distances_argmin
+
     chosen: set[int] = set()
     for layer in range(n_layers):
         x = np.ascontiguousarray(features[:, layer, :], dtype=np.float64)
