@@ -246,9 +246,14 @@ class Params:
         return drawn
 
     @property
+    def protocol(self) -> bool:
+        """Whether these params name task orders or training seeds: runs of a benchmark protocol."""
+        return self.sections.orders is not None or self.sections.seeds is not None
+
+    @property
     def runs(self) -> list[Run]:
         """Every (order, seed) of a protocol, order by order; none without `orders` or `seeds`."""
-        if self.sections.orders is None and self.sections.seeds is None:
+        if not self.protocol:
             return []
         return [Run(i, seed, order) for i, order in enumerate(self.orders, 1) for seed in self.seeds]
 
@@ -320,7 +325,7 @@ class Params:
         sequential scenario, in a protocol's runs (a benchmark, nothing served), or when that method is
         not compared."""
         method = self.sections.promote.method
-        return method if self.sequential and not self.runs and method in self.methods else None
+        return method if self.sequential and not self.protocol and method in self.methods else None
 
     @property
     def with_base(self) -> bool:
@@ -429,7 +434,7 @@ def validate(params: Params) -> None:
             raise RecallError(f"evaluate.backend: {err}") from None
     validate_methods(params)
     promote = params.written("promote")
-    if "method" in promote and params.sequential and not params.runs and promote["method"] not in params.methods:
+    if "method" in promote and params.gated is None and params.sequential and not params.protocol:
         raise RecallError(
             f"promote.method {promote['method']!r} is not a compared method; name one of "
             f"{', '.join(params.methods)} (its chain's models are gated and served)"
@@ -440,7 +445,7 @@ def validate(params: Params) -> None:
 def validate_runs(params: Params) -> None:
     """Orders are permutations of the sequence's tasks, seeds distinct, a method's seeds among them."""
     sections, tasks = params.sections, sorted(s.task for s in params.steps)
-    if (sections.orders is not None or sections.seeds is not None) and not params.sequential:
+    if params.protocol and not params.sequential:
         raise RecallError("orders and seeds make runs of a sequence; they need scenario: sequential")
     if isinstance(sections.orders, dict):
         if set(sections.orders) != {"random", "seed"} or sections.orders["random"] < 1:
