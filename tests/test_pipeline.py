@@ -131,7 +131,8 @@ def test_each_method_is_its_own_chain(tmp_path):
         {"task": "gen_knowledge", "after": "gen_translation"},
     ]
     methods = {"recall": {}, "sft": {}, "ewc": {}, "ties": {"density": 0.5}}
-    params = load_params(write_params(tmp_path, tiny_params(sequence=sequence, methods=methods)))
+    promote = {"method": "recall", "tolerance": 2.0}  # as params.yaml writes it: a DVC param of the gates
+    params = load_params(write_params(tmp_path, tiny_params(sequence=sequence, methods=methods, promote=promote)))
     chains = tmp_path / "data" / "chains"
     for m in methods:
         assert stages.start_model(params, m, "gen_translation") == stages.handed_on(params, m, "gen_sentiment")
