@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from recall.merge.safetensors_io import write_tensors
+from recall.safetensors_io import write_tensors
 
 # ~243M parameters: about 1 GB in float32. The largest tensors are the 32000 x 1024 embeddings.
 LLAMA_1GB = dict(

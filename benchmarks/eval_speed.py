@@ -39,7 +39,7 @@ from recall.atomic import atomic_file, write_json
 from recall.data import chat_prompt
 from recall.errors import RecallError
 from recall.evaluation.inferencer import length_sorted_batches
-from recall.tasks.base import get_task
+from recall.tasks.registry import get_task
 
 Pair = tuple[int, str]  # (example index, answer)
 

@@ -20,7 +20,7 @@ import torch
 from common import command_line, git_commit, machine
 
 from recall.atomic import write_json
-from recall.data import encode, read_records
+from recall.data import encode, read_examples
 from recall.models import describe, load_causal_lm, load_tokenizer
 from recall.tasks.export import export_task
 from recall.tasks.generated import generate_suite
@@ -52,7 +52,7 @@ def main() -> None:
         generate_suite(tmp / "tasks", seed=0, train=args.samples, test=1)
         export_task("gen_reading", "train", tmp / "probe.jsonl", tmp / "tasks")
         tokenizer = load_tokenizer(info)
-        encoded = [encode(tokenizer, r, 512).input_ids for r in read_records(tmp / "probe.jsonl")]
+        encoded = [encode(tokenizer, r, 512).input_ids for r in read_examples(tmp / "probe.jsonl")]
         lm = load_causal_lm(info, device="cpu")
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         plain, ours = [], []

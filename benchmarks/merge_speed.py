@@ -29,7 +29,7 @@ from common import command_line, git_commit, machine, random_llama, run_child
 
 from recall.atomic import write_json
 from recall.merge.engine import nonfinite
-from recall.merge.safetensors_io import SafetensorsModel
+from recall.safetensors_io import SafetensorsModel
 
 CHUNK = 64 << 20
 

@@ -30,7 +30,7 @@ import yaml
 from common import CHILD_PRELUDE, command_line, git_commit, machine, random_llama, run_child
 
 from recall.atomic import write_json
-from recall.merge.safetensors_io import SafetensorsModel
+from recall.safetensors_io import SafetensorsModel
 
 # Run mergekit's own CLI entry point (what `mergekit-yaml CONFIG OUT` runs), measured like recall's child.
 MERGEKIT_CHILD = (

@@ -1,10 +1,12 @@
-"""Training/probe records from JSONL, and how a model sees them.
+"""Examples from JSONL, and how a model sees them.
 
-A line holds either `text` (used verbatim) or `prompt` with an optional `response`. A model with a
-chat template sees them as a user turn and an assistant turn ("chat" rendering); a model without
-one, like most pre-trained checkpoints, sees the prompt, a newline, then the response ("plain"
+An `Example` is the one record type: a task's example (prompt, answer and, for a closed set of
+answers, its choices), a training/probe line of a JSONL file, or verbatim text. A JSONL line holds
+either `text` (used verbatim) or `prompt` with an optional `response` (the example's answer). A
+model with a chat template sees them as a user turn and an assistant turn ("chat" rendering); a
+model without one, like most pre-trained checkpoints, sees the prompt, a newline, then the answer ("plain"
 rendering, as OpenCompass prompts base models). `rendering` decides, for fine-tuning, features,
-merge data and evaluation alike, and `encode` is the one way a record becomes labelled tokens.
+merge data and evaluation alike, and `encode` is the one way an example becomes labelled tokens.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from recall.errors import RecallError, read_text
 
 
 @dataclass(frozen=True)
-class Record:
-    prompt: str | None = None
-    response: str | None = None
-    text: str | None = None
+class Example:
+    prompt: str | None = None  # e.g. an instruction in the paper's appendix-C QA format
+    # The reference answer (label word, letter, answer text, French sentence): a JSONL line's `response`
+    answer: str | None = None
+    choices: tuple[str, ...] = ()  # the answers it can have, when a closed set: label words, its option letters
+    text: str | None = None  # verbatim text, instead of a prompt and answer
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
@@ -43,17 +47,17 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
         yield lineno, obj
 
 
-def read_records(path: str | os.PathLike) -> list[Record]:
+def read_examples(path: str | os.PathLike) -> list[Example]:
     """Read and validate every line before any model work starts."""
     records = []
     for lineno, obj in iter_jsonl(path):
         if isinstance(obj.get("text"), str):
-            records.append(Record(text=obj["text"]))
+            records.append(Example(text=obj["text"]))
         elif isinstance(obj.get("prompt"), str):
             response = obj.get("response")
             if response is not None and not isinstance(response, str):
                 raise RecallError(f"{path}:{lineno}: field 'response' must be a string")
-            records.append(Record(prompt=obj["prompt"], response=response))
+            records.append(Example(prompt=obj["prompt"], answer=response))
         else:
             raise RecallError(
                 f"{path}:{lineno}: missing field 'text' or 'prompt' (a string); each line needs one of them"
@@ -88,13 +92,13 @@ def _leading_special_tokens(tokenizer) -> str:
     return tokenizer.decode(ids[:start])
 
 
-def render(tokenizer, record: Record) -> str:
-    """The full text a model sees for a record: verbatim text, or its prompt + response + EOS."""
-    if record.text is not None:
-        return record.text
-    text = chat_prompt(tokenizer, record.prompt)
-    if record.response:
-        text += record.response + (tokenizer.eos_token or "")
+def render(tokenizer, example: Example) -> str:
+    """The full text a model sees for an example: verbatim text, or its prompt + answer + EOS."""
+    if example.text is not None:
+        return example.text
+    text = chat_prompt(tokenizer, example.prompt)
+    if example.answer:
+        text += example.answer + (tokenizer.eos_token or "")
     return text
 
 
@@ -105,14 +109,14 @@ IGNORE_INDEX = -100  # the label a causal-LM loss skips: prompt tokens and paddi
 class Encoded:
     input_ids: list[int]
     labels: list[int]  # IGNORE_INDEX on the prompt
-    prompt_tokens: int  # tokens before the answer (all of them for a record without one)
+    prompt_tokens: int  # tokens before the answer (all of them for an example without one)
 
 
-def encode(tokenizer, record: Record, max_length: int) -> Encoded:
-    """A record's tokens as the model sees them (`render`), cut to `max_length`, labelled on the answer.
+def encode(tokenizer, example: Example, max_length: int) -> Encoded:
+    """An example's tokens as the model sees them (`render`), cut to `max_length`, labelled on the answer.
 
     Prompt and answer are tokenised separately, the prompt exactly as generation sees it (a rendered
-    prompt ends at a token boundary: the chat turn's end or a plain prompt's newline). A record with no
+    prompt ends at a token boundary: the chat turn's end or a plain prompt's newline). An example with no
     answer token left to learn (text, a prompt alone, or an answer cut off by `max_length`) is labelled
     on every token, so its loss is the plain language-model loss rather than undefined.
     """
@@ -120,11 +124,11 @@ def encode(tokenizer, record: Record, max_length: int) -> Encoded:
     def tokens(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    if record.text is not None or not record.response:
-        ids = tokens(render(tokenizer, record))[:max_length]
+    if example.text is not None or not example.answer:
+        ids = tokens(render(tokenizer, example))[:max_length]
         return Encoded(ids, list(ids), len(ids))
-    prompt_text = chat_prompt(tokenizer, record.prompt)
-    prompt, answer = tokens(prompt_text), tokens(render(tokenizer, record)[len(prompt_text) :])
+    prompt_text = chat_prompt(tokenizer, example.prompt)
+    prompt, answer = tokens(prompt_text), tokens(render(tokenizer, example)[len(prompt_text) :])
     ids = (prompt + answer)[:max_length]
     labels = ([IGNORE_INDEX] * len(prompt) + answer)[:max_length]
     return Encoded(ids, labels if len(prompt) < max_length else list(ids), len(prompt))

@@ -61,10 +61,9 @@ def task_data(tmp_path) -> Path:
 @pytest.fixture(autouse=True)
 def task_registry(monkeypatch):
     """Each test starts from the built-in tasks only: tasks a test declares leave with it."""
-    import recall.tasks.catalog  # noqa: F401  registers the built-in tasks
-    from recall.tasks import base
+    from recall.tasks import registry
 
-    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
 
 
 # A fine-tuning test module's shared inputs: one tiny base and one generated suite per module.

@@ -15,7 +15,7 @@ import torch
 from test_merge import make_adapter, run_cli, tensors
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from recall.data import chat_prompt, read_records, render
+from recall.data import chat_prompt, read_examples, render
 from recall.merge import kernels
 from recall.testing import tiny_model
 
@@ -417,7 +417,7 @@ def test_lm_cocktail_weights_are_softmax_of_negative_losses(make_model, tmp_path
         == 0
     )
     record = json.loads((out / "merge_weights.json").read_text())
-    records = read_records(task_data)[:3] * 2  # the first 3 examples of each --data file
+    records = read_examples(task_data)[:3] * 2  # the first 3 examples of each --data file
     losses = np.array([independent_losses(m, records) for m in models])
     np.testing.assert_allclose(record["cocktail"]["losses"], losses, rtol=1e-4)
     z = -np.array(record["cocktail"]["losses"]) / 0.05
@@ -519,7 +519,7 @@ def test_fisher_merge_weights_each_entry_by_each_models_fisher_on_its_own_data(m
     assert record["params"] == {"floor": 1e-10} and record["fisher"] == [str(work / "fisher-0"), str(work / "fisher-1")]
     merged, thetas = tensors(out), [tensors(a), tensors(b)]
     stored = [tensors(work / f"fisher-{i}") for i in range(2)]
-    expected_f = [independent_fisher(m, read_records(d)[:3], list(merged)) for m, d in [(a, task_data), (b, data_b)]]
+    expected_f = [independent_fisher(m, read_examples(d)[:3], list(merged)) for m, d in [(a, task_data), (b, data_b)]]
     far_from_average = 0
     for name, value in merged.items():
         for ours, theirs in zip(stored, expected_f):

@@ -5,11 +5,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from recall.data import read_records, render
+from recall.data import read_examples, render
 from recall.errors import RecallError
 from recall.layers import tensor_groups
-from recall.merge.safetensors_io import SafetensorsModel
 from recall.models import check_compatible, describe
+from recall.safetensors_io import SafetensorsModel
 from recall.weights.features import extract_features, load_features
 from recall.weights.representations import RecallSettings
 from recall.weights.rows import softmax_weights
@@ -89,7 +89,7 @@ def test_features_are_mean_pooled_hidden_states(make_model, task_data, tmp_path)
     out = extract_features(path, task_data, tmp_path / "f.npy", batch_size=4)
     feats = load_features(out)
     tok = model_tok(path)
-    texts = [render(tok, r) for r in read_records(task_data)]
+    texts = [render(tok, r) for r in read_examples(task_data)]
     assert feats.shape == (len(texts), 3, 32)
     np.testing.assert_allclose(feats, independent_representations(path, texts), rtol=1e-4, atol=1e-5)
     sub = load_features(extract_features(path, task_data, tmp_path / "s.npy", indices=[3, 0], batch_size=2))
@@ -237,11 +237,11 @@ def test_similarity_range_per_layer():
 
 @pytest.mark.parametrize("chat", [True, False])
 def test_one_encoder_labels_the_answer_only_and_falls_back_to_every_token(chat):
-    from recall.data import IGNORE_INDEX, Record, chat_prompt, encode, render
+    from recall.data import IGNORE_INDEX, Example, chat_prompt, encode, render
     from recall.testing import tiny_tokenizer
 
     tok = tiny_tokenizer(chat=chat)
-    record = Record(prompt="review: fine film", response="positive")
+    record = Example(prompt="review: fine film", answer="positive")
     whole = tok(render(tok, record), add_special_tokens=False)["input_ids"]
     n_prompt = len(tok(chat_prompt(tok, record.prompt), add_special_tokens=False)["input_ids"])
     e = encode(tok, record, max_length=512)
@@ -249,7 +249,7 @@ def test_one_encoder_labels_the_answer_only_and_falls_back_to_every_token(chat):
     assert e.labels == [IGNORE_INDEX] * n_prompt + whole[n_prompt:]
     cut = encode(tok, record, max_length=n_prompt)  # the answer cut off: a plain LM loss on what is left
     assert cut.input_ids == whole[:n_prompt] and cut.labels == cut.input_ids
-    text = encode(tok, Record(text="just text"), max_length=4)
+    text = encode(tok, Example(text="just text"), max_length=4)
     assert text.labels == text.input_ids and len(text.input_ids) <= 4
 
 

@@ -15,7 +15,7 @@ from conftest import SHARED_DATA
 
 from recall.atomic import MARKER
 from recall.cli import main
-from recall.data import chat_prompt
+from recall.data import Example, chat_prompt
 from recall.errors import RecallError
 from recall.evaluation import evaluate, pipeline
 from recall.evaluation.config import (
@@ -28,8 +28,7 @@ from recall.evaluation.config import (
     write_dataset,
 )
 from recall.evaluation.results import read_results, task_outcome
-from recall.tasks import scoring
-from recall.tasks.base import Example, get_task
+from recall.tasks import get_task, scoring
 from recall.tasks.generated import generate_suite
 from recall.testing import tiny_model, tiny_tokenizer
 

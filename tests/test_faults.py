@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from recall.atomic import MARKER
 from recall.cli import main
 from recall.errors import RecallError
-from recall.merge.safetensors_io import SafetensorsModel
+from recall.safetensors_io import SafetensorsModel
 from recall.weights.features import load_features
 
 TENSOR = "model.layers.0.self_attn.q_proj.weight"
@@ -278,7 +278,7 @@ def test_a_task_yaml_that_is_not_utf8_is_named_with_its_line(make_model, tmp_pat
 
 def shard(model, max_shard_bytes: int = 20_000) -> list:
     """Re-save a model folder's weights as an indexed set of shards."""
-    from recall.merge.safetensors_io import write_tensors
+    from recall.safetensors_io import write_tensors
 
     weights = load_file(model / "model.safetensors")
     (model / "model.safetensors").unlink()
@@ -397,7 +397,7 @@ def test_label_words_are_read_as_written(tmp_path, capsys, labels, answers, word
 def test_a_task_name_that_leaves_the_data_folder_is_refused_before_reading(make_model, tmp_path, capsys):
     from test_declared_tasks import TICKETS, task_folder, ticket
 
-    from recall.tasks.base import registered
+    from recall.tasks.registry import registered
 
     outside = task_folder(tmp_path, "outside", TICKETS, [ticket()])
     not_utf8(outside / "task.yaml", 1)  # reading it would be another error

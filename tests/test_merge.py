@@ -12,8 +12,8 @@ from test_core import independent_representations
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from recall.cli import main
-from recall.data import read_records, render
-from recall.merge.safetensors_io import SafetensorsModel, write_tensors
+from recall.data import read_examples, render
+from recall.safetensors_io import SafetensorsModel, write_tensors
 
 
 def tensors(path):
@@ -101,7 +101,7 @@ def test_recall_weights_match_the_paper_exactly(make_model, tmp_path, task_data)
     assert record["references"][0]["typical"] == list(range(14))
 
     tok = AutoTokenizer.from_pretrained(models[-1])
-    texts = [render(tok, r) for r in read_records(task_data)]
+    texts = [render(tok, r) for r in read_examples(task_data)]
     reps = [independent_representations(m, texts) for m in models]  # (n, L+1, E) each
     new = reps[-1]
     sim = np.array([[np.mean(np.exp(-((new[:, i] - r[:, i]) ** 2).sum(-1) / 2)) for r in reps] for i in range(3)])
@@ -141,7 +141,7 @@ def test_multi_expert_mode_averages_reference_rows(make_model, tmp_path, task_da
     tok = AutoTokenizer.from_pretrained(e1)
     rows = []
     for reference, data in [(e1, task_data), (e2, data_e2)]:
-        texts = [render(tok, r) for r in read_records(data)]
+        texts = [render(tok, r) for r in read_examples(data)]
         ref, *reps = (independent_representations(m, texts) for m in (reference, base, e1, e2))
         sim = np.array([[np.mean(np.exp(-((ref[:, i] - r[:, i]) ** 2).sum(-1) / 2)) for r in reps] for i in range(3)])
         rows.append(np.exp(sim) / np.exp(sim).sum(1, keepdims=True))
@@ -176,7 +176,7 @@ def test_recall_with_median_sigma_and_unit_states_records_its_kernel(make_model,
     assert record["settings"]["sigma"] == "median" and record["settings"]["normalize"] == "unit"
 
     tok = AutoTokenizer.from_pretrained(models[-1])
-    texts = [render(tok, r) for r in read_records(task_data)]
+    texts = [render(tok, r) for r in read_examples(task_data)]
     reps = np.stack([independent_representations(m, texts) for m in models])  # (2, n, L+1, E)
     reps /= np.linalg.norm(reps, axis=-1, keepdims=True)
     pooled = reps.transpose(2, 0, 1, 3).reshape(3, -1, reps.shape[-1])  # per layer, both models' states

@@ -22,7 +22,7 @@ from test_merge import tensors
 from transformers import AutoTokenizer
 
 from recall.cli import main
-from recall.data import read_records, render
+from recall.data import read_examples, render
 from recall.errors import RecallError
 from recall.pipeline.fingerprint import fingerprint
 from recall.pipeline.params import load_params
@@ -450,7 +450,7 @@ def test_multi_scenario_merges_every_expert(tmp_path, monkeypatch):
     # recomputed here); the weights the mean of the rows' softmaxes.
     tokenizer, models, rows = AutoTokenizer.from_pretrained(data / "base" / "model"), record["models"], []
     for task in ("gen_sentiment", "gen_knowledge"):
-        texts = [render(tokenizer, r) for r in read_records(data / "chains" / "recall" / task / "probe.jsonl")]
+        texts = [render(tokenizer, r) for r in read_examples(data / "chains" / "recall" / task / "probe.jsonl")]
         ref, *reps = (independent_representations(m, texts) for m in (data / "experts" / task, *models))
         sim = np.array([[np.mean(np.exp(-((ref[:, i] - r[:, i]) ** 2).sum(-1) / 2)) for r in reps] for i in range(3)])
         rows.append(np.exp(sim) / np.exp(sim).sum(1, keepdims=True))
@@ -587,12 +587,12 @@ def scheduled(tmp_path_factory, prefect_server, empty_mlflow_db) -> dict:
     received = webhook_block(env["PREFECT_API_URL"], "recall-gate")
     shutil.copytree(pristine, project)
     logs = run_flow(project, env)
-    from recall.tasks import base
+    from recall.tasks import registry
 
-    registered = dict(base._REGISTRY)
+    registered = dict(registry._REGISTRY)
     expected = fingerprint(project)  # reads the project's params: its declared tasks must not outlive the module
-    base._REGISTRY.clear()
-    base._REGISTRY.update(registered)
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(registered)
     return {
         "env": env,
         "pristine": pristine,

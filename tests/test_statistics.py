@@ -8,11 +8,12 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
+from recall.data import Example
 from recall.errors import RecallError
 from recall.reporting import report
 from recall.reporting import statistics as paired
 from recall.reporting.metrics import backward_transfer
-from recall.tasks.base import Example, Task
+from recall.tasks.base import Task
 
 TASKS = ["gen_sentiment", "gen_knowledge"]  # mean-decomposable: accuracy
 

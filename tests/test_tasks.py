@@ -9,7 +9,7 @@ import sacrebleu
 from conftest import SHARED_DATA
 
 from recall.cli import main
-from recall.data import read_records
+from recall.data import read_examples
 from recall.errors import RecallError
 from recall.tasks import get_task, list_tasks
 from recall.tasks.export import export_task
@@ -431,9 +431,9 @@ def test_generate_refuses_bad_sizes(tmp_path):
 def test_export_writes_prompt_response_records(suite, tmp_path):
     out = tmp_path / "knowledge.jsonl"
     assert export_task("gen_knowledge", "test", out, suite, limit=7) == 7
-    records = read_records(out)
+    records = read_examples(out)
     expected = get_task("gen_knowledge").load("test", suite, limit=7)
-    assert [(r.prompt, r.response) for r in records] == [(e.prompt, e.answer) for e in expected]
+    assert [(r.prompt, r.answer) for r in records] == [(e.prompt, e.answer) for e in expected]
 
 
 def test_cli_list_generate_export(tmp_path, capsys):
@@ -462,6 +462,6 @@ def test_cli_list_generate_export(tmp_path, capsys):
         )
         == 0
     )
-    assert len(read_records(out)) == 2
+    assert len(read_examples(out)) == 2
     assert main(["tasks", "export", "--task", "nope", "--out", str(out)]) == 2
     assert "unknown task 'nope'" in capsys.readouterr().err

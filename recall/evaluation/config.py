@@ -30,9 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from recall.atomic import atomic_file
-from recall.data import chat_prompt
+from recall.data import Example, chat_prompt
 from recall.hashing import sha256_tree
-from recall.tasks.base import Example
 
 # Longest reply worth generating per task format: room for a short chat lead-in before a label or
 # letter, a SQuAD span, or a full sentence. Generation stops earlier at the end-of-turn token.

@@ -53,8 +53,9 @@ from recall.evaluation.config import (
 )
 from recall.evaluation.results import read_results, task_outcome
 from recall.evaluation.runner import last_error, run_opencompass
-from recall.tasks.base import Task, get_task
+from recall.tasks.base import Task
 from recall.tasks.formats import FORMATS
+from recall.tasks.registry import get_task
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

@@ -25,9 +25,9 @@ from recall.errors import RecallError
 from recall.layers import tensor_groups
 from recall.merge.methods import Method, tensor_seed
 from recall.merge.provenance import write_provenance
-from recall.merge.safetensors_io import DTYPES, StreamingWriter
 from recall.merge.sources import FullModel, open_source
 from recall.models import ModelInfo, check_compatible, remote_code_record, safetensors_folder
+from recall.safetensors_io import DTYPES, StreamingWriter
 from recall.weights.rows import NEAR_UNIFORM, near_uniform, weight_spread
 
 log = logging.getLogger(__name__)

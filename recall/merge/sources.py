@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from recall.errors import RecallError
-from recall.merge.safetensors_io import SafetensorsModel, TensorInfo, same_tensor
 from recall.models import ModelInfo, safetensors_folder
+from recall.safetensors_io import SafetensorsModel, TensorInfo, same_tensor
 
 
 class FullModel:

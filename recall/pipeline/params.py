@@ -25,9 +25,9 @@ from recall.evaluation.config import BACKENDS
 from recall.evaluation.pipeline import check_backend, resolve_modes
 from recall.merge.methods import METHODS
 from recall.settings import UNKNOWN, Rule, Settings, at_least, one_of, reject_unknown, setting
-from recall.tasks.base import Task, get_task
-from recall.tasks.declared import declare_in
+from recall.tasks.base import Task
 from recall.tasks.formats import FORMATS, TASK_FILE
+from recall.tasks.registry import declare_in, get_task
 from recall.training.finetune import FinetuneConfig
 from recall.weights.representations import RecallSettings
 

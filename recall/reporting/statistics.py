@@ -20,7 +20,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from recall.errors import RecallError
-from recall.tasks.base import Task, get_task
+from recall.tasks.base import Task
+from recall.tasks.registry import get_task
 
 Records = Sequence[Mapping[str, Any]]  # one examples/<task>.jsonl: a record per test example, in order
 Statistic = Callable[[np.ndarray], np.ndarray]  # scores (..., evaluation, task) -> values (...)

@@ -1,32 +1,50 @@
 """The task interface: a task turns raw dataset rows into instruction prompts + reference answers
 and scores a model's replies against those answers.
 
-Evaluation (OpenCompass), fine-tuning and data export all code against this interface only. The
-registry holds the built-in tasks and those declared in data: a folder `<name>/` with `task.yaml`,
-`train.jsonl` and `test.jsonl` (`recall.tasks.declared`), found under a task data folder by name.
+Evaluation (OpenCompass), fine-tuning and data export all code against this interface only. A task
+is described by a `TaskSpec`, the fields of a task.yaml (`recall.tasks.formats` reads and checks them);
+the registry of known tasks is `recall.tasks.registry`.
 """
 
 from __future__ import annotations
 
-import importlib
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
+from recall.data import Example
 from recall.errors import RecallError
 
-if TYPE_CHECKING:
-    from recall.tasks.formats import TaskSpec
+__all__ = ["Example", "Task", "TaskSpec"]
 
 
 @dataclass(frozen=True)
-class Example:
-    prompt: str  # instruction in the paper's appendix-C QA format
-    answer: str  # reference answer (label word, letter, answer text or "impossible to answer", French sentence)
-    choices: tuple[str, ...] = ()  # the answers it can have, when a closed set: label words, its option letters
+class TaskSpec:
+    """What a task is, in task.yaml's terms."""
+
+    format: str
+    template: str | None = None  # "{field}" placeholders; None: every row holds a ready `prompt`
+    answer: str = "response"  # the field holding the reference answer
+    metric: str | None = None  # the primary metric; None: the format's first
+    labels: tuple[tuple[Any, str], ...] = ()  # classification: (value in the data, label word)
+    options: str | tuple[str, ...] | None = None  # multiple choice: a field holding a list, or one field per option
+
+    def as_dict(self) -> dict:
+        """The spec as a task.yaml holds it; `parse_spec` reads it back to an equal spec."""
+        out: dict[str, Any] = {"format": self.format}
+        if self.metric:
+            out["metric"] = self.metric
+        if self.template is not None:
+            out["template"] = self.template
+        out["answer"] = self.answer
+        if self.labels:
+            plain = all(value == word for value, word in self.labels)
+            out["labels"] = [word for _, word in self.labels] if plain else dict(self.labels)
+        if self.options is not None:
+            out["options"] = self.options if isinstance(self.options, str) else list(self.options)
+        return out
 
 
 class Task(ABC):
@@ -61,49 +79,3 @@ class Task(ABC):
         if not records:
             raise RecallError(f"task {self.name}: no per-example records to aggregate")
         return sum(float(r["score"]) for r in records) / len(records)
-
-
-_REGISTRY: dict[str, Task] = {}
-# Imported lazily so that `base` has no import cycle: the catalog registers the built-in tasks on
-# import, and `declared` reads task folders.
-_CATALOG = "recall.tasks.catalog"
-_DECLARED = "recall.tasks.declared"
-
-
-def register(task: Task) -> Task:
-    """Add `task`, or return the registered task of that name if it is the same task (a task folder
-    read again, or its copy in a pipeline's data); two different tasks of one name are an error."""
-    known = _REGISTRY.setdefault(task.name, task)
-    if known is not task and (type(known), getattr(known, "spec", None)) != (type(task), getattr(task, "spec", None)):
-        raise RecallError(
-            f"two different tasks are named {task.name!r}: {known.source} and {task.source}; "
-            "rename one of the task folders"
-        )
-    return known
-
-
-def registered(name: str) -> Task | None:
-    return _REGISTRY.get(name)
-
-
-def list_tasks(data_dir: str | os.PathLike | None = None) -> list[Task]:
-    """Every task: the built-in ones, and those declared in `data_dir`."""
-    importlib.import_module(_CATALOG)
-    if data_dir is not None:
-        importlib.import_module(_DECLARED).declare_all(Path(data_dir))
-    return list(_REGISTRY.values())
-
-
-def get_task(name: str, data_dir: str | os.PathLike | None = None) -> Task:
-    """The task `name`, declared by `data_dir/<name>/task.yaml` if that exists, else registered."""
-    importlib.import_module(_CATALOG)
-    if data_dir is not None:
-        importlib.import_module(_DECLARED).declare_in(Path(data_dir), name)
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        known = ", ".join(_REGISTRY)
-        raise RecallError(
-            f"unknown task {name!r}; known tasks: {known} (see `recall tasks list`). A task of your own is a "
-            "folder <name>/ holding task.yaml, train.jsonl and test.jsonl in the data folder (see the README)"
-        ) from None

@@ -1,13 +1,13 @@
 """Tasks declared in data, without code: a folder `<name>/` holding `task.yaml`, `train.jsonl` and
-`test.jsonl`. task.yaml has the fields of `recall.tasks.formats.TaskSpec`, e.g.
+`test.jsonl`. task.yaml has the fields of `recall.tasks.base.TaskSpec`, e.g.
 
     format: classification
     template: "Ticket: {subject}\\n{body}\\nCategory:"
     answer: category
     labels: [billing, outage, account]
 
-Declaring a folder checks its spec and every row of both splits before any work starts; an error
-names the file, the line and the field.
+Reading a folder checks its spec and every row of both splits before any work starts; an error
+names the file, the line and the field. The registry (`recall.tasks.registry`) declares what it reads.
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ from pathlib import Path
 
 import yaml
 
-import recall.tasks.catalog  # noqa: F401  the built-in tasks come first: a folder cannot take their names
 from recall.errors import RecallError, read_text
-from recall.tasks.base import Task, register, registered
-from recall.tasks.formats import SPEC_FIELDS, SPLITS, TASK_FILE, SpecError, TaskSpec, make_task, parse_spec
+from recall.tasks.base import TaskSpec
+from recall.tasks.formats import SPEC_FIELDS, SPLITS, TASK_FILE, JsonlTask, SpecError, make_task, parse_spec
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # a task name is a file, stage and dataset name part
 
@@ -63,12 +62,8 @@ def as_written(node: yaml.Node):
     }
 
 
-def declare(folder: Path) -> Task:
-    """Register the task `folder` declares, once its spec and both splits are checked."""
-    folder = folder.resolve()
-    known = registered(folder.name)
-    if getattr(known, "folder", None) == folder:
-        return known
+def read_task(folder: Path) -> JsonlTask:
+    """The task the (resolved) `folder` declares, once its name, its spec and both splits are checked."""
     if not NAME.fullmatch(folder.name):
         raise RecallError(
             f"{folder}: {folder.name!r} cannot name a task; name its folder with letters, digits, _ and - only"
@@ -76,23 +71,14 @@ def declare(folder: Path) -> Task:
     task = make_task(folder.name, read_spec(folder / TASK_FILE), folder=folder)
     for split in SPLITS:
         task.load(split)
-    return register(task)
+    return task
 
 
-def declare_in(root: Path, name: str) -> None:
-    """Declare `root/<name>/` if it holds a task.yaml; a name that is no folder name is refused before any
-    path is built from it (`../x` would read, and register, a folder outside `root`)."""
+def check_name(root: Path, name: str) -> None:
+    """Refuse a name that is no folder name before any path is built from it (`../x` would read, and
+    register, a folder outside `root`)."""
     if not NAME.fullmatch(name):
         raise RecallError(
             f"{name!r} is not a task name: a task is a folder of {root} named with letters, digits, _ and - only; "
             "see `recall tasks list`"
         )
-    if (root / name / TASK_FILE).is_file():
-        declare(root / name)
-
-
-def declare_all(root: Path) -> list[Task]:
-    """Declare every task folder in `root`."""
-    if not root.is_dir():
-        raise RecallError(f"{root} is not a folder; give the folder that holds the <task>/{TASK_FILE} folders")
-    return [declare(folder) for folder in sorted(root.iterdir()) if (folder / TASK_FILE).is_file()]

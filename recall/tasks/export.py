@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from recall.atomic import atomic_file
-from recall.tasks.base import get_task
+from recall.tasks.registry import get_task
 
 
 def export_task(

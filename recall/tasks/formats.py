@@ -24,10 +24,10 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any, ClassVar
 
-from recall.data import iter_jsonl
+from recall.data import Example, iter_jsonl
 from recall.errors import RecallError
 from recall.tasks import scoring
-from recall.tasks.base import Example, Task
+from recall.tasks.base import Task, TaskSpec
 
 SPLITS = ("train", "test")
 TASK_FILE = "task.yaml"
@@ -43,33 +43,6 @@ class SpecError(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """What a task is, in task.yaml's terms."""
-
-    format: str
-    template: str | None = None  # "{field}" placeholders; None: every row holds a ready `prompt`
-    answer: str = "response"  # the field holding the reference answer
-    metric: str | None = None  # the primary metric; None: the format's first
-    labels: tuple[tuple[Any, str], ...] = ()  # classification: (value in the data, label word)
-    options: str | tuple[str, ...] | None = None  # multiple choice: a field holding a list, or one field per option
-
-    def as_dict(self) -> dict:
-        """The spec as a task.yaml holds it; `parse_spec` reads it back to an equal spec."""
-        out: dict[str, Any] = {"format": self.format}
-        if self.metric:
-            out["metric"] = self.metric
-        if self.template is not None:
-            out["template"] = self.template
-        out["answer"] = self.answer
-        if self.labels:
-            plain = all(value == word for value, word in self.labels)
-            out["labels"] = [word for _, word in self.labels] if plain else dict(self.labels)
-        if self.options is not None:
-            out["options"] = self.options if isinstance(self.options, str) else list(self.options)
-        return out
 
 
 def parse_spec(raw: Mapping[str, Any]) -> TaskSpec:

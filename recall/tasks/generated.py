@@ -27,6 +27,7 @@ from pathlib import Path
 
 from recall.atomic import atomic_dir, atomic_file, write_json
 from recall.errors import RecallError
+from recall.tasks.registry import get_task
 
 Row = dict
 Generator = Callable[[random.Random, int], Row]
@@ -499,8 +500,6 @@ DEFAULT_TEST = 100
 
 def generate_rows(name: str, seed: int, sizes: dict[str, int]) -> dict[str, list[Row]]:
     """Rows of each split of task `name`, unique by prompt across all splits."""
-    from recall.tasks.base import get_task  # the catalog imports this module
-
     task, generator = get_task(name), GENERATORS[name]
     rng = random.Random(f"{seed}:{name}")  # str seeds hash with sha512: stable across runs and platforms
     seen: set[str] = set()

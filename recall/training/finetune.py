@@ -44,7 +44,7 @@ import torch
 from tqdm.auto import tqdm
 
 from recall.atomic import atomic_dir, atomic_path, check_output, write_json
-from recall.data import IGNORE_INDEX, Encoded, Record, encode, read_records, rendering
+from recall.data import IGNORE_INDEX, Encoded, Example, encode, read_examples, rendering
 from recall.errors import RecallError
 from recall.hashing import sha256_file, sha256_tree
 from recall.models import (
@@ -57,7 +57,7 @@ from recall.models import (
     saveable,
 )
 from recall.settings import FRACTION, POSITIVE, Settings, at_least, one_of, setting
-from recall.tasks import Example, get_task
+from recall.tasks import get_task
 from recall.training.ewc import EWCPenalty, fisher_diagonal, trainable
 from recall.training.parallel import Processes
 
@@ -103,11 +103,11 @@ def load_examples(spec: str, data_dir: Path | None, limit: int | None = None) ->
     """Training examples from a task name (its train split) or a JSONL file of prompt/response lines."""
     path = Path(spec)
     if path.suffix == ".jsonl" or path.is_file():
-        records = read_records(path)[:limit]
-        bad = next((i for i, r in enumerate(records, 1) if r.prompt is None or not r.response), None)
+        examples = read_examples(path)[:limit]
+        bad = next((i for i, e in enumerate(examples, 1) if e.prompt is None or not e.answer), None)
         if bad is not None:
             raise RecallError(f"{path}: record {bad} needs both 'prompt' and a non-empty 'response' to train on")
-        return [Example(r.prompt, r.response) for r in records]
+        return examples
     return get_task(spec, data_dir).load("train", data_dir, limit)
 
 
@@ -116,7 +116,7 @@ def encode_examples(
 ) -> list[Encoded]:
     """Every example encoded to learn its answer; fail, naming the longest and the `setting` to raise, if
     a prompt leaves no room."""
-    encoded = [encode(tokenizer, Record(prompt=ex.prompt, response=ex.answer), max_length) for ex in examples]
+    encoded = [encode(tokenizer, example, max_length) for example in examples]
     if too_long := [(e.prompt_tokens, i) for i, e in enumerate(encoded) if e.prompt_tokens >= max_length]:
         longest, index = max(too_long)
         raise RecallError(

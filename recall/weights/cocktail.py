@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from recall.data import Record, encode, read_records
+from recall.data import Example, encode, read_examples
 from recall.errors import RecallError
 from recall.models import ModelInfo, load_causal_lm, load_tokenizer
 from recall.settings import Settings, above, at_least, setting
@@ -33,12 +33,12 @@ class CocktailSettings(Settings):
     max_length: int = setting(512, at_least(1))
 
 
-def example_records(paths: Sequence[str | os.PathLike], n: int) -> list[Record]:
+def example_records(paths: Sequence[str | os.PathLike], n: int) -> list[Example]:
     """The first n records of each file (all files validated before any model is loaded)."""
-    return [r for path in paths for r in read_records(path)[:n]]
+    return [r for path in paths for r in read_examples(path)[:n]]
 
 
-def labelled(tokenizer, record: Record, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+def labelled(tokenizer, record: Example, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, labels) of one record as a batch of one (`recall.data.encode`)."""
     encoded = encode(tokenizer, record, max_length)
     if not encoded.input_ids:
@@ -53,7 +53,7 @@ def example_loss(model, input_ids: torch.Tensor, labels: torch.Tensor) -> float:
         return float(model(input_ids=input_ids.to(device), labels=labels.to(device), use_cache=False).loss)
 
 
-def model_loss(info: ModelInfo, records: list[Record], max_length: int) -> float:
+def model_loss(info: ModelInfo, records: list[Example], max_length: int) -> float:
     """A model's mean loss over the examples (LoRA adapters are applied to their base)."""
     tokenizer = load_tokenizer(info)
     encoded = [labelled(tokenizer, r, max_length) for r in records]

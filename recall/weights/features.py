@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from recall.atomic import atomic_path
-from recall.data import encode, read_records
+from recall.data import encode, read_examples
 from recall.errors import RecallError
 from recall.models import ModelInfo, default_device, default_dtype, describe, load_causal_lm, load_tokenizer
 
@@ -65,7 +65,7 @@ def extract_features(
     """Write the representations of `data` (or of its rows `indices`) under `model` to `out` (.npy).
     `device`, `dtype`: `recall.models.default_device()` and `default_dtype(device)` when None."""
     info = model if isinstance(model, ModelInfo) else describe(model)
-    records = read_records(data)
+    records = read_examples(data)
     if indices is not None:
         bad = [i for i in indices if not 0 <= i < len(records)]
         if bad:

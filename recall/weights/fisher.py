@@ -19,8 +19,8 @@ import torch
 from recall.atomic import atomic_dir, write_json
 from recall.errors import RecallError
 from recall.hashing import sha256_file
-from recall.merge.safetensors_io import SafetensorsModel, same_tensor
 from recall.models import ModelInfo, load_causal_lm, load_tokenizer, safetensors_folder
+from recall.safetensors_io import SafetensorsModel, same_tensor
 from recall.settings import Settings, at_least, setting
 from recall.training.ewc import fisher_diagonal
 from recall.weights.cocktail import example_records, labelled
