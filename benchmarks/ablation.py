@@ -40,10 +40,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, git_commit  # noqa: E402
+from common import command_line  # noqa: E402
 
 from recall.pipeline.params import Params, load_params  # noqa: E402
 from recall.reporting import statistics as paired  # noqa: E402
+from recall.tracking import git_commit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

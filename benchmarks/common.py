@@ -13,7 +13,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from recall.safetensors_io import write_tensors
+# The tests' tiny models and tensor writer (tests/helpers.py, not shipped in the package): the
+# benchmarks build the same synthetic inputs (startup.py its tiny model, random_llama its weights).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import tiny_model, write_tensors  # noqa: E402, F401
 
 # ~243M parameters: about 1 GB in float32. The largest tensors are the 32000 x 1024 embeddings.
 LLAMA_1GB = dict(
@@ -95,12 +98,3 @@ def machine() -> dict:
 def command_line() -> str:
     """The running benchmark's command, as typed from the repository root."""
     return shlex.join([".venv/bin/python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
-
-
-def git_commit(checkout: str | Path = ".") -> str:
-    try:
-        return subprocess.run(
-            ["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"

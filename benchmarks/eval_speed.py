@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import command_line, git_commit, machine
+from common import command_line, machine
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from recall.atomic import atomic_file, write_json
@@ -40,6 +40,7 @@ from recall.data import chat_prompt
 from recall.errors import RecallError
 from recall.evaluation.inferencer import length_sorted_batches
 from recall.tasks.registry import get_task
+from recall.tracking import git_commit
 
 Pair = tuple[int, str]  # (example index, answer)
 

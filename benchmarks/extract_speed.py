@@ -17,13 +17,14 @@ import time
 from pathlib import Path
 
 import torch
-from common import command_line, git_commit, machine
+from common import command_line, machine
 
 from recall.atomic import write_json
 from recall.data import encode, read_examples
 from recall.models import describe, load_causal_lm, load_tokenizer
 from recall.tasks.export import export_task
 from recall.tasks.generated import generate_suite
+from recall.tracking import git_commit
 from recall.weights.features import length_sorted_batches, write_features
 
 

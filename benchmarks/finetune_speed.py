@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import command_line, git_commit, machine
+from common import command_line, machine
 from tqdm.auto import tqdm
 
 from recall.atomic import write_json
@@ -30,6 +30,7 @@ from recall.base_model import pull_base
 from recall.models import describe, load_causal_lm, load_tokenizer
 from recall.tasks import get_task
 from recall.tasks.generated import generate_suite
+from recall.tracking import git_commit
 from recall.training.finetune import FinetuneConfig, add_lora, encode_examples, iterate_batches, to_device, train_loop
 
 RESULTS = Path(__file__).parent / "results" / "finetune_speed.json"

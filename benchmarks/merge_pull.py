@@ -31,7 +31,9 @@ import yaml
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, git_commit  # noqa: E402
+from common import command_line  # noqa: E402
+
+from recall.tracking import git_commit  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 

@@ -25,11 +25,12 @@ import time
 from pathlib import Path
 
 import torch
-from common import command_line, git_commit, machine, random_llama, run_child
+from common import command_line, machine, random_llama, run_child
 
 from recall.atomic import write_json
 from recall.merge.engine import nonfinite
 from recall.safetensors_io import SafetensorsModel
+from recall.tracking import git_commit
 
 CHUNK = 64 << 20
 

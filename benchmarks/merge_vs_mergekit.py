@@ -27,10 +27,11 @@ from importlib.metadata import version
 from pathlib import Path
 
 import yaml
-from common import CHILD_PRELUDE, command_line, git_commit, machine, random_llama, run_child
+from common import CHILD_PRELUDE, command_line, machine, random_llama, run_child
 
 from recall.atomic import write_json
 from recall.safetensors_io import SafetensorsModel
+from recall.tracking import git_commit
 
 # Run mergekit's own CLI entry point (what `mergekit-yaml CONFIG OUT` runs), measured like recall's child.
 MERGEKIT_CHILD = (

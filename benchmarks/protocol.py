@@ -23,9 +23,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line, git_commit  # noqa: E402
+from common import command_line  # noqa: E402
 
 from recall.atomic import MARKER  # noqa: E402
+from recall.tracking import git_commit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = ROOT / "benchmarks" / "protocol"

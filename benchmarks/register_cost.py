@@ -18,11 +18,12 @@ from pathlib import Path
 
 import mlflow
 import torch
-from common import command_line, git_commit, machine
+from common import command_line, machine
 
 from recall import tracking
 from recall.atomic import write_json
 from recall.base_model import pull_base
+from recall.tracking import git_commit
 
 
 def tree_bytes(folder: Path) -> int:

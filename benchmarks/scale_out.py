@@ -26,10 +26,11 @@ import time
 from pathlib import Path
 
 import yaml
-from common import command_line, git_commit, machine
+from common import command_line, machine
 
 from recall.atomic import write_json
 from recall.pipeline.fingerprint import fingerprint
+from recall.tracking import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "scale_out.json"

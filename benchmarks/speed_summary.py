@@ -15,9 +15,10 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from common import git_commit, machine
+from common import machine
 
 from recall.atomic import atomic_file, write_json
+from recall.tracking import git_commit
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -30,10 +30,10 @@ import urllib.request
 from pathlib import Path
 
 import yaml
-from common import command_line, git_commit, machine
+from common import command_line, machine, tiny_model
 
 from recall.atomic import write_json
-from recall.testing import tiny_model
+from recall.tracking import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

@@ -14,7 +14,6 @@ import math
 import mmap
 import os
 import struct
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -278,13 +277,3 @@ class StreamingWriter:
             total = sum(info.nbytes for info in self._expected.values())
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (self.folder / INDEX_NAME).write_text(json.dumps(index, indent=2))
-
-
-def write_tensors(folder: str | os.PathLike, tensors: Iterable[tuple[str, torch.Tensor]], **kwargs) -> None:
-    """Write a small in-memory state dict with the streaming writer (tests, conversions)."""
-    items = list(tensors)
-    infos = {n: TensorInfo(DTYPE_NAMES[t.dtype], tuple(t.shape), t.numel() * t.element_size()) for n, t in items}
-    writer = StreamingWriter(folder, infos, **kwargs)
-    for name, tensor in items:
-        writer.write(name, tensor)
-    writer.close()

@@ -190,7 +190,8 @@ def _version(package: str) -> str:
     return importlib.metadata.version(package).split("+")[0]
 
 
-def git_commit(root: Path) -> str:
+def git_commit(root: str | Path = ".") -> str:
+    """The commit checked out at `root` (the benchmarks record theirs too), or "unknown"."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
         return out.stdout.strip()

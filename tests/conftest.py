@@ -10,9 +10,9 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from helpers import tiny_model  # noqa: E402
 
 from recall.tasks.generated import generate_suite  # noqa: E402
-from recall.testing import tiny_model  # noqa: E402
 
 # Tiny models' matmuls lose to thread synchronisation; on a busy 2-core machine by 5-20x.
 torch.set_num_threads(1)

@@ -12,12 +12,12 @@ import re
 import numpy as np
 import pytest
 import torch
-from test_merge import make_adapter, run_cli, tensors
+from helpers import run_cli, tiny_model
+from test_merge import make_adapter, tensors
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from recall.data import chat_prompt, read_examples, render
 from recall.merge import kernels
-from recall.testing import tiny_model
 
 
 def mergekit_merge(tmp_path, config: dict) -> dict:

@@ -7,7 +7,8 @@ import re
 import numpy as np
 import pytest
 import torch
-from test_merge import make_adapter, run_cli, tensors
+from helpers import run_cli
+from test_merge import make_adapter, tensors
 from transformers import AutoModelForCausalLM
 
 from recall.merge import kernels
@@ -244,11 +245,11 @@ def test_each_new_method_is_its_own_chain_in_the_plan(tmp_path):
 
 def test_a_sequential_lines_step_scales_only_the_steps_own_task_vector(tmp_path):
     """The step merges [previous merge, its fine-tune] as a chain: previous + lambda(depth) (new - previous)."""
+    from helpers import tiny_model
     from test_pipeline import tiny_params, write_params
 
     from recall.pipeline import stages
     from recall.pipeline.params import load_params
-    from recall.testing import tiny_model
 
     params = load_params(write_params(tmp_path, tiny_params(methods={"lines": {"alpha": 0.2, "beta": 0.6}})))
     first, second = [s.task for s in params.steps]

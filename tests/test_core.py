@@ -237,8 +237,9 @@ def test_similarity_range_per_layer():
 
 @pytest.mark.parametrize("chat", [True, False])
 def test_one_encoder_labels_the_answer_only_and_falls_back_to_every_token(chat):
+    from helpers import tiny_tokenizer
+
     from recall.data import IGNORE_INDEX, Example, chat_prompt, encode, render
-    from recall.testing import tiny_tokenizer
 
     tok = tiny_tokenizer(chat=chat)
     record = Example(prompt="review: fine film", answer="positive")

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import tiny_model, tiny_tokenizer
 
 from recall.cli import main
 from recall.data import chat_prompt, rendering
 from recall.errors import RecallError
 from recall.tasks import get_task, list_tasks
 from recall.tasks.formats import parse_spec
-from recall.testing import tiny_model, tiny_tokenizer
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "tasks"
 FORMATS = {"tickets": "classification", "quiz": "multiple_choice", "faq": "qa", "replies": "generation"}

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import SHARED_DATA
+from helpers import tiny_model, tiny_tokenizer
 
 from recall.atomic import MARKER
 from recall.cli import main
@@ -30,7 +31,6 @@ from recall.evaluation.config import (
 from recall.evaluation.results import read_results, task_outcome
 from recall.tasks import get_task, scoring
 from recall.tasks.generated import generate_suite
-from recall.testing import tiny_model, tiny_tokenizer
 
 TASKS = ["gen_sentiment", "gen_knowledge", "gen_squad"]  # likelihood (two label sets) and generation
 PAPER_TASKS = ["sst2", "squad_v2", "medmcqa", "race", "iwslt2017_en_fr"]

@@ -11,19 +11,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import run_cli
 from safetensors.torch import load_file, save_file
 
 from recall.atomic import MARKER
-from recall.cli import main
 from recall.errors import RecallError
 from recall.safetensors_io import SafetensorsModel
 from recall.weights.features import load_features
 
 TENSOR = "model.layers.0.self_attn.q_proj.weight"
-
-
-def run_cli(*args):
-    return main([str(a) for a in args])
 
 
 def error_line(capsys) -> str:
@@ -278,7 +274,7 @@ def test_a_task_yaml_that_is_not_utf8_is_named_with_its_line(make_model, tmp_pat
 
 def shard(model, max_shard_bytes: int = 20_000) -> list:
     """Re-save a model folder's weights as an indexed set of shards."""
-    from recall.safetensors_io import write_tensors
+    from helpers import write_tensors
 
     weights = load_file(model / "model.safetensors")
     (model / "model.safetensors").unlink()

@@ -6,23 +6,19 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers import run_cli, write_tensors
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 from test_core import independent_representations
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from recall.cli import main
 from recall.data import read_examples, render
-from recall.safetensors_io import SafetensorsModel, write_tensors
+from recall.safetensors_io import SafetensorsModel
 
 
 def tensors(path):
     model = SafetensorsModel(path)
     return {name: model.read(name).float() for name in model.tensors}
-
-
-def run_cli(*args):
-    return main([str(a) for a in args])
 
 
 def test_writer_round_trips_through_safetensors(tmp_path):

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import ROOT, SHIPPED_PARAMS
+from helpers import tiny_model
 from test_core import independent_representations
 from test_merge import tensors
 from transformers import AutoTokenizer
@@ -26,7 +27,6 @@ from recall.data import read_examples, render
 from recall.errors import RecallError
 from recall.pipeline.fingerprint import fingerprint
 from recall.pipeline.params import load_params
-from recall.testing import tiny_model
 
 BIN = Path(sys.executable).parent
 EXAMPLES = ROOT / "examples" / "tasks"

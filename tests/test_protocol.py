@@ -225,7 +225,7 @@ def test_protocol_statistics_match_hand_computation(tmp_path):
 @pytest.mark.slow
 def test_a_tiny_protocol_runs_stage_by_stage_into_protocol_json(tmp_path):
     """Every stage of a two-order, two-seed protocol on a tiny model, in plan order, as DVC would run them."""
-    from recall.testing import tiny_model
+    from helpers import tiny_model
 
     tiny_model(tmp_path / "tiny", layers=2)
     params = protocol(

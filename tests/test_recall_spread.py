@@ -6,7 +6,7 @@ import logging
 import mlflow
 import numpy as np
 import pytest
-from test_merge import run_cli
+from helpers import run_cli
 from test_pipeline import tiny_params, write_params
 from test_tracking import store  # noqa: F401 (fixture)
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_faults import error_line, run_cli
+from helpers import run_cli
+from test_faults import error_line
 
 from recall import models
 from recall.errors import RecallError
@@ -118,11 +119,11 @@ def test_a_checkpoint_that_is_no_weights_only_state_is_set_aside(make_model, sui
 
 
 def test_the_pipeline_refuses_a_base_with_code_unless_params_opt_in(tmp_path, monkeypatch):
+    from helpers import tiny_model
     from test_pipeline import tiny_params, write_params
 
     from recall.pipeline import stages
     from recall.pipeline.params import load_params
-    from recall.testing import tiny_model
 
     monkeypatch.setattr(models, "_remote_code_allowed", False)  # the opt-in is process-wide: undone after
     marker, project = tmp_path / "marker", tmp_path / "project"

@@ -1,4 +1,5 @@
-"""Tiny random models for tests and examples: built in milliseconds, no download.
+"""Helpers for the tests (and the benchmarks that build the same inputs): tiny random models built in
+milliseconds with no download, safetensors written from memory, and the CLI called as a function.
 
 A small byte-level BPE tokenizer is trained on the fly and given a chat template, so chat rendering,
 padding and generation work exactly as with a real instruct model; `chat=False` leaves the template
@@ -7,11 +8,16 @@ out, as in most pre-trained checkpoints.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+
+from recall.cli import main
+from recall.safetensors_io import DTYPE_NAMES, StreamingWriter, TensorInfo
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -85,3 +91,18 @@ def tiny_model(
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def write_tensors(folder: str | os.PathLike, tensors: Iterable[tuple[str, torch.Tensor]], **kwargs) -> None:
+    """Write a small in-memory state dict with the streaming writer."""
+    items = list(tensors)
+    infos = {n: TensorInfo(DTYPE_NAMES[t.dtype], tuple(t.shape), t.numel() * t.element_size()) for n, t in items}
+    writer = StreamingWriter(folder, infos, **kwargs)
+    for name, tensor in items:
+        writer.write(name, tensor)
+    writer.close()
+
+
+def run_cli(*args) -> int:
+    """`recall ARGS...` in this process; arguments may be paths or numbers."""
+    return main([str(a) for a in args])
