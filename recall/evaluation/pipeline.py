@@ -35,11 +35,12 @@ import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from recall.atomic import MARKER, atomic_dir, atomic_file, check_output, write_json
-from recall.data import rendering
+from recall.data import Example, rendering
 from recall.errors import RecallError
 from recall.evaluation.config import (
     BACKENDS,
@@ -203,39 +204,93 @@ def evaluate(
     recomputed. An existing `out` that recall did not write is refused unless `overwrite`.
     """
     model, out = Path(model).resolve(), Path(out).resolve()
+    check_settings(batch_size, max_new_tokens, threads)
+    check_output(out, overwrite)
+    inputs = prepare(model, tasks, data_dir, limit, max_new_tokens, modes, backend)
+    datasets = write_inputs(inputs, out)
+    spec, run = write_config(inputs, out, datasets, batch_size)
+    started = time.monotonic()
+    metrics, records = score(inputs, out, spec, datasets, threads, run)
+    write_examples(out / "examples", records)
+    write_json(out / "evaluation.json", run)
+    write_json(out / "metrics.json", metrics)
+    log.info("evaluated in %.0f s: %s", time.monotonic() - started, metrics)
+    return metrics
+
+
+def check_settings(batch_size: int, max_new_tokens: int | None, threads: int | None) -> None:
     if batch_size < 1:
         raise RecallError(f"--batch-size must be at least 1, got {batch_size}")
     if max_new_tokens is not None and max_new_tokens < 1:
         raise RecallError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     if threads is not None and threads < 1:
         raise RecallError(f"--threads must be at least 1, got {threads}")
-    check_output(out, overwrite)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """An evaluation's checked inputs: what runs, on which examples, in which mode."""
+
+    model: Path
+    backend: str
+    tasks: list[Task]
+    mode_of: dict[str, str]  # task format -> "ppl" | "gen"
+    reply_tokens: dict[str, int]  # task name -> the longest reply generated
+    tokenizer: PreTrainedTokenizerBase
+    max_seq_len: int  # prompt tokens that fit beside the longest reply
+    examples: dict[str, list[Example]]  # task name -> its test examples
+
+
+def prepare(
+    model: Path,
+    tasks: Sequence[str],
+    data_dir: str | os.PathLike | None,
+    limit: int | Mapping[str, int | None] | None,
+    max_new_tokens: int | None,
+    modes: Mapping[str, str] | None,
+    backend: str,
+) -> Inputs:
+    """Everything that can be wrong with the tasks, modes, backend and model, checked before anything
+    is written; the test examples loaded."""
     data_dir = Path(data_dir) if data_dir is not None else None
     task_list = resolve_tasks(tasks, data_dir)
     mode_of = resolve_modes(modes)
     check_backend(backend, {t.name: t.format for t in task_list if mode_of[t.format] == "ppl"})
-    likelihood = BACKENDS[backend].likelihood
     reply_tokens = {t.name: max_new_tokens or MAX_NEW_TOKENS[t.format] for t in task_list}
     generated = [reply_tokens[t.name] for t in task_list if mode_of[t.format] == "gen"]
     tokenizer, context = model_info(model)
     max_seq_len = prompt_budget(model, context, max(generated, default=0))
     limits = limit if isinstance(limit, Mapping) else {t.name: limit for t in task_list}
     examples = {t.name: t.load("test", data_dir, limits.get(t.name)) for t in task_list}
+    return Inputs(model, backend, task_list, mode_of, reply_tokens, tokenizer, max_seq_len, examples)
 
+
+def write_inputs(inputs: Inputs, out: Path) -> dict[str, list[DatasetSpec]]:
+    """Claim `out`, drop any earlier result from it, and write each task's test examples as an
+    OpenCompass dataset; returns each task's dataset specs."""
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).touch()  # recall's from here on: a rerun may resume in it and replace it
     # Whatever happens next, an older metrics.json or examples/ must not pass for this run's result.
     (out / "metrics.json").unlink(missing_ok=True)
     (out / "evaluation.json").unlink(missing_ok=True)
     shutil.rmtree(out / "examples", ignore_errors=True)
+    likelihood = BACKENDS[inputs.backend].likelihood
     datasets: dict[str, list[DatasetSpec]] = {}
-    for task in task_list:
+    for task in inputs.tasks:
         path = out / "data" / f"{task.name}.jsonl"
-        write_dataset(examples[task.name], tokenizer, path)
-        mode = mode_of[task.format]
+        write_dataset(inputs.examples[task.name], inputs.tokenizer, path)
+        mode = inputs.mode_of[task.format]
         definition = task.spec.as_dict()
-        datasets[task.name] = dataset_specs(task.name, mode, path, reply_tokens[task.name], definition, likelihood)
-    everything = [d for specs in datasets.values() for d in specs]
+        reply_tokens = inputs.reply_tokens[task.name]
+        datasets[task.name] = dataset_specs(task.name, mode, path, reply_tokens, definition, likelihood)
+    return datasets
+
+
+def write_config(
+    inputs: Inputs, out: Path, datasets: Mapping[str, list[DatasetSpec]], batch_size: int
+) -> tuple[ModelSpec, dict]:
+    """out/opencompass_config.py for the model on this machine's device; returns the model's spec and
+    the run's description (evaluation.json)."""
     from recall.models import (  # torch, only once there is work to do
         default_device,
         default_dtype,
@@ -243,51 +298,62 @@ def evaluate(
         trusted,
     )
 
+    model, backend = inputs.model, inputs.backend
     device = default_device()
     gpu, dtype = device == "cuda", default_dtype(device)
     remote_code = trusted(model)
-    spec = ModelSpec(model, model_abbr(model, backend), batch_size, max_seq_len, gpu, dtype, backend, remote_code)
-    config = out / "opencompass_config.py"
-    with atomic_file(config) as fh:
-        fh.write(render_config(spec, everything))
-
-    work_dir, log_path = out / "opencompass", out / "opencompass.log"
-    shutil.rmtree(work_dir / "results", ignore_errors=True)  # scores always come from this run
+    spec = ModelSpec(
+        model, model_abbr(model, backend), batch_size, inputs.max_seq_len, gpu, dtype, backend, remote_code
+    )
+    with atomic_file(out / "opencompass_config.py") as fh:
+        fh.write(render_config(spec, [d for specs in datasets.values() for d in specs]))
     run = {
         "model": str(model),
-        "rendering": rendering(tokenizer),
-        "modes": {t.name: mode_of[t.format] for t in task_list},
+        "rendering": rendering(inputs.tokenizer),
+        "modes": {t.name: inputs.mode_of[t.format] for t in inputs.tasks},
         "backend": backend,
         "device": "cuda" if gpu else "cpu",
         "dtype": dtype,
         **remote_code_record(),
     }
+    return spec, run
+
+
+def score(
+    inputs: Inputs,
+    out: Path,
+    spec: ModelSpec,
+    datasets: Mapping[str, list[DatasetSpec]],
+    threads: int | None,
+    run: Mapping,
+) -> tuple[dict[str, dict[str, float]], dict[str, list[dict]]]:
+    """Run OpenCompass on the written config and score its results: each task's metrics and its
+    per-example records. Raises RecallError naming the task and log file when any task fails."""
+    everything = [d for specs in datasets.values() for d in specs]
+    work_dir, log_path = out / "opencompass", out / "opencompass.log"
+    shutil.rmtree(work_dir / "results", ignore_errors=True)  # scores always come from this run
+    examples = inputs.examples
     log.info(
         "evaluating %s (%s prompts) on %s (%s examples; %s) with OpenCompass (%s) on %s in %s; log: %s",
-        model,
+        inputs.model,
         run["rendering"],
         ", ".join(examples),
         sum(map(len, examples.values())),
         ", ".join(f"{t} {m}" for t, m in run["modes"].items()),
-        backend,
-        "GPU" if gpu else "CPU",
-        dtype,
+        spec.backend,
+        "GPU" if spec.gpu else "CPU",
+        spec.dtype,
         log_path,
     )
-    started = time.monotonic()
-    status = run_opencompass(config, work_dir, log_path, threads)
+    status = run_opencompass(out / "opencompass_config.py", work_dir, log_path, threads)
     failure = f"OpenCompass exited with status {status}: {last_error(log_path)}" if status else None
     results = read_results(work_dir, spec.abbr, everything, log_path, failure)
     if failure:  # every result present yet the run crashed (e.g. in the summary): do not trust it
         raise RecallError(f"{failure}; see the log {log_path}")
     where = f"see {work_dir / 'results'} and {log_path}"
     metrics, records = {}, {}
-    for task in task_list:
+    for task in inputs.tasks:
         metrics[task.name], records[task.name] = task_outcome(
             task, datasets[task.name], results, len(examples[task.name]), where
         )
-    write_examples(out / "examples", records)
-    write_json(out / "evaluation.json", run)
-    write_json(out / "metrics.json", metrics)
-    log.info("evaluated in %.0f s: %s", time.monotonic() - started, metrics)
-    return metrics
+    return metrics, records
