@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -430,11 +431,45 @@ def finetune(
     """Fine-tune `base` with LoRA on `task` (a task name or a prompt/response JSONL) into `out`; an
     existing `out` that recall did not write is refused unless `overwrite`. Under a launcher
     (WORLD_SIZE > 1) this process is one of several data-parallel ones and only the first writes."""
-    # Everything that can be wrong with the inputs is checked before any weights are loaded.
+    run = prepare(base, task, out, data_dir, config, overwrite)
+    model, penalty = build_model(run)
+    record = train(run, model, penalty)
+    save(run, model, record, penalty)
+    return Path(out)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A fine-tune's checked inputs, settled before any weights are loaded."""
+
+    base: str | Path
+    task: str
+    out: str | Path
+    overwrite: bool
+    data_dir: Path | None
+    config: FinetuneConfig  # its dtype settled: the fingerprint and train_metrics.json hold the one trained in
+    processes: Processes
+    info: ModelInfo
+    tokenizer: Any
+    encoded: list[Encoded]  # the task's training examples
+    previous_encoded: list[Encoded]  # EWC: the sample of the previous task the Fisher is estimated on
+    steps: int
+    checkpoint: Checkpoint
+    resume: dict | None  # the checkpoint's state, when an interrupted run goes on
+
+    def say(self, *args) -> None:
+        """Log at info level in the main process, at debug level in the others."""
+        (log.info if self.processes.main else log.debug)(*args)
+
+
+def prepare(
+    base: str | Path, task: str, out: str | Path, data_dir: str | Path | None, config: FinetuneConfig, overwrite: bool
+) -> Run:
+    """Everything that can be wrong with the inputs, checked before any weights are loaded: settings,
+    output, examples (tokenised: every prompt must fit), and the checkpoint to resume from, if any."""
     config.validate()
     check_output(out, overwrite)
     processes = Processes.from_environment()
-    say = log.info if processes.main else log.debug
     # The dtype is settled here, so the fingerprint and train_metrics.json hold the one trained in.
     config = dataclasses.replace(config, dtype=config.dtype or default_dtype(processes.device))
     data_dir = Path(data_dir) if data_dir is not None else None
@@ -447,89 +482,121 @@ def finetune(
         previous = random.Random(config.seed).sample(previous, min(config.ewc_samples, len(previous)))
     previous_encoded = encode_examples(tokenizer, previous, config.max_length, f"{config.ewc_from} (EWC)")
     steps = total_steps(len(encoded), config)
-    pad_id = tokenizer.pad_token_id
     checkpoint = Checkpoint(
         checkpoint_folder(out),
         run_fingerprint(info, task, data_dir, config, encoded + previous_encoded, processes.world),
         config.checkpoint_every,
     )
     resume = checkpoint.load()
+    return Run(
+        base,
+        task,
+        out,
+        overwrite,
+        data_dir,
+        config,
+        processes,
+        info,
+        tokenizer,
+        encoded,
+        previous_encoded,
+        steps,
+        checkpoint,
+        resume,
+    )
 
+
+def build_model(run: Run) -> tuple[torch.nn.Module, EWCPenalty | None]:
+    """The base with fresh LoRA adapters, seeded, on this process's device; with EWC, the penalty of the
+    Fisher estimated on the previous task's sample."""
     from transformers import set_seed
 
+    config, processes = run.config, run.processes
     set_seed(config.seed)  # LoRA init, dropout and the data order are all reproducible
-    model = add_lora(load_causal_lm(info, getattr(torch, config.dtype), str(processes.device)), config)
+    model = add_lora(load_causal_lm(run.info, getattr(torch, config.dtype), str(processes.device)), config)
     device = next(model.parameters()).device
     if processes.world > 1:
         processes.broadcast([p for p in model.parameters() if p.requires_grad])  # equal from the start
         if processes.rank:  # process 0 goes on with the single-process stream; the others draw their own dropout
             torch.manual_seed(config.seed + processes.rank)
     penalty = None
-    if previous_encoded:
-        say("estimating the Fisher on %d examples of %s", len(previous_encoded), config.ewc_from)
-        fisher = fisher_diagonal(model, (to_device(collate([e], pad_id), device) for e in previous_encoded))
+    if run.previous_encoded:
+        run.say("estimating the Fisher on %d examples of %s", len(run.previous_encoded), config.ewc_from)
+        pad_id = run.tokenizer.pad_token_id
+        fisher = fisher_diagonal(model, (to_device(collate([e], pad_id), device) for e in run.previous_encoded))
         processes.broadcast(list(fisher.values()))  # one Fisher for all, should GPU kernels differ in the last bit
         penalty = EWCPenalty(model, fisher, config.ewc_lambda)
-    say(
+    return model, penalty
+
+
+def train(run: Run, model: torch.nn.Module, penalty: EWCPenalty | None) -> TrainLog:
+    """The training loop over the run's batches, from its checkpoint when it resumes."""
+    config, processes, steps = run.config, run.processes, run.steps
+    run.say(
         "fine-tuning %s on %s: %d examples, %d steps of batch %d (%s, %s)",
-        base,
-        task,
-        len(encoded),
+        run.base,
+        run.task,
+        len(run.encoded),
         steps,
         config.batch_size,
-        device,
+        next(model.parameters()).device,
         config.dtype,
     )
     if processes.world > 1:
-        say("%d data-parallel processes, each taking its share of every batch", processes.world)
+        run.say("%d data-parallel processes, each taking its share of every batch", processes.world)
         if config.batch_size < processes.world and processes.main:
             log.warning(
                 "--batch-size %d is smaller than the %d processes: some have nothing to do",
                 config.batch_size,
                 processes.world,
             )
-    if resume:
-        say("resuming %s from step %d of %d (checkpoint %s)", task, resume["step"], steps, checkpoint.folder)
+    if run.resume:
+        folder = run.checkpoint.folder
+        run.say("resuming %s from step %d of %d (checkpoint %s)", run.task, run.resume["step"], steps, folder)
     # The RNG is restored (on resume) only now: building the model and LoRA init consumed it.
-    record = train_loop(
+    return train_loop(
         model,
-        iterate_batches(encoded, config.batch_size, steps, config.seed, pad_id),
+        iterate_batches(run.encoded, config.batch_size, steps, config.seed, run.tokenizer.pad_token_id),
         steps,
         config.lr,
         penalty,
-        desc=f"finetune {task}",
-        checkpoint=checkpoint,
-        resume=resume,
+        desc=f"finetune {run.task}",
+        checkpoint=run.checkpoint,
+        resume=run.resume,
         processes=processes,
     )
 
+
+def save(run: Run, model: torch.nn.Module, record: TrainLog, penalty: EWCPenalty | None) -> None:
+    """OUT, written whole by the main process: the LoRA-merged model, the adapter, the tokenizer and
+    train_metrics.json; the checkpoint then goes. Every process returns once OUT exists."""
+    config, processes = run.config, run.processes
     metrics = {
-        "base": str(base),
-        "task": task,
-        "data_dir": str(data_dir) if data_dir else None,
-        "examples": len(encoded),
+        "base": str(run.base),
+        "task": run.task,
+        "data_dir": str(run.data_dir) if run.data_dir else None,
+        "examples": len(run.encoded),
         "steps": record.steps,
         "final_loss": record.steps[-1]["loss"],
         "train_tokens": record.train_tokens,
         "answer_tokens": record.answer_tokens,
         "train_seconds": round(record.seconds, 3),
         "tokens_per_s": round(record.tokens_per_s, 2),
-        "device": str(device),
+        "device": str(next(model.parameters()).device),
         "dtype": config.dtype,
         "processes": processes.world,
-        "rendering": rendering(tokenizer),
-        "ewc": {"from": config.ewc_from, "samples": len(previous_encoded), **penalty.stats()} if penalty else None,
+        "rendering": rendering(run.tokenizer),
+        "ewc": {"from": config.ewc_from, "samples": len(run.previous_encoded), **penalty.stats()} if penalty else None,
         "config": dataclasses.asdict(config),
         **remote_code_record(),
     }
     if processes.main:
-        with atomic_dir(out, overwrite) as tmp:
+        with atomic_dir(run.out, run.overwrite) as tmp:
             save_adapter(model, tmp / "adapter")
             merged = saveable(model.merge_and_unload())
             merged.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
+            run.tokenizer.save_pretrained(tmp)
             write_json(tmp / "train_metrics.json", metrics)
-        checkpoint.remove()
-        log.info("wrote %s (final loss %.4f, %.0f tokens/s)", out, metrics["final_loss"], record.tokens_per_s)
+        run.checkpoint.remove()
+        log.info("wrote %s (final loss %.4f, %.0f tokens/s)", run.out, metrics["final_loss"], record.tokens_per_s)
     processes.wait()  # every process returns once OUT exists
-    return Path(out)
