@@ -1,10 +1,13 @@
-"""Helpers shared by the benchmarks: synthetic models of a chosen size, child-process measurement."""
+"""Helpers shared by the benchmarks: synthetic models of a chosen size, child-process measurement, and
+what the collectors of pipeline runs (quality.py, protocol.py) record of each run."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -13,10 +16,12 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
+from recall.tracking import git_commit
+
 # The tests' tiny models and tensor writer (tests/helpers.py, not shipped in the package): the
-# benchmarks build the same synthetic inputs (startup.py its tiny model, random_llama its weights).
+# benchmarks build the same inputs (startup.py its tiny model and Prefect server, random_llama its weights).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from helpers import tiny_model, write_tensors  # noqa: E402, F401
+from helpers import prefect_server, tiny_model, write_tensors  # noqa: E402, F401
 
 # ~243M parameters: about 1 GB in float32. The largest tensors are the 32000 x 1024 embeddings.
 LLAMA_1GB = dict(
@@ -98,3 +103,32 @@ def machine() -> dict:
 def command_line() -> str:
     """The running benchmark's command, as typed from the repository root."""
     return shlex.join([".venv/bin/python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+
+
+def run_provenance(folder: Path, **extra) -> dict:
+    """Where the results of a pipeline benchmark run come from, for the collectors (quality.py,
+    protocol.py): `folder` is benchmarks/<kind>/<name> of the checkout that ran it (`bash
+    benchmarks/<kind>/run.sh <name>`). `extra` goes after the params file's hash."""
+    lock = folder / "dvc.lock"
+    kind = folder.parent.name
+    return {
+        "checkout": str(folder.parents[2]),
+        "params": f"benchmarks/{kind}/{folder.name}/params.yaml",
+        "params_sha256": hashlib.sha256((folder / "params.yaml").read_bytes()).hexdigest(),
+        **extra,
+        "command": f"bash benchmarks/{kind}/run.sh {folder.name}",
+        "commit": git_commit(folder),
+        "dvc_lock_sha256": hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else None,
+        "collected_by": command_line(),
+    }
+
+
+def copy_report(folder: Path, report: Path) -> None:
+    """A run's report folder as `report`, replaced whole, with the params.yaml and dvc.lock it ran with."""
+    from recall.atomic import MARKER
+
+    shutil.rmtree(report, ignore_errors=True)
+    shutil.copytree(folder / "reports", report, ignore=shutil.ignore_patterns(MARKER))  # not a recall output here
+    for record in ("params.yaml", "dvc.lock"):
+        if (folder / record).is_file():
+            shutil.copy2(folder / record, report / record)

@@ -16,35 +16,17 @@ run's report, plot, params.yaml and dvc.lock); suites collected earlier from oth
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line  # noqa: E402
-
-from recall.atomic import MARKER  # noqa: E402
-from recall.tracking import git_commit  # noqa: E402
+from common import copy_report, run_provenance  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = ROOT / "benchmarks" / "protocol"
 RESULTS = ROOT / "benchmarks" / "results"
 PROTOCOL = RESULTS / "protocol.json"
-
-
-def provenance(folder: Path) -> dict:
-    lock = folder / "dvc.lock"
-    return {
-        "checkout": str(folder.parents[2]),
-        "params": f"benchmarks/protocol/{folder.name}/params.yaml",
-        "params_sha256": hashlib.sha256((folder / "params.yaml").read_bytes()).hexdigest(),
-        "command": f"bash benchmarks/protocol/run.sh {folder.name}",
-        "commit": git_commit(folder),
-        "dvc_lock_sha256": hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else None,
-        "collected_by": command_line(),
-    }
 
 
 def markdown(results: dict) -> str:
@@ -70,13 +52,8 @@ def main() -> int:
         return 2
     results = json.loads(PROTOCOL.read_text()) if PROTOCOL.is_file() else {}
     for folder in folders:
-        results[folder.name] = {**json.loads((folder / "metrics.json").read_text()), "run": provenance(folder)}
-        report = RESULTS / "protocol_report" / folder.name
-        shutil.rmtree(report, ignore_errors=True)
-        shutil.copytree(folder / "reports", report, ignore=shutil.ignore_patterns(MARKER))
-        for record in ("params.yaml", "dvc.lock"):
-            if (folder / record).is_file():
-                shutil.copy2(folder / record, report / record)
+        results[folder.name] = {**json.loads((folder / "metrics.json").read_text()), "run": run_provenance(folder)}
+        copy_report(folder, RESULTS / "protocol_report" / folder.name)
     PROTOCOL.write_text(json.dumps(results, indent=1) + "\n")
     (RESULTS / "protocol.md").write_text(markdown(results))
     print(f"wrote {PROTOCOL} and protocol.md from {', '.join(str(f) for f in folders)}")

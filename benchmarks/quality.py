@@ -18,19 +18,15 @@ quality_report/<scenario>/ (the run's full report, with the params.yaml and dvc.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import command_line  # noqa: E402
+from common import copy_report, run_provenance  # noqa: E402
 
-from recall.atomic import MARKER  # noqa: E402
 from recall.reporting.statistics import Interval  # noqa: E402
-from recall.tracking import git_commit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "benchmarks" / "paper"
@@ -76,18 +72,9 @@ def scenario_results(folder: Path) -> dict:
 
 
 def provenance(folder: Path) -> dict:
-    params = folder / "params.yaml"
     edited = subprocess.run(["git", "-C", str(folder), "diff", "--quiet", "HEAD", "--", "params.yaml"]).returncode
-    lock = folder / "dvc.lock"
-    return {
-        "checkout": str(folder.parents[2]),
-        "params": f"benchmarks/paper/{folder.name}/params.yaml",
-        "params_sha256": hashlib.sha256(params.read_bytes()).hexdigest(),
-        "params_edited": edited != 0,  # differs from the commit's: its copy is in quality_report/
-        "command": f"bash benchmarks/paper/run.sh {folder.name}",
-        "commit": git_commit(folder),
-        "dvc_lock_sha256": hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else None,
-    }
+    # params_edited: the params file differs from the commit's (its copy is in quality_report/)
+    return run_provenance(folder, params_edited=edited != 0)
 
 
 def cell(value, interval=None) -> str:
@@ -175,14 +162,10 @@ def main() -> int:
     runs = {name: run for name, run in kept["runs"].items() if name not in {f.name for f in folders}}
     scenarios = {s: data for s, data in kept["scenarios"].items() if data["run"] in runs}
     for folder in folders:
-        runs[folder.name] = {**provenance(folder), "collected_by": command_line()}
+        runs[folder.name] = provenance(folder)
         for scenario, data in scenario_results(folder).items():
             scenarios[scenario] = {"run": folder.name, **data}
-        report = RESULTS / "quality_report" / folder.name
-        shutil.rmtree(report, ignore_errors=True)
-        shutil.copytree(folder / "reports", report, ignore=shutil.ignore_patterns(MARKER))  # not a recall output here
-        for record in ("params.yaml", "dvc.lock"):
-            shutil.copy2(folder / record, report / record)
+        copy_report(folder, RESULTS / "quality_report" / folder.name)
     results = {"runs": runs, "scenarios": dict(sorted(scenarios.items(), key=lambda kv: SECTIONS.index(kv[0])))}
     QUALITY.write_text(json.dumps(results, indent=1) + "\n")
     (RESULTS / "quality.md").write_text(markdown(results))

@@ -21,23 +21,20 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import yaml
-from common import command_line, machine, tiny_model
+from common import command_line, machine, prefect_server, tiny_model
 
 from recall.atomic import write_json
 from recall.tracking import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-BIN = Path(sys.executable).parent
 TORCH = [sys.executable, "-c", "import torch"]
 CLI = {
     "recall --help": ["--help"],
@@ -80,28 +77,6 @@ def tiny_project(folder: Path) -> Path:
     return folder
 
 
-def prefect_server(home: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PREFECT_HOME": str(home)}
-    proc = subprocess.Popen(
-        [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}/api"
-    for _ in range(240):
-        try:
-            urllib.request.urlopen(url + "/health")
-            return proc, url
-        except OSError:
-            time.sleep(0.5)
-    proc.terminate()
-    raise SystemExit("the Prefect server did not start in 120 s")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
@@ -114,7 +89,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="recall-startup-") as tmp:
         tmp = Path(tmp)
-        server, url = prefect_server(tmp / "prefect")
+        server, server_env = prefect_server(tmp / "prefect")
+        url = server_env["PREFECT_API_URL"]
         try:
             project = tiny_project(tmp / "project")
             stage_env = {**envs["now"], "PREFECT_API_URL": url, "MLFLOW_DISABLE_TELEMETRY": "true"}

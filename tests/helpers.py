@@ -1,5 +1,6 @@
 """Helpers for the tests (and the benchmarks that build the same inputs): tiny random models built in
-milliseconds with no download, safetensors written from memory, and the CLI called as a function.
+milliseconds with no download, safetensors written from memory, the CLI called as a function, and a
+Prefect server for stage processes.
 
 A small byte-level BPE tokenizer is trained on the fly and given a chat template, so chat rendering,
 padding and generation work exactly as with a real instruct model; `chat=False` leaves the template
@@ -9,6 +10,11 @@ out, as in most pre-trained checkpoints.
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -106,3 +112,31 @@ def write_tensors(folder: str | os.PathLike, tensors: Iterable[tuple[str, torch.
 def run_cli(*args) -> int:
     """`recall ARGS...` in this process; arguments may be paths or numbers."""
     return main([str(a) for a in args])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prefect_server(home: Path) -> tuple[subprocess.Popen, dict]:
+    """A Prefect server for all stage processes, as scripts/prefect_server.sh starts one, its state in
+    `home`: the process (terminate it when done) and the environment that points at it."""
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    proc = subprocess.Popen(
+        [Path(sys.executable).parent / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(240):
+        try:
+            urllib.request.urlopen(url + "/health")
+            return proc, {**env, "PREFECT_API_URL": url}
+        except OSError:
+            time.sleep(0.5)
+    proc.terminate()
+    raise RuntimeError("the Prefect server did not start in 120 s")

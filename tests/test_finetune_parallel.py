@@ -3,23 +3,17 @@ trains as one process does on the whole batch; how a batch is shared out."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import torch
+from helpers import free_port
 from safetensors.torch import load_file
 
 from recall.training.finetune import FinetuneConfig, checkpoint_folder, collate, finetune
 from recall.training.parallel import Processes
 
 SETTINGS = {"max_steps": 4, "lr": 2e-2, "batch_size": 8, "lora_dropout": 0.0, "seed": 0}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_under_accelerate_launch_train_as_one(work, base, data):

@@ -5,13 +5,12 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
+import helpers
 import mlflow
 import numpy as np
 import pytest
@@ -192,32 +191,11 @@ def test_a_stale_dvc_yaml_is_refused(tmp_path):
         plan.check_current(params)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory):
     """One Prefect server for all stage processes, as scripts/run.sh starts it."""
-    home = tmp_path_factory.mktemp("prefect")
-    port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
-    proc = subprocess.Popen(
-        [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}/api"
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(url + "/health")
-            break
-        except OSError:
-            time.sleep(0.5)
-    yield {**env, "PREFECT_API_URL": url}
+    proc, env = helpers.prefect_server(tmp_path_factory.mktemp("prefect"))
+    yield env
     proc.terminate()
     proc.wait(30)
 

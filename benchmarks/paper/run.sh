@@ -11,16 +11,7 @@ scenario=${1:?usage: bash benchmarks/paper/run.sh sequential|single|multi [STAGE
 shift
 folder=benchmarks/paper/$scenario
 [ -f "$folder/params.yaml" ] || { echo "no $folder/params.yaml; scenarios: $(ls benchmarks/paper | grep -v run.sh | tr '\n' ' ')" >&2; exit 2; }
-bash scripts/setup.sh
-source scripts/env.sh
-source scripts/prefect_server.sh
-start=$(date +%s)
-recall pipeline "$folder/params.yaml"
-if [ $# -gt 0 ]; then
-    dvc repro --glob "${@/#/$folder/dvc.yaml:}"
-    echo "$scenario $*: dvc repro took $(( $(date +%s) - start )) s"
-    exit 0
-fi
-dvc repro "$folder/dvc.yaml"
-echo "$scenario: dvc repro took $(( $(date +%s) - start )) s"
+source benchmarks/repro.sh
+repro "$folder" "$scenario" "$@"
+[ $# -eq 0 ] || exit 0  # only some stages: nothing to collect yet
 python benchmarks/quality.py

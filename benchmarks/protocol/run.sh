@@ -13,16 +13,7 @@ suite=${1:?usage: bash benchmarks/protocol/run.sh SUITE [STAGE GLOB...]}
 shift
 folder=benchmarks/protocol/$suite
 [ -f "$folder/params.yaml" ] || { echo "no $folder/params.yaml" >&2; exit 2; }
-bash scripts/setup.sh
-source scripts/env.sh
-source scripts/prefect_server.sh
-start=$(date +%s)
-recall pipeline "$folder/params.yaml"
-if [ $# -gt 0 ]; then
-    dvc repro --glob "${@/#/$folder/dvc.yaml:}"
-    echo "$suite $*: dvc repro took $(( $(date +%s) - start )) s"
-    exit 0
-fi
-dvc repro "$folder/dvc.yaml"
-echo "$suite: dvc repro took $(( $(date +%s) - start )) s"
+source benchmarks/repro.sh
+repro "$folder" "$suite" "$@"
+[ $# -eq 0 ] || exit 0  # only some stages: nothing to collect yet
 python benchmarks/protocol.py "$folder"
