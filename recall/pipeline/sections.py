@@ -135,3 +135,14 @@ class Sections(Settings):
     # {random: n, seed: s}; several training seeds (finetune.seed of each chain). Each (order, seed) is a run.
     orders: tuple[tuple[str, ...], ...] | dict[str, int] | None = None
     seeds: tuple[int, ...] | None = None
+
+
+def params_schema() -> dict:
+    """The JSON schema of params.yaml (`recall params schema`; schemas/params.schema.json)."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "recall params.yaml",
+        "description": "A run of the recall pipeline (README: params.yaml). `recall params check` checks the rest.",
+        **{k: v for k, v in Sections.schema().items() if k != "title"},
+    }
+
