@@ -136,7 +136,8 @@ def test_the_committed_json_schemas_are_current(task):
 
     name = "task" if task else "params"
     committed = (ROOT / "schemas" / f"{name}.schema.json").read_text()
-    assert committed == schema_text(task), f"regenerate it: recall params schema {'--task ' * task}> schemas/{name}.schema.json"
+    regenerate = f"recall params schema {'--task ' * task}> schemas/{name}.schema.json"
+    assert committed == schema_text(task), f"the schema changed: {regenerate}"
 
 
 def test_the_shipped_params_and_task_files_validate_against_the_schemas(tmp_path):

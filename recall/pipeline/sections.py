@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from recall.evaluation.config import BACKENDS
+from recall.evaluation.config import BACKENDS, DEFAULT_BACKEND
 from recall.evaluation.pipeline import MODES as EVAL_MODES
 from recall.settings import UNKNOWN, Rule, Settings, at_least, one_of, setting
 from recall.tasks.formats import FORMATS
@@ -71,7 +71,7 @@ class EvaluateSection(Settings):
     max_new_tokens: int | None = setting(None, at_least(1))  # reply cap; null: each format's own
     mode: dict[str, str] | None = setting(None, MODES)  # task format -> ppl or gen; null: each format's own
     # how OpenCompass runs the model: hf (transformers), or on a CUDA GPU vllm / lmdeploy (gen only, no nll)
-    backend: str = setting("hf", one_of(*BACKENDS, message=UNKNOWN))
+    backend: str = setting(DEFAULT_BACKEND, one_of(*BACKENDS, message=UNKNOWN))
     # tasks outside the sequence, scored after its last step: how the final model does on tasks it never learned
     unseen: tuple[str, ...] = ()
 
@@ -145,4 +145,3 @@ def params_schema() -> dict:
         "description": "A run of the recall pipeline (README: params.yaml). `recall params check` checks the rest.",
         **{k: v for k, v in Sections.schema().items() if k != "title"},
     }
-

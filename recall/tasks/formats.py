@@ -216,6 +216,10 @@ class JsonlTask(Task):
     folder: Path | None = None  # a declared task's folder (task.yaml, train.jsonl, test.jsonl)
     all_metrics: ClassVar[tuple[str, ...]]  # every metric the format computes, its default primary first
     ranked: ClassVar[bool] = False  # answers from a closed set, which evaluation can rank by likelihood
+    mode: ClassVar[str] = "gen"  # how evaluation infers it by default: ppl (its choices ranked) or gen (replies)
+    # the longest reply worth generating: room for a short chat lead-in before a label or letter, a SQuAD
+    # span, or a full sentence (generation stops earlier at the end-of-turn token)
+    reply_tokens: ClassVar[int]
     filled: ClassVar[tuple[str, ...]] = ()  # template placeholders the format fills itself, not a row
 
     @property
@@ -345,6 +349,8 @@ class ClassificationTask(JsonlTask):
     format = "classification"
     all_metrics = ("accuracy",)
     ranked = True
+    mode = "ppl"
+    reply_tokens = 16
 
     @property
     def choices(self) -> tuple[str, ...]:  # type: ignore[override]
@@ -369,6 +375,8 @@ class MultipleChoiceTask(JsonlTask):
     format = "multiple_choice"
     all_metrics = ("accuracy",)
     ranked = True
+    mode = "ppl"
+    reply_tokens = 16
     filled = (OPTIONS,)
 
     @property
@@ -413,6 +421,7 @@ class QATask(JsonlTask):
 
     format = "qa"
     all_metrics = ("exact_match", "f1")
+    reply_tokens = 48
 
     def reference(self, value: Any, row: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
         texts = value["text"] if isinstance(value, Mapping) else value if isinstance(value, list) else [value]
@@ -432,6 +441,7 @@ class GenerationTask(JsonlTask):
 
     format = "generation"
     all_metrics = ("bleu", "rouge_l", "exact_match")
+    reply_tokens = 128
 
     def reference(self, value: Any, row: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
         return as_text(value, self.spec.answer), ()
@@ -495,4 +505,3 @@ def task_schema() -> dict:
         "description": "A task declared in a folder beside its train.jsonl and test.jsonl (README: your own tasks).",
         **schema,
     }
-
