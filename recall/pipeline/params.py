@@ -1,8 +1,9 @@
 """params.yaml: the run, parsed once into typed, frozen sections and checked as a whole before any
 stage does work.
 
-Each section is a settings dataclass (`recall.settings`): its fields are the keys it takes, with their
-types, defaults and rules, and a key that is not a field is an error naming its path. What no section
+Each section is a settings dataclass (`recall.pipeline.sections`, validated by pydantic through
+`recall.settings`): its fields are the keys it takes, with their types, defaults and rules, and a key
+that is not a field is an error naming its path. What no section
 can check alone (folders, task names, the order of the sequence, the methods) is checked after.
 `recall params check`, `recall pipeline` and every stage all load params.yaml with `load_params`.
 """

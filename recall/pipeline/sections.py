@@ -41,61 +41,78 @@ MODES = Rule(
 @dataclass(frozen=True)
 class Step(Settings):
     task: str
-    after: str  # the step whose model this one starts from ("base" for the base model)
+    after: str = setting(help='the step whose model this one starts from ("base" for the base model)')
 
 
 @dataclass(frozen=True)
 class BaseSection(Settings):
-    model: str  # "smollm2" (SmolLM2-135M-Instruct from PyPI), or a model folder, .gguf file or hub id
-    trust_remote_code: bool = False  # run Python code shipped in model folders (`auto_map`); only if you trust it
+    model: str = setting(help='"smollm2" (SmolLM2-135M-Instruct from PyPI), or a model folder, .gguf file or hub id')
+    trust_remote_code: bool = setting(
+        False, help="run Python code shipped in model folders (`auto_map`); only if you trust it"
+    )
 
 
 @dataclass(frozen=True)
 class DataSection(Settings):
-    source: str  # "generated" (the generated suite), or a folder holding <task>/{train,test}.jsonl
-    train_size: int = setting(rule=at_least(1))  # examples kept per task and split
+    source: str = setting(help='"generated" (the generated suite), or a folder holding <task>/{train,test}.jsonl')
+    train_size: int = setting(rule=at_least(1), help="examples kept per task and split")
     test_size: int = setting(rule=at_least(1))
-    seed: int = 0  # of the generated suite
+    seed: int = setting(0, help="the seed of the generated suite")
 
 
 @dataclass(frozen=True)
 class MultiSection(Settings):
-    with_base: bool = True  # multi scenario: merge the base model with the experts, or the experts alone
+    with_base: bool = setting(True, help="multi scenario: merge the base model with the experts, or the experts alone")
 
 
 @dataclass(frozen=True)
 class EvaluateSection(Settings):
     batch_size: int = setting(rule=at_least(1))
-    tasks: str = setting("all", one_of("all", "seen", "new"))  # scored after a step (see Params.eval_tasks)
-    limit: int | dict[str, int | None] | None = setting(None, LIMIT)  # test examples per task or format; null: all
-    max_new_tokens: int | None = setting(None, at_least(1))  # reply cap; null: each format's own
-    mode: dict[str, str] | None = setting(None, MODES)  # task format -> ppl or gen; null: each format's own
-    # how OpenCompass runs the model: hf (transformers), or on a CUDA GPU vllm / lmdeploy (gen only, no nll)
-    backend: str = setting(DEFAULT_BACKEND, one_of(*BACKENDS, message=UNKNOWN))
-    # tasks outside the sequence, scored after its last step: how the final model does on tasks it never learned
-    unseen: tuple[str, ...] = ()
+    tasks: str = setting(
+        "all",
+        one_of("all", "seen", "new"),
+        help="the tasks scored after a step: all, those seen so far, or only the new one",
+    )
+    limit: int | dict[str, int | None] | None = setting(None, LIMIT, help="test examples per task or format; null: all")
+    max_new_tokens: int | None = setting(None, at_least(1), help="reply cap; null: each format's own")
+    mode: dict[str, str] | None = setting(None, MODES, help="task format -> ppl or gen; null: each format's own")
+    backend: str = setting(
+        DEFAULT_BACKEND,
+        one_of(*BACKENDS, message=UNKNOWN),
+        help="how OpenCompass runs the model: hf (transformers), or on a CUDA GPU vllm / lmdeploy (gen only, no nll)",
+    )
+    unseen: tuple[str, ...] = setting(
+        (),
+        help="tasks outside the sequence, scored after its last step: how the final model does on tasks it "
+        "never learned",
+    )
 
 
 @dataclass(frozen=True)
 class RecallSection(RecallSettings):
-    samples: int = setting(rule=at_least(1), kw_only=True)  # task examples whose representations are clustered
+    samples: int = setting(rule=at_least(1), kw_only=True, help="task examples whose representations are clustered")
 
 
 @dataclass(frozen=True)
 class TrackingSection(Settings):
-    experiment: str = "recall"  # the MLflow experiment
-    # how a merged model enters MLflow's registry: copy (its weights into the artifact store, so it loads
-    # wherever the store is reachable) or reference (the version points at its DVC-tracked folder: no
-    # bytes copied, for long benchmarks)
-    registry: str = setting("copy", one_of(*REGISTRY_MODES, message=UNKNOWN))
+    experiment: str = setting("recall", help="the MLflow experiment")
+    registry: str = setting(
+        "copy",
+        one_of(*REGISTRY_MODES, message=UNKNOWN),
+        help="how a merged model enters MLflow's registry: copy (its weights into the artifact store, so it loads "
+        "wherever the store is reachable) or reference (the version points at its DVC-tracked folder: no "
+        "bytes copied, for long benchmarks)",
+    )
 
 
 @dataclass(frozen=True)
 class PromoteSection(Settings):
     """The gate after each step of the production chain (`recall.gate`): which models are served."""
 
-    method: str = "recall"  # the compared method whose chain is served (sequential scenario)
-    tolerance: float = setting(2.0, at_least(0, " points"))  # an earlier task may drop this much, or not surely more
+    method: str = setting("recall", help="the compared method whose chain is served (sequential scenario)")
+    tolerance: float = setting(
+        2.0, at_least(0, " points"), help="an earlier task may drop this much, or not surely more"
+    )
     # a Prefect notification block "<type slug>/<name>" (e.g. custom-webhook/ops) told of refusals and failures
     notify: str | None = setting(
         None,
@@ -130,11 +147,14 @@ class Sections(Settings):
     multi: MultiSection = MultiSection()
     tracking: TrackingSection = TrackingSection()
     promote: PromoteSection = PromoteSection()
-    tasks: str | None = None  # the folder holding <task>/task.yaml folders of the user's own tasks
-    # a protocol (sequential only): several task orders, each a permutation of the sequence's tasks, or
-    # {random: n, seed: s}; several training seeds (finetune.seed of each chain). Each (order, seed) is a run.
-    orders: tuple[tuple[str, ...], ...] | dict[str, int] | None = None
-    seeds: tuple[int, ...] | None = None
+    tasks: str | None = setting(None, help="the folder holding <task>/task.yaml folders of the user's own tasks")
+    orders: tuple[tuple[str, ...], ...] | dict[str, int] | None = setting(
+        None,
+        help="a protocol (sequential only): several task orders, each a permutation of the sequence's tasks, or "
+        "{random: n, seed: s}; with `seeds`, several training seeds (finetune.seed of each chain). Each (order, "
+        "seed) is a run.",
+    )
+    seeds: tuple[int, ...] | None = setting(None, help="a protocol's training seeds (see `orders`)")
 
 
 def params_schema() -> dict:
