@@ -128,3 +128,32 @@ def test_a_repeated_key_is_refused_as_dvc_would(tmp_path):
     path.write_text((ROOT / "params.yaml").read_text() + "\nscenario: multi\n")
     with pytest.raises(RecallError, match=r"duplicate key 'scenario' \(DVC refuses the file; keep one\)"):
         load_params(path)
+
+
+@pytest.mark.parametrize("task", [False, True])
+def test_the_committed_json_schemas_are_current(task):
+    from recall.commands.params import schema_text
+
+    name = "task" if task else "params"
+    committed = (ROOT / "schemas" / f"{name}.schema.json").read_text()
+    regenerate = f"recall params schema {'--task ' * task}> schemas/{name}.schema.json"
+    assert committed == schema_text(task), f"the schema changed: {regenerate}"
+
+
+def test_the_shipped_params_and_task_files_validate_against_the_schemas(tmp_path):
+    import json
+
+    jsonschema = pytest.importorskip("jsonschema")
+    params = jsonschema.Draft202012Validator(json.loads((ROOT / "schemas" / "params.schema.json").read_text()))
+    task = jsonschema.Draft202012Validator(json.loads((ROOT / "schemas" / "task.schema.json").read_text()))
+    for path in SHIPPED_PARAMS:
+        assert not list(params.iter_errors(yaml.safe_load((ROOT / path).read_text()))), path
+    task_files = sorted(ROOT.glob("examples/tasks/*/task.yaml")) + sorted(ROOT.glob("benchmarks/*/tasks/*/task.yaml"))
+    assert task_files
+    for path in task_files:
+        assert not list(task.iter_errors(yaml.safe_load(path.read_text()))), path
+    # what `recall params check` refuses, an editor flags as the user types
+    bad = yaml.safe_load(write(tmp_path, lambda p: p["finetune"].update(lora_rank=4)).read_text())
+    assert "lora_rank" in next(params.iter_errors(bad)).message
+    assert list(task.iter_errors({"format": "classification", "answer": "label"}))  # no labels
+    assert list(task.iter_errors({"format": "qa", "metric": "bleu"}))  # not a qa metric

@@ -31,6 +31,8 @@ def imported_heavy(argv: list[str]) -> list[str]:
         (["tasks"], []),
         # the params check reads the merge registry, whose kernels are torch functions
         (["params", "check", str(ROOT / "params.yaml")], ["torch"]),
+        (["params", "schema"], []),
+        (["params", "schema", "--task"], []),
     ],
 )
 def test_usage_task_listing_and_params_check_import_no_heavy_library(argv, allowed):

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from recall.commands import add_output, add_trust_remote_code
 from recall.evaluation import evaluate
-from recall.evaluation.config import BACKENDS
+from recall.evaluation.config import BACKENDS, BATCH_SIZE, DEFAULT_BACKEND
+from recall.tasks.formats import FORMATS
 
 
 def _task_list(text: str) -> list[str]:
@@ -45,23 +46,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="append",
         metavar="FORMAT=MODE",
         help="how a task format is inferred: ppl (its choices ranked by likelihood) or gen (greedy "
-        "reply); repeatable. Default: classification=ppl, multiple_choice=ppl; other formats always gen",
+        "reply); repeatable. Default: "
+        + ", ".join(f"{name}={cls.mode}" for name, cls in FORMATS.items() if cls.ranked)
+        + "; other formats always gen",
     )
     p.add_argument(
         "--batch-size",
         type=int,
-        default=8,
-        help="sequences per forward pass: prompts (gen) or prompt+answer pairs (ppl) (default 8)",
+        default=BATCH_SIZE,
+        help=f"sequences per forward pass: prompts (gen) or prompt+answer pairs (ppl) (default {BATCH_SIZE})",
     )
     p.add_argument(
         "--max-new-tokens",
         type=int,
-        help="reply length for every generated task (default per format: 16 labels/letters, 48 qa, 128 generation)",
+        help="reply length for every generated task (default per format: "
+        + ", ".join(f"{cls.reply_tokens} {name}" for name, cls in FORMATS.items())
+        + ")",
     )
     p.add_argument("--threads", type=int, help="CPU threads of the OpenCompass process (default: torch's choice)")
     p.add_argument(
         "--backend",
-        default="hf",
+        default=DEFAULT_BACKEND,
         choices=tuple(BACKENDS),
         help="how OpenCompass runs the model: hf (transformers, CPU or GPU; default) or, on a CUDA GPU with "
         "the package installed, vllm or lmdeploy (generation only: every task in mode gen, no nll)",

@@ -22,7 +22,7 @@ from recall.weights.cocktail import CocktailSettings, cocktail_losses
 from recall.weights.fisher import FisherSettings, fisher_folders
 from recall.weights.representations import RecallSettings, references_similarities
 from recall.weights.rows import CALIBRATIONS
-from recall.weights.similarity import MEDIAN, NORMALIZATIONS
+from recall.weights.similarity import MEDIAN, METRICS, NORMALIZATIONS
 
 # The options each source of merge weights reads (argparse dest names).
 WEIGHT_OPTIONS = {
@@ -122,7 +122,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the paper's); zscore: each layer's differences across models in units of their spread",
     )
     add(r, "typical", f"typical samples per layer (KMeans k, default {RecallSettings.typical})", type=int)
-    add(r, "similarity", f"rbf, cosine, euclidean, cka, mmd or dot (default {RecallSettings.similarity})")
+    add(r, "similarity", f"{', '.join(METRICS)} (default {RecallSettings.similarity})")
     add(
         r,
         "sigma",

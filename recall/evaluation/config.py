@@ -32,10 +32,10 @@ from typing import Any
 from recall.atomic import atomic_file
 from recall.data import Example, chat_prompt
 from recall.hashing import sha256_tree
+from recall.tasks.formats import FORMATS
 
-# Longest reply worth generating per task format: room for a short chat lead-in before a label or
-# letter, a SQuAD span, or a full sentence. Generation stops earlier at the end-of-turn token.
-MAX_NEW_TOKENS = {"classification": 16, "multiple_choice": 16, "qa": 48, "generation": 128}
+# Longest reply worth generating per task format (each format declares its own).
+MAX_NEW_TOKENS = {name: cls.reply_tokens for name, cls in FORMATS.items()}
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,8 @@ class Backend:
     likelihood: bool = True
 
 
+DEFAULT_BACKEND = "hf"  # of `recall evaluate`, `evaluate()` and params.yaml's evaluate.backend
+BATCH_SIZE = 8  # sequences per forward pass of `recall evaluate` and `evaluate()`
 BACKENDS = {
     "hf": Backend("ChatModel"),
     "vllm": Backend("VLLMChatModel", "vllm", gpu_only=True, likelihood=False),

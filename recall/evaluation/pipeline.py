@@ -44,6 +44,8 @@ from recall.data import Example, rendering
 from recall.errors import RecallError
 from recall.evaluation.config import (
     BACKENDS,
+    BATCH_SIZE,
+    DEFAULT_BACKEND,
     MAX_NEW_TOKENS,
     DatasetSpec,
     ModelSpec,
@@ -64,8 +66,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODES = ("ppl", "gen")
-# Label and letter tasks are scored by likelihood unless asked otherwise; free-text ones always generate.
-DEFAULT_MODES = {name: "ppl" for name, cls in FORMATS.items() if cls.ranked}
+# Each format's own mode: label and letter tasks are scored by likelihood unless asked otherwise.
+DEFAULT_MODES = {name: cls.mode for name, cls in FORMATS.items()}
 
 # Config fields that bound a model's sequence length, by architecture family.
 _CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "seq_length")
@@ -120,8 +122,8 @@ def resolve_tasks(names: Sequence[str], data_dir: Path | None = None) -> list[Ta
 
 
 def resolve_modes(modes: Mapping[str, str] | None) -> dict[str, str]:
-    """Every task format's mode: `DEFAULT_MODES` (else "gen"), overridden by `modes`."""
-    resolved = {f: DEFAULT_MODES.get(f, "gen") for f in FORMATS}
+    """Every task format's mode: `DEFAULT_MODES`, overridden by `modes`."""
+    resolved = dict(DEFAULT_MODES)
     for fmt, mode in (modes or {}).items():
         if fmt not in resolved:
             raise RecallError(f"unknown task format {fmt!r} in the modes; the formats are {', '.join(FORMATS)}")
@@ -182,12 +184,12 @@ def evaluate(
     out: str | os.PathLike,
     data_dir: str | os.PathLike | None = None,
     limit: int | Mapping[str, int | None] | None = None,
-    batch_size: int = 8,
+    batch_size: int = BATCH_SIZE,
     max_new_tokens: int | None = None,
     modes: Mapping[str, str] | None = None,
     threads: int | None = None,
     overwrite: bool = False,
-    backend: str = "hf",
+    backend: str = DEFAULT_BACKEND,
 ) -> dict[str, dict[str, float]]:
     """Score `model` on the test split of each task (first `limit` examples, or limit[task]) with OpenCompass.
 

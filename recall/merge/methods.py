@@ -3,12 +3,15 @@
 A method declares whether it needs a base model, where its per-model weights come from (given by the
 user, RECALL's representation similarity, or LM-Cocktail's losses), and which kernel parameters it
 takes. Parameters are shared: `--density` means the same thing to every method that takes it, so
-each is defined once in PARAMS with its check, and methods only name them with their defaults.
+each is defined once in PARAMS with its check. A method's parameters and their defaults are its
+kernel's keyword-only arguments (and its weight source's: `depth_scales` for LiNeS), read from their
+signatures; a keyword without a default is one the user must give.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,10 +29,7 @@ from recall.weights.rows import calibrated, softmax_weights, uniform_weights
 Kernel = Callable[..., torch.Tensor]
 REQUIRED = object()  # a parameter default meaning "the user must give it"
 WEIGHT_SOURCES = ("given", "representations", "loss", "depth")
-# Parameters that a weight source reads rather than the kernel. LiNeS is task arithmetic whose weights
-# grow with depth: as a weight source (rows built from the layer-group index) its kernel needs no
-# tensor names, and merge_weights.json records the scales it applied.
-SOURCE_PARAMS = {"depth": ("alpha", "beta")}
+KERNEL_INPUTS = ("fishers",)  # keyword-only kernel arguments that are inputs, not parameters
 
 
 @dataclass(frozen=True)
@@ -149,15 +149,16 @@ def register(
     weights: str = "given",
     needs_fisher: bool = False,
     default_weight: float | None = None,
-    params: Mapping[str, Any] | None = None,
     help: str = "",
 ) -> Callable[[Kernel], Kernel]:
-    """Decorator adding a kernel to the registry as method `name` (its declaration is checked at import)."""
-    assert weights in WEIGHT_SOURCES and set(params or {}) <= set(PARAMS), (name, weights, params)
+    """Decorator adding a kernel to the registry as method `name`: its parameters are the weight source's
+    and the kernel's keyword-only arguments, with their defaults (the declaration is checked at import)."""
 
     def add(kernel: Kernel) -> Kernel:
+        params = {**SOURCE_PARAMS.get(weights, {}), **keyword_defaults(kernel)}
+        assert weights in WEIGHT_SOURCES and set(params) <= set(PARAMS), (name, weights, params)
         METHODS[name] = Method(
-            name, kernel, needs_base, weights, needs_fisher, default_weight, MappingProxyType(dict(params or {})), help
+            name, kernel, needs_base, weights, needs_fisher, default_weight, MappingProxyType(params), help
         )
         return kernel
 
@@ -207,10 +208,25 @@ def resolve_weights(
     return uniform_weights(rows, weights)
 
 
-def depth_scales(rows: int, alpha: float, beta: float) -> np.ndarray:
+def keyword_defaults(fn: Callable[..., Any]) -> dict[str, Any]:
+    """`fn`'s keyword-only parameters (inputs left out) -> their defaults, REQUIRED where there is none."""
+    return {
+        p.name: REQUIRED if p.default is p.empty else p.default
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind is p.KEYWORD_ONLY and p.name not in KERNEL_INPUTS
+    }
+
+
+def depth_scales(rows: int, *, alpha: float = 0.5, beta: float = 0.5) -> np.ndarray:
     """LiNeS's scale of each layer group: alpha + beta * depth, depth 0 at the first block, 1 at the last."""
     blocks = np.arange(rows - 1, dtype=np.float64) / max(rows - 2, 1)
     return alpha + beta * np.concatenate([[0.0], blocks])
+
+
+# Parameters that a weight source reads rather than the kernel, with their defaults. LiNeS is task
+# arithmetic whose weights grow with depth: as a weight source (rows built from the layer-group index)
+# its kernel needs no tensor names, and merge_weights.json records the scales it applied.
+SOURCE_PARAMS = {"depth": keyword_defaults(depth_scales)}
 
 
 def tensor_seed(seed: int, tensor_name: str) -> int:
@@ -231,48 +247,41 @@ register(
     "task_arithmetic",
     needs_base=True,
     default_weight=1.0,
-    params={"scale": 1.0},
     help="task arithmetic: base + scale * sum_q w_q (theta_q - base); weights default 1",
 )(kernels.task_arithmetic)
 register(
     "ties",
     needs_base=True,
     default_weight=1.0,
-    params={"density": REQUIRED, "scale": 1.0, "normalize": True},
     help="TIES: trim task vectors to --density by magnitude, elect signs, disjoint mean",
 )(kernels.ties)
 register(
     "dare_linear",
     needs_base=True,
     default_weight=1.0,
-    params={"density": REQUIRED, "scale": 1.0, "seed": 0},
     help="DARE + task arithmetic: drop deltas with rate 1 - density, rescale by 1/density",
 )(kernels.dare_linear)
 register(
     "dare_ties",
     needs_base=True,
     default_weight=1.0,
-    params={"density": REQUIRED, "scale": 1.0, "seed": 0, "normalize": False},
     help="DARE + TIES sign election (unnormalized by default, as in mergekit)",
 )(kernels.dare_ties)
 register(
     "magmax",
     needs_base=True,
     default_weight=1.0,
-    params={"scale": 1.0},
     help="MagMax: per entry, the task vector of largest magnitude, added to base; weights default 1",
 )(kernels.magmax)
 register(
     "fisher",
     needs_fisher=True,
-    params={"floor": 1e-10},
     help="Fisher merging: per-entry average weighted by each model's diagonal Fisher on its --data",
 )(kernels.fisher)
 register(
     "opcm",
     needs_base=True,
     default_weight=1.0,
-    params={"energy": 0.5, "chain": False},
     help="OPCM: models in order, each task vector projected off the running merge's singular subspace, "
     "the sum rescaled to the mean task-vector norm",
 )(kernels.opcm)
@@ -280,21 +289,18 @@ register(
     "iso_c",
     needs_base=True,
     default_weight=1.0,
-    params={"scale": 1.0, "chain": False},
     help="Iso-C: per matrix, the summed task vectors with a flat spectrum (every singular value their mean)",
 )(kernels.iso_c)
 register(
     "iso_cts",
     needs_base=True,
     default_weight=1.0,
-    params={"common": 0.8, "scale": 1.0, "chain": False},
     help="Iso-CTS: Iso-C over the sum's common subspace plus each task's own top directions",
 )(kernels.iso_cts)
 register(
     "tsv_m",
     needs_base=True,
     default_weight=1.0,
-    params={"scale": 1.0, "chain": False},
     help="TSV-M: per matrix, each task vector's top 1/N singular components, decorrelated, summed",
 )(kernels.tsv_m)
 register(
@@ -302,6 +308,5 @@ register(
     needs_base=True,
     weights="depth",
     default_weight=1.0,
-    params={"alpha": 0.5, "beta": 0.5, "chain": False},
     help="LiNeS: task arithmetic scaled by alpha at the first block, alpha + beta at the last, linear between",
 )(kernels.lines)

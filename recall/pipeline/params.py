@@ -1,8 +1,9 @@
 """params.yaml: the run, parsed once into typed, frozen sections and checked as a whole before any
 stage does work.
 
-Each section is a settings dataclass (`recall.settings`): its fields are the keys it takes, with their
-types, defaults and rules, and a key that is not a field is an error naming its path. What no section
+Each section is a settings dataclass (`recall.pipeline.sections`, validated by pydantic through
+`recall.settings`): its fields are the keys it takes, with their types, defaults and rules, and a key
+that is not a field is an error naming its path. What no section
 can check alone (folders, task names, the order of the sequence, the methods) is checked after.
 `recall params check`, `recall pipeline` and every stage all load params.yaml with `load_params`.
 """
@@ -21,141 +22,33 @@ from pathlib import Path
 import yaml
 
 from recall.errors import RecallError, read_text
-from recall.evaluation.config import BACKENDS
 from recall.evaluation.pipeline import check_backend, resolve_modes
 from recall.merge.methods import METHODS
-from recall.settings import UNKNOWN, Rule, Settings, at_least, one_of, reject_unknown, setting
+from recall.pipeline.sections import (  # noqa: F401  (the sections are params.yaml's; importers find them here too)
+    BASE_STEP,
+    EVAL_MODES,
+    REGISTRY_MODES,
+    SCENARIOS,
+    BaseSection,
+    DataSection,
+    EvaluateSection,
+    MultiSection,
+    PromoteSection,
+    RecallSection,
+    Sections,
+    Step,
+    TrackingSection,
+)
+from recall.settings import reject_unknown
 from recall.tasks.base import Task
-from recall.tasks.formats import FORMATS, TASK_FILE
+from recall.tasks.formats import TASK_FILE
 from recall.tasks.registry import declare_in, get_task
-from recall.training.finetune import FinetuneConfig
-from recall.weights.representations import RecallSettings
+from recall.training.config import EWC_LAMBDA, FinetuneConfig
 
-SCENARIOS = ("sequential", "single", "multi")
-BASE_STEP = "base"
 # Compared methods that train rather than merge: their model after a step is the fine-tune itself.
-TRAINING_METHODS = {"sft": {}, "ewc": {"lambda": 1000.0, "samples": 64}}
+TRAINING_METHODS = {"sft": {}, "ewc": {"lambda": EWC_LAMBDA, "samples": FinetuneConfig.ewc_samples}}
 MERGE_SOURCES = ("given", "depth")  # registry methods the pipeline can run: weights need no extra input
-EVAL_MODES = ("ppl", "gen")
-REGISTRY_MODES = ("copy", "reference")  # tracking.registry
 SEEDS_KEY = "seeds"  # methods.<m>.seeds: the protocol's training seeds this method's chains run with
-
-
-def limits_ok(limit: int | dict[str, int | None]) -> bool:
-    per_format = isinstance(limit, dict)
-    counts = limit.values() if per_format else [limit]
-    return all(n is None or n >= 1 for n in counts) and (not per_format or set(limit) <= set(FORMATS))
-
-
-LIMIT = Rule(
-    limits_ok,
-    f"{{name}} must be a number of test examples >= 1 (or null for all), or one per task format "
-    f"({', '.join(FORMATS)}), e.g. {{{{classification: 200, generation: 100}}}}; got {{value!r}}",
-)
-MODES = Rule(
-    lambda modes: set(modes) <= set(FORMATS) and all(m in EVAL_MODES for m in modes.values()),
-    f"{{name}} must map task formats ({', '.join(FORMATS)}) to one of {', '.join(EVAL_MODES)}, "
-    f"e.g. {{{{classification: ppl, multiple_choice: ppl}}}}; got {{value!r}}",
-)
-
-
-@dataclass(frozen=True)
-class Step(Settings):
-    task: str
-    after: str  # the step whose model this one starts from ("base" for the base model)
-
-
-@dataclass(frozen=True)
-class BaseSection(Settings):
-    model: str  # "smollm2" (SmolLM2-135M-Instruct from PyPI), or a model folder, .gguf file or hub id
-    trust_remote_code: bool = False  # run Python code shipped in model folders (`auto_map`); only if you trust it
-
-
-@dataclass(frozen=True)
-class DataSection(Settings):
-    source: str  # "generated" (the generated suite), or a folder holding <task>/{train,test}.jsonl
-    train_size: int = setting(rule=at_least(1))  # examples kept per task and split
-    test_size: int = setting(rule=at_least(1))
-    seed: int = 0  # of the generated suite
-
-
-@dataclass(frozen=True)
-class MultiSection(Settings):
-    with_base: bool = True  # multi scenario: merge the base model with the experts, or the experts alone
-
-
-@dataclass(frozen=True)
-class EvaluateSection(Settings):
-    batch_size: int = setting(rule=at_least(1))
-    tasks: str = setting("all", one_of("all", "seen", "new"))  # scored after a step (see Params.eval_tasks)
-    limit: int | dict[str, int | None] | None = setting(None, LIMIT)  # test examples per task or format; null: all
-    max_new_tokens: int | None = setting(None, at_least(1))  # reply cap; null: each format's own
-    mode: dict[str, str] | None = setting(None, MODES)  # task format -> ppl or gen; null: each format's own
-    # how OpenCompass runs the model: hf (transformers), or on a CUDA GPU vllm / lmdeploy (gen only, no nll)
-    backend: str = setting("hf", one_of(*BACKENDS, message=UNKNOWN))
-    # tasks outside the sequence, scored after its last step: how the final model does on tasks it never learned
-    unseen: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class RecallSection(RecallSettings):
-    samples: int = setting(rule=at_least(1), kw_only=True)  # task examples whose representations are clustered
-
-
-@dataclass(frozen=True)
-class TrackingSection(Settings):
-    experiment: str = "recall"  # the MLflow experiment
-    # how a merged model enters MLflow's registry: copy (its weights into the artifact store, so it loads
-    # wherever the store is reachable) or reference (the version points at its DVC-tracked folder: no
-    # bytes copied, for long benchmarks)
-    registry: str = setting("copy", one_of(*REGISTRY_MODES, message=UNKNOWN))
-
-
-@dataclass(frozen=True)
-class PromoteSection(Settings):
-    """The gate after each step of the production chain (`recall.gate`): which models are served."""
-
-    method: str = "recall"  # the compared method whose chain is served (sequential scenario)
-    tolerance: float = setting(2.0, at_least(0, " points"))  # an earlier task may drop this much, or not surely more
-    # a Prefect notification block "<type slug>/<name>" (e.g. custom-webhook/ops) told of refusals and failures
-    notify: str | None = setting(
-        None,
-        Rule(
-            lambda v: v.count("/") == 1 and all(v.split("/")),
-            "{name} must name a Prefect notification block as <type slug>/<name>, e.g. custom-webhook/ops; "
-            "got {value!r}",
-        ),
-    )
-
-
-@dataclass(frozen=True)
-class Sections(Settings):
-    """params.yaml, typed: one field per top-level key."""
-
-    base: BaseSection
-    data: DataSection
-    scenario: str = setting(rule=one_of(*SCENARIOS, message=UNKNOWN))
-    sequence: tuple[Step, ...] = setting(
-        rule=Rule(bool, "the sequence in params.yaml is empty; list at least one {{task, after}} step")
-    )
-    # compared method -> its parameters; what each method takes is checked in `validate_methods`
-    methods: dict = setting(
-        rule=Rule(
-            bool,
-            "methods must be a non-empty mapping of method -> parameters, e.g. methods: {{recall: {{}}, sft: {{}}}}",
-        )
-    )
-    finetune: FinetuneConfig
-    recall: RecallSection
-    evaluate: EvaluateSection
-    multi: MultiSection = MultiSection()
-    tracking: TrackingSection = TrackingSection()
-    promote: PromoteSection = PromoteSection()
-    tasks: str | None = None  # the folder holding <task>/task.yaml folders of the user's own tasks
-    # a protocol (sequential only): several task orders, each a permutation of the sequence's tasks, or
-    # {random: n, seed: s}; several training seeds (finetune.seed of each chain). Each (order, seed) is a run.
-    orders: tuple[tuple[str, ...], ...] | dict[str, int] | None = None
-    seeds: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)

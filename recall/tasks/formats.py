@@ -15,6 +15,7 @@ A spec's `metric` picks which of its format's metrics is the primary one (listed
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from abc import abstractmethod
@@ -26,12 +27,12 @@ from typing import Any, ClassVar
 
 from recall.data import Example, iter_jsonl
 from recall.errors import RecallError
+from recall.settings import Settings, setting
 from recall.tasks import scoring
 from recall.tasks.base import Task, TaskSpec
 
 SPLITS = ("train", "test")
 TASK_FILE = "task.yaml"
-SPEC_FIELDS = ("format", "metric", "template", "answer", "labels", "options")
 # "{field}", "{nested.field}" or "{list_field.0}"; any other brace is literal text.
 PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*(?:\.\w+)*)\}")
 OPTIONS = "options"  # the placeholder a multiple-choice template shows its lettered options with
@@ -43,6 +44,29 @@ class SpecError(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+@dataclass(frozen=True)
+class TaskFile(Settings):
+    """task.yaml as a user writes it, for its JSON schema; `parse_spec` reads and checks it (an error
+    names the line of the bad field) into a TaskSpec."""
+
+    format: str = setting(help="classification, multiple_choice, qa or generation")
+    metric: str | None = setting(None, help="the primary metric; default the format's first")
+    template: str | None = setting(
+        None, help="the prompt, with {field} placeholders filled from each row; default each row's `prompt`"
+    )
+    answer: str = setting(TaskSpec.answer, help="the field holding the reference answer")
+    labels: tuple[str, ...] | dict[str | int, str] | None = setting(
+        None, help="classification: the label words, or a mapping of values in the data to label words"
+    )
+    options: str | tuple[str, ...] | None = setting(
+        None, help="multiple_choice: a field holding a list of options, or one field per option"
+    )
+
+
+SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(TaskFile))
+NEEDS = {"classification": "labels", "multiple_choice": "options"}  # the field a format needs, only it has
 
 
 def parse_spec(raw: Mapping[str, Any]) -> TaskSpec:
@@ -59,7 +83,7 @@ def parse_spec(raw: Mapping[str, Any]) -> TaskSpec:
         raise SpecError(
             "metric", f"unknown metric {metric!r} for format {fmt}; use one of {', '.join(cls.all_metrics)}"
         )
-    for key, owner in (("labels", "classification"), ("options", "multiple_choice")):
+    for owner, key in NEEDS.items():
         if key in raw and fmt != owner:
             raise SpecError(key, f"only a {owner} task has {key!r}; this one's format is {fmt}")
         if key not in raw and fmt == owner:
@@ -72,7 +96,7 @@ def parse_spec(raw: Mapping[str, Any]) -> TaskSpec:
             raise SpecError("template", f"a multiple_choice template shows the lettered options with {{{OPTIONS}}}")
         if "answer" not in raw:
             raise SpecError("template", "a template needs `answer`, the field holding the reference answer")
-    answer = raw.get("answer", "response")
+    answer = raw.get("answer", TaskFile.answer)
     if not isinstance(answer, str) or not PLACEHOLDER.fullmatch(f"{{{answer}}}"):
         raise SpecError("answer", f"answer must be a field name, got {answer!r}")
     return TaskSpec(
@@ -165,6 +189,10 @@ class JsonlTask(Task):
     folder: Path | None = None  # a declared task's folder (task.yaml, train.jsonl, test.jsonl)
     all_metrics: ClassVar[tuple[str, ...]]  # every metric the format computes, its default primary first
     ranked: ClassVar[bool] = False  # answers from a closed set, which evaluation can rank by likelihood
+    mode: ClassVar[str] = "gen"  # how evaluation infers it by default: ppl (its choices ranked) or gen (replies)
+    # the longest reply worth generating: room for a short chat lead-in before a label or letter, a SQuAD
+    # span, or a full sentence (generation stops earlier at the end-of-turn token)
+    reply_tokens: ClassVar[int]
     filled: ClassVar[tuple[str, ...]] = ()  # template placeholders the format fills itself, not a row
 
     @property
@@ -294,6 +322,8 @@ class ClassificationTask(JsonlTask):
     format = "classification"
     all_metrics = ("accuracy",)
     ranked = True
+    mode = "ppl"
+    reply_tokens = 16
 
     @property
     def choices(self) -> tuple[str, ...]:  # type: ignore[override]
@@ -318,6 +348,8 @@ class MultipleChoiceTask(JsonlTask):
     format = "multiple_choice"
     all_metrics = ("accuracy",)
     ranked = True
+    mode = "ppl"
+    reply_tokens = 16
     filled = (OPTIONS,)
 
     @property
@@ -362,6 +394,7 @@ class QATask(JsonlTask):
 
     format = "qa"
     all_metrics = ("exact_match", "f1")
+    reply_tokens = 48
 
     def reference(self, value: Any, row: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
         texts = value["text"] if isinstance(value, Mapping) else value if isinstance(value, list) else [value]
@@ -381,6 +414,7 @@ class GenerationTask(JsonlTask):
 
     format = "generation"
     all_metrics = ("bleu", "rouge_l", "exact_match")
+    reply_tokens = 128
 
     def reference(self, value: Any, row: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
         return as_text(value, self.spec.answer), ()
@@ -421,3 +455,26 @@ FORMATS: dict[str, type[JsonlTask]] = {
 
 def make_task(name: str, spec: TaskSpec, hub: HubSource | None = None, folder: Path | None = None) -> JsonlTask:
     return FORMATS[spec.format](name, spec, hub, folder)
+
+
+def task_schema() -> dict:
+    """The JSON schema of a task.yaml (`recall params schema --task`; schemas/task.schema.json): its fields,
+    the formats, and per format its metrics and the field it needs (labels or options)."""
+    schema = {k: v for k, v in TaskFile.schema().items() if k != "title"}
+    schema["properties"]["format"]["enum"] = list(FORMATS)
+    schema["allOf"] = [
+        {
+            "if": {"properties": {"format": {"const": name}}, "required": ["format"]},
+            "then": {
+                "properties": {"metric": {"enum": [*cls.all_metrics, None]}},
+                **({"required": [need]} if (need := NEEDS.get(name)) else {}),
+            },
+        }
+        for name, cls in FORMATS.items()
+    ]
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "recall task.yaml",
+        "description": "A task declared in a folder beside its train.jsonl and test.jsonl (README: your own tasks).",
+        **schema,
+    }

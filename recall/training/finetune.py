@@ -57,47 +57,15 @@ from recall.models import (
     remote_code_record,
     saveable,
 )
-from recall.settings import FRACTION, POSITIVE, Settings, at_least, one_of, setting
 from recall.tasks import get_task
+from recall.training.config import DTYPES, FinetuneConfig  # noqa: F401  (DTYPES: recall finetune --dtype)
 from recall.training.ewc import EWCPenalty, fisher_diagonal, trainable
 from recall.training.parallel import Processes
 
 log = logging.getLogger(__name__)
 
 Batch = dict[str, torch.Tensor]
-
-
-DTYPES = ("float32", "bfloat16", "float16")
-
-
-@dataclass(frozen=True)
-class FinetuneConfig(Settings):
-    """Defaults follow the paper's Table 5 where a CPU allows (LoRA 8/32/0.1, lr 5e-5, max len 2048)."""
-
-    FLAGS = True  # errors name `recall finetune`'s flags
-
-    max_steps: int | None = setting(None, POSITIVE)  # overrides epochs when given
-    epochs: float = setting(1.0, POSITIVE)
-    lr: float = setting(5e-5, POSITIVE)
-    batch_size: int = setting(8, POSITIVE)
-    max_length: int = setting(2048, POSITIVE)
-    limit: int | None = setting(None, POSITIVE)  # use only the first N training examples
-    lora_r: int = setting(8, POSITIVE)
-    lora_alpha: int = setting(32, POSITIVE)
-    lora_dropout: float = setting(0.1, FRACTION)
-    target_modules: str | tuple[str, ...] = "all-linear"  # every linear layer of the blocks, not lm_head
-    ewc_lambda: float = setting(0.0, at_least(0))
-    ewc_from: str | None = None  # previous task name, or a prompt/response JSONL file
-    ewc_samples: int = setting(64, POSITIVE)  # examples of the previous task used to estimate the Fisher
-    seed: int = 0
-    # None: float32 on the CPU, bfloat16 on a GPU that supports it (`recall.models.default_dtype`)
-    dtype: str | None = setting(None, one_of(*DTYPES))
-    # optimizer steps between resumable checkpoints; 0: none
-    checkpoint_every: int = setting(25, at_least(0, " (0: no checkpoints)"))
-
-    def check(self) -> None:
-        if (self.ewc_lambda > 0) != (self.ewc_from is not None):
-            raise RecallError("EWC needs both --ewc-lambda (> 0) and --ewc-from (the previous task or its JSONL data)")
+DEFAULTS = FinetuneConfig()
 
 
 def load_examples(spec: str, data_dir: Path | None, limit: int | None = None) -> list[Example]:
@@ -425,7 +393,7 @@ def finetune(
     task: str,
     out: str | Path,
     data_dir: str | Path | None = None,
-    config: FinetuneConfig = FinetuneConfig(),
+    config: FinetuneConfig = DEFAULTS,
     overwrite: bool = False,
 ) -> Path:
     """Fine-tune `base` with LoRA on `task` (a task name or a prompt/response JSONL) into `out`; an

@@ -10,34 +10,18 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from recall.models import ModelInfo
-from recall.settings import UNKNOWN, Settings, above, at_least, one_of, setting
+from recall.weights.config import RecallSettings
 from recall.weights.features import extract_features, load_features
-from recall.weights.rows import CALIBRATIONS
-from recall.weights.similarity import METRICS, NORMALIZE, SIGMA, layer_sigmas, layer_similarity
+from recall.weights.similarity import layer_sigmas, layer_similarity
 from recall.weights.typical import select_typical
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RecallSettings(Settings):
-    typical: int = setting(20, at_least(1))
-    similarity: str = setting("rbf", one_of(*METRICS, message=UNKNOWN))
-    # per layer, the median heuristic (it beat the paper's 1.0 at the sequential benchmark), or a number
-    sigma: float | str = setting("median", SIGMA)
-    normalize: str = setting("none", NORMALIZE)  # rescale the pooled states before the similarity
-    temperature: float = setting(1.0, above(0))
-    # the similarities before the softmax: as measured (the paper), or zscore (recall.weights.rows.calibrated)
-    calibrate: str = setting("none", one_of(*CALIBRATIONS))
-    batch_size: int = setting(8, at_least(1))
-    max_length: int = setting(512, at_least(1))
-    seed: int = 0
 
 
 def similarity_and_sigmas(

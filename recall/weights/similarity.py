@@ -21,7 +21,11 @@ from recall.settings import Rule, one_of
 Metric = Callable[[np.ndarray, np.ndarray, float], np.ndarray]
 METRICS: dict[str, Metric] = {}
 MEDIAN = "median"  # the sigma that asks for the per-layer median heuristic
-NORMALIZATIONS = ("none", "unit", "sqrt_dim")
+NORMALIZATIONS = ("none", "unit", "sqrt_dim")  # the first is the default
+# The defaults of RECALL's similarity (`RecallSettings` and the functions here): the rbf kernel with
+# the per-layer median heuristic (it beat the paper's sigma 1.0 at the sequential benchmark).
+DEFAULT_METRIC = "rbf"
+DEFAULT_SIGMA = MEDIAN
 NORMALIZE = one_of(*NORMALIZATIONS)
 
 
@@ -126,7 +130,9 @@ def median_distance(points: np.ndarray) -> float:
     return float(np.median(positive)) if positive.size else 1.0
 
 
-def layer_sigmas(reps: np.ndarray, sigma: float | str = 1.0, normalize: str = "none") -> np.ndarray:
+def layer_sigmas(
+    reps: np.ndarray, sigma: float | str = DEFAULT_SIGMA, normalize: str = NORMALIZATIONS[0]
+) -> np.ndarray:
     """The bandwidth rbf and mmd use at each layer, from reps (N, m, n_layers, E): `sigma` itself, or
     with "median" the median distance at that layer over every model's (normalised) representations
     of the typical samples, pooled.
@@ -147,7 +153,11 @@ def layer_sigmas(reps: np.ndarray, sigma: float | str = 1.0, normalize: str = "n
 
 
 def layer_similarity(
-    ref: np.ndarray, reps: np.ndarray, name: str = "rbf", sigma: float | str = 1.0, normalize: str = "none"
+    ref: np.ndarray,
+    reps: np.ndarray,
+    name: str = DEFAULT_METRIC,
+    sigma: float | str = DEFAULT_SIGMA,
+    normalize: str = NORMALIZATIONS[0],
 ) -> np.ndarray:
     """Similarity matrix (n_layers, N) from ref (m, n_layers, E) and reps (N, m, n_layers, E).
 
