@@ -42,6 +42,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line  # noqa: E402
 
+from recall.pipeline import layout  # noqa: E402
 from recall.pipeline.params import Params, load_params  # noqa: E402
 from recall.reporting import statistics as paired  # noqa: E402
 from recall.tracking import git_commit  # noqa: E402
@@ -50,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 RECALL = str(Path(sys.executable).parent / "recall")
 STEP, PREVIOUS = "medmcqa", "squad_v2"
+CHAIN = "recall"  # the compared method whose chain's step is merged again here
 TASKS = ["sst2", "squad_v2", "medmcqa"]  # learned so far, in order
 # One change each to the chain's own RECALL settings (its params.yaml's `recall` section).
 VARIANTS = {
@@ -83,23 +85,22 @@ def benchmark_settings(params: Params) -> dict[str, str]:
 
 def merge(name: str, params: Params, out: Path) -> Path:
     """The variant's merged model in `out` (the MedMCQA fine-tune itself for "no merge")."""
-    chain = params.root
-    step = chain / "data" / "chains" / "recall" / STEP
-    models = [str(chain / "data" / "chains" / "recall" / PREVIOUS / "model"), str(step / "sft")]
+    step = layout.chain_dir(params, CHAIN, STEP)
+    models = [str(layout.merged_model(params, CHAIN, PREVIOUS)), str(layout.new_model(params, CHAIN, STEP))]
     if name == "no merge":
         return Path(models[1])
     if name == "average":
         run("merge", "--method", "average", "--models", *models, "--out", str(out), "--overwrite")
         return out
     if name in METHODS:
-        base = ["--base", str(chain / "data" / "base" / "model"), "--chain"]
+        base = ["--base", str(layout.base_model(params)), "--chain"]
         run("merge", "--method", name, "--models", *models, *base, "--out", str(out), "--overwrite")
         return out
     settings, r = {**benchmark_settings(params), **VARIANTS[name]}, params.sections.recall
     options = [f"--{k}={v}" for k, v in settings.items()]
     probe = ["--data", str(step / "probe.jsonl"), "--max-length", str(r.max_length), "--batch-size", str(r.batch_size)]
     probe += ["--seed", str(r.seed)]
-    run("merge", "--method", "recall", "--models", *models, *probe, *options, "--out", str(out), "--overwrite")
+    run("merge", "--method", CHAIN, "--models", *models, *probe, *options, "--out", str(out), "--overwrite")
     return out
 
 
@@ -219,7 +220,8 @@ def main() -> None:
     parser.add_argument("--name", default="ablation", help="results file stem in benchmarks/results/")
     args = parser.parse_args()
     chain = args.chain.resolve()
-    pipeline = chain / "data" / "chains" / "recall" / STEP / "model" / "merge_weights.json"
+    params = load_params(chain / "params.yaml")
+    pipeline = layout.merged_model(params, CHAIN, STEP) / "merge_weights.json"
     if not pipeline.is_file():
         sys.exit(f"{pipeline} is missing: run RECALL's chain first (bash benchmarks/paper/run.sh sequential)")
     names = [*VARIANTS, *METHODS, *REFERENCES]
@@ -228,7 +230,6 @@ def main() -> None:
             sys.exit(f"unknown variant {unknown[0]!r}; choose among: {', '.join(names)}")
         names = [n for n in names if n in args.variants]
     folders = {n: args.work / n.replace(" ", "_").replace("=", "-") for n in ["benchmark", *names]}
-    params = load_params(chain / "params.yaml")
     seconds = {n: round(produce(n, params, folders[n]), 1) for n in names}
     if not done(folders["benchmark"]):  # another lane is producing the reference: its last run summarises
         sys.exit(f"scores kept in {args.work}; the summary needs the benchmark variant: rerun once it is done")

@@ -39,8 +39,8 @@ from recall import tracking
 from recall.atomic import read_json
 from recall.errors import RecallError
 from recall.pipeline import plan
+from recall.pipeline.layout import gate_metrics
 from recall.pipeline.params import add_steps, load_params
-from recall.pipeline.stages import gate_metrics
 
 RUNNERS = ("sequential", "dask")
 CODE = Path(__file__).resolve().parents[1]  # this checkout: what a deployment's workers run

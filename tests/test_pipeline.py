@@ -479,6 +479,47 @@ def test_ewc_ties_magmax_and_task_arithmetic_chains_run_both_steps(tmp_path):
     assert any(s.get("ewc_penalty", 0) > 0 for s in trained["steps"])
 
 
+def test_lm_cocktail_and_fisher_chains_run_from_their_weight_sources_stages(tmp_path):
+    """Stage functions alone (no DVC): methods whose weights need evidence other than RECALL's get their
+    weight source's stages before each merge (LM-Cocktail the models' losses, Fisher merging each model's
+    Fisher), read as their settings say; the merge's weights follow from that evidence."""
+    from recall.pipeline import plan, stages
+
+    project = tmp_path / "project"
+    project.mkdir()
+    tiny_model(project / "tiny", layers=2)
+    methods = {"lm_cocktail": {"examples": 2, "temperature": 2.0}, "fisher": {"examples": 2, "floor": 1e-8}}
+    loaded = load_params(write_params(project, tiny_params(methods=methods)))
+    dag = {s.name: s for s in plan.plan(loaded)}
+    chains = project / "data" / "chains"
+    losses = dag["losses-lm_cocktail-gen_translation"]
+    assert losses.outs == [chains / "lm_cocktail" / "gen_translation" / "losses.json"]
+    assert losses.params == ["methods.lm_cocktail.examples", "methods.lm_cocktail.temperature"]
+    assert losses.outs[0] in dag["merge-lm_cocktail-gen_translation"].deps
+    assert dag["fisher-fisher-gen_translation"].outs[0] in dag["merge-fisher-gen_translation"].deps
+    assert "similarity-gen_translation" not in dag  # no RECALL: none of its stages
+    for stage in plan.plan(loaded):
+        if stage.stage not in ("evaluate", "report"):
+            stages.run(loaded, stage.stage, stage.task, stage.method)
+
+    step = chains / "lm_cocktail" / "gen_translation"
+    measured = json.loads((step / "losses.json").read_text())["cocktail"]["losses"]
+    record = json.loads((step / "model" / "merge_weights.json").read_text())
+    expected = np.exp(-np.array(measured) / 2.0) / np.exp(-np.array(measured) / 2.0).sum()
+    np.testing.assert_allclose(record["layers"], np.tile(expected, (len(record["layers"]), 1)), rtol=1e-6)
+    assert record["cocktail"]["n_examples"] == 2 and record["chain"] == "lm_cocktail"
+    record = json.loads((chains / "fisher" / "gen_translation" / "model" / "merge_weights.json").read_text())
+    assert record["params"] == {"floor": 1e-8} and len(record["fisher"]) == 2
+    assert record["settings"] == {"examples": 2, "max_length": 512}
+
+    multi = tiny_params(scenario="multi", methods=methods)
+    multi["sequence"] = [{"task": "gen_sentiment", "after": "base"}, {"task": "gen_knowledge", "after": "base"}]
+    dag = {s.name: s for s in plan.plan(load_params(write_params(project, multi)))}
+    evidence = project / "data" / "multi" / "evidence"
+    assert evidence / "lm_cocktail" / "losses.json" in dag["multi-lm_cocktail"].deps
+    assert dag["fisher-fisher"].outs == [evidence / "fisher" / "fisher"]
+
+
 def test_the_scheduled_flow_adopts_incoming_task_data_into_every_chain(tmp_path):
     """A registered task dropped into incoming/ is appended to the sequence, and dvc.yaml gets its
     stages in every method's chain, in an order that respects their dependencies."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from dataclasses import fields
 from pathlib import Path
 
 from recall.atomic import check_output
@@ -17,39 +16,18 @@ from recall.commands import add_output, add_trust_remote_code
 from recall.errors import RecallError
 from recall.merge.engine import MergePlan, merge
 from recall.merge.methods import METHODS, PARAMS, Method, get_method, resolve_weights
-from recall.models import ModelInfo, allow_remote_code, check_compatible, describe
-from recall.weights.cocktail import CocktailSettings, cocktail_losses
-from recall.weights.fisher import FisherSettings, fisher_folders
-from recall.weights.representations import RecallSettings, references_similarities
+from recall.models import allow_remote_code, check_compatible, describe
+from recall.weights.cocktail import CocktailSettings
+from recall.weights.fisher import FisherSettings
+from recall.weights.representations import RecallSettings
 from recall.weights.rows import CALIBRATIONS
 from recall.weights.similarity import MEDIAN, METRICS, NORMALIZATIONS
-
-# The options each source of merge weights reads (argparse dest names).
-WEIGHT_OPTIONS = {
-    "given": {"weights"},
-    "representations": {
-        "data",
-        "temperature",
-        "calibrate",
-        "max_length",
-        "seed",
-        "experts",
-        "typical",
-        "similarity",
-        "sigma",
-        "normalize_states",
-        "batch_size",
-        "workdir",
-    },
-    "loss": {"data", "temperature", "max_length", "examples"},
-    "depth": {"weights"},
-}
-FISHER_OPTIONS = {"data", "max_length", "examples", "workdir"}  # methods that need each model's Fisher
+from recall.weights.sources import SOURCES, model_index
 
 
 def uses(method: Method) -> set[str]:
     """Every optional setting `method` reads: its kernel parameters and its weight source's options."""
-    return set(method.params) | WEIGHT_OPTIONS[method.weights] | (FISHER_OPTIONS if method.needs_fisher else set())
+    return set(method.params) | method.source.options
 
 
 def users(option: str) -> str:
@@ -155,48 +133,12 @@ def sigma_value(text: str) -> float | str:
         return text
 
 
-def _index(models: list[str], spec: str, flag: str) -> int:
-    if spec not in models:
-        raise RecallError(f"{flag} {spec} is not one of --models; list it there too")
-    return models.index(spec)
-
-
-def _given(args: argparse.Namespace, settings_type: type, **dests: str):
-    """A settings dataclass from the options the user gave; the rest keep the dataclass defaults.
-
-    `dests` maps a field to its option's dest where the two are named differently.
-    """
-    values = {f.name: getattr(args, dests.get(f.name, f.name)) for f in fields(settings_type)}
-    return settings_type(**{name: value for name, value in values.items() if value is not None})
-
-
 def check_options(args: argparse.Namespace, method: Method) -> None:
     """Refuse options the method would ignore."""
-    optional = set(PARAMS).union(*WEIGHT_OPTIONS.values())
+    optional = set(PARAMS).union(*(source.options for source in SOURCES.values()))
     if unused := sorted(o for o in optional - uses(method) if getattr(args, o) is not None):
         flag = "--" + unused[0].replace("_", "-")
         raise RecallError(f"{flag} does not apply to --method {method.name}; it is used by {users(unused[0])}")
-
-
-def weight_evidence(args: argparse.Namespace, method: Method, infos: list[ModelInfo]) -> tuple[dict, dict]:
-    """What `resolve_weights` computes the method's weights from (its keywords), and their provenance:
-    the given weights, each reference's similarities (recall) or each model's loss (lm_cocktail)."""
-    if method.weights == "representations":
-        experts = args.experts or [args.new or args.models[-1]]
-        if not args.data or len(args.data) != len(experts):
-            raise RecallError(
-                f"--method {method.name} needs --data: one JSONL file per reference model ({len(experts)})"
-            )
-        settings = _given(args, RecallSettings, normalize="normalize_states")
-        settings.validate()
-        references = [(_index(args.models, e, "--experts/--new"), d) for e, d in zip(experts, args.data)]
-        sims, extra = references_similarities(infos, references, settings, args.workdir)
-        return {"similarities": sims, "temperature": settings.temperature, "calibrate": settings.calibrate}, extra
-    if method.weights == "loss":
-        settings = _given(args, CocktailSettings)
-        losses, extra = cocktail_losses(infos, args.data or [], settings)
-        return {"losses": losses, "temperature": settings.temperature}, extra
-    return {"given": args.weights}, {}
 
 
 def check_request(args: argparse.Namespace, method: Method) -> None:
@@ -223,14 +165,12 @@ def run(args: argparse.Namespace) -> int:
     check_compatible(infos + ([base] if base else []), tokenizers=not args.allow_tokenizer_mismatch)
     check_options(args, method)
     params = method.resolve({name: getattr(args, name) for name in method.params})
-    reference = _index(args.models, args.new or args.models[-1], "--new")
-    evidence, extra = weight_evidence(args, method, infos)
-    weights = resolve_weights(method, infos, **evidence, params=params)
+    reference = model_index(args.models, args.new or args.models[-1], "--new")
     with tempfile.TemporaryDirectory(prefix="recall-fisher-") as tmp:
-        fisher = None
-        if method.needs_fisher:
-            settings = _given(args, FisherSettings)
-            fisher = fisher_folders(infos, args.data or [], settings, args.workdir or Path(tmp))
+        # the weight source's evidence: the given weights, each reference's similarities (recall), each
+        # model's loss (lm_cocktail) or Fisher (fisher)
+        evidence = method.source.gather(args, method, infos, Path(tmp))
+        weights = resolve_weights(method, infos, **evidence.values, params=params)
         plan = MergePlan(
             infos,
             method,
@@ -238,8 +178,8 @@ def run(args: argparse.Namespace) -> int:
             base,
             params,
             reference=reference,
-            extra=extra,
-            fisher=fisher,
+            extra=evidence.extra,
+            fisher=evidence.fisher,
             allow_tokenizer_mismatch=args.allow_tokenizer_mismatch,
         )
         out = merge(plan, args.out, overwrite=args.overwrite)

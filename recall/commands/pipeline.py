@@ -24,12 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from recall.pipeline import plan
+    from recall.pipeline import layout, plan
     from recall.pipeline.params import load_params
 
     params = load_params(args.params)
     if args.check:
-        path = plan.dvc_yaml(params)
+        path = layout.dvc_yaml(params)
         if not path.is_file() or path.read_text() != plan.render(params):
             raise RecallError(f"{path} differs from what {args.params} gives; run `recall pipeline {args.params}`")
         print(f"{path} is current")

@@ -152,7 +152,7 @@ def merge(plan: MergePlan, out: str | Path, max_shard_bytes: int = 2 << 30, over
 def spread_record(method: Method, weights: np.ndarray) -> dict:
     """For softmax weights (RECALL, LM-Cocktail): each layer group's spread, and whether every weight
     stays within NEAR_UNIFORM of 1/N, which makes the merge nearly the plain average (logged as a warning)."""
-    if method.weights not in ("representations", "loss"):
+    if not method.source.softmax:
         return {}
     deviation = near_uniform(weights)
     if deviation is not None:

@@ -1,17 +1,17 @@
 """Merge methods: a pure kernel (`recall.merge.kernels`) plus what the method needs, registered by name.
 
-A method declares whether it needs a base model, where its per-model weights come from (given by the
-user, RECALL's representation similarity, or LM-Cocktail's losses), and which kernel parameters it
-takes. Parameters are shared: `--density` means the same thing to every method that takes it, so
-each is defined once in PARAMS with its check. A method's parameters and their defaults are its
-kernel's keyword-only arguments (and its weight source's: `depth_scales` for LiNeS), read from their
-signatures; a keyword without a default is one the user must give.
+A method declares whether it needs a base model, where its per-model weights come from (its weight
+source, `recall.weights.sources`: given by the user, RECALL's representation similarity, LM-Cocktail's
+losses, each model's Fisher, LiNeS's depth), and which kernel parameters it takes. Parameters are
+shared: `--density` means the same thing to every method that takes it, so each is defined once in
+PARAMS with its check. A method's parameters and their defaults are its kernel's keyword-only
+arguments and its weight source's (`Depth.reads` for LiNeS), read from their signatures; a keyword
+without a default is one the user must give.
 """
 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,11 +24,9 @@ import torch
 from recall.errors import RecallError
 from recall.merge import kernels
 from recall.models import ModelInfo
-from recall.weights.rows import calibrated, softmax_weights, uniform_weights
+from recall.weights.sources import REQUIRED, WeightSource, get_source, keyword_defaults
 
 Kernel = Callable[..., torch.Tensor]
-REQUIRED = object()  # a parameter default meaning "the user must give it"
-WEIGHT_SOURCES = ("given", "representations", "loss", "depth")
 KERNEL_INPUTS = ("fishers",)  # keyword-only kernel arguments that are inputs, not parameters
 
 
@@ -100,8 +98,7 @@ class Method:
     name: str
     kernel: Kernel
     needs_base: bool = False
-    weights: str = "given"  # one of WEIGHT_SOURCES
-    needs_fisher: bool = False  # the kernel also takes each model's diagonal Fisher (`fishers=`)
+    weights: str = "given"  # its weight source, one of recall.weights.sources.SOURCES
     default_weight: float | None = None  # per-model weight when --weights is not given; None: 1/N
     params: Mapping[str, Any] = field(default_factory=dict)  # kernel keyword -> default (or REQUIRED)
     help: str = ""
@@ -134,9 +131,18 @@ class Method:
             out[name] = value
         return out
 
+    @property
+    def source(self) -> type[WeightSource]:
+        return get_source(self.weights)
+
+    @property
+    def needs_fisher(self) -> bool:
+        """The kernel also takes each model's diagonal Fisher (`fishers=`)."""
+        return self.weights == "fisher"
+
     def kernel_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """`params` less those the weight source reads."""
-        return {k: v for k, v in params.items() if k not in SOURCE_PARAMS.get(self.weights, ())}
+        return {k: v for k, v in params.items() if k not in self.source.reads}
 
 
 METHODS: dict[str, Method] = {}
@@ -147,7 +153,6 @@ def register(
     *,
     needs_base: bool = False,
     weights: str = "given",
-    needs_fisher: bool = False,
     default_weight: float | None = None,
     help: str = "",
 ) -> Callable[[Kernel], Kernel]:
@@ -155,11 +160,9 @@ def register(
     and the kernel's keyword-only arguments, with their defaults (the declaration is checked at import)."""
 
     def add(kernel: Kernel) -> Kernel:
-        params = {**SOURCE_PARAMS.get(weights, {}), **keyword_defaults(kernel)}
-        assert weights in WEIGHT_SOURCES and set(params) <= set(PARAMS), (name, weights, params)
-        METHODS[name] = Method(
-            name, kernel, needs_base, weights, needs_fisher, default_weight, MappingProxyType(params), help
-        )
+        params = {**get_source(weights).reads, **keyword_defaults(kernel, skip=KERNEL_INPUTS)}
+        assert set(params) <= set(PARAMS), (name, weights, params)
+        METHODS[name] = Method(name, kernel, needs_base, weights, default_weight, MappingProxyType(params), help)
         return kernel
 
     return add
@@ -171,62 +174,11 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-def resolve_weights(
-    method: Method,
-    models: Sequence[ModelInfo],
-    *,
-    given: Sequence[float] | None = None,
-    similarities: Sequence[np.ndarray] = (),
-    losses: Sequence[float] | None = None,
-    temperature: float = 1.0,
-    calibrate: str = "none",
-    params: Mapping[str, Any] | None = None,
-) -> np.ndarray:
-    """The merge weights (L+1 layer rows, one column per model) of `method` from its weight source.
-
-    given: the user's weights, else the method's default weight for every model (1/N unless it has one);
-    representations (RECALL): per reference model, a softmax over the models of each layer's
-    similarities to it (`calibrate`d first, `recall.weights.rows.calibrated`), averaged over the
-    references; loss (LM-Cocktail): softmax(-loss / T), the same at every layer; depth (LiNeS): the
-    given weights times alpha + beta * (block / (L - 1)), the embeddings' group at the first block's
-    scale, the final norm and lm_head at the last's (`params` holds alpha and beta). `recall merge`
-    and the pipeline both choose weights here.
-    """
-    n, rows = len(models), models[0].num_layers + 1
-    if method.weights == "representations":
-        if not similarities:
-            raise RecallError(f"--method {method.name} needs the similarities of at least one reference model")
-        return np.mean([softmax_weights(calibrated(s, calibrate), temperature) for s in similarities], axis=0)
-    if method.weights == "loss":
-        return uniform_weights(rows, softmax_weights(-np.asarray(losses, dtype=np.float64)[None], temperature)[0])
-    weights = list(given) if given else [method.default_weight or 1.0 / n] * n
-    if len(weights) != n:
-        raise RecallError(f"--weights has {len(weights)} values for {n} models; give one per model")
-    if method.weights == "depth":
-        settings = method.resolve(params or {})  # the defaults where none are given
-        return depth_scales(rows, **{k: settings[k] for k in SOURCE_PARAMS["depth"]})[:, None] * np.asarray(weights)
-    return uniform_weights(rows, weights)
-
-
-def keyword_defaults(fn: Callable[..., Any]) -> dict[str, Any]:
-    """`fn`'s keyword-only parameters (inputs left out) -> their defaults, REQUIRED where there is none."""
-    return {
-        p.name: REQUIRED if p.default is p.empty else p.default
-        for p in inspect.signature(fn).parameters.values()
-        if p.kind is p.KEYWORD_ONLY and p.name not in KERNEL_INPUTS
-    }
-
-
-def depth_scales(rows: int, *, alpha: float = 0.5, beta: float = 0.5) -> np.ndarray:
-    """LiNeS's scale of each layer group: alpha + beta * depth, depth 0 at the first block, 1 at the last."""
-    blocks = np.arange(rows - 1, dtype=np.float64) / max(rows - 2, 1)
-    return alpha + beta * np.concatenate([[0.0], blocks])
-
-
-# Parameters that a weight source reads rather than the kernel, with their defaults. LiNeS is task
-# arithmetic whose weights grow with depth: as a weight source (rows built from the layer-group index)
-# its kernel needs no tensor names, and merge_weights.json records the scales it applied.
-SOURCE_PARAMS = {"depth": keyword_defaults(depth_scales)}
+def resolve_weights(method: Method, models: Sequence[ModelInfo], **evidence: Any) -> np.ndarray:
+    """The merge weights (L+1 layer rows, one column per model) of `method` from its weight source's
+    evidence (`given=`, `similarities=`, `losses=`, ..., `params=`; `recall.weights.sources`).
+    `recall merge` and the pipeline both choose weights here."""
+    return method.source.rows(method, models, **evidence)
 
 
 def tensor_seed(seed: int, tensor_name: str) -> int:
@@ -275,7 +227,7 @@ register(
 )(kernels.magmax)
 register(
     "fisher",
-    needs_fisher=True,
+    weights="fisher",
     help="Fisher merging: per-entry average weighted by each model's diagonal Fisher on its --data",
 )(kernels.fisher)
 register(

@@ -24,6 +24,7 @@ import yaml
 from recall.errors import RecallError, read_text
 from recall.evaluation.pipeline import check_backend, resolve_modes
 from recall.merge.methods import METHODS
+from recall.pipeline import layout
 from recall.pipeline.sections import (  # noqa: F401  (the sections are params.yaml's; importers find them here too)
     BASE_STEP,
     EVAL_MODES,
@@ -47,7 +48,6 @@ from recall.training.config import EWC_LAMBDA, FinetuneConfig
 
 # Compared methods that train rather than merge: their model after a step is the fine-tune itself.
 TRAINING_METHODS = {"sft": {}, "ewc": {"lambda": EWC_LAMBDA, "samples": FinetuneConfig.ewc_samples}}
-MERGE_SOURCES = ("given", "depth")  # registry methods the pipeline can run: weights need no extra input
 SEEDS_KEY = "seeds"  # methods.<m>.seeds: the protocol's training seeds this method's chains run with
 
 
@@ -62,7 +62,7 @@ class Run:
     @property
     def label(self) -> str:
         """Its part of stage names and folders (data/runs/<label>/)."""
-        return f"o{self.order}-s{self.seed}"
+        return layout.run_label(self.order, self.seed)
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ class Params:
     @property
     def data_dir(self) -> Path:
         """Where every stage reads task data: the data stage's output."""
-        return self.root / "data" / "tasks"
+        return layout.data_dir(self.root)
 
     @property
     def task_roots(self) -> list[Path]:
@@ -93,7 +93,7 @@ class Params:
         of the scheduled flow), the `tasks` folder, the data.source folder."""
         source = self.sections.data.source
         named = [self.sections.tasks, None if source == "generated" else source]
-        return [self.root / "incoming", *(self.root / n for n in named if n)]
+        return [layout.incoming(self.root), *(self.root / n for n in named if n)]
 
     def declaring_folder(self, task: str) -> Path | None:
         """The folder whose task.yaml declares `task` (the first of `task_roots`), or None for a built-in one."""
@@ -175,6 +175,23 @@ class Params:
             return None
         prefix = self.run.tasks[: self.run.tasks.index(task) + 1]
         return next(r for r in self.runs if r.seed == self.run.seed and r.tasks[: len(prefix)] == prefix)
+
+    def trains(self, method: str | None) -> bool:
+        """Whether a compared method trains rather than merges: its model after a step is the fine-tune."""
+        return method in TRAINING_METHODS
+
+    def kernel_params(self, method: str) -> dict:
+        """A merge method's kernel parameters as params.yaml gives them (`methods.<m>`)."""
+        return {k: v for k, v in self.methods[method].items() if k in METHODS[method].params}
+
+    def weight_settings(self, method: str):
+        """The settings of a merge method's weight source: its own section (RECALL's `recall`), or the
+        keys of `methods.<m>` that are not kernel parameters; None for a source without settings."""
+        source = METHODS[method].source
+        if source.section is not None:
+            return getattr(self.sections, source.section)
+        given = {k: v for k, v in self.methods[method].items() if k not in METHODS[method].params}
+        return source.settings_from(given)
 
     @property
     def merge_methods(self) -> list[str]:
@@ -366,8 +383,7 @@ def validate_runs(params: Params) -> None:
 
 
 def validate_methods(params: Params) -> None:
-    merges = sorted(m for m, spec in METHODS.items() if spec.weights in MERGE_SOURCES and not spec.needs_fisher)
-    usable = ["recall", *TRAINING_METHODS, *merges]
+    usable = [*TRAINING_METHODS, *sorted(METHODS)]
     for name, given in params.sections.methods.items():
         path = f"methods.{name}"
         if given is not None and not isinstance(given, dict):
@@ -376,17 +392,10 @@ def validate_methods(params: Params) -> None:
         if not (isinstance(seeds, list) and seeds and all(isinstance(x, int) for x in seeds)) and seeds != ():
             raise RecallError(f"{path}.seeds must list training seeds, e.g. seeds: [0, 1], got {seeds!r}")
         given = {k: v for k, v in (given or {}).items() if k != SEEDS_KEY}
-        if name == "recall":
-            if given:
-                raise RecallError("methods.recall takes no parameters here; RECALL's settings are the `recall` section")
-        elif name in TRAINING_METHODS:
+        if name in TRAINING_METHODS:
             reject_unknown(given or {}, TRAINING_METHODS[name], path, "parameter")
-        elif name in merges:
-            reject_unknown(given or {}, METHODS[name].params, path, "parameter")
-            try:
-                METHODS[name].resolve(given or {})  # a missing or out-of-range parameter names its flag
-            except RecallError as err:
-                raise RecallError(f"{path}: {err}") from None
+        elif name in METHODS:
+            validate_merge_method(name, given, path)
         else:
             raise RecallError(f"method {name!r} cannot run in the pipeline; choose from {', '.join(usable)}")
     if "ewc" in params.methods:
@@ -407,3 +416,22 @@ def validate_methods(params: Params) -> None:
             "every expert at once (table 2); drop it from methods, or compare each expert with its merges "
             "in scenario: single (table 1)"
         )
+
+
+def validate_merge_method(name: str, given: dict, path: str) -> None:
+    """A merge method's `methods.<m>`: its kernel parameters, and the settings of its weight source
+    unless that source has a section of its own (RECALL's `recall`)."""
+    method = METHODS[name]
+    source, settings = method.source, method.source.settings()
+    if source.section is not None:
+        if given:
+            raise RecallError(f"{path} takes no parameters here; its settings are the `{source.section}` section")
+        return
+    own = [f.name for f in dataclasses.fields(settings)] if settings else []
+    reject_unknown(given, [*method.params, *own], path, "parameter")
+    try:
+        method.resolve({k: v for k, v in given.items() if k in method.params})  # a missing or bad one names its flag
+    except RecallError as err:
+        raise RecallError(f"{path}: {err}") from None
+    if settings:
+        source.settings_from({k: v for k, v in given.items() if k in own}, path)

@@ -1,16 +1,14 @@
 """The DVC pipeline of a params file: one stage per (stage, method, step), with exact dependencies.
 
 The DAG's shape depends on the params (scenario, sequence, compared methods): a method's step
-depends on *its own* previous model, RECALL's steps on their similarities, the multi merges on every
-expert. DVC's `foreach`/`matrix` cannot vary dependencies per item, so `recall pipeline` writes
+depends on *its own* previous model, a merge on its weight source's evidence, the multi merges on
+every expert. DVC's `foreach`/`matrix` cannot vary dependencies per item, so `recall pipeline` writes
 dvc.yaml from params.yaml. Everything else a stage reads is a params dependency, so `dvc exp run -S`
 of a setting reruns exactly the stages that read it. dvc.yaml records the key of the shape it was
 written for; a stage refuses to run when params.yaml has another shape.
 
-Stage names: `<stage>-<method>-<task>` (e.g. `finetune-recall-gen_sentiment`), `<stage>-<task>` for
-RECALL's weight inputs and the shared experts, `multi-<method>`, then `base`, `data`, `report`, and in
-the multi scenario `similarity` (every model against each expert). A protocol (params `orders`/`seeds`)
-has every step stage once per run that owns it, its label appended: `finetune-recall-amazon-o1-s0`.
+The stages, their dependencies, outputs and params keys are `recall.pipeline.stages.TABLE`'s; this
+module places them (`plan`) and writes dvc.yaml. Stage names and paths: `recall.pipeline.layout`.
 """
 
 from __future__ import annotations
@@ -26,13 +24,12 @@ import yaml
 
 from recall.atomic import atomic_file
 from recall.errors import RecallError
-from recall.merge.methods import get_method
-from recall.pipeline import stages as S
-from recall.pipeline.params import SEEDS_KEY, TRAINING_METHODS, Params
+from recall.pipeline.layout import dvc_yaml, stage_name, tasks
+from recall.pipeline.params import Params
+from recall.pipeline.stages import TABLE, StageDef, source_of
 
 KEY_PREFIX = "# plan key: "
-SIMILARITY_KEYS = ("similarity", "sigma", "normalize", "batch_size", "max_length")  # what the similarities read
-MERGE_KEYS = ("temperature", "calibrate")  # what RECALL's merge reads besides them
+__all__ = ["Stage", "check_current", "find", "plan", "render", "shape_key", "stage_name", "write"]
 
 
 @dataclass
@@ -59,10 +56,6 @@ class Stage:
         return entry
 
 
-def stage_name(stage: str, task: str | None = None, method: str | None = None, run: str | None = None) -> str:
-    return "-".join(part for part in (stage, method, task, run) if part)
-
-
 def shape_key(params: Params) -> str:
     """What decides the DAG's shape; every other setting is a params dependency of some stage."""
     sections = params.sections
@@ -86,145 +79,82 @@ def shape_key(params: Params) -> str:
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def section_keys(params: Params, section: str, *used: str) -> list[str]:
-    """`<section>.<key>` params a stage reads, among those params.yaml sets (DVC fails on absent keys)."""
-    return [f"{section}.{k}" for k in used if k in params.written(section)]
+def instance(d: StageDef, params: Params, task: str | None = None, method: str | None = None) -> Stage:
+    """The stage `d` placed at (task, method): its name and command carry what its `keys` name."""
+    t, m = (task if "task" in d.keys else None), (method if "method" in d.keys else None)
+    return Stage(
+        stage_name(d.name, t, m),
+        d.name,
+        t,
+        m,
+        deps=d.deps(params, task, method),
+        params=d.params(params, task, method),
+        outs=d.outs(params, task, method),
+        metrics=d.metrics(params, task, method),
+    )
 
 
-def method_keys(params: Params, method: str) -> list[str]:
-    """The params a method's stages read: its section, or with a protocol's `seeds` in it, each other key,
-    so that a seed added to a method's list adds its chains and reruns nothing."""
-    given = params.sections.methods[method] or {}
-    if SEEDS_KEY not in given:
-        return [f"methods.{method}"]
-    return [f"methods.{method}.{k}" for k in given if k != SEEDS_KEY]
+def placed(params: Params, at: str, task: str | None = None, method: str | None = None) -> list[Stage]:
+    """The table's stages placed `at` ("start", "expert", "chain", "multi", "end") that apply here."""
+    return [instance(d, params, task, method) for d in TABLE if d.at == at and d.when(params, task, method)]
 
 
 def plan(params: Params) -> list[Stage]:
+    """Every stage of the params' pipeline, each after the stages whose outputs it reads."""
     if params.runs and params.run is None:
         return protocol_plan(params)
-    tasks, scored = S.tasks(params), S.scored_tasks(params)
-    task_data = lambda *ts: [params.data_dir / t for t in ts]  # noqa: E731
-    declared = [params.root / params.sections.tasks] if params.sections.tasks is not None else []
-    source = params.sections.data.source
-    # A data folder's files, not only its name: new data in it reruns the data stage (and what it changes).
-    sourced = [] if source == "generated" else [p for t in scored if (p := params.root / source / t).is_dir()]
-    out: list[Stage] = [
-        Stage("base", "base", params=["base"], outs=[S.base_model(params)]),
-        # incoming/<task>/ overrides a task's data (the scheduled flow drops new tasks there), if the
-        # folder exists; the `tasks` folder declares tasks of the user's own; data.source holds the rest
-        Stage(
-            "data",
-            "data",
-            # the base model's tokenizer checks that every training prompt fits finetune.max_length
-            deps=[p for p in [params.root / "incoming"] if p.is_dir()] + declared + sourced + [S.base_model(params)],
-            params=["data", *(["tasks"] if declared else []), *section_keys(params, "finetune", "max_length", "limit")],
-            outs=[params.data_dir],
-        ),
-    ]
-    for t in tasks:
-        after = params.step(t).after
-        if S.shared_expert(params, t):
-            out.append(
-                Stage(
-                    stage_name("finetune", t),
-                    "finetune",
-                    t,
-                    deps=[*task_data(t), S.base_model(params)],
-                    params=["finetune"],
-                    outs=[S.new_model(params, "sft", t)],
-                )
-            )
-        if params.sections.scenario == "multi":  # table 2 merges the experts at once: no merge per step
-            out += recall_inputs(params, t) if "recall" in params.methods else []
-            continue
-        for m in params.methods:
-            new, start = S.new_model(params, m, t), S.start_model(params, m, t)
-            if not S.shared_expert(params, t):
-                extra = method_keys(params, "ewc") if m == "ewc" else []
-                anchor = task_data(after) if m == "ewc" else []
-                out.append(
-                    Stage(
-                        stage_name("finetune", t, m),
-                        "finetune",
-                        t,
-                        m,
-                        deps=[*task_data(t), *anchor, start],
-                        params=["finetune", *extra],
-                        outs=[new],
-                    )
-                )
-            if m == "recall":
-                out += recall_stages(params, t)
-            elif m not in TRAINING_METHODS:
-                base = [S.base_model(params)] if get_method(m).needs_base else []
-                out.append(
-                    Stage(
-                        stage_name("merge", t, m),
-                        "merge",
-                        t,
-                        m,
-                        deps=[start, new, *base],
-                        params=method_keys(params, m),
-                        outs=[S.chain_dir(params, m, t) / "model"],
-                    )
-                )
-            out.append(
-                Stage(
-                    stage_name("evaluate", t, m),
-                    "evaluate",
-                    t,
-                    m,
-                    deps=[*task_data(*params.eval_tasks(t)), S.handed_on(params, m, t)],
-                    params=["evaluate"],
-                    outs=[S.chain_dir(params, m, t) / "eval"],
-                )
-            )
-            if m == params.gated:
-                out.append(gate_stage(params, t))
+    out = placed(params, "start")
+    for t in tasks(params):
+        out += step_stages(params, t)
     if params.sections.scenario == "multi":
-        if "recall" in params.methods:
-            out.append(
-                Stage(
-                    "similarity",
-                    "similarity",
-                    deps=[
-                        *map(Path, S.multi_models(params, "recall")),
-                        *(
-                            S.recall_dir(params, t) / f
-                            for t in tasks
-                            for f in ("probe.jsonl", "features.npy", "typical.json")
-                        ),
-                    ],
-                    params=["multi", *section_keys(params, "recall", *SIMILARITY_KEYS)],
-                    outs=[S.multi_similarity_path(params)],
-                )
-            )
-        for m in params.merge_methods:
-            inputs = [*map(Path, S.multi_models(params, m))]
-            if m == "recall":
-                inputs.append(S.multi_similarity_path(params))
-            setting = section_keys(params, "recall", *MERGE_KEYS) if m == "recall" else [f"methods.{m}"]
-            if m != "recall" and get_method(m).needs_base and not params.with_base:
-                inputs.append(S.base_model(params))
-            out.append(
-                Stage(
-                    stage_name("multi", method=m),
-                    "multi",
-                    method=m,
-                    deps=[*task_data(*tasks), *inputs],
-                    params=["multi", "evaluate", *setting],
-                    outs=[S.multi_dir(params, m)],
-                )
-            )
-    reads = [p for s in out if s.stage in ("evaluate", "multi") for p in s.outs]
-    reads += [p for s in out if s.stage == "gate" for p in s.metrics]
-    if "recall" in params.methods and params.sections.scenario != "multi":
-        reads += [S.recall_dir(params, t) / "similarity.json" for t in tasks]
-        reads += [S.chain_dir(params, "recall", t) / "model" for t in tasks]
-    out.append(
-        Stage("report", "report", deps=reads, outs=[params.root / "reports", S.data_root(params) / "report_spec.json"])
-    )
+        out += multi_stages(params)
+    return [*out, *ending(params, out)]
+
+
+def step_stages(params: Params, task: str) -> list[Stage]:
+    """A step's stages: the expert the chains share (if it has one), then every method's chain step; in
+    the multi scenario (table 2 merges the experts at once: no merge per step) the expert stages of the
+    weight sources compared instead."""
+    out = placed(params, "expert", task)
+    if params.sections.scenario != "multi":
+        return out + [s for m in params.methods for s in chain_stages(params, task, m)]
+    for d in TABLE:
+        users = [m for m in params.merge_methods if d.name in source_of(m).expert_stages]
+        if d.at is None and d.keys == ("task",) and users:
+            out.append(instance(d, params, task, users[0]))
+    return out
+
+
+def chain_stages(params: Params, task: str, method: str) -> list[Stage]:
+    """A method's step: its fine-tune, the stages of its weight source's evidence, its merge, the
+    evaluation of what it hands on, and the gate of the served chain."""
+    source = source_of(method)
+    needed = source.step_stages if source else ()
+    return [
+        instance(d, params, task, method)
+        for d in TABLE
+        if (d.at == "chain" and d.when(params, task, method))
+        or (d.at is None and "task" in d.keys and d.name in needed)
+    ]
+
+
+def multi_stages(params: Params) -> list[Stage]:
+    """The multi scenario's: the evidence of every weight source compared (once, or per method), then
+    each merge method's merge of every expert."""
+    out = []
+    for d in (d for d in TABLE if d.at is None and "task" not in d.keys):
+        users = [m for m in params.merge_methods if d.name in source_of(m).multi_stages]
+        if users:
+            out += [instance(d, params, None, m) for m in (users if "method" in d.keys else users[:1])]
+    return out + [s for m in params.merge_methods for s in placed(params, "multi", None, m)]
+
+
+def ending(params: Params, earlier: list[Stage]) -> list[Stage]:
+    """The stages placed last, each reading what its `reads` takes of the stages before it."""
+    out = []
+    for stage, d in ((instance(d, params), d) for d in TABLE if d.at == "end"):
+        stage.deps = [*stage.deps, *(d.reads(params, earlier) if d.reads else [])]
+        out.append(stage)
     return out
 
 
@@ -241,92 +171,9 @@ def protocol_plan(params: Params) -> list[Stage]:
             chains.setdefault(named, dataclasses.replace(stage, name=named, run=owner))
     sequence = dataclasses.replace(params, sections=dataclasses.replace(params.sections, orders=None, seeds=None))
     shared = [s for s in plan(sequence) if s.name in ("base", "data")]
-    base_eval = Stage(
-        "evaluate",
-        "evaluate",
-        deps=[*(params.data_dir / t for t in S.scored_tasks(params)), S.base_model(params)],
-        params=["evaluate"],
-        outs=[S.base_eval(params)],
-    )
-    steps = [*chains.values(), base_eval]
-    reads = [p for s in steps if s.stage == "evaluate" for p in s.outs]
-    report = Stage(
-        "report", "report", deps=reads, outs=[params.root / "reports", S.data_root(params) / "report_spec.json"]
-    )
-    return [*shared, *steps, report]
-
-
-def gate_stage(params: Params, task: str) -> Stage:
-    """The served chain's gate after `task`: its model against the champion, which is the model of any
-    earlier step (or the base), as the earlier gates decided; it evaluates what their evaluations lack."""
-    m, names = params.gated, S.tasks(params)
-    earlier = names[: names.index(task)]
-    return Stage(
-        stage_name("gate", task),
-        "gate",
-        task,
-        deps=[
-            *(params.data_dir / t for t in [*earlier, task]),
-            S.base_model(params),
-            *(S.gate_metrics(params, t) for t in earlier),
-            *(p for t in [*earlier, task] for p in (S.handed_on(params, m, t), S.chain_dir(params, m, t) / "eval")),
-        ],
-        params=["evaluate", *section_keys(params, "promote", "tolerance")],
-        outs=[S.gate_dir(params, task)],
-        metrics=[S.gate_metrics(params, task)],
-    )
-
-
-def recall_inputs(params: Params, task: str) -> list[Stage]:
-    """What RECALL needs of a task's new model in any scenario: its features and typical samples."""
-    folder = S.recall_dir(params, task)
-    return [
-        Stage(
-            stage_name("features", task),
-            "features",
-            task,
-            deps=[params.data_dir / task, S.new_model(params, "recall", task)],
-            params=section_keys(params, "recall", "samples", "batch_size", "max_length"),
-            outs=[folder / "probe.jsonl", folder / "features.npy"],
-        ),
-        Stage(
-            stage_name("typical", task),
-            "typical",
-            task,
-            deps=[folder / "features.npy"],
-            params=section_keys(params, "recall", "typical", "seed"),
-            outs=[folder / "typical.json"],
-        ),
-    ]
-
-
-def recall_stages(params: Params, task: str) -> list[Stage]:
-    """RECALL's step in a chain: its inputs, the similarities to the step's start model, the merge."""
-    folder, new, start = (
-        S.recall_dir(params, task),
-        S.new_model(params, "recall", task),
-        S.start_model(params, "recall", task),
-    )
-    return [
-        *recall_inputs(params, task),
-        Stage(
-            stage_name("similarity", task),
-            "similarity",
-            task,
-            deps=[folder / "typical.json", folder / "probe.jsonl", folder / "features.npy", new, start],
-            params=section_keys(params, "recall", *SIMILARITY_KEYS),
-            outs=[folder / "similarity.json"],
-        ),
-        Stage(
-            stage_name("merge", task, "recall"),
-            "merge",
-            task,
-            "recall",
-            deps=[folder / "similarity.json", new, start],
-            params=section_keys(params, "recall", *MERGE_KEYS),
-            outs=[S.chain_dir(params, "recall", task) / "model"],
-        ),
-    ]
+    base_evaluation = next(instance(d, params) for d in TABLE if d.name == "evaluate" and d.keys == ())
+    steps = [*chains.values(), base_evaluation]
+    return [*shared, *steps, *ending(params, steps)]
 
 
 def render(params: Params) -> str:
@@ -339,10 +186,6 @@ def render(params: Params) -> str:
         f"{KEY_PREFIX}{shape_key(params)}\n"
     )
     return header + yaml.safe_dump({"stages": entries}, sort_keys=False, width=120)
-
-
-def dvc_yaml(params: Params) -> Path:
-    return params.root / "dvc.yaml"
 
 
 def write(params: Params) -> Path:

@@ -10,13 +10,13 @@ from dataclasses import dataclass
 
 from recall.evaluation.config import BACKENDS, DEFAULT_BACKEND
 from recall.evaluation.pipeline import MODES as EVAL_MODES
+from recall.pipeline.layout import BASE_STEP  # noqa: F401  (params.yaml's name for the base model's step)
 from recall.settings import UNKNOWN, Rule, Settings, at_least, one_of, setting
 from recall.tasks.formats import FORMATS
 from recall.training.config import FinetuneConfig
 from recall.weights.config import RecallSettings
 
 SCENARIOS = ("sequential", "single", "multi")
-BASE_STEP = "base"
 REGISTRY_MODES = ("copy", "reference")  # tracking.registry
 
 
