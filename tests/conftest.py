@@ -8,6 +8,8 @@ import pytest
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Stage and CLI processes the tests start: one thread each, so two test workers share the two cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 from helpers import tiny_model  # noqa: E402
@@ -21,6 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 # The params files the project ships (relative to ROOT), found so that a new scenario cannot be missed.
 SHIPPED_PARAMS = ["params.yaml", *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("benchmarks/*/*/params.yaml"))]
+
+
+def pytest_collection_modifyitems(items):
+    """The long end-to-end groups (`xdist_group`) first: under `pytest -n 2 --dist loadgroup`
+    (scripts/test.sh) each starts on a worker of its own while the other tests fill the other."""
+    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
 
 
 @pytest.fixture(scope="session")

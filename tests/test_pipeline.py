@@ -229,6 +229,7 @@ def dvc_project(project: Path, prefect_server: dict, mlflow_db: Path) -> dict:
     return env
 
 
+@pytest.mark.xdist_group("repro")
 def test_dvc_repro_runs_the_sequence_end_to_end(tmp_path, prefect_server, empty_mlflow_db):
     project = tmp_path / "project"
     project.mkdir()
@@ -623,6 +624,7 @@ def scheduled(tmp_path_factory, prefect_server, empty_mlflow_db) -> dict:
     }
 
 
+@pytest.mark.xdist_group("scheduled")  # one worker builds the module fixture once
 def test_the_scheduled_flow_learns_declared_tasks_and_leaves_a_bad_folder(scheduled):
     """The real flow (Prefect, then DVC stage by stage, MLflow) on a base model without a chat
     template: the sequence's task is declared in the `tasks` folder; a task folder dropped into
@@ -728,6 +730,7 @@ def run_flow(project: Path, env: dict, *args: str, kill_stage: str | None = None
     return logs
 
 
+@pytest.mark.xdist_group("scheduled")  # one worker builds the module fixture once
 def test_the_dask_runner_runs_independent_stages_at_once_and_makes_the_same_artifacts(scheduled):
     """The scheduled project on a local Dask cluster of 2 worker processes: independent stages overlap
     in time (MLflow's runs), a stage process killed mid-stage is retried by Prefect,
