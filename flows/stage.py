@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger, task
 
 from recall import tracking
 from recall.errors import RecallError, boundary
-from recall.pipeline import plan, stages
+from recall.pipeline import plan, table
 from recall.pipeline.params import load_params
 
 
@@ -34,8 +34,8 @@ def execute(stage: str, step: str | None, method: str | None, params_file: str, 
     label = "/".join(filter(None, (run, method, step))) or stage
     experiment = params.sections.tracking.experiment
     with tracking.stage_run(params.root, experiment, params.key, label, stage) as (sequence_run, _):
-        result = stages.run(params, stage, step, method)
-        stages.log_stage(params, stage, step, method, sequence_run)
+        result = table.run(params, stage, step, method)
+        table.log_stage(params, stage, step, method, sequence_run)
     return str(result) if isinstance(result, Path) else "ok"
 
 
@@ -57,7 +57,7 @@ def run_stage(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=sorted(stages.STAGES))
+    parser.add_argument("stage", choices=sorted(table.STAGES))
     parser.add_argument("--step", help="the step's task (per-step stages)")
     parser.add_argument("--method", help="the compared method whose chain this stage belongs to")
     parser.add_argument("--run", help="a protocol's run (order and seed, e.g. o2-s1) that owns the step")

@@ -224,7 +224,7 @@ def test_kernel_helpers_cut_spectra_at_the_numerical_rank():
 def test_each_new_method_is_its_own_chain_in_the_plan(tmp_path):
     from test_pipeline import tiny_params, write_params
 
-    from recall.pipeline import plan, stages
+    from recall.pipeline import layout, plan
     from recall.pipeline.params import load_params
 
     methods = {"opcm": {}, "iso_c": {"scale": 0.5}, "iso_cts": {}, "tsv_m": {}, "lines": {"alpha": 0.3}}
@@ -235,9 +235,9 @@ def test_each_new_method_is_its_own_chain_in_the_plan(tmp_path):
         merge = dag[f"merge-{m}-{second}"]
         assert merge.params == [f"methods.{m}"]
         assert merge.deps == [
-            stages.chain_dir(params, m, first) / "model",
-            stages.chain_dir(params, m, second) / "sft",
-            stages.base_model(params),
+            layout.chain_dir(params, m, first) / "model",
+            layout.chain_dir(params, m, second) / "sft",
+            layout.base_model(params),
         ]
     with pytest.raises(Exception, match="methods.opcm: --energy must be in"):
         load_params(write_params(tmp_path, tiny_params(methods={"opcm": {"energy": 1.5}})))
@@ -248,14 +248,14 @@ def test_a_sequential_lines_step_scales_only_the_steps_own_task_vector(tmp_path)
     from helpers import tiny_model
     from test_pipeline import tiny_params, write_params
 
-    from recall.pipeline import stages
+    from recall.pipeline import layout, stages
     from recall.pipeline.params import load_params
 
     params = load_params(write_params(tmp_path, tiny_params(methods={"lines": {"alpha": 0.2, "beta": 0.6}})))
     first, second = [s.task for s in params.steps]
-    tiny_model(stages.base_model(params), layers=3, seed=0)
-    previous = tiny_model(stages.chain_dir(params, "lines", first) / "model", layers=3, seed=1)
-    new = tiny_model(stages.new_model(params, "lines", second), layers=3, seed=2)
+    tiny_model(layout.base_model(params), layers=3, seed=0)
+    previous = tiny_model(layout.chain_dir(params, "lines", first) / "model", layers=3, seed=1)
+    new = tiny_model(layout.new_model(params, "lines", second), layers=3, seed=2)
     out = stages.merge_step(params, second, "lines")
     before, after, merged = tensors(previous), tensors(new), tensors(out)
     for name, value in merged.items():

@@ -122,7 +122,7 @@ def test_shipped_params_are_valid_and_their_dvc_yaml_is_current(params):
 def test_each_method_is_its_own_chain(tmp_path):
     """Step k of a method starts from that method's step k-1; only the first fine-tune is shared."""
     from flows.continual import producers
-    from recall.pipeline import plan, stages
+    from recall.pipeline import layout, plan
 
     sequence = [
         {"task": "gen_sentiment", "after": "base"},
@@ -134,11 +134,11 @@ def test_each_method_is_its_own_chain(tmp_path):
     params = load_params(write_params(tmp_path, tiny_params(sequence=sequence, methods=methods, promote=promote)))
     chains = tmp_path / "data" / "chains"
     for m in methods:
-        assert stages.start_model(params, m, "gen_translation") == stages.handed_on(params, m, "gen_sentiment")
-        assert stages.start_model(params, m, "gen_knowledge") == stages.handed_on(params, m, "gen_translation")
-        assert stages.new_model(params, m, "gen_sentiment") == tmp_path / "data" / "experts" / "gen_sentiment"
-    assert stages.handed_on(params, "sft", "gen_translation") == chains / "sft" / "gen_translation" / "sft"
-    assert stages.handed_on(params, "ties", "gen_translation") == chains / "ties" / "gen_translation" / "model"
+        assert layout.start_model(params, m, "gen_translation") == layout.handed_on(params, m, "gen_sentiment")
+        assert layout.start_model(params, m, "gen_knowledge") == layout.handed_on(params, m, "gen_translation")
+        assert layout.new_model(params, m, "gen_sentiment") == tmp_path / "data" / "experts" / "gen_sentiment"
+    assert layout.handed_on(params, "sft", "gen_translation") == chains / "sft" / "gen_translation" / "sft"
+    assert layout.handed_on(params, "ties", "gen_translation") == chains / "ties" / "gen_translation" / "model"
     dag = {s.name: s for s in plan.plan(params)}
     assert chains / "ties" / "gen_sentiment" / "model" in dag["finetune-ties-gen_translation"].deps
     assert dag["finetune-ewc-gen_knowledge"].params == ["finetune", "methods.ewc"]
@@ -153,19 +153,19 @@ def test_each_method_is_its_own_chain(tmp_path):
     # gates' decisions (whose step holds the champion), and the report reads every gate's
     gates = [n for n in dag if n.startswith("gate-")]
     assert gates == [f"gate-{t}" for t in tasks]
-    assert [stages.gate_metrics(params, t) for t in tasks[:2]] == [
+    assert [layout.gate_metrics(params, t) for t in tasks[:2]] == [
         d for d in dag["gate-gen_knowledge"].deps if d.name == "metrics.json"
     ]
     assert (
         dag["gate-gen_knowledge"].params == ["evaluate", "promote.tolerance"]
         and "gate-gen_translation" in producers(list(dag.values()))["gate-gen_knowledge"]
     )
-    assert stages.gate_metrics(params, "gen_knowledge") in dag["report"].deps
+    assert layout.gate_metrics(params, "gen_knowledge") in dag["report"].deps
 
 
 def test_the_multi_scenario_runs_the_experts_and_their_merges_at_once_only(tmp_path):
     """Table 2 needs no per-expert merge or evaluation (table 1, scenario single, has them)."""
-    from recall.pipeline import plan, stages
+    from recall.pipeline import layout, plan, stages
 
     sequence = [{"task": t, "after": "base"} for t in ("gen_sentiment", "gen_knowledge")]
     params = tiny_params(scenario="multi", sequence=sequence, methods={"recall": {}, "average": {}})
@@ -176,8 +176,8 @@ def test_the_multi_scenario_runs_the_experts_and_their_merges_at_once_only(tmp_p
     # the similarities are their own stage: a new temperature reruns the merge, not 25 feature extractions
     assert "recall.sigma" in dag["similarity"].params and "recall.temperature" not in dag["similarity"].params
     assert "recall.temperature" in dag["multi-recall"].params and "recall.sigma" not in dag["multi-recall"].params
-    assert stages.multi_similarity_path(loaded) in dag["multi-recall"].deps
-    assert dag["report"].deps == [stages.multi_dir(loaded, m) for m in ("recall", "average")]
+    assert layout.multi_similarity_path(loaded) in dag["multi-recall"].deps
+    assert dag["report"].deps == [layout.multi_dir(loaded, m) for m in ("recall", "average")]
     assert set(stages.report_spec(loaded, tmp_path / "data")) == {"tasks", "multi"}
 
 
@@ -377,7 +377,7 @@ def test_a_failing_stage_is_marked_failed_in_mlflow(tmp_path, prefect_server, em
 def test_the_data_stage_refuses_training_prompts_longer_than_finetune_max_length(tmp_path):
     """A task whose prompts cannot be trained on stops the run at its data stage, before any fine-tune,
     naming the params key to raise; the stage reads that key, so raising it reruns the check."""
-    from recall.pipeline import plan, stages
+    from recall.pipeline import layout, plan, stages
 
     project = tmp_path / "project"
     project.mkdir()
@@ -386,7 +386,7 @@ def test_the_data_stage_refuses_training_prompts_longer_than_finetune_max_length
     params["finetune"]["max_length"] = 24
     loaded = load_params(write_params(project, params))
     data = next(s for s in plan.plan(loaded) if s.name == "data")
-    assert "finetune.max_length" in data.params and stages.base_model(loaded) in data.deps
+    assert "finetune.max_length" in data.params and layout.base_model(loaded) in data.deps
     stages.base(loaded)
     with pytest.raises(RecallError, match=r"training prompts do not fit finetune.max_length 24 .*raise finetune"):
         stages.data(loaded)
@@ -396,7 +396,7 @@ def test_the_data_stage_refuses_training_prompts_longer_than_finetune_max_length
 
 def test_multi_scenario_merges_every_expert(tmp_path, monkeypatch):
     """Stage functions alone (no DVC): experts from the base, then one merge with averaged reference rows."""
-    from recall.pipeline import stages
+    from recall.pipeline import stages, table
 
     project = tmp_path / "project"
     project.mkdir()
@@ -410,7 +410,7 @@ def test_multi_scenario_merges_every_expert(tmp_path, monkeypatch):
     for task in ("gen_sentiment", "gen_knowledge"):
         for stage in (stages.finetune_step, stages.features, stages.typical):
             stage(loaded, task)
-    similarity = stages.run(loaded, "similarity")  # the multi scenario's: no step
+    similarity = table.run(loaded, "similarity")  # the multi scenario's: no step
     record = json.loads(similarity.read_text())
     json.dump({**record, "models": record["models"][::-1]}, similarity.open("w"))
     with pytest.raises(RecallError, match="measured other models than this merge"):
@@ -446,7 +446,7 @@ def test_ewc_ties_magmax_and_task_arithmetic_chains_run_both_steps(tmp_path):
     task vectors as the models store them), and EWC's second fine-tune is penalised towards the first task."""
     from test_baselines import magmax_reference, ties_reference
 
-    from recall.pipeline import plan, stages
+    from recall.pipeline import plan, table
 
     project = tmp_path / "project"
     project.mkdir()
@@ -455,7 +455,7 @@ def test_ewc_ties_magmax_and_task_arithmetic_chains_run_both_steps(tmp_path):
     loaded = load_params(write_params(project, tiny_params(methods=methods)))
     for stage in plan.plan(loaded):
         if stage.stage not in ("evaluate", "report"):
-            stages.run(loaded, stage.stage, stage.task, stage.method)
+            table.run(loaded, stage.stage, stage.task, stage.method)
 
     chains, base = project / "data" / "chains", tensors(project / "data" / "base" / "model")
     rules = {
@@ -484,7 +484,7 @@ def test_lm_cocktail_and_fisher_chains_run_from_their_weight_sources_stages(tmp_
     """Stage functions alone (no DVC): methods whose weights need evidence other than RECALL's get their
     weight source's stages before each merge (LM-Cocktail the models' losses, Fisher merging each model's
     Fisher), read as their settings say; the merge's weights follow from that evidence."""
-    from recall.pipeline import plan, stages
+    from recall.pipeline import plan, table
 
     project = tmp_path / "project"
     project.mkdir()
@@ -501,7 +501,7 @@ def test_lm_cocktail_and_fisher_chains_run_from_their_weight_sources_stages(tmp_
     assert "similarity-gen_translation" not in dag  # no RECALL: none of its stages
     for stage in plan.plan(loaded):
         if stage.stage not in ("evaluate", "report"):
-            stages.run(loaded, stage.stage, stage.task, stage.method)
+            table.run(loaded, stage.stage, stage.task, stage.method)
 
     step = chains / "lm_cocktail" / "gen_translation"
     measured = json.loads((step / "losses.json").read_text())["cocktail"]["losses"]
@@ -753,7 +753,7 @@ def test_the_dask_runner_runs_independent_stages_at_once_and_makes_the_same_arti
 
 def test_a_cancelled_stage_stops_at_once_keeps_nothing_partial_and_resumes(tmp_path, prefect_server):
     """SIGTERM (Prefect cancelling a flow run, a scheduler's limit) to a real stage process mid-fine-tune."""
-    from recall.pipeline import plan, stages
+    from recall.pipeline import layout, plan, stages
     from recall.training.finetune import checkpoint_folder
 
     project = tmp_path / "project"
@@ -765,7 +765,7 @@ def test_a_cancelled_stage_stops_at_once_keeps_nothing_partial_and_resumes(tmp_p
     plan.write(loaded)
     stages.base(loaded)
     stages.data(loaded)
-    out = stages.new_model(loaded, None, "gen_sentiment")
+    out = layout.new_model(loaded, None, "gen_sentiment")
     state = checkpoint_folder(out) / "state.pt"
     env = {**prefect_server, "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)

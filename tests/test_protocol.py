@@ -8,7 +8,7 @@ import pytest
 from test_pipeline import tiny_params, write_params
 
 from recall.errors import RecallError
-from recall.pipeline import plan, stages
+from recall.pipeline import layout, plan, table
 from recall.pipeline.params import load_params
 from recall.reporting import metrics
 from recall.reporting import statistics as paired
@@ -88,7 +88,7 @@ def test_the_run_params_seed_the_fine_tune_and_keep_the_runs_methods(tmp_path):
     run = params.select("o3-s1")
     assert [s.task for s in run.steps] == [C, B, A] and run.sections.finetune.seed == 1
     assert list(run.methods) == ["recall", "sft"] and params.methods["average"] == {}
-    assert stages.handed_on(run, "sft", B) == tmp_path / "data" / "runs" / "o3-s1" / "chains" / "sft" / B / "sft"
+    assert layout.handed_on(run, "sft", B) == tmp_path / "data" / "runs" / "o3-s1" / "chains" / "sft" / B / "sft"
 
 
 def test_random_orders_are_distinct_and_a_larger_n_keeps_the_first(tmp_path):
@@ -236,7 +236,7 @@ def test_a_tiny_protocol_runs_stage_by_stage_into_protocol_json(tmp_path):
         evaluate={"limit": 2, "batch_size": 2, "max_new_tokens": 8, "unseen": [U]},
     )
     for stage in plan.plan(params):
-        stages.run(params.select(stage.run) if stage.run else params, stage.stage, stage.task, stage.method)
+        table.run(params.select(stage.run) if stage.run else params, stage.stage, stage.task, stage.method)
     summary = json.loads((tmp_path / "metrics.json").read_text())
     assert summary["runs"] == ["o1-s0", "o1-s1", "o2-s0", "o2-s1"]
     assert summary["methods"]["sft"]["runs"] == 4 and summary["methods"]["recall"]["runs"] == 2

@@ -58,7 +58,7 @@ def test_spread_is_each_layers_range_and_entropy_and_near_uniform_merges_warn(ca
 
 
 def test_a_recall_merge_records_its_spread_and_mlflow_logs_it(store, make_model, task_data, tmp_path):  # noqa: F811
-    from recall.pipeline import stages
+    from recall.pipeline import tracked
 
     models = [make_model(n, seed=s) for n, s in (("a", 1), ("b", 2))]
     out = tmp_path / "out"
@@ -73,7 +73,7 @@ def test_a_recall_merge_records_its_spread_and_mlflow_logs_it(store, make_model,
 
     params = load_params(write_params(tmp_path, tiny_params()))
     with mlflow.start_run() as run:
-        stages.register_merge(params, out, [], "merge-recall-t", "recall chain: merge after step t")
+        tracked.register_merge(params, out, [], "merge-recall-t", "recall chain: merge after step t")
     client = mlflow.MlflowClient()
     logged = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "weights.range"))
     np.testing.assert_allclose([v for _, v in logged], record["spread"]["range"])

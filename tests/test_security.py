@@ -122,7 +122,7 @@ def test_the_pipeline_refuses_a_base_with_code_unless_params_opt_in(tmp_path, mo
     from helpers import tiny_model
     from test_pipeline import tiny_params, write_params
 
-    from recall.pipeline import stages
+    from recall.pipeline import layout, table
     from recall.pipeline.params import load_params
 
     monkeypatch.setattr(models, "_remote_code_allowed", False)  # the opt-in is process-wide: undone after
@@ -130,9 +130,9 @@ def test_the_pipeline_refuses_a_base_with_code_unless_params_opt_in(tmp_path, mo
     plant(tiny_model(project / "tiny"), marker)
     params = tiny_params()
     with pytest.raises(RecallError, match=r"tiny: config.json has `auto_map`.*base.trust_remote_code: true"):
-        stages.run(load_params(write_params(project, params)), "base")
-    assert not marker.exists() and not stages.base_model(load_params(project / "params.yaml")).exists()
+        table.run(load_params(write_params(project, params)), "base")
+    assert not marker.exists() and not layout.base_model(load_params(project / "params.yaml")).exists()
 
     params["base"]["trust_remote_code"] = True
-    assert stages.run(load_params(write_params(project, params)), "base").is_dir()
+    assert table.run(load_params(write_params(project, params)), "base").is_dir()
     assert marker.read_text() == "ran"

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     import mlflow
 
     from recall.gate import decide
-    from recall.pipeline import stages
+    from recall.pipeline import layout, stages
     from recall.pipeline.params import load_params
 
     params = load_params(args.params)
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if candidate.resolve() == champion.resolve():
         print(f"no change: the candidate {candidate} is the champion")
         return 0
-    names = args.tasks or stages.tasks(params)
+    names = args.tasks or layout.tasks(params)
     if missing := [t for t in names if not (params.data_dir / t / "test.jsonl").is_file()]:
         raise RecallError(f"no test data for {', '.join(missing)} in {params.data_dir}; run `dvc repro data` first")
     tolerance = params.sections.promote.tolerance if args.tolerance is None else args.tolerance

@@ -7,7 +7,7 @@ dvc.yaml from params.yaml. Everything else a stage reads is a params dependency,
 of a setting reruns exactly the stages that read it. dvc.yaml records the key of the shape it was
 written for; a stage refuses to run when params.yaml has another shape.
 
-The stages, their dependencies, outputs and params keys are `recall.pipeline.stages.TABLE`'s; this
+The stages, their dependencies, outputs and params keys are `recall.pipeline.table.TABLE`'s; this
 module places them (`plan`) and writes dvc.yaml. Stage names and paths: `recall.pipeline.layout`.
 """
 
@@ -26,7 +26,8 @@ from recall.atomic import atomic_file
 from recall.errors import RecallError
 from recall.pipeline.layout import dvc_yaml, stage_name, tasks
 from recall.pipeline.params import Params
-from recall.pipeline.stages import TABLE, StageDef, source_of
+from recall.pipeline.stages import source_of
+from recall.pipeline.table import TABLE, StageDef
 
 KEY_PREFIX = "# plan key: "
 __all__ = ["Stage", "check_current", "find", "plan", "render", "shape_key", "stage_name", "write"]

@@ -10,8 +10,8 @@ a method's name:
 - `reads`: method parameters the source reads rather than the kernel, with their defaults (LiNeS's
   alpha and beta, from `depth_scales`);
 - the pipeline stages it needs before a merge (`step_stages` in a chain step, `expert_stages` per task
-  and `multi_stages` once in the multi scenario; each one entry of `recall.pipeline.stages.TABLE`) and
-  `merge_reads`, the stages whose outputs the merge reads;
+  and `multi_stages` once in the multi scenario; each one entry of `recall.pipeline.table.TABLE`) and
+  `merge_reads`, the stages whose outputs the merge reads (`recall.pipeline.stages.EVIDENCE`);
 - `gather`: its evidence from `recall merge`'s options, and `rows`: the evidence as weight rows
   (L+1 layer groups, one column per model), which `recall.merge.methods.resolve_weights` returns.
 
