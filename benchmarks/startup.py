@@ -51,6 +51,7 @@ STAGES = {
     "similarity": ["similarity", "--step", "gen_sentiment"],
     "merge": ["merge", "--method", "recall", "--step", "gen_sentiment"],
     "evaluate": ["evaluate", "--method", "recall", "--step", "gen_sentiment"],
+    "gate": ["gate", "--step", "gen_sentiment"],  # the served chain's gate (promote.method: recall)
     "report": ["report"],
 }
 
