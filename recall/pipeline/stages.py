@@ -58,7 +58,7 @@ from recall.tasks.formats import TASK_FILE
 from recall.tasks.generated import generate_suite
 from recall.training.finetune import check_prompts_fit, finetune
 from recall.weights.features import extract_features, load_features
-from recall.weights.representations import similarity_and_sigmas
+from recall.weights.representations import reference_record, similarity_and_sigmas
 from recall.weights.similarity import similarity_range
 from recall.weights.sources import Evidence, WeightSource
 from recall.weights.typical import select_typical
@@ -210,14 +210,7 @@ def multi_similarity(params: Params) -> Path:
             ref = i + int(params.with_base)
             indices, sim, sigmas = typical_similarity(params, infos, ref, task, Path(tmp))
             references.append(
-                {
-                    "reference": models[ref],
-                    "data": str(evidence_dir(params, task) / "probe.jsonl"),
-                    "typical": indices,
-                    "similarity": sim.tolist(),
-                    "sigmas": sigmas,
-                    "range": similarity_range(sim),
-                }
+                reference_record(models[ref], evidence_dir(params, task) / "probe.jsonl", indices, sim, sigmas)
             )
     record = {
         "metric": settings.similarity,

@@ -18,7 +18,7 @@ import numpy as np
 from recall.models import ModelInfo
 from recall.weights.config import RecallSettings
 from recall.weights.features import extract_features, load_features
-from recall.weights.similarity import layer_sigmas, layer_similarity
+from recall.weights.similarity import layer_sigmas, layer_similarity, similarity_range
 from recall.weights.typical import select_typical
 
 log = logging.getLogger(__name__)
@@ -81,13 +81,18 @@ def references_similarities(
         for index, data in references:
             sim, sigmas, typical = reference_similarity(models, index, Path(data), settings, work)
             sims.append(sim)
-            detail.append(
-                {
-                    "reference": models[index].spec,
-                    "data": str(data),
-                    "typical": typical,
-                    "similarity": sim.tolist(),
-                    "sigmas": sigmas,
-                }
-            )
+            detail.append(reference_record(models[index].spec, data, typical, sim, sigmas))
     return sims, {"settings": asdict(settings), "references": detail}
+
+
+def reference_record(reference: str, data: Path, typical: list[int], sim: np.ndarray, sigmas: list) -> dict:
+    """One reference model's similarities as merge_weights.json and the multi scenario's similarity.json
+    record them: its data, typical samples, (L+1, N) similarities, per-layer sigmas and their range."""
+    return {
+        "reference": reference,
+        "data": str(data),
+        "typical": typical,
+        "similarity": sim.tolist(),
+        "sigmas": sigmas,
+        "range": similarity_range(sim),
+    }
