@@ -1,23 +1,31 @@
-"""Evaluation speed of likelihood (PPL) tasks: `recall evaluate`'s one pass per prompt against one
-forward per (prompt, answer) pair, and against a plain batched forward.
+"""Evaluation speed: `recall evaluate`'s fixed cost over the scoring itself, for likelihood (PPL) and
+generated tasks; for PPL tasks also its one pass per prompt against one forward per (prompt, answer)
+pair and against a plain batched forward.
 
-    .venv/bin/python benchmarks/eval_speed.py --model /tmp/smolbase [--case sst2:32 --case race:12]
-        [--batch-size 8] [--threads 1] [--repeats 1] [--data-dir ../shared/data]
+    .venv/bin/python benchmarks/eval_speed.py --model /tmp/smolbase [--case sst2:32 --case squad_v2:8]
+        [--batch-size 8] [--threads 1] [--repeats 1] [--data-dir ../shared/data] [--baseline DIR]
 
-Each `--case TASK:LIMIT` (default: sst2, short prompts and two labels, and race, ~500-token articles
-and four options) scores every label after each of the task's first LIMIT test examples, rendered with
-the model's chat template, on `--threads` CPU threads, `--batch-size` rows per forward pass:
-- plain: transformers alone on the already loaded model: a left-padded forward pass over each batch
-  of (prompt, label) pairs (the model's logits at every position, as a plain forward gives them), then
-  the log-softmax at the answer positions only;
-- per pair: the likelihood `recall evaluate` computed before it ran each prompt once: the same
-  batches of pairs, the output layer at the answer positions only (`logits_to_keep`);
-- one pass: the likelihood call `recall evaluate` makes inside OpenCompass,
-  `ChatModel.get_answer_nll`: each prompt once, in batches of prompts, every label scored from it;
-- evaluate: `recall evaluate` end to end in a fresh process (fresh output folder, so nothing cached):
-  imports, OpenCompass, model load, inference, scoring, examples/ and metrics.json.
-plain, per pair and one pass alternate, best of `--repeats`; their NLLs and the labels plain and
-evaluate choose are compared. Writes benchmarks/results/eval_speed.json and eval_speed.md.
+Each `--case TASK:LIMIT` (default: sst2, short prompts and two labels, race, ~500-token articles and
+four options, and squad_v2, generated answers) runs the task's first LIMIT test examples, rendered
+with the model's chat template, on `--threads` CPU threads, `--batch-size` rows per forward pass.
+
+The scoring itself, timed in this process on the model already loaded, with the calls `recall
+evaluate` makes inside OpenCompass and its batches:
+- PPL (a task with choices): `ChatModel.get_answer_nll`, each prompt once, in batches of prompts,
+  every label scored from it (one pass); and for comparison
+  - plain: transformers alone: a left-padded forward pass over each batch of (prompt, label) pairs
+    (the model's logits at every position), then the log-softmax at the answer positions only;
+  - per pair: the likelihood `recall evaluate` computed before it ran each prompt once: the same
+    batches of pairs, the output layer at the answer positions only (`logits_to_keep`);
+- generation (a task without choices): `ChatModel.generate_from_template` on OpenCompass's
+  `GenInferencer` batches (test order), greedy, up to the format's reply length; then the reference's
+  likelihood (`get_answer_nll` with the reference as the only answer) for the `nll` metric.
+evaluate: `recall evaluate` end to end in a fresh process (fresh output folder, so nothing cached):
+imports, OpenCompass, model load, inference, scoring, examples/ and metrics.json. Its fixed cost is its
+wall time less the scoring's. With `--baseline DIR`, `recall evaluate` also runs with the `recall`
+package of DIR (e.g. a worktree of the code before a change; same interpreter and packages),
+alternating with this tree's, and its metrics.json and examples/ are compared byte for byte.
+Timings are the best of `--repeats`. Writes benchmarks/results/eval_speed.json and eval_speed.md.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from recall.atomic import atomic_file, write_json
 from recall.data import chat_prompt
 from recall.errors import RecallError
+from recall.evaluation.config import MAX_NEW_TOKENS
 from recall.evaluation.inferencer import length_sorted_batches
 from recall.tasks.registry import get_task
 from recall.tracking import git_commit
@@ -124,8 +133,11 @@ def timed(fn, *args):
     return time.perf_counter() - started, result
 
 
-def run_evaluate(args: argparse.Namespace, task: str, limit: int, out: Path) -> tuple[float, list[str]]:
-    """Wall time of `recall evaluate` in a fresh process, and the command."""
+def run_evaluate(
+    args: argparse.Namespace, task: str, limit: int, out: Path, code: Path | None
+) -> tuple[float, list[str]]:
+    """Wall time of `recall evaluate` in a fresh process, with the `recall` package of `code` (None:
+    this tree's), and the command."""
     command = [
         str(Path(sys.executable).with_name("recall")),
         "evaluate",
@@ -144,18 +156,69 @@ def run_evaluate(args: argparse.Namespace, task: str, limit: int, out: Path) -> 
         "--out",
         str(out),
     ]
+    root = code or Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     started = time.perf_counter()
-    proc = subprocess.run(command, capture_output=True, text=True)
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - started
     if proc.returncode:
         raise RuntimeError(f"recall evaluate failed:\n{proc.stderr[-3000:]}")
     return wall, command
 
 
+def outputs(out: Path, task: str) -> tuple[bytes, bytes]:
+    return (out / "metrics.json").read_bytes(), (out / "examples" / f"{task}.jsonl").read_bytes()
+
+
+def evaluate_runs(args: argparse.Namespace, task: str, limit: int) -> dict:
+    """`recall evaluate` `--repeats` times (and as often with `--baseline`, alternating): the best wall
+    times, the metrics and records of this tree's run, and whether the baseline's are the same bytes."""
+    walls: dict[str, list[float]] = {"evaluate": [], "baseline": []}
+    results: dict[str, tuple[bytes, bytes]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for repeat in range(args.repeats):
+            for name, code in [("baseline", args.baseline), ("evaluate", None)]:
+                if name == "baseline" and code is None:
+                    continue
+                out = Path(tmp) / f"{name}-{repeat}"
+                wall, command = run_evaluate(args, task, limit, out, code)
+                walls[name].append(wall)
+                results.setdefault(name, outputs(out, task))
+                if outputs(out, task) != results[name]:
+                    raise RuntimeError(f"{name}: repeat {repeat} of {task} scored differently")
+                if name == "evaluate":
+                    evaluate_command = command
+    metrics, records = results["evaluate"]
+    return {
+        "evaluate_command": " ".join(evaluate_command),
+        "evaluate_wall_s": min(walls["evaluate"]),
+        "evaluate_walls_s": walls["evaluate"],
+        **(
+            {
+                "baseline_wall_s": min(walls["baseline"]),
+                "baseline_walls_s": walls["baseline"],
+                "baseline_identical": results["baseline"] == results["evaluate"],
+            }
+            if args.baseline
+            else {}
+        ),
+        "metrics": json.loads(metrics)[task],
+        "records": [json.loads(line) for line in records.decode().splitlines()],
+    }
+
+
+def fixed_costs(result: dict, scoring_s: float) -> dict:
+    fixed = {"scoring_s": scoring_s, "evaluate_fixed_s": result["evaluate_wall_s"] - scoring_s}
+    if "baseline_wall_s" in result:
+        fixed["baseline_fixed_s"] = result["baseline_wall_s"] - scoring_s
+    return fixed
+
+
 def run_case(args: argparse.Namespace, name: str, limit: int, lm, model, tokenizer) -> dict:
     task = get_task(name)
     if not task.choices:
-        raise RecallError(f"task {name} has no choices to rank; pick a classification or multiple_choice task")
+        return run_gen_case(args, name, limit, model, tokenizer)
+    model.max_seq_len = lm.config.max_position_embeddings  # as `recall evaluate` gives it: nothing generated
     choices = list(task.choices)
     examples = task.load("test", args.data_dir, limit)
     prompts = [chat_prompt(tokenizer, e.prompt) for e in examples]
@@ -177,15 +240,15 @@ def run_case(args: argparse.Namespace, name: str, limit: int, lm, model, tokeniz
         times["one_pass"].append(seconds)
     best = {key: min(values) for key, values in times.items()}
 
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "eval"
-        wall, command = run_evaluate(args, name, limit, out)
-        metrics = json.loads((out / "metrics.json").read_text())[name]
-        records = [json.loads(line) for line in (out / "examples" / f"{name}.jsonl").read_text().splitlines()]
+    runs = evaluate_runs(args, name, limit)
+    metrics, records = runs.pop("metrics"), runs.pop("records")
+    wall = runs["evaluate_wall_s"]
     chosen = [min(choices, key=lambda c, i=i: plain[i, c]) for i in range(len(examples))]
     keys = list(plain)
     return {
-        "evaluate_command": " ".join(command),
+        **runs,
+        **fixed_costs(runs, best["one_pass"]),
+        "kind": "ppl",
         "task": name,
         "choices": choices,
         "examples": len(examples),
@@ -196,13 +259,11 @@ def run_case(args: argparse.Namespace, name: str, limit: int, lm, model, tokeniz
         "plain_s": best["plain"],
         "per_pair_s": best["per_pair"],
         "one_pass_s": best["one_pass"],
-        "evaluate_wall_s": wall,
         "times_s": times,
         "per_pair_over_plain_time": best["per_pair"] / best["plain"],
         "one_pass_over_plain_time": best["one_pass"] / best["plain"],
         "one_pass_over_per_pair_time": best["one_pass"] / best["per_pair"],
         "evaluate_over_plain_time": wall / best["plain"],
-        "evaluate_fixed_s": wall - best["one_pass"],
         "max_nll_difference_plain": max(abs(plain[k] - new[k]) for k in keys),
         "max_nll_difference_per_pair": max(abs(old[k] - new[k]) for k in keys),
         "max_nll_relative_difference_per_pair": max(abs(old[k] - new[k]) / abs(old[k]) for k in keys),
@@ -212,42 +273,150 @@ def run_case(args: argparse.Namespace, name: str, limit: int, lm, model, tokeniz
     }
 
 
+def generate(model, prompts: list[str], batch_size: int, max_out_len: int) -> list[str]:
+    """Greedy replies as OpenCompass's GenInferencer asks for them: batches in test order."""
+    replies = []
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start : start + batch_size]
+        replies += model.generate_from_template(batch, max_out_len=max_out_len, min_out_len=None, stopping_criteria=[])
+    return replies
+
+
+def reference_nll(model, prompts: list[str], references: list[str], batch_size: int) -> list[float]:
+    """The reference's mean NLL per token, as AnswerPPLInferencer without candidates computes it."""
+    nll: list[float] = [0.0] * len(prompts)
+    for batch in length_sorted_batches(prompts, batch_size):
+        values = model.get_answer_nll([prompts[i] for i in batch], [[references[i]] for i in batch])
+        for i, (value,) in zip(batch, values):
+            nll[i] = value
+    return nll
+
+
+def run_gen_case(args: argparse.Namespace, name: str, limit: int, model, tokenizer) -> dict:
+    task = get_task(name)
+    reply_tokens = MAX_NEW_TOKENS[task.format]
+    model.max_seq_len = model.model.config.max_position_embeddings - reply_tokens  # as `recall evaluate` gives it
+    examples = task.load("test", args.data_dir, limit)
+    prompts = [chat_prompt(tokenizer, e.prompt) for e in examples]
+    references = [e.answer for e in examples]
+    times = {"generate": [], "nll": []}
+    for _ in range(args.repeats):
+        seconds, replies = timed(generate, model, prompts, args.batch_size, reply_tokens)
+        times["generate"].append(seconds)
+        seconds, nll = timed(reference_nll, model, prompts, references, args.batch_size)
+        times["nll"].append(seconds)
+    best = {key: min(values) for key, values in times.items()}
+    runs = evaluate_runs(args, name, limit)
+    metrics, records = runs.pop("metrics"), runs.pop("records")
+    return {
+        **runs,
+        **fixed_costs(runs, best["generate"] + best["nll"]),
+        "kind": "gen",
+        "task": name,
+        "examples": len(examples),
+        "reply_tokens": reply_tokens,
+        "prompt_tokens": sum(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts),
+        "generate_s": best["generate"],
+        "nll_s": best["nll"],
+        "times_s": times,
+        "reply_agreement": sum(r == rec["prediction"] for r, rec in zip(replies, records)) / len(examples),
+        "max_nll_difference": max(abs(a - rec["nll"]) for a, rec in zip(nll, records)),
+        "metrics": metrics,
+    }
+
+
+def evaluate_rows(r: dict, scale: float) -> str:
+    """The `recall evaluate` rows of a case's table; `scale`: the time the ratio column divides by."""
+    rows = ""
+    if "baseline_wall_s" in r:
+        rows += (
+            f"| `recall evaluate` end to end, baseline code (fresh process) | {r['baseline_wall_s']:.2f} | "
+            f"{r['baseline_wall_s'] / scale:.2f} | {r['baseline_fixed_s']:.2f} |\n"
+        )
+    rows += (
+        f"| `recall evaluate` end to end (fresh process) | {r['evaluate_wall_s']:.2f} | "
+        f"{r['evaluate_wall_s'] / scale:.2f} | {r['evaluate_fixed_s']:.2f} |\n"
+    )
+    return rows
+
+
+def identical_line(r: dict) -> str:
+    if "baseline_identical" not in r:
+        return ""
+    same = "identical" if r["baseline_identical"] else "DIFFERENT"
+    return f"Baseline and this code: metrics.json and examples/{r['task']}.jsonl byte for byte {same}.\n"
+
+
 def case_markdown(r: dict, batch_size: int) -> str:
-    return f"""## {r["task"]}: {r["examples"]} examples x {len(r["choices"])} labels
+    if r["kind"] == "gen":
+        return gen_markdown(r, batch_size)
+    return f"""## {r["task"]} (PPL): {r["examples"]} examples x {len(r["choices"])} labels
 
 {r["pairs"]} (prompt, label) pairs of {r["pair_tokens"]} tokens in all; the prompts alone:
 {r["prompt_tokens"]} tokens; tokens per label: {r["label_tokens"]}.
 Batches of {batch_size} rows: pairs for plain and per pair, prompts for one pass and `recall evaluate`.
 
-| what | seconds | time / plain | time / per pair |
+| what | seconds | time / plain | fixed cost (s) |
 |---|---|---|---|
-| plain batched forward per pair (transformers, model loaded) | {r["plain_s"]:.2f} | 1.00 | \
-{r["plain_s"] / r["per_pair_s"]:.2f} |
+| plain batched forward per pair (transformers, model loaded) | {r["plain_s"]:.2f} | 1.00 | |
 | per pair, answer positions only (the former `get_answer_nll`) | {r["per_pair_s"]:.2f} | \
-{r["per_pair_over_plain_time"]:.2f} | 1.00 |
-| one pass per prompt (`ChatModel.get_answer_nll`) | {r["one_pass_s"]:.2f} | {r["one_pass_over_plain_time"]:.2f} | \
-{r["one_pass_over_per_pair_time"]:.2f} |
-| `recall evaluate` end to end (fresh process) | {r["evaluate_wall_s"]:.2f} | {r["evaluate_over_plain_time"]:.2f} | |
-
-Fixed cost of `recall evaluate` over the one-pass call (imports, OpenCompass, model load, scoring,
-files): {r["evaluate_fixed_s"]:.1f} s.
-Largest |NLL difference| of one pass against per pair: {r["max_nll_difference_per_pair"]:.2e}
+{r["per_pair_over_plain_time"]:.2f} | |
+| one pass per prompt (`ChatModel.get_answer_nll`): the scoring itself | {r["one_pass_s"]:.2f} | \
+{r["one_pass_over_plain_time"]:.2f} | |
+{evaluate_rows(r, r["plain_s"])}
+Fixed cost: `recall evaluate`'s wall time less the one-pass scoring (imports, OpenCompass, model load,
+files). {identical_line(r)}Largest |NLL difference| of one pass against per pair: {r["max_nll_difference_per_pair"]:.2e}
 (relative {r["max_nll_relative_difference_per_pair"]:.2e}); against plain: {r["max_nll_difference_plain"]:.2e}.
 Plain and `recall evaluate` chose the same label for {r["label_agreement"]:.0%} of examples.
 Accuracy {r["accuracy"]:.2f}, nll {r["nll"]:.4f}.
 """
 
 
+def gen_markdown(r: dict, batch_size: int) -> str:
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in r["metrics"].items())
+    return f"""## {r["task"]} (generation): {r["examples"]} examples, replies of up to {r["reply_tokens"]} tokens
+
+Prompts: {r["prompt_tokens"]} tokens in all; batches of {batch_size} prompts.
+
+| what | seconds | time / scoring | fixed cost (s) |
+|---|---|---|---|
+| greedy replies (`ChatModel.generate_from_template`, GenInferencer's batches) | {r["generate_s"]:.2f} | | |
+| reference likelihood for `nll` (`ChatModel.get_answer_nll`) | {r["nll_s"]:.2f} | | |
+| the scoring itself (both) | {r["scoring_s"]:.2f} | 1.00 | |
+{evaluate_rows(r, r["scoring_s"])}
+Fixed cost: `recall evaluate`'s wall time less the scoring (imports, OpenCompass, model load, files).
+{identical_line(r)}`recall evaluate` and the replies generated here agree for {r["reply_agreement"]:.0%} of examples;
+largest |nll difference| {r["max_nll_difference"]:.2e}. {metrics}.
+"""
+
+
 def markdown(result: dict) -> str:
     r = result
     cases = "\n".join(case_markdown(case, r["batch_size"]) for case in r["cases"].values())
-    return f"""# Evaluation speed of PPL tasks: one pass per prompt vs one forward per (prompt, label) pair
+    baseline = r["baseline"] is not None
+    head = "| case | scoring (s) | " + ("baseline fixed cost (s) | " if baseline else "") + "fixed cost (s) |"
+    rows = [head, "|---|---|" + ("---|" if baseline else "") + "---|"]
+    for name, case in r["cases"].items():
+        before = f"{case['baseline_fixed_s']:.2f} | " if baseline else ""
+        rows.append(f"| {name} ({case['kind']}) | {case['scoring_s']:.2f} | {before}{case['evaluate_fixed_s']:.2f} |")
+    table = "\n".join(rows)
+    load = (
+        ", ".join(f"{x:.2f}" for x in r["load_average"]["start"])
+        + " at the start; "
+        + ", ".join(f"{x:.2f}" for x in r["load_average"]["end"])
+    )
+    return f"""# Evaluation speed: `recall evaluate`'s fixed cost over the scoring itself
 
-{r["model"]}, {r["threads"]} thread(s), best of {r["repeats"]}.
+{r["model"]}, {r["threads"]} thread(s), {r["batch_size"]} rows per batch, best of {r["repeats"]}.
 Command: `{r["command"]}`
+{f"Baseline: the `recall` package of {r['baseline']} (commit {r['baseline_commit']})." if baseline else ""}
+Machine: {r["machine"]["cpu_count"]} cores; load average (1, 5, 15 min) {load} at the end.
+{r["note"] or ""}
 
-One pass runs each prompt once: a label of one token is scored from the prompt's last position (the
-output layer there only), a longer one continues from the prompt's key/value cache with its other
+{table}
+
+One pass (PPL) runs each prompt once: a label of one token is scored from the prompt's last position
+(the output layer there only), a longer one continues from the prompt's key/value cache with its other
 tokens. Per pair runs prompt + label once per label.
 
 {cases}"""
@@ -268,15 +437,19 @@ def main() -> None:
         type=parse_case,
         action="append",
         dest="cases",
-        help="TASK:LIMIT, repeatable (default: sst2:32 and race:12)",
+        help="TASK:LIMIT, repeatable (default: sst2:32, race:12 and squad_v2:8)",
     )
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--baseline", type=Path, help="also time `recall evaluate` with the recall package of DIR")
+    parser.add_argument("--note", help="a line for the report (e.g. what else ran on the machine)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "eval_speed.json")
     args = parser.parse_args()
-    args.cases = args.cases or [("sst2", 32), ("race", 12)]
+    args.cases = args.cases or [("sst2", 32), ("race", 12), ("squad_v2", 8)]
+    if args.baseline is not None and not (args.baseline / "recall" / "__init__.py").is_file():
+        raise RecallError(f"--baseline {args.baseline} holds no recall package (recall/__init__.py)")
     if not (args.model / "config.json").is_file():
         raise RecallError(
             f"{args.model} is not a model folder; pull one with `.venv/bin/recall base pull --out /tmp/smolbase`"
@@ -299,11 +472,18 @@ def main() -> None:
     # Warm-up: the first forward of a process pays one-off costs that none of the timed paths should.
     plain_forward(lm, tokenizer, ["Hello"], [[(0, "A")]])
     one_pass(model, ["Hello"], ["A"], [[0]])
-    cases = {name: run_case(args, name, limit, lm, model, tokenizer) for name, limit in args.cases}
+    reference_nll(model, ["Hello"], ["An answer of several tokens"], 1)
+    generate(model, ["Hello"], 1, 2)
+    load_start = os.getloadavg()
+    cases = {f"{name}:{limit}": run_case(args, name, limit, lm, model, tokenizer) for name, limit in args.cases}
     result = {
         "benchmark": "eval_speed",
         "command": command_line(),
         "model": str(args.model),
+        "baseline": str(args.baseline) if args.baseline else None,
+        "baseline_commit": git_commit(args.baseline) if args.baseline else None,
+        "note": args.note,
+        "load_average": {"start": load_start, "end": os.getloadavg()},
         "batch_size": args.batch_size,
         "threads": args.threads,
         "repeats": args.repeats,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from recall.errors import boundary
@@ -43,10 +44,22 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command in `argv` (default: the process's arguments) and return its exit status.
+
+    Run as the process's entry point (no `argv`), a command that sets `exit_fast` ends the process
+    here, skipping the interpreter's teardown, which frees torch and transformers module by module
+    (most of a second): its outputs are written and closed by then."""
+    entry_point = argv is None
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    return boundary(f"recall {args.command}", lambda: args.func(args) or 0, args.debug)
+    status = boundary(f"recall {args.command}", lambda: args.func(args) or 0, args.debug)
+    if entry_point and getattr(args, "exit_fast", False):
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
 
 
 if __name__ == "__main__":

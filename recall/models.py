@@ -14,11 +14,13 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from recall.atomic import atomic_dir, write_json
 from recall.errors import RecallError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +243,8 @@ def load_tokenizer(info: ModelInfo):
 
 def default_device() -> str:
     """Where models run unless told otherwise: the GPU when one is visible, else the CPU."""
+    import torch  # here: the commands that only read configs (and `recall evaluate`'s start) need no torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -248,16 +252,20 @@ def default_dtype(device: str | torch.device) -> str:
     """The dtype models are loaded in on `device` unless told otherwise: float32 on the CPU (as always),
     bfloat16 on a GPU that supports it, else float32 (float16 would need loss scaling to train and can
     overflow the hidden states that feature extraction reads)."""
+    import torch
+
     if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported():
         return "bfloat16"
     return "float32"
 
 
-def load_causal_lm(info: ModelInfo, dtype: torch.dtype = torch.float32, device: str | None = None):
-    """Load a model for inference; LoRA adapters are merged into their base. `device`: `default_device()`
-    when None."""
+def load_causal_lm(info: ModelInfo, dtype: torch.dtype | None = None, device: str | None = None):
+    """Load a model for inference; LoRA adapters are merged into their base. `dtype`: float32 when None;
+    `device`: `default_device()` when None."""
+    import torch
     from transformers import AutoModelForCausalLM
 
+    dtype = torch.float32 if dtype is None else dtype
     device = device or default_device()
     if info.kind == "gguf":
         model = AutoModelForCausalLM.from_pretrained(

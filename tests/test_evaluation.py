@@ -4,9 +4,11 @@ forced failure) whose likelihoods are checked against the model run directly."""
 
 from __future__ import annotations
 
+import ast
 import inspect
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from recall.atomic import MARKER
 from recall.cli import main
 from recall.data import Example, chat_prompt
 from recall.errors import RecallError
-from recall.evaluation import evaluate, pipeline
+from recall.evaluation import compat, evaluate, pipeline, runner
 from recall.evaluation.config import (
     DatasetSpec,
     ModelSpec,
@@ -48,14 +50,33 @@ def model(tmp_path_factory) -> Path:
     return tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 
 
+class NotStarted:
+    """Stands in for the OpenCompass child `evaluate` starts ahead (`runner.OpenCompass`), starting nothing."""
+
+    def __init__(self, threads=None):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+def stand_in(monkeypatch, run) -> None:
+    """OpenCompass replaced by `run(config, work_dir, log, threads=None, started=None)`; no child starts."""
+    monkeypatch.setattr(pipeline, "OpenCompass", NotStarted)
+    monkeypatch.setattr(pipeline, "run_opencompass", run)
+
+
 @pytest.fixture
 def no_opencompass(monkeypatch):
-    """Fail the test if OpenCompass would be started."""
+    """Fail the test if OpenCompass would be run."""
 
-    def refuse(*args):
-        raise AssertionError("OpenCompass must not start on bad input")
+    def refuse(*args, **kwargs):
+        raise AssertionError("OpenCompass must not run on bad input")
 
-    monkeypatch.setattr(pipeline, "run_opencompass", refuse)
+    stand_in(monkeypatch, refuse)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -138,8 +159,9 @@ def test_real_opencompass_run_and_forced_failure(model: Path, suite: Path, tmp_p
     assert ranked["origin_prompt"] == chat_prompt(tokenizer, examples["gen_sentiment"][0].prompt)
     assert list(ranked["answer_nll"]) == ["negative", "positive"]
     assert len(list((out / "opencompass" / "results" / abbr).glob("*.json"))) == 4
-    assert list((out / "opencompass" / "summary").glob("summary_*.md"))
-    assert (out / "opencompass.log").stat().st_size > 0
+    log = (out / "opencompass.log").read_text()
+    assert "Partitioned into 1 tasks." in log and "Partitioned into 4 tasks." in log  # inference, evaluations
+    assert "LEAN_PACKAGES" not in log  # OpenCompass's packages were not imported whole (`lean_opencompass`)
 
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -150,6 +172,72 @@ def test_real_opencompass_run_and_forced_failure(model: Path, suite: Path, tmp_p
         evaluate(broken, ["gen_sentiment"], out, data_dir=suite, limit=2)
     assert not (out / "metrics.json").exists()  # the earlier, complete-looking one is gone too
     assert not (out / "examples").exists()
+
+
+def test_lean_opencompass_matches_the_installed_layout():
+    """`compat.LEAN_PACKAGES` describes the installed OpenCompass: its release, and for every name a
+    class defined in the module named and exported by the package's __init__ from that module (what a
+    whole import would give). Read from the sources: importing them here would cost what the list saves.
+    A new OpenCompass release fails here first: check the list against it, then raise LEAN_VERSION."""
+    import opencompass
+
+    assert opencompass.__version__ == compat.LEAN_VERSION, "OpenCompass changed: check compat.LEAN_PACKAGES"
+    root = Path(opencompass.__file__).parent
+    for package, names in compat.LEAN_PACKAGES.items():
+        folder = root.joinpath(*package.split(".")[1:])
+        exports = ast.parse((folder / "__init__.py").read_text())
+        for name, module in names.items():
+            source = ast.parse((folder / f"{module}.py").read_text())
+            assert name in {n.name for n in source.body if isinstance(n, ast.ClassDef)}, (package, module, name)
+            assert any(
+                isinstance(n, ast.ImportFrom)
+                and n.level == 1
+                and n.module == module
+                and any(a.name in (name, "*") for a in n.names)
+                for n in exports.body
+            ), f"{package}/__init__.py does not export {name} from .{module}"
+
+
+def test_lean_import_gives_listed_names_alone_and_anything_else_whole(tmp_path, monkeypatch):
+    """On a package laid out like OpenCompass's (an __init__ importing every module): a listed name
+    imports its own module only; any other name runs the packages' __init__, subpackages first, with
+    a warning, and every name is then the object a plain import gives."""
+    root = tmp_path / "leanpkg"
+    (root / "sub").mkdir(parents=True)
+    (root / "__init__.py").write_text("from .sub import *\nfrom .light import Light\nfrom .heavy import Heavy\n")
+    (root / "light.py").write_text("class Light: ...\n")
+    (root / "heavy.py").write_text("class Heavy: ...\n")
+    (root / "sub" / "__init__.py").write_text("from .one import *\nfrom .two import Two\n")
+    (root / "sub" / "one.py").write_text("class One: ...\n")
+    (root / "sub" / "two.py").write_text("class Two: ...\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    lean = {"leanpkg": {"Light": "light"}, "leanpkg.sub": {"One": "one"}}
+    monkeypatch.setattr(compat, "LEAN_PACKAGES", lean)
+    monkeypatch.setattr(compat, "whole_imports", [])
+    for name in ["leanpkg", "leanpkg.sub", "leanpkg.light", "leanpkg.heavy", "leanpkg.sub.one", "leanpkg.sub.two"]:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    compat._register("leanpkg", lean["leanpkg"])  # parents first, as `lean_opencompass` does
+    compat._register("leanpkg.sub", lean["leanpkg.sub"])
+    import leanpkg
+    from leanpkg.sub import One
+
+    assert leanpkg.Light.__module__ == "leanpkg.light" and One.__module__ == "leanpkg.sub.one"
+    assert "leanpkg.heavy" not in sys.modules and "leanpkg.sub.two" not in sys.modules and not compat.whole_imports
+    light = leanpkg.Light
+    with pytest.warns(UserWarning, match="leanpkg.Heavy is not in recall's LEAN_PACKAGES"):
+        heavy = leanpkg.Heavy
+    assert compat.whole_imports == ["leanpkg.sub", "leanpkg"]  # subpackages first
+    assert heavy is sys.modules["leanpkg.heavy"].Heavy and leanpkg.Light is light
+    assert leanpkg.One is One and leanpkg.Two is sys.modules["leanpkg.sub.two"].Two  # the star import complete
+
+
+def test_an_opencompass_child_closed_unused_stops():
+    """The child started ahead (`runner.OpenCompass`) is stopped when closed without a config."""
+    child = runner.OpenCompass(threads=1)
+    process = child._child
+    child.close()
+    assert process.returncode is not None
+    child.close()  # twice is harmless
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])  # rotary and absolute position embeddings
@@ -203,7 +291,7 @@ def fake_opencompass(predict):
     from mmengine.config import Config
     from opencompass.utils import build_dataset_from_cfg
 
-    def run(config, work_dir, log, threads=None):
+    def run(config, work_dir, log, threads=None, started=None):
         log.write_text("")
         cfg = Config.fromfile(str(config))
         for dataset in cfg.datasets:
@@ -243,7 +331,7 @@ def test_paper_tasks_wiring_and_per_example_records(model, tmp_path, monkeypatch
     """The five real tasks through config, datasets, evaluators, result files and examples/, with
     OpenCompass replaced by a stand-in that 'predicts' the gold answer for even examples: those score
     full marks, and each task's aggregate of its records reproduces metrics.json."""
-    monkeypatch.setattr(pipeline, "run_opencompass", fake_opencompass(half_wrong))
+    stand_in(monkeypatch, fake_opencompass(half_wrong))
     out = tmp_path / "out"
     metrics = evaluate(model, PAPER_TASKS, out, data_dir=SHARED_DATA, limit=6)
     assert list(metrics) == PAPER_TASKS
@@ -271,7 +359,7 @@ def test_modes_choose_inference_and_predictions_reuse(model, suite, tmp_path, mo
     # Replies alternate "negative", "positive": the generation dataset's accuracy and the likelihood
     # dataset's NLL (the fake charges 1 per answer other than the reply) follow from the test answers alone.
     replies = ["negative", "positive"]
-    monkeypatch.setattr(pipeline, "run_opencompass", fake_opencompass(lambda answers, choices: replies[: len(answers)]))
+    stand_in(monkeypatch, fake_opencompass(lambda answers, choices: replies[: len(answers)]))
     out = tmp_path / "out"
     assert (
         main(
@@ -380,11 +468,11 @@ def test_crash_leaves_no_metrics(model, suite, tmp_path, monkeypatch):
     (out / MARKER).touch()
     (out / "examples" / "gen_sentiment.jsonl").write_text('{"index": 0, "score": 100.0}\n')
 
-    def crash(config, work_dir, log, threads=None):
+    def crash(config, work_dir, log, threads=None, started=None):
         log.write_text("Traceback ...\nRuntimeError: CUDA out of memory\n")
         return 1
 
-    monkeypatch.setattr(pipeline, "run_opencompass", crash)
+    stand_in(monkeypatch, crash)
     with pytest.raises(
         RecallError, match="gen_sentiment: OpenCompass exited with status 1: RuntimeError: CUDA out of memory"
     ):

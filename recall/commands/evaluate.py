@@ -71,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="how OpenCompass runs the model: hf (transformers, CPU or GPU; default) or, on a CUDA GPU with "
         "the package installed, vllm or lmdeploy (generation only: every task in mode gen, no nll)",
     )
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, exit_fast=True)  # see `recall.cli.main`
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ Layout of `out/`:
     opencompass_config.py  the generated OpenCompass config
     data/<task>.jsonl      the test examples as OpenCompass custom datasets
     opencompass.log        everything OpenCompass printed
-    opencompass/           OpenCompass's own outputs: predictions/, results/, summary/, configs/
+    opencompass/           OpenCompass's own outputs: predictions/, results/
 
 `nll` is the mean over examples of the reference answer's mean negative log-likelihood per token
 after the rendered prompt (natural log; lower is better), for every task and mode.
@@ -55,7 +55,7 @@ from recall.evaluation.config import (
     write_dataset,
 )
 from recall.evaluation.results import read_results, task_outcome
-from recall.evaluation.runner import last_error, run_opencompass
+from recall.evaluation.runner import OpenCompass, last_error, run_opencompass
 from recall.tasks.base import Task
 from recall.tasks.formats import FORMATS
 from recall.tasks.registry import get_task
@@ -200,7 +200,8 @@ def evaluate(
     and lmdeploy need a CUDA GPU and their package, run tasks in mode gen only and give no `nll`.
 
     Returns and writes `out/metrics.json`, after `out/examples/`. Raises RecallError on bad input
-    before OpenCompass starts, and naming the task and log file when any task fails; metrics.json and
+    before OpenCompass runs (its process, started first to import meanwhile, is stopped unused), and
+    naming the task and log file when any task fails; metrics.json and
     examples/ then do not exist. Predictions OpenCompass already made in `out/` for the very same model
     files, examples, mode and reply length are reused, so a killed run resumes; scores are always
     recomputed. An existing `out` that recall did not write is refused unless `overwrite`.
@@ -208,11 +209,13 @@ def evaluate(
     model, out = Path(model).resolve(), Path(out).resolve()
     check_settings(batch_size, max_new_tokens, threads)
     check_output(out, overwrite)
-    inputs = prepare(model, tasks, data_dir, limit, max_new_tokens, modes, backend)
-    datasets = write_inputs(inputs, out)
-    spec, run = write_config(inputs, out, datasets, batch_size)
-    started = time.monotonic()
-    metrics, records = score(inputs, out, spec, datasets, threads, run)
+    # OpenCompass's process imports (seconds) while the inputs are checked and written; stopped on bad input.
+    with OpenCompass(threads) as child:
+        inputs = prepare(model, tasks, data_dir, limit, max_new_tokens, modes, backend)
+        datasets = write_inputs(inputs, out)
+        spec, run = write_config(inputs, out, datasets, batch_size)
+        started = time.monotonic()
+        metrics, records = score(inputs, out, spec, datasets, threads, run, child)
     write_examples(out / "examples", records)
     write_json(out / "evaluation.json", run)
     write_json(out / "metrics.json", metrics)
@@ -328,9 +331,11 @@ def score(
     datasets: Mapping[str, list[DatasetSpec]],
     threads: int | None,
     run: Mapping,
+    child: OpenCompass | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, list[dict]]]:
-    """Run OpenCompass on the written config and score its results: each task's metrics and its
-    per-example records. Raises RecallError naming the task and log file when any task fails."""
+    """Run OpenCompass on the written config (in `child`, if already started) and score its results:
+    each task's metrics and its per-example records. Raises RecallError naming the task and log file
+    when any task fails."""
     everything = [d for specs in datasets.values() for d in specs]
     work_dir, log_path = out / "opencompass", out / "opencompass.log"
     shutil.rmtree(work_dir / "results", ignore_errors=True)  # scores always come from this run
@@ -347,7 +352,7 @@ def score(
         spec.dtype,
         log_path,
     )
-    status = run_opencompass(out / "opencompass_config.py", work_dir, log_path, threads)
+    status = run_opencompass(out / "opencompass_config.py", work_dir, log_path, threads, started=child)
     failure = f"OpenCompass exited with status {status}: {last_error(log_path)}" if status else None
     results = read_results(work_dir, spec.abbr, everything, log_path, failure)
     if failure:  # every result present yet the run crashed (e.g. in the summary): do not trust it

@@ -11,9 +11,6 @@ import string
 from collections import Counter
 from collections.abc import Sequence
 
-import sacrebleu
-from sacrebleu.metrics import BLEU
-
 from recall.errors import RecallError
 
 UNANSWERABLE = "impossible to answer"
@@ -121,6 +118,8 @@ def check_lengths(predictions: Sequence[str], references: Sequence[str]) -> None
 
 def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
     """sacrebleu corpus BLEU (13a tokenisation, one reference per segment)."""
+    import sacrebleu  # here, not at the top: a third of a second that only BLEU scoring needs
+
     check_lengths(predictions, references)
     bleu = sacrebleu.corpus_bleu([p.strip() for p in predictions], [[r.strip() for r in references]])
     return round(float(bleu.score), 6)  # sacrebleu returns 100.00000000000004 for a perfect match
@@ -128,18 +127,24 @@ def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
 
 def sentence_bleu(prediction: str, reference: str) -> float:
     """sacrebleu's sentence BLEU (effective n-gram order, so a short sentence need not match 4-grams)."""
+    import sacrebleu
+
     return round(float(sacrebleu.sentence_bleu(prediction.strip(), [reference.strip()]).score), 6)
 
 
-# corpus_bleu's settings (13a, exponential smoothing), so statistics summed over segments give its score.
-_BLEU = BLEU()
+@functools.cache
+def _bleu():
+    """corpus_bleu's settings (13a, exponential smoothing), so statistics summed over segments give its score."""
+    from sacrebleu.metrics import BLEU
+
+    return BLEU()
 
 
 def bleu_stats(prediction: str, reference: str) -> list[int]:
     """sacrebleu's sufficient statistics of one segment: 4 n-gram match counts, 4 n-gram totals,
     hypothesis length, reference length. Corpus BLEU of any set of segments is `bleu_from_stats` of
     theirs, since sacrebleu itself sums these over segments."""
-    score = _BLEU.corpus_score([prediction.strip()], [[reference.strip()]])
+    score = _bleu().corpus_score([prediction.strip()], [[reference.strip()]])
     return [*score.counts, *score.totals, score.sys_len, score.ref_len]
 
 
@@ -147,16 +152,17 @@ def bleu_from_stats(stats: Sequence[Sequence[int]]) -> float:
     """Corpus BLEU (0-100) from per-segment `bleu_stats`, equal to `corpus_bleu` of those segments."""
     if not stats:
         raise RecallError("no segments to compute BLEU from")
+    metric = _bleu()
     total = [sum(column) for column in zip(*stats, strict=True)]
-    order = _BLEU.max_ngram_order
-    bleu = BLEU.compute_bleu(
+    order = metric.max_ngram_order
+    bleu = metric.compute_bleu(
         correct=total[:order],
         total=total[order : 2 * order],
         sys_len=total[2 * order],
         ref_len=total[2 * order + 1],
-        smooth_method=_BLEU.smooth_method,
-        smooth_value=_BLEU.smooth_value,
-        effective_order=_BLEU.effective_order,
+        smooth_method=metric.smooth_method,
+        smooth_value=metric.smooth_value,
+        effective_order=metric.effective_order,
         max_ngram_order=order,
     )
     return round(float(bleu.score), 6)
