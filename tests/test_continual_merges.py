@@ -263,3 +263,28 @@ def test_a_sequential_lines_step_scales_only_the_steps_own_task_vector(tmp_path)
         scale = 0.2 + 0.6 * int(block.group(1)) / 2 if block else 0.2 if "embed" in name else 0.8
         torch.testing.assert_close(value, before[name] + scale * (after[name] - before[name]), msg=name)
     assert json.loads((out / "merge_weights.json").read_text())["params"]["chain"] is True
+
+
+def test_an_svd_that_fails_to_converge_in_float32_is_done_in_float64(monkeypatch):
+    """LAPACK's divide and conquer can fail on matrices with many repeated singular values (seen on Iso-CTS's
+    stacked orthonormal blocks of ~1 GB checkpoints); the kernels then take the SVD in float64."""
+    from recall.merge import kernels
+
+    svd = torch.linalg.svd
+    failed = []
+
+    def float32_fails(m, full_matrices=True):
+        if m.dtype == torch.float32:
+            failed.append(m.shape)
+            raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+        return svd(m, full_matrices=full_matrices)
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(12, 8, generator=g)
+    tensors = [base + torch.randn(12, 8, generator=g) for _ in range(2)]
+    weights = torch.ones(2)
+    expected = kernels.iso_cts(tensors, weights, base)
+    monkeypatch.setattr(torch.linalg, "svd", float32_fails)
+    got = kernels.iso_cts(tensors, weights, base)
+    assert failed and got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)

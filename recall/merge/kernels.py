@@ -226,19 +226,31 @@ def mean_vector(tensors: list[torch.Tensor], weights: torch.Tensor, base: torch.
     return summed(weighted_deltas(tensors, weights, base)).mul_(scale / len(tensors)).add_(base)
 
 
+def thin_svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """torch.linalg.svd(full_matrices=False), in float64 when LAPACK's divide and conquer fails to converge
+    in the matrix's own precision (it can on many repeated singular values: stacked orthonormal blocks,
+    rank-deficient residuals), cast back."""
+    try:
+        return torch.linalg.svd(matrix, full_matrices=False)
+    except torch.linalg.LinAlgError:
+        if matrix.dtype == torch.float64:
+            raise
+        return tuple(t.to(matrix.dtype) for t in torch.linalg.svd(matrix.double(), full_matrices=False))
+
+
 def ranked_svd(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """U, S, Vh of the thin SVD restricted to the nonzero singular values (torch.linalg.matrix_rank's tolerance)."""
     if not matrix.any():  # a tensor no task changed (a LoRA leaves most alone): skip its SVD
         m, n = matrix.shape
         return matrix.new_zeros(m, 0), matrix.new_zeros(0), matrix.new_zeros(0, n)
-    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    u, s, vh = thin_svd(matrix)
     k = int((s > s[0] * max(matrix.shape) * torch.finfo(s.dtype).eps).sum())
     return u[:, :k], s[:k], vh[:k]
 
 
 def orthonormalized(m: torch.Tensor) -> torch.Tensor:
     """The nearest matrix with orthonormal columns (rows, for a wide one): U Vh of m's SVD (orthogonal Procrustes)."""
-    u, _, vh = torch.linalg.svd(m, full_matrices=False)
+    u, _, vh = thin_svd(m)
     return u @ vh
 
 
