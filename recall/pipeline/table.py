@@ -201,6 +201,15 @@ def gate_deps(params: Params, task: str, method: str | None) -> list[Path]:
     ]
 
 
+def multi_evidence_deps(params: Params, task: None, method: str) -> list[Path]:
+    """What a weight source's multi-scenario stage (losses, Fisher) reads: every task's data and merged model."""
+    return [*task_data(params, *tasks(params)), *map(Path, multi_models(params, method))]
+
+
+def multi_evidence_keys(params: Params, task: None, method: str) -> list[str]:
+    return ["multi", *source_keys(params, method)]
+
+
 def multi_deps(params: Params, task: None, method: str) -> list[Path]:
     base = [base_model(params)] if get_method(method).needs_base and not params.with_base else []
     models = [Path(m) for m in multi_models(params, method)]
@@ -350,16 +359,16 @@ TABLE: list[StageDef] = [
         "losses",
         stages.multi_losses,
         ("method",),
-        deps=lambda p, t, m: [*task_data(p, *tasks(p)), *map(Path, multi_models(p, m))],
-        params=lambda p, t, m: ["multi", *source_keys(p, m)],
+        deps=multi_evidence_deps,
+        params=multi_evidence_keys,
         outs=lambda p, t, m: [multi_evidence(p, m) / "losses.json"],
     ),
     StageDef(
         "fisher",
         stages.multi_fisher,
         ("method",),
-        deps=lambda p, t, m: [*task_data(p, *tasks(p)), *map(Path, multi_models(p, m))],
-        params=lambda p, t, m: ["multi", *source_keys(p, m)],
+        deps=multi_evidence_deps,
+        params=multi_evidence_keys,
         outs=lambda p, t, m: [multi_evidence(p, m) / "fisher"],
     ),
     StageDef(
