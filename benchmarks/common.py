@@ -21,7 +21,7 @@ from recall.tracking import git_commit
 # The tests' tiny models and tensor writer (tests/helpers.py, not shipped in the package): the
 # benchmarks build the same inputs (startup.py its tiny model and Prefect server, random_llama its weights).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from helpers import prefect_server, tiny_model, write_tensors  # noqa: E402, F401
+from helpers import prefect_server, stage_worker, tiny_model, write_tensors  # noqa: E402, F401
 
 # ~243M parameters: about 1 GB in float32. The largest tensors are the 32000 x 1024 embeddings.
 LLAMA_1GB = dict(

@@ -9,7 +9,7 @@ repro() {
     shift 2
     bash scripts/setup.sh
     source scripts/env.sh
-    source scripts/prefect_server.sh
+    source scripts/services.sh
     local start
     start=$(date +%s)
     recall pipeline "$folder/params.yaml"

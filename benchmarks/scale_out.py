@@ -96,6 +96,6 @@ def main() -> None:
 if __name__ == "__main__":
     if not os.environ.get("PREFECT_API_URL"):  # one Prefect server for every stage process, as scripts/run.sh does
         again = shlex.join(["python", "benchmarks/scale_out.py", *sys.argv[1:]])
-        script = f"source scripts/env.sh && source scripts/prefect_server.sh && exec {again}"
+        script = f"source scripts/env.sh && source scripts/services.sh && {again}"
         sys.exit(subprocess.run(["bash", "-c", script], cwd=ROOT).returncode)
     main()

@@ -9,7 +9,8 @@
   2-layer random model, 16 training and 3 test examples, 2 fine-tuning steps, 2 evaluated examples):
   its work takes well under a second, so its wall time is the process's start-up (imports, the params
   check, a Prefect flow run against one running Prefect server as scripts/run.sh starts it, an MLflow
-  run) and, for evaluate, the OpenCompass child's (its imports, the model load).
+  run) and, for evaluate and gate, the OpenCompass child's (its imports, the model load); each kind
+  in its own process and handed to a warm stage worker (flows/worker.py) as scripts/run.sh runs it.
 
 Every command runs once untimed first (the stages in pipeline order, which also makes each stage's
 inputs); then each is timed `--repeats` times, alternating with `import torch`, and the best is kept.
@@ -28,7 +29,7 @@ import time
 from pathlib import Path
 
 import yaml
-from common import command_line, machine, prefect_server, tiny_model
+from common import command_line, machine, prefect_server, stage_worker, tiny_model
 
 from recall.atomic import write_json
 from recall.tracking import git_commit
@@ -103,18 +104,20 @@ def main() -> None:
                 for cmd, argv in CLI.items()
                 for k in checkouts
             }
-            jobs.update(
-                {
-                    f"stage {kind}": ([sys.executable, "-m", "flows.stage", *argv], project, stage_env)
-                    for kind, argv in STAGES.items()
-                }
-            )
-            for command, cwd, env in jobs.values():  # untimed: caches warm, the stages' inputs made
-                seconds(command, cwd, env)
-            for _ in range(args.repeats):
-                for name, (command, cwd, env) in jobs.items():
-                    timed["import torch"].append(seconds(TORCH, ROOT, base_env))
-                    timed.setdefault(name, []).append(seconds(command, cwd, env))
+            with stage_worker(stage_env) as (_, served_env):
+                for where, env in (("", stage_env), (", warm worker", served_env)):
+                    jobs.update(
+                        {
+                            f"stage {kind}{where}": ([sys.executable, "-m", "flows.stage", *argv], project, env)
+                            for kind, argv in STAGES.items()
+                        }
+                    )
+                for command, cwd, env in jobs.values():  # untimed: caches warm, the stages' inputs made
+                    seconds(command, cwd, env)
+                for _ in range(args.repeats):
+                    for name, (command, cwd, env) in jobs.items():
+                        timed["import torch"].append(seconds(TORCH, ROOT, base_env))
+                        timed.setdefault(name, []).append(seconds(command, cwd, env))
         finally:
             server.terminate()
             server.wait(30)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 
-from recall.errors import boundary
+from recall.errors import boundary, end_process
 
 # Each command: its module, recall.commands.<name>, whose `register(subparsers)` adds it with
 # `set_defaults(func=...)`, and the one line `recall --help` lists it with.
@@ -47,18 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command in `argv` (default: the process's arguments) and return its exit status.
 
     Run as the process's entry point (no `argv`), a command that sets `exit_fast` ends the process
-    here, skipping the interpreter's teardown, which frees torch and transformers module by module
-    (most of a second): its outputs are written and closed by then."""
+    here, skipping the interpreter's teardown (`recall.errors.end_process`): its outputs are written
+    and closed by then."""
     entry_point = argv is None
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     status = boundary(f"recall {args.command}", lambda: args.func(args) or 0, args.debug)
     if entry_point and getattr(args, "exit_fast", False):
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
+        end_process(status)
     return status
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
@@ -62,6 +63,18 @@ def boundary(prog: str, work: Callable[[], int], debug: bool = False) -> int:
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
+
+
+def end_process(status: int) -> None:
+    """End the process as the interpreter would, without its module-by-module teardown, which frees
+    torch and transformers piece by piece (about 2 s of a stage process on this machine): non-daemon
+    threads are joined (Prefect's log and event workers flush there) and atexit handlers run (MLflow
+    ends its run, logging closes), then the process exits. Call it only when every output is written."""
+    threading._shutdown()  # what the interpreter's shutdown does first; private, stable since 3.x
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def unexpected(err: Exception) -> str:

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/env.sh
 
-source scripts/prefect_server.sh
+source scripts/services.sh
 
 start=$(date +%s)
 recall pipeline     # dvc.yaml for the scenario, sequence and methods of params.yaml

@@ -11,10 +11,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Stage and CLI processes the tests start: one thread each, so two test workers share the two cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import helpers  # noqa: E402
+import prefect.main  # noqa: E402, F401
 import torch  # noqa: E402
 from helpers import tiny_model  # noqa: E402
 
 from recall.tasks.generated import generate_suite  # noqa: E402
+
+# Prefect sets up logging (logging.config.dictConfig) when prefect.main is first imported, closing every
+# logging handler alive then: were that mid-session, a handler that OpenCompass's libraries opened on
+# pytest's captured stderr in an earlier test would close pytest's own stream ("lost sys.stderr").
+# Imported above, before any test runs.
 
 # Tiny models' matmuls lose to thread synchronisation; on a busy 2-core machine by 5-20x.
 torch.set_num_threads(1)
@@ -100,3 +107,12 @@ def empty_mlflow_db(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
     mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()  # creates and migrates the schema
     return path
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """One Prefect server for all stage processes of a test module, as scripts/services.sh starts it."""
+    proc, env = helpers.prefect_server(tmp_path_factory.mktemp("prefect"))
+    yield env
+    proc.terminate()
+    proc.wait(30)

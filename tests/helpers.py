@@ -1,6 +1,6 @@
 """Helpers for the tests (and the benchmarks that build the same inputs): tiny random models built in
 milliseconds with no download, safetensors written from memory, the CLI called as a function, and a
-Prefect server for stage processes.
+Prefect server and a warm stage worker for stage processes.
 
 A small byte-level BPE tokenizer is trained on the fly and given a chat template, so chat rendering,
 padding and generation work exactly as with a real instruct model; `chat=False` leaves the template
@@ -22,6 +22,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
+from flows.worker import started as stage_worker  # noqa: F401 (for the tests and benchmarks)
 from recall.cli import main
 from recall.safetensors_io import DTYPE_NAMES, StreamingWriter, TensorInfo
 
@@ -121,7 +122,7 @@ def free_port() -> int:
 
 
 def prefect_server(home: Path) -> tuple[subprocess.Popen, dict]:
-    """A Prefect server for all stage processes, as scripts/prefect_server.sh starts one, its state in
+    """A Prefect server for all stage processes, as scripts/services.sh starts one, its state in
     `home`: the process (terminate it when done) and the environment that points at it."""
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
     port = free_port()

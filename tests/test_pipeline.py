@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import helpers
@@ -191,18 +192,10 @@ def test_a_stale_dvc_yaml_is_refused(tmp_path):
         plan.check_current(params)
 
 
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    """One Prefect server for all stage processes, as scripts/run.sh starts it."""
-    proc, env = helpers.prefect_server(tmp_path_factory.mktemp("prefect"))
-    yield env
-    proc.terminate()
-    proc.wait(30)
-
-
 def dvc(project: Path, env: dict, *args: str) -> str:
     proc = subprocess.run([BIN / "dvc", *args], cwd=project, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "not in the stage worker" not in proc.stderr, proc.stderr[-3000:]  # a worker in `env` served every stage
     return proc.stdout
 
 
@@ -237,6 +230,11 @@ def test_dvc_repro_runs_the_sequence_end_to_end(tmp_path, prefect_server, empty_
     tiny_model(project / "tiny", layers=2)
     write_params(project, tiny_params())
     env = dvc_project(project, prefect_server, empty_mlflow_db)
+    with helpers.stage_worker(env) as (_, env):  # as scripts/run.sh runs it: each stage forked from a warm worker
+        sequence_end_to_end(project, env)
+
+
+def sequence_end_to_end(project: Path, env: dict) -> None:
     subprocess.run([BIN / "recall", "pipeline"], cwd=project, env=env, check=True)
 
     dvc(project, env, "repro")
@@ -765,8 +763,10 @@ def test_the_dask_runner_runs_independent_stages_at_once_and_makes_the_same_arti
     assert any(start < ends[i] for i, (start, _) in enumerate(spans[1:])), spans  # a stage began before another ended
 
 
-def test_a_cancelled_stage_stops_at_once_keeps_nothing_partial_and_resumes(tmp_path, prefect_server):
-    """SIGTERM (Prefect cancelling a flow run, a scheduler's limit) to a real stage process mid-fine-tune."""
+@pytest.mark.parametrize("in_worker", [False, True], ids=["own-process", "stage-worker"])
+def test_a_cancelled_stage_stops_at_once_keeps_nothing_partial_and_resumes(tmp_path, prefect_server, in_worker):
+    """SIGTERM (Prefect cancelling a flow run, a scheduler's limit) to a real stage process mid-fine-tune,
+    which runs the stage itself or in a warm stage worker's child (the signal forwarded to it)."""
     from recall.pipeline import layout, plan, stages
     from recall.training.finetune import checkpoint_folder
 
@@ -783,6 +783,13 @@ def test_a_cancelled_stage_stops_at_once_keeps_nothing_partial_and_resumes(tmp_p
     state = checkpoint_folder(out) / "state.pt"
     env = {**prefect_server, "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
+    with helpers.stage_worker(env) if in_worker else nullcontext((None, env)) as (_, env):
+        cancel_and_resume(project, env, out, state)
+
+
+def cancel_and_resume(project: Path, env: dict, out: Path, state: Path) -> None:
+    from recall.training.finetune import checkpoint_folder
+
     command = [sys.executable, "-m", "flows.stage", "finetune", "--step", "gen_sentiment"]
     proc = subprocess.Popen(command, cwd=project, env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
