@@ -1,8 +1,8 @@
 """Every stage's speed in one place: speed.json and speed.md from the component benchmarks' results
 and the default run's wall time by stage (each stage's MLflow run records its start and end).
 
-    .venv/bin/python benchmarks/speed_summary.py [--run-dir DIR]   # DIR: where `bash scripts/run.sh` ran
-                                                                  # (none there: the last summary's default run)
+    .venv/bin/python benchmarks/speed_summary.py [--run-dir DIR] [--run-log LOG]
+        # DIR: where `bash scripts/run.sh` ran, LOG: what it printed (no run there: the last summary's)
 
 Run the components first: merge_speed.py, merge_vs_mergekit.py, extract_speed.py, finetune_speed.py,
 startup.py, and `bash scripts/run.sh` for the default run.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -68,9 +69,16 @@ def finetune_totals(run_dir: Path) -> dict:
     }
 
 
-def default_run(run_dir: Path) -> dict:
-    """The default run's stage times from its checkout, or, without one, as the last summary recorded them
-    (so the other sections can be refreshed without rerunning it)."""
+def wall_seconds(log: Path | None) -> float | None:
+    """scripts/run.sh's "wall time: N s" (from `recall pipeline` to the printed tables) in its output."""
+    found = re.findall(r"^wall time: (\d+) s$", log.read_text(errors="replace"), re.M) if log else []
+    return float(found[-1]) if found else None
+
+
+def default_run(run_dir: Path, log: Path | None) -> dict:
+    """The default run's stage times from its checkout (and its wall time from scripts/run.sh's output,
+    `log`), or, without one, as the last summary recorded them (so the other sections can be refreshed
+    without rerunning it)."""
     if not (run_dir / "mlflow.db").is_file():
         previous = load("speed")
         if previous is None:
@@ -80,6 +88,7 @@ def default_run(run_dir: Path) -> dict:
         "checkout": str(run_dir),
         "commit": git_commit(run_dir),
         **stage_times(f"sqlite:///{run_dir / 'mlflow.db'}"),
+        "wall_s": wall_seconds(log),
         "finetune": finetune_totals(run_dir),
     }
 
@@ -95,7 +104,8 @@ def startup_section(startup: dict) -> list[str]:
         + (f"; *before*: commit `{startup['before_commit'][:10]}`" if startup.get("before_commit") else "")
         + "). A stage is `python -m flows.stage KIND` on a tiny project, whose work takes well under a second: "
         "its time is the process's start-up (imports, params check, Prefect flow, MLflow run; for evaluate, "
-        "the OpenCompass child's too)." + (f" Note: {startup['note']}." if startup.get("note") else ""),
+        'the OpenCompass child\'s too); ", warm worker": the same stage handed to a warm stage worker '
+        "(flows/worker.py), as scripts/run.sh runs it." + (f" Note: {startup['note']}." if startup.get("note") else ""),
         "",
         "| command | seconds | / import torch |",
         "|---|---|---|",
@@ -112,6 +122,7 @@ def load(name: str) -> dict | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run-dir", type=Path, default=Path.cwd(), help="the checkout where the default run ran")
+    parser.add_argument("--run-log", type=Path, help="what `bash scripts/run.sh` printed there")
     args = parser.parse_args()
     run_dir = args.run_dir.resolve()
     merge, extract, finetune, vs, startup = (
@@ -124,7 +135,7 @@ def main() -> None:
         "merge_vs_mergekit": vs,
         "extraction": extract,
         "finetune": finetune,
-        "default_run": default_run(run_dir),
+        "default_run": default_run(run_dir, args.run_log),
         "startup": startup,
     }
     write_json(RESULTS / "speed.json", summary)
@@ -182,13 +193,21 @@ def main() -> None:
     if run.get("stage_seconds"):
         lines += ["## The default run, by stage", "", "| stage | seconds (all steps) | share |", "|---|---|---|"]
         lines += [f"| {s} | {t:.0f} | {t / run['sum_of_stage_seconds']:.0%} |" for s, t in run["stage_seconds"].items()]
+        if run.get("wall_s"):
+            lines += [
+                "",
+                f"`dvc repro` (scripts/run.sh's wall time, from `recall pipeline` to the printed tables): "
+                f"{run['wall_s']:.0f} s, of which {run['sum_of_stage_seconds']:.0f} s are the stages' own work "
+                f"and {run['wall_s'] - run['sum_of_stage_seconds']:.0f} s everything outside them.",
+            ]
         lines += [
             "",
             f"First stage start to last stage end: {run['first_start_to_last_end_s']:.0f} s "
             f"(run at commit `{run['commit'][:10]}` in `{run['checkout']}`); the "
             f"{run['first_start_to_last_end_s'] - run['sum_of_stage_seconds']:.0f} s outside the stages' MLflow runs "
-            "are each stage process starting (Python, torch and transformers imports, Prefect flow, MLflow run) "
-            "and DVC hashing outputs between stages.",
+            "are each stage process starting (handed to the warm stage worker that scripts/run.sh starts, or "
+            "importing torch and transformers itself without one), its Prefect flow and MLflow run, and DVC "
+            "hashing outputs between stages.",
             "",
         ]
         if ft := run["finetune"]:
