@@ -2,10 +2,12 @@
 from the worker, which already imported torch, transformers, Prefect and MLflow; real stages on a tiny
 project, real Prefect server and MLflow store. Cancelling through it: test_pipeline's cancel test."""
 
+import os
 import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import helpers
 import psutil
@@ -18,6 +20,7 @@ from recall.pipeline import layout, plan, stages
 from recall.pipeline.params import load_params
 
 FINETUNE = ["finetune", "--step", "gen_sentiment"]
+CODE = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -108,3 +111,23 @@ def test_a_killed_stage_process_takes_its_child_with_it(project):
         assert not worker_process.children()
         assert not layout.new_model(params, None, "gen_sentiment").exists()
         assert stage(folder, served, "data").returncode == 0  # the worker still serves
+
+
+def test_the_scripts_start_a_worker_and_stop_it_with_the_script(tmp_path):
+    """scripts/services.sh, as scripts/run.sh sources it: a listening worker for the script's stage
+    processes, gone with its socket folder when the script exits."""
+    script = (
+        "source scripts/env.sh && source scripts/services.sh && "
+        'python -c "import os, socket; s = socket.socket(socket.AF_UNIX); '
+        "s.connect(os.environ['RECALL_STAGE_WORKER']); print(os.environ['RECALL_STAGE_WORKER'])\""
+    )
+    env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api", "PREFECT_HOME": str(tmp_path)}
+    env.pop("RECALL_STAGE_WORKER", None)
+    done = subprocess.run(["bash", "-c", script], cwd=CODE, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    address = Path(done.stdout.strip().splitlines()[-1])
+    assert address.name == "stage.sock" and not address.parent.exists()  # removed with the script's exit
+    deadline = time.monotonic() + 30
+    while any(str(address) in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])):
+        assert time.monotonic() < deadline, "the worker outlived its script"
+        time.sleep(0.1)
