@@ -29,7 +29,6 @@ import argparse
 import os
 import subprocess
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -87,15 +86,14 @@ def task_runner(runner: str, workers: int = 2, address: str | None = None) -> Ta
 
 
 @task(retries=2, retry_delay_seconds=10)
-def dvc_stage(name: str, project: str, threads: int | None = None, stage_worker: str | None = None) -> str:
-    """`dvc repro` of one stage, handed to the warm `stage_worker` if there is one. DVC releases its
+def dvc_stage(name: str, project: str, threads: int | None = None) -> str:
+    """`dvc repro` of one stage, handed to this process's warm stage worker. DVC releases its
     repository lock while the stage command runs, so concurrent stages only wait for each other's short
     lock-file updates (--wait-for-lock)."""
     logger = get_run_logger()
     # torch reads its thread count at start: pinned here so that workers sharing a machine do not fight
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {})}
-    if stage_worker:
-        env[worker.ADDRESS] = stage_worker
+    env = worker.warm(env)
     proc = subprocess.run(
         ["dvc", "--wait-for-lock", "repro", "--single-item", name], cwd=project, env=env, capture_output=True, text=True
     )
@@ -150,15 +148,12 @@ def notify(block: str | None, subject: str, body: str) -> None:
 
 
 @flow(name="recall-stages")
-def run_stages(
-    project: str, graph: dict[str, list[str]], threads: int | None = None, stage_worker: str | None = None
-) -> list[str]:
+def run_stages(project: str, graph: dict[str, list[str]], threads: int | None = None) -> list[str]:
     """Every stage of `graph` ({stage: the stages it reads from}, in dependency order), each submitted
     to the flow's task runner as soon as it is known what it waits for."""
     futures = {}
     for stage, needs in graph.items():
-        wait_for = [futures[n] for n in needs]
-        futures[stage] = dvc_stage.submit(stage, project, threads, stage_worker, wait_for=wait_for)
+        futures[stage] = dvc_stage.submit(stage, project, threads, wait_for=[futures[n] for n in needs])
     return [f.result() for f in futures.values()]
 
 
@@ -184,13 +179,8 @@ def continual_learning(
     threads = max(1, (os.cpu_count() or 1) // workers) if runner == "dask" and not address else None
     block = load_params(Path(project) / "params.yaml").sections.promote.notify
     before = gate_decisions(Path(project))
-    # One by one in this process's children: a warm stage worker spares each its imports (unless one
-    # is named already, as scripts/services.sh does, or RECALL_STAGE_WORKER is set empty for none).
-    warm = runner == "sequential" and worker.ADDRESS not in os.environ
     try:
-        with worker.started(dict(os.environ)) if warm else nullcontext((None, {})) as (_, served):
-            run = run_stages.with_options(task_runner=stage_runner)
-            done = run(project, graph, threads, served.get(worker.ADDRESS))
+        done = run_stages.with_options(task_runner=stage_runner)(project, graph, threads)
     except Exception as err:
         notify(block, f"recall: a scheduled run failed in {project}", str(err)[-4000:])
         raise

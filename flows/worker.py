@@ -19,6 +19,7 @@ Dask runner) get a child each. The worker exits when its parent does.
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import json
 import os
@@ -30,9 +31,10 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 ADDRESS = "RECALL_STAGE_WORKER"
@@ -127,6 +129,26 @@ def started(env: dict) -> Iterator[tuple[subprocess.Popen, dict]]:
         proc.terminate()
         proc.wait(30)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+_warm_lock = threading.Lock()
+_warm_workers = ExitStack()  # closed when this process exits (a worker also exits with its parent)
+_warm_envs: dict[tuple, dict] = {}
+atexit.register(_warm_workers.close)
+
+
+def warm(env: dict) -> dict:
+    """`env` with a warm stage worker for it, started on the first stage this process runs in that
+    environment and kept for the process's life: for flows/continual.py's stages, the flow's process
+    (sequential runner) or each Dask worker's, on whichever machine it runs. A worker named already
+    (as scripts/services.sh does) is used as it is; RECALL_STAGE_WORKER set empty: none."""
+    if ADDRESS in env:
+        return env
+    with _warm_lock:
+        key = tuple(sorted(env.items()))
+        if key not in _warm_envs:
+            _warm_envs[key] = _warm_workers.enter_context(started(env))[1]
+        return _warm_envs[key]
 
 
 def receive(conn: socket.socket) -> tuple[dict, list[int]]:
