@@ -13,8 +13,11 @@ the environment, e.g. OMP_NUM_THREADS, PREFECT_API_URL).
 The child is the stage process in all but its pid: the client's streams, directory and environment,
 its own process group, and every SIGTERM, SIGINT or SIGHUP the client gets (cancelling, Ctrl-C); a
 client that dies takes its child with it (SIGKILL), as if the stage process itself had been killed.
-Each child exits when its stage ends, so memory is returned between stages, and concurrent stages (the
-Dask runner) get a child each. The worker exits when its parent does.
+Each child exits when its stage ends, so memory is returned between stages, and concurrent stages get a
+child each. The worker exits when its parent does.
+
+The socket sits in a folder only its user can enter (mkdtemp, mode 0700), and a client can ask for
+nothing but what `python -m flows.stage` with the same environment would do.
 """
 
 from __future__ import annotations
