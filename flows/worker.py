@@ -155,16 +155,19 @@ def warm(env: dict) -> dict:
 
 
 def receive(conn: socket.socket) -> tuple[dict, list[int]]:
-    """A client's request and its standard streams."""
+    """A client's request and its standard streams (closed again if the request is not whole)."""
     data, fds, _, _ = socket.recv_fds(conn, 1 << 16, len(STREAMS))
-    while len(data) < HEADER.size or len(data) < HEADER.size + HEADER.unpack_from(data)[0]:
-        more = conn.recv(1 << 16)
-        if not more:
-            for fd in fds:
-                os.close(fd)
-            raise ConnectionError("the client left before its request was whole")
-        data += more
-    return json.loads(data[HEADER.size :]), fds
+    try:
+        while len(data) < HEADER.size or len(data) < HEADER.size + HEADER.unpack_from(data)[0]:
+            more = conn.recv(1 << 16)
+            if not more:
+                raise ConnectionError("the client left before its request was whole")
+            data += more
+        return json.loads(data[HEADER.size :]), fds
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
 
 
 def gone(conn: socket.socket) -> bool:
