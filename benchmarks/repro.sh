@@ -3,7 +3,7 @@
 #     repro FOLDER NAME [STAGE GLOB...]
 # sets up (idempotent), writes FOLDER/dvc.yaml from FOLDER/params.yaml and reproduces it, or with globs
 # only those stages and what they need; prints how long dvc repro took under NAME. Resumable: a rerun
-# takes every finished stage from DVC's cache.
+# takes every finished stage from DVC's cache. REPRO_FLAGS: more `dvc repro` flags.
 repro() {
     local folder=$1 name=$2
     shift 2
@@ -14,10 +14,10 @@ repro() {
     start=$(date +%s)
     recall pipeline "$folder/params.yaml"
     if [ $# -gt 0 ]; then
-        dvc repro --glob "${@/#/$folder/dvc.yaml:}"
+        dvc repro ${REPRO_FLAGS:-} --glob "${@/#/$folder/dvc.yaml:}"
         echo "$name $*: dvc repro took $(( $(date +%s) - start )) s"
     else
-        dvc repro "$folder/dvc.yaml"
+        dvc repro ${REPRO_FLAGS:-} "$folder/dvc.yaml"
         echo "$name: dvc repro took $(( $(date +%s) - start )) s"
     fi
 }

@@ -21,6 +21,7 @@ COMMANDS = {
     "lineage": "which models, weights, data and commit produced a model",
     "gate": "would a candidate model replace the champion (exit 0) or not (1)",
     "pipeline": "write dvc.yaml from params.yaml (then `dvc repro`)",
+    "prune": "delete intermediate models every stage reading them has used",
     "params": "check a params file (params.yaml), or print its JSON schema",
 }
 

@@ -6,6 +6,11 @@
 # Resumable: a rerun (or a killed run started again) takes every finished stage from DVC's cache, and
 # an order or seed added to params.yaml runs only its new stages. Two one-thread lanes: start the same
 # command in a second checkout of the same commit sharing the DVC cache, each with its own globs.
+# Give each lane the others' checkouts in PROTOCOL_LANES (space-separated).
+# Intermediate models are pruned (`recall prune`, every 5 minutes and at the end) once every stage
+# reading them is done in some lane, so the suite's ~100 GB of them never sit on the disk at once;
+# `--allow-missing` lets dvc repro skip their finished stages. A run of the whole suite first adopts
+# the lanes' finished stages into its dvc.lock.
 # Then benchmarks/protocol.py collects the suite's metrics.json into benchmarks/results/protocol.{json,md}.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -14,6 +19,12 @@ shift
 folder=benchmarks/protocol/$suite
 [ -f "$folder/params.yaml" ] || { echo "no $folder/params.yaml" >&2; exit 2; }
 source benchmarks/repro.sh
-repro "$folder" "$suite" "$@"
+lanes=()
+for lane in ${PROTOCOL_LANES:-}; do lanes+=(--lane "$lane"); done
+prune() { .venv/bin/recall prune "$folder/params.yaml" "${lanes[@]}" "$@"; }
+[ $# -gt 0 ] || [ ! -f "$folder/dvc.lock" ] || prune --adopt
+(while sleep 300 && kill -0 $$ 2>/dev/null; do prune || true; done) &
+REPRO_FLAGS=--allow-missing repro "$folder" "$suite" "$@"
+prune
 [ $# -eq 0 ] || exit 0  # only some stages: nothing to collect yet
 python benchmarks/protocol.py "$folder"
