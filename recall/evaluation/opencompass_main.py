@@ -22,11 +22,10 @@ run resumes from the predictions it left there.
 from __future__ import annotations
 
 import json
-import logging
-import os
 import sys
 from pathlib import Path
 
+from recall.errors import end_process
 from recall.evaluation.compat import lean_opencompass, restore_batch_encode_plus
 
 
@@ -82,9 +81,5 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
-    # Every result file is written and closed: skip the interpreter's teardown, which frees torch,
-    # transformers and the rest module by module (1-2 s). A failure raised above exits as usual.
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    # Every result file is written and closed; a failure raised above exits as usual.
+    end_process(0)

@@ -152,11 +152,17 @@ def prune(dvc_yaml: Path, lanes: Sequence[Path] = (), dry_run: bool = False) -> 
     )
     doomed = set().union(*(objects(cache, o.md5) for o in pruned)) - kept
     folders = sorted(o.path for o in pruned if (folder / o.path).exists())
-    files = [f for f in (cache / md5[:2] / md5[2:] for md5 in doomed) if f.is_file()]
-    size = sum(f.stat().st_size for f in files)
     if not dry_run:
         for path in folders:
             shutil.rmtree(folder / path)
-        for file in files:
-            file.unlink()
-    return Pruned(folders, len(files), size)
+    count = size = 0
+    for md5 in doomed:
+        file = cache / md5[:2] / md5[2:]
+        try:
+            bytes_ = file.stat().st_size
+            if not dry_run:
+                file.unlink()
+        except FileNotFoundError:  # gone already: an earlier prune, or another lane's at the same time
+            continue
+        count, size = count + 1, size + bytes_
+    return Pruned(folders, count, size)
