@@ -100,7 +100,8 @@ def test_a_lane_counts_its_finished_stages_and_keeps_its_objects(project: Path, 
     assert result.folders == ["a/model", "a/sft"]
     assert (lane / "a/model/model.safetensors").exists()  # the lane prunes its own checkout
 
-    assert adopt(project / "dvc.yaml", [lane]) == 4  # b's four stages
+    assert adopt(project / "dvc.yaml", [lane]) == 4  # b's four stages, their outputs checked out here
+    assert (project / "eval-b").read_text() == "eval\nmerged-b\n" and not (project / "b/sft").exists()
     assert "Running stage" not in _dvc(project, "repro", "--allow-missing")
     assert adopt(project / "dvc.yaml", [lane]) == 0
 

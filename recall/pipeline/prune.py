@@ -12,13 +12,16 @@ Kept: the base model, every model a stage not yet done reads, and every model on
 (each chain's newest). Lanes of one suite (other checkouts of the same commit sharing this DVC cache)
 pass their checkouts: their finished stages count as done, and their outputs' objects stay. Before a
 full `dvc repro` in one checkout, `adopt` copies the lanes' finished stages into its dvc.lock, so DVC
-skips them there instead of rerunning the stages whose models were pruned.
+skips them there instead of rerunning the stages whose models were pruned. Split the lanes' work so
+that no lane's unfinished stage lies downstream of a stage only another lane finished and whose model
+was pruned: DVC would run that stage again (correct, but wasted).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -83,14 +86,17 @@ def _read_hash(entry: dict | None, path: str) -> str | None:
 
 
 def read_lock(path: Path) -> dict[str, dict]:
-    """A dvc.lock's stages; none for a lock not written yet."""
+    """A dvc.lock's stages; none for a lock not written yet. Another lane's DVC rewrites its lock in
+    place as stages finish: read until two reads agree."""
     if not path.is_file():
         return {}
+    text, previous = path.read_text(), None
+    while text != previous:
+        time.sleep(0.05)
+        text, previous = path.read_text(), text
     try:
-        return (yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}).get(
-            "stages", {}
-        )
-    except yaml.YAMLError as e:  # DVC rewrites it as stages finish: read it again on the next prune
+        return (yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}).get("stages", {})
+    except yaml.YAMLError as e:
         raise RecallError(f"{path} could not be read ({e.__class__.__name__}); run the prune again") from None
 
 
@@ -125,13 +131,18 @@ def _checkout(dvc_yaml: Path, lanes: Sequence[Path]) -> tuple[Path, Path, list[P
 
 def adopt(dvc_yaml: Path, lanes: Sequence[Path]) -> int:
     """Copy the lanes' finished stages that this checkout's dvc.lock lacks into it (the same stage of the
-    same dvc.yaml: DVC would record the same entry); how many. Only while no dvc repro runs here."""
+    same dvc.yaml: DVC would record the same entry) and check out their outputs the cache holds (a
+    stage DVC finds unchanged is skipped, not checked out); how many. Only while no dvc repro runs here."""
+    from dvc.repo import Repo
+
     folder, _, lane_locks = _checkout(dvc_yaml, lanes)
     own = read_lock(folder / "dvc.lock")
     added = {name: entry for lock in map(read_lock, lane_locks) for name, entry in lock.items() if name not in own}
     if added:
         with atomic_file(folder / "dvc.lock") as f:
             yaml.safe_dump({"schema": "2.0", "stages": {**own, **added}}, f, sort_keys=False)
+        with Repo(str(folder)) as repo:
+            repo.checkout(targets=[str(dvc_yaml.resolve())], allow_missing=True)
     return len(added)
 
 
