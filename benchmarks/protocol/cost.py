@@ -34,7 +34,7 @@ def stage_seconds(stage: plan.Stage, params, steps: int, limit: int) -> float:
     if stage.stage == "finetune":
         examples = steps * params.sections.finetune.batch_size
         seconds = examples * TRAIN_TOKENS[task] * PADDING[task] / TRAIN_TOK_S
-        if stage.method == "ewc":
+        if params.method_of(stage.method) == "ewc":
             after = params.select(stage.run).step(task).after
             seconds += EWC_FISHER_EXAMPLES * TRAIN_TOKENS[after] / TRAIN_TOK_S
         return FIXED_S["finetune"] + seconds

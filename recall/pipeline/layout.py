@@ -24,10 +24,12 @@ other module (the stages, the plan, params.py, the benchmarks) asks here.
     reports/, report_spec.json                    report: tables, plots; metrics.json at the top
     gates/<task>/metrics.json                     gate: its decision (recall.gate), in git like metrics.json
 
-`sft` and `ewc` hand on their fine-tune itself (no `model/`).
+`sft` and `ewc` hand on their fine-tune itself (no `model/`). <method> is a compared chain's label
+(params.yaml `methods.<label>`): a registered method's name, or a label with `method:` naming it.
 
 Stage names: `<stage>-<method>-<task>` (e.g. `finetune-recall-gen_sentiment`), `<stage>-<task>` for a
-step's stages of no one chain (the shared experts, RECALL's weight inputs, the gate), `multi-<method>`,
+step's stages of no one chain (the shared experts, RECALL's weight inputs, the gate; a chain labelled
+other than its method has RECALL's as its own, `similarity-recall_paper-<task>`), `multi-<method>`,
 then `base`, `data`, `report`, and in the multi scenario `similarity`. A protocol's stages of a run
 have its label appended: `finetune-recall-amazon-o1-s0`.
 """

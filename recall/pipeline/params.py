@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +24,11 @@ import yaml
 
 from recall.errors import RecallError, read_text
 from recall.evaluation.pipeline import check_backend, resolve_modes
-from recall.merge.methods import METHODS
+from recall.merge.methods import METHODS, Method
 from recall.pipeline import layout
 from recall.pipeline.sections import (  # noqa: F401  (the sections are params.yaml's; importers find them here too)
     BASE_STEP,
+    CHAIN_LABEL,
     EVAL_MODES,
     REGISTRY_MODES,
     SCENARIOS,
@@ -49,6 +51,7 @@ from recall.training.config import EWC_LAMBDA, FinetuneConfig
 # Compared methods that train rather than merge: their model after a step is the fine-tune itself.
 TRAINING_METHODS = {"sft": {}, "ewc": {"lambda": EWC_LAMBDA, "samples": FinetuneConfig.ewc_samples}}
 SEEDS_KEY = "seeds"  # methods.<m>.seeds: the protocol's training seeds this method's chains run with
+METHOD_KEY = "method"  # methods.<label>.method: the registered method a chain label runs (default: the label)
 
 
 @dataclass(frozen=True)
@@ -108,13 +111,32 @@ class Params:
 
     @property
     def methods(self) -> dict[str, dict]:
-        """Compared method -> its parameters (`{}`: defaults), in the order params.yaml lists them; a run's
-        params keep the methods that train with its seed."""
+        """Compared chain (its label, `methods.<label>`) -> its parameters (`{}`: defaults), in the order
+        params.yaml lists them; a run's params keep the chains that train with its seed. What runs a
+        chain is `method_of` its label."""
         return {
-            name: {k: v for k, v in (given or {}).items() if k != SEEDS_KEY}
+            name: {k: v for k, v in (given or {}).items() if k not in (SEEDS_KEY, METHOD_KEY)}
             for name, given in self.sections.methods.items()
             if self.run is None or self.run.seed in self.method_seeds(name)
         }
+
+    def method_of(self, label: str | None) -> str | None:
+        """The registered method a compared chain runs: its `methods.<label>.method`, else the label
+        itself (`ties: {...}`); None stays None (a stage of no chain)."""
+        given = self.sections.methods.get(label) if label is not None else None
+        return given.get(METHOD_KEY, label) if isinstance(given, dict) else label
+
+    def registered(self, label: str | None) -> Method | None:
+        """The merge method a compared chain runs (None for a training method)."""
+        return METHODS.get(self.method_of(label))
+
+    def overrides(self, label: str) -> dict:
+        """The settings of its weight source's section (RECALL's `recall`) that a chain sets in its own
+        `methods.<label>` (`recall_paper: {method: recall, sigma: 1.0}`): its stages read those there."""
+        method = self.registered(label)
+        if method is None or method.source.section is None:
+            return {}
+        return {k: v for k, v in self.methods[label].items() if k not in method.params}
 
     def method_seeds(self, method: str) -> tuple[int, ...]:
         """The training seeds a method's chains run with: its `seeds` among the protocol's, else all of them."""
@@ -177,29 +199,32 @@ class Params:
         return next(r for r in self.runs if r.seed == self.run.seed and r.tasks[: len(prefix)] == prefix)
 
     def trains(self, method: str | None) -> bool:
-        """Whether a compared method trains rather than merges: its model after a step is the fine-tune."""
-        return method in TRAINING_METHODS
+        """Whether a compared chain trains rather than merges: its model after a step is the fine-tune."""
+        return self.method_of(method) in TRAINING_METHODS
 
     def kernel_params(self, method: str) -> dict:
-        """A merge method's kernel parameters as params.yaml gives them (`methods.<m>`)."""
-        return {k: v for k, v in self.methods[method].items() if k in METHODS[method].params}
+        """A merge chain's kernel parameters as params.yaml gives them (`methods.<label>`)."""
+        return {k: v for k, v in self.methods[method].items() if k in self.registered(method).params}
 
     def weight_settings(self, method: str):
-        """The settings of a merge method's weight source: its own section (RECALL's `recall`), or the
-        keys of `methods.<m>` that are not kernel parameters; None for a source without settings."""
-        source = METHODS[method].source
+        """The settings of a merge chain's weight source: its own section (RECALL's `recall`) with the
+        keys the chain overrides, or the keys of `methods.<label>` that are not kernel parameters; None
+        for a source without settings."""
+        source = self.registered(method).source
         if source.section is not None:
-            return getattr(self.sections, source.section)
-        given = {k: v for k, v in self.methods[method].items() if k not in METHODS[method].params}
+            section = getattr(self.sections, source.section)
+            return dataclasses.replace(section, **self.overrides(method)) if self.overrides(method) else section
+        given = {k: v for k, v in self.methods[method].items() if k not in self.registered(method).params}
         return source.settings_from(given)
 
     @property
     def merge_methods(self) -> list[str]:
-        """The compared methods that produce a merged model (RECALL and the merge baselines)."""
-        return [m for m in self.methods if m not in TRAINING_METHODS]
+        """The compared chains that produce a merged model (RECALL and the merge baselines)."""
+        return [m for m in self.methods if not self.trains(m)]
 
-    def ewc(self) -> dict:
-        return {**TRAINING_METHODS["ewc"], **self.methods.get("ewc", {})}
+    def ewc(self, label: str = "ewc") -> dict:
+        """An EWC chain's settings: its `methods.<label>` over the defaults."""
+        return {**TRAINING_METHODS["ewc"], **self.methods.get(label, {})}
 
     def eval_tasks(self, task: str) -> list[str]:
         """The tasks scored after a step: every task of the sequence (`evaluate.tasks: all`), or, in a
@@ -388,28 +413,28 @@ def validate_methods(params: Params) -> None:
         path = f"methods.{name}"
         if given is not None and not isinstance(given, dict):
             raise RecallError(f"{path} must be a mapping of parameters ({{}} for the defaults), got {given!r}")
+        validate_label(name, given or {}, usable)
         seeds = (given or {}).get(SEEDS_KEY, ())
         if not (isinstance(seeds, list) and seeds and all(isinstance(x, int) for x in seeds)) and seeds != ():
             raise RecallError(f"{path}.seeds must list training seeds, e.g. seeds: [0, 1], got {seeds!r}")
-        given = {k: v for k, v in (given or {}).items() if k != SEEDS_KEY}
-        if name in TRAINING_METHODS:
-            reject_unknown(given or {}, TRAINING_METHODS[name], path, "parameter")
-        elif name in METHODS:
-            validate_merge_method(name, given, path)
+        given = {k: v for k, v in (given or {}).items() if k not in (SEEDS_KEY, METHOD_KEY)}
+        method = params.method_of(name)
+        if method in TRAINING_METHODS:
+            reject_unknown(given or {}, TRAINING_METHODS[method], path, "parameter")
         else:
-            raise RecallError(f"method {name!r} cannot run in the pipeline; choose from {', '.join(usable)}")
-    if "ewc" in params.methods:
-        ewc = params.ewc()
+            validate_merge_method(params, name, given, path)
+    for label in (m for m in params.methods if params.method_of(m) == "ewc"):
+        ewc = params.ewc(label)
         if not (isinstance(ewc["lambda"], (int, float)) and ewc["lambda"] > 0) or not (
             isinstance(ewc["samples"], int) and ewc["samples"] > 0
         ):
-            raise RecallError(f"methods.ewc needs lambda > 0 and samples >= 1, got {ewc}")
+            raise RecallError(f"methods.{label} needs lambda > 0 and samples >= 1, got {ewc}")
         if not params.sequential:
             raise RecallError(
                 "method ewc anchors a fine-tune to the previous task's model, so it needs "
                 "scenario: sequential; drop it from methods for a single or multi run"
             )
-    trained = [m for m in params.methods if m in TRAINING_METHODS]
+    trained = [m for m in params.methods if params.trains(m)]
     if trained and params.sections.scenario == "multi":
         raise RecallError(
             f"method {', '.join(trained)} makes no merged model, and the multi scenario compares merges of "
@@ -418,20 +443,55 @@ def validate_methods(params: Params) -> None:
         )
 
 
-def validate_merge_method(name: str, given: dict, path: str) -> None:
-    """A merge method's `methods.<m>`: its kernel parameters, and the settings of its weight source
-    unless that source has a section of its own (RECALL's `recall`)."""
-    method = METHODS[name]
-    source, settings = method.source, method.source.settings()
-    if source.section is not None:
-        if given:
-            raise RecallError(f"{path} takes no parameters here; its settings are the `{source.section}` section")
+def validate_label(label: str, given: dict, usable: list[str]) -> None:
+    """A chain's label (`methods.<label>`): a registered method's name, or any stage-name part with
+    `method:` naming the method it runs; it is part of stage names and folders (`chains/<label>/`)."""
+    if METHOD_KEY not in given:
+        if label not in usable:
+            raise RecallError(
+                f"method {label!r} cannot run in the pipeline; choose from {', '.join(usable)}, or give the "
+                f"chain the method it runs, e.g. {label}: {{method: recall, sigma: 1.0}}"
+            )
         return
-    own = [f.name for f in dataclasses.fields(settings)] if settings else []
+    method = given[METHOD_KEY]
+    if not isinstance(method, str) or method not in usable:
+        raise RecallError(f"methods.{label}.method: unknown method {method!r}; choose from {', '.join(usable)}")
+    if not CHAIN_LABEL.fullmatch(str(label)):
+        raise RecallError(
+            f"methods.{label}: a chain label is part of stage names (joined with '-') and folders, so it takes "
+            f"lowercase letters, digits and underscores only; rename it, e.g. "
+            f"{re.sub(r'[^a-z0-9_]+', '_', str(label).lower()).strip('_') or method}"
+        )
+    if label in usable and label != method:
+        raise RecallError(
+            f"methods.{label}: {label} is a registered method's name, but this chain runs method: {method}; "
+            f"give it another label, e.g. {method}_{label}"
+        )
+
+
+def validate_merge_method(params: Params, label: str, given: dict, path: str) -> None:
+    """A merge chain's `methods.<label>`: its kernel parameters, and the settings of its weight source:
+    beside them, or, for a source with a section of its own (RECALL's `recall`), keys of that section
+    the chain sets for itself (the multi scenario measures that source once: none there)."""
+    method = params.registered(label)
+    source, settings = method.source, method.source.settings()
+    section = getattr(params.sections, source.section) if source.section is not None else None
+    own = [f.name for f in dataclasses.fields(section if section is not None else settings)] if settings else []
     reject_unknown(given, [*method.params, *own], path, "parameter")
     try:
         method.resolve({k: v for k, v in given.items() if k in method.params})  # a missing or bad one names its flag
     except RecallError as err:
         raise RecallError(f"{path}: {err}") from None
-    if settings:
-        source.settings_from({k: v for k, v in given.items() if k in own}, path)
+    mine = {k: v for k, v in given.items() if k in own and k not in method.params}
+    if section is None:
+        if settings:
+            source.settings_from(mine, path)
+        return
+    if mine:
+        dataclasses.replace(section, **mine).validate(path)
+    if params.sections.scenario == "multi" and (mine or label != method.name):
+        raise RecallError(
+            f"{path}: the multi scenario measures {method.name}'s similarities once, with the `{source.section}` "
+            f"section's settings, for one chain named {method.name}; set them in `{source.section}` and name the "
+            f"chain {method.name}: {{}}, or compare settings in scenario: sequential or single"
+        )

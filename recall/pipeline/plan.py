@@ -74,6 +74,8 @@ def shape_key(params: Params) -> str:
         shape["tasks"] = sections.tasks
     if sections.evaluate.unseen:
         shape["unseen"] = list(sections.evaluate.unseen)
+    if labelled := {m: params.method_of(m) for m in params.methods if params.method_of(m) != m}:
+        shape["labels"] = labelled  # chains labelled other than their method (absent from earlier keys)
     if params.runs:
         shape["runs"] = [[r.label, *r.tasks] for r in params.runs]
         shape["seeds"] = {m: params.method_seeds(m) for m in params.methods}
@@ -120,7 +122,7 @@ def step_stages(params: Params, task: str) -> list[Stage]:
     if params.sections.scenario != "multi":
         return out + [s for m in params.methods for s in chain_stages(params, task, m)]
     for d in TABLE:
-        users = [m for m in params.merge_methods if d.name in source_of(m).expert_stages]
+        users = [m for m in params.merge_methods if d.name in source_of(params, m).expert_stages]
         if d.at is None and d.keys == ("task",) and users:
             out.append(instance(d, params, task, users[0]))
     return out
@@ -129,13 +131,13 @@ def step_stages(params: Params, task: str) -> list[Stage]:
 def chain_stages(params: Params, task: str, method: str) -> list[Stage]:
     """A method's step: its fine-tune, the stages of its weight source's evidence, its merge, the
     evaluation of what it hands on, and the gate of the served chain."""
-    source = source_of(method)
+    source = source_of(params, method)
     needed = source.step_stages if source else ()
     return [
         instance(d, params, task, method)
         for d in TABLE
-        if (d.at == "chain" and d.when(params, task, method))
-        or (d.at is None and "task" in d.keys and d.name in needed)
+        if (d.at == "chain" or (d.at is None and "task" in d.keys and d.name in needed))
+        and d.when(params, task, method)
     ]
 
 
@@ -144,7 +146,7 @@ def multi_stages(params: Params) -> list[Stage]:
     each merge method's merge of every expert."""
     out = []
     for d in (d for d in TABLE if d.at is None and "task" not in d.keys):
-        users = [m for m in params.merge_methods if d.name in source_of(m).multi_stages]
+        users = [m for m in params.merge_methods if d.name in source_of(params, m).multi_stages]
         if users:
             out += [instance(d, params, None, m) for m in (users if "method" in d.keys else users[:1])]
     return out + [s for m in params.merge_methods for s in placed(params, "multi", None, m)]

@@ -6,6 +6,7 @@ This module imports no torch.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from recall.evaluation.config import BACKENDS, DEFAULT_BACKEND
@@ -18,6 +19,8 @@ from recall.weights.config import RecallSettings
 
 SCENARIOS = ("sequential", "single", "multi")
 REGISTRY_MODES = ("copy", "reference")  # tracking.registry
+# A compared chain's label (`methods.<label>`): a part of stage names, which are joined with '-'
+CHAIN_LABEL = re.compile(r"[a-z0-9_]+")
 
 
 def limits_ok(limit: int | dict[str, int | None]) -> bool:
@@ -134,12 +137,40 @@ class Sections(Settings):
     sequence: tuple[Step, ...] = setting(
         rule=Rule(bool, "the sequence in params.yaml is empty; list at least one {{task, after}} step")
     )
-    # compared method -> its parameters; what each method takes is checked in `validate_methods`
+    # compared chain -> its parameters; what each method takes is checked in `validate_methods` (the
+    # registry imports torch, so the schema names no method)
     methods: dict = setting(
         rule=Rule(
             bool,
             "methods must be a non-empty mapping of method -> parameters, e.g. methods: {{recall: {{}}, sft: {{}}}}",
-        )
+            {
+                "propertyNames": {"pattern": f"^{CHAIN_LABEL.pattern}$"},
+                "additionalProperties": {
+                    "anyOf": [
+                        {
+                            "type": "object",
+                            "properties": {
+                                "method": {
+                                    "type": "string",
+                                    "description": "the registered method this chain runs (default: its label), "
+                                    "e.g. recall_paper: {method: recall, sigma: 1.0}",
+                                },
+                                "seeds": {
+                                    "type": "array",
+                                    "items": {"type": "integer"},
+                                    "minItems": 1,
+                                    "description": "a protocol's training seeds this chain runs with",
+                                },
+                            },
+                        },
+                        {"type": "null"},
+                    ]
+                },
+            },
+        ),
+        help="each compared chain, its own through every stage: a registered method by name with its parameters "
+        "(ties: {density: 0.5}), or a label of lowercase letters, digits and underscores with `method:` "
+        "(recall_paper: {method: recall, sigma: 1.0}; a RECALL chain may set keys of the `recall` section)",
     )
     finetune: FinetuneConfig
     recall: RecallSection

@@ -26,7 +26,7 @@ from recall.atomic import atomic_dir, read_json, write_json
 from recall.base_model import pull_base
 from recall.errors import RecallError
 from recall.merge.engine import MergePlan, merge
-from recall.merge.methods import METHODS, get_method, resolve_weights
+from recall.merge.methods import get_method, resolve_weights
 from recall.models import describe, safetensors_folder
 from recall.pipeline.layout import (
     BASE_STEP,
@@ -67,24 +67,39 @@ log = logging.getLogger(__name__)
 DEFAULT_BASE = "smollm2"
 
 
-def source_of(method: str | None) -> type[WeightSource] | None:
-    """The weight source of a compared merge method (None for a training method)."""
-    return METHODS[method].source if method in METHODS else None
+def source_of(params: Params, method: str | None) -> type[WeightSource] | None:
+    """The weight source of a compared merge chain (None for a training method)."""
+    registered = params.registered(method)
+    return registered.source if registered is not None else None
 
 
 def sourced(params: Params, stage: str) -> str:
-    """The compared method whose weight source needs `stage`, a stage of a step no one chain owns
-    (RECALL's features, typical samples and similarities)."""
+    """The compared chain whose weight source needs `stage`, a stage of a step no one chain owns
+    (RECALL's features, typical samples and similarities): the first chain named by its method
+    (`recall: {}`); another chain of that source measures its own (`own_evidence`)."""
     for m in params.merge_methods:
-        source = METHODS[m].source
-        if stage in (*source.step_stages, *source.expert_stages, *source.multi_stages):
+        source = source_of(params, m)
+        if params.method_of(m) == m and stage in (*source.step_stages, *source.expert_stages, *source.multi_stages):
             return m
     raise RecallError(f"no compared method's weights need the stage {stage}; add its method to params.yaml methods")
 
 
-def evidence_dir(params: Params, task: str) -> Path:
+def own_evidence(params: Params, method: str | None) -> bool:
+    """Whether a chain's RECALL stages (features, typical samples, similarities) are its own, named with
+    its label (`similarity-recall_paper-<task>`): a chain labelled other than its method, whose settings
+    may differ (`recall_paper: {method: recall, sigma: 1.0}`). The chain named by its method keeps the
+    stages named by the step alone (`similarity-<task>`)."""
+    return method is not None and params.method_of(method) != method
+
+
+def evidence_chain(params: Params, method: str | None = None) -> str:
+    """The chain whose RECALL evidence a stage of `method`'s (or of no chain's, None) measures."""
+    return method if own_evidence(params, method) else sourced(params, "features")
+
+
+def evidence_dir(params: Params, task: str, method: str | None = None) -> Path:
     """Where RECALL's weight inputs for a step live (features, typical samples, similarity)."""
-    return chain_dir(params, sourced(params, "features"), task)
+    return chain_dir(params, evidence_chain(params, method), task)
 
 
 # --- the stages' functions ---
@@ -135,8 +150,8 @@ def finetune_step(params: Params, task: str, method: str | None = None) -> Path:
     """The method's previous model fine-tuned on `task` (EWC adds its penalty against the previous
     task); without a method, the expert every chain shares, fine-tuned from the base."""
     config, after = params.sections.finetune, params.step(task).after
-    if method == "ewc":
-        ewc = params.ewc()
+    if params.method_of(method) == "ewc":
+        ewc = params.ewc(method)
         config = dataclasses.replace(config, ewc_lambda=ewc["lambda"], ewc_from=after, ewc_samples=ewc["samples"])
     return finetune(
         start_model(params, method, task),
@@ -147,12 +162,14 @@ def finetune_step(params: Params, task: str, method: str | None = None) -> Path:
     )
 
 
-def features(params: Params, task: str) -> Path:
-    """The new model's representations of the task's training samples (the probe set)."""
-    folder, settings = evidence_dir(params, task), params.sections.recall
-    export_task(task, "train", folder / "probe.jsonl", params.data_dir, limit=params.sections.recall.samples)
+def features(params: Params, task: str, method: str | None = None) -> Path:
+    """The new model's representations of the task's training samples (the probe set); `method`: a
+    chain whose RECALL stages are its own (`own_evidence`)."""
+    chain = evidence_chain(params, method)
+    folder, settings = evidence_dir(params, task, chain), params.weight_settings(chain)
+    export_task(task, "train", folder / "probe.jsonl", params.data_dir, limit=settings.samples)
     return extract_features(
-        new_model(params, sourced(params, "features"), task),
+        new_model(params, chain, task),
         folder / "probe.jsonl",
         folder / "features.npy",
         batch_size=settings.batch_size,
@@ -160,29 +177,31 @@ def features(params: Params, task: str) -> Path:
     )
 
 
-def typical(params: Params, task: str) -> Path:
-    folder, settings = evidence_dir(params, task), params.sections.recall
+def typical(params: Params, task: str, method: str | None = None) -> Path:
+    chain = evidence_chain(params, method)
+    folder, settings = evidence_dir(params, task, chain), params.weight_settings(chain)
     chosen = select_typical(load_features(folder / "features.npy"), settings.typical, settings.seed)
     write_json(folder / "typical.json", {"m": settings.typical, "seed": settings.seed, "indices": chosen})
     return folder / "typical.json"
 
 
-def typical_similarity(params: Params, infos: list, reference: int, task: str, workdir: Path):
-    """Every model's similarity per layer to infos[reference] on `task`'s typical samples: (the samples'
-    indices, the (layers x models) similarities, each layer's sigma)."""
-    folder = evidence_dir(params, task)
+def typical_similarity(params: Params, infos: list, reference: int, task: str, workdir: Path, chain: str):
+    """Every model's similarity per layer to infos[reference] on `task`'s typical samples, with the
+    settings of `chain`: (the samples' indices, the (layers x models) similarities, each layer's sigma)."""
+    folder = evidence_dir(params, task, chain)
     indices = read_json(folder / "typical.json")["indices"]
     features = load_features(folder / "features.npy")
     return indices, *similarity_and_sigmas(
-        infos, reference, folder / "probe.jsonl", features, indices, params.sections.recall, workdir
+        infos, reference, folder / "probe.jsonl", features, indices, params.weight_settings(chain), workdir
     )
 
 
-def similarity(params: Params, task: str) -> Path:
-    settings, inputs = params.sections.recall, merge_inputs(params, sourced(params, "similarity"), task)
+def similarity(params: Params, task: str, method: str | None = None) -> Path:
+    chain = evidence_chain(params, method)
+    settings, inputs = params.weight_settings(chain), merge_inputs(params, chain, task)
     with tempfile.TemporaryDirectory(prefix="recall-sim-") as tmp:
         indices, sim, sigmas = typical_similarity(
-            params, [describe(m) for m in inputs], len(inputs) - 1, task, Path(tmp)
+            params, [describe(m) for m in inputs], len(inputs) - 1, task, Path(tmp), chain
         )
     record = {
         "metric": settings.similarity,
@@ -195,20 +214,21 @@ def similarity(params: Params, task: str) -> Path:
         "typical": indices,
         "layers": sim.tolist(),
     }
-    write_json(evidence_dir(params, task) / "similarity.json", record)
-    return evidence_dir(params, task) / "similarity.json"
+    write_json(evidence_dir(params, task, chain) / "similarity.json", record)
+    return evidence_dir(params, task, chain) / "similarity.json"
 
 
 def multi_similarity(params: Params) -> Path:
     """Multi scenario: each expert is the reference on its own task's typical samples and measures every
     model merged (the multi scenario has no single new model to measure the others against). Its own
     stage, so a temperature reruns only the merge."""
-    settings, models = params.sections.recall, multi_models(params, sourced(params, "similarity"))
+    chain = sourced(params, "similarity")
+    settings, models = params.weight_settings(chain), multi_models(params, chain)
     infos, references = [describe(m) for m in models], []
     with tempfile.TemporaryDirectory(prefix="recall-multi-") as tmp:
         for i, task in enumerate(tasks(params)):
             ref = i + int(params.with_base)
-            indices, sim, sigmas = typical_similarity(params, infos, ref, task, Path(tmp))
+            indices, sim, sigmas = typical_similarity(params, infos, ref, task, Path(tmp), chain)
             references.append(
                 reference_record(models[ref], evidence_dir(params, task) / "probe.jsonl", indices, sim, sigmas)
             )
@@ -290,7 +310,7 @@ def multi_fisher(params: Params, method: str) -> Path:
 
 def recall_evidence(params: Params, method: str, task: str | None, infos: list) -> Evidence:
     """RECALL: a step's similarities to its new model, or in the multi scenario each expert's."""
-    settings = params.sections.recall
+    settings = params.weight_settings(method)
     rows = {"temperature": settings.temperature, "calibrate": settings.calibrate}
     if task is None:
         record = read_json(multi_similarity_path(params))
@@ -298,7 +318,7 @@ def recall_evidence(params: Params, method: str, task: str | None, infos: list) 
         extra = {"settings": dataclasses.asdict(settings), "references": record["references"]}
         sims = [np.array(r["similarity"]) for r in record["references"]]
         return Evidence({"similarities": sims, **rows}, {**extra, "with_base": params.with_base})
-    folder = evidence_dir(params, task)
+    folder = evidence_dir(params, task, method)
     sim = read_json(folder / "similarity.json")
     extra = {
         "similarity": sim["layers"],
@@ -356,7 +376,7 @@ def merge_with(params: Params, name: str, infos: list, out: Path, task: str | No
     evidence its stages measured. A sequential step's models were each fine-tuned from the one before,
     so methods that take `chain` merge each step's own task vector (README, Merge methods) unless
     params.yaml says otherwise."""
-    method = get_method(name)
+    method = get_method(params.method_of(name))
     chain = {"chain": params.sequential} if "chain" in method.params else {}
     settings = method.resolve({**chain, **params.kernel_params(name)})
     reader = next((EVIDENCE[s] for s in method.source.merge_reads if s in EVIDENCE), None)
@@ -493,7 +513,7 @@ def report_spec(params: Params, spec_dir: Path) -> dict:
         ]
     if reported := reported_method(params):  # RECALL's: its weights and similarities per step
         spec["merge_weights"] = [rel(merged_model(params, reported, t) / "merge_weights.json") for t in tasks(params)]
-        spec["similarity"] = [rel(evidence_dir(params, t) / "similarity.json") for t in tasks(params)]
+        spec["similarity"] = [rel(evidence_dir(params, t, reported) / "similarity.json") for t in tasks(params)]
     if params.gated:
         spec["gate"] = [rel(gate_metrics(params, t)) for t in tasks(params)]
     return spec
@@ -516,8 +536,8 @@ def protocol_spec(params: Params, spec_dir: Path) -> dict:
 
 
 def reported_method(params: Params) -> str | None:
-    """The compared method whose weights the report shows (RECALL's, by its weight source)."""
-    return next((m for m in params.merge_methods if METHODS[m].source.reported), None)
+    """The compared chain whose weights the report shows (RECALL's, by its weight source; the first)."""
+    return next((m for m in params.merge_methods if source_of(params, m).reported), None)
 
 
 def report(params: Params) -> Path:

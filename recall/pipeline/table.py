@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recall.errors import RecallError
-from recall.merge.methods import METHODS, get_method
 from recall.models import allow_remote_code
 from recall.pipeline import stages
 from recall.pipeline.layout import (
@@ -37,8 +36,8 @@ from recall.pipeline.layout import (
     start_model,
     tasks,
 )
-from recall.pipeline.params import SEEDS_KEY, Params
-from recall.pipeline.stages import evidence_dir, reported_method, sourced
+from recall.pipeline.params import METHOD_KEY, SEEDS_KEY, Params
+from recall.pipeline.stages import evidence_chain, evidence_dir, own_evidence, reported_method, source_of, sourced
 from recall.pipeline.tracked import (
     log_evaluate,
     log_finetune,
@@ -61,6 +60,17 @@ def section_keys(params: Params, section: str, *used: str) -> list[str]:
     return [f"{section}.{k}" for k in used if k in params.written(section)]
 
 
+def settings_keys(params: Params, method: str | None, section: str, used: tuple[str, ...]) -> list[str]:
+    """The keys of a weight source's `section` that a stage of chain `method` reads: `<section>.<key>`
+    (among those params.yaml sets), or `methods.<label>.<key>` where the chain sets the key itself."""
+    own = params.overrides(method) if method is not None else {}
+    return [
+        f"methods.{method}.{k}" if k in own else f"{section}.{k}"
+        for k in used
+        if k in own or k in params.written(section)
+    ]
+
+
 def method_keys(params: Params, method: str) -> list[str]:
     """The params a method's stages read: its section, or with a protocol's `seeds` in it, each other key,
     so that a seed added to a method's list adds its chains and reruns nothing."""
@@ -72,8 +82,8 @@ def method_keys(params: Params, method: str) -> list[str]:
 
 def source_keys(params: Params, method: str) -> list[str]:
     """The keys of `methods.<m>` that a weight source's evidence stage reads (its settings, as written)."""
-    given, own = params.sections.methods[method] or {}, METHODS[method].params
-    return [f"methods.{method}.{k}" for k in given if k != SEEDS_KEY and k not in own]
+    given, own = params.sections.methods[method] or {}, params.registered(method).params
+    return [f"methods.{method}.{k}" for k in given if k not in (SEEDS_KEY, METHOD_KEY) and k not in own]
 
 
 def task_data(params: Params, *names: str) -> list[Path]:
@@ -143,20 +153,21 @@ def data_params(params: Params, task: None, method: None) -> list[str]:
 
 
 def finetune_deps(params: Params, task: str, method: str) -> list[Path]:
-    anchor = task_data(params, params.step(task).after) if method == "ewc" else []
+    anchor = task_data(params, params.step(task).after) if params.method_of(method) == "ewc" else []
     return [*task_data(params, task), *anchor, start_model(params, method, task)]
 
 
 def recall_keys(*used: str) -> Callable[[Params, str | None, str | None], list[str]]:
-    return lambda params, task, method: section_keys(params, RECALL.section, *used)
+    return lambda params, task, method: settings_keys(params, evidence_chain(params, method), RECALL.section, used)
 
 
 def recall_files(*names: str) -> Paths:
-    return lambda params, task, method: [evidence_dir(params, task) / n for n in names]
+    return lambda params, task, method: [evidence_dir(params, task, method) / n for n in names]
 
 
 def similarity_deps(params: Params, task: str, method: str | None) -> list[Path]:
-    m, folder = sourced(params, "similarity"), evidence_dir(params, task)
+    m = evidence_chain(params, method)
+    folder = evidence_dir(params, task, m)
     inputs = [folder / "typical.json", folder / "probe.jsonl", folder / "features.npy"]
     return [*inputs, new_model(params, m, task), start_model(params, m, task)]
 
@@ -168,13 +179,15 @@ def evidence_outs(params: Params, task: str | None, method: str) -> list[Path]:
     return [
         p
         for d in TABLE
-        if d.name in METHODS[method].source.merge_reads and (form in d.keys if form else "task" not in d.keys)
+        if d.name in source_of(params, method).merge_reads
+        and (form in d.keys if form else "task" not in d.keys)
+        and d.when(params, task, method)
         for p in d.outs(params, task, method)
     ]
 
 
 def merge_deps(params: Params, task: str, method: str) -> list[Path]:
-    base = [base_model(params)] if get_method(method).needs_base else []
+    base = [base_model(params)] if params.registered(method).needs_base else []
     new, start = new_model(params, method, task), start_model(params, method, task)
     if evidence := evidence_outs(params, task, method):
         return [*evidence, new, start, *base]
@@ -182,9 +195,9 @@ def merge_deps(params: Params, task: str, method: str) -> list[Path]:
 
 
 def merge_params(params: Params, task: str | None, method: str) -> list[str]:
-    source = METHODS[method].source
+    source = source_of(params, method)
     if source.section is not None:
-        return section_keys(params, source.section, *source.merge_keys)
+        return settings_keys(params, method, source.section, source.merge_keys)
     return method_keys(params, method) if task else [f"methods.{method}"]
 
 
@@ -211,7 +224,7 @@ def multi_evidence_keys(params: Params, task: None, method: str) -> list[str]:
 
 
 def multi_deps(params: Params, task: None, method: str) -> list[Path]:
-    base = [base_model(params)] if get_method(method).needs_base and not params.with_base else []
+    base = [base_model(params)] if params.registered(method).needs_base and not params.with_base else []
     models = [Path(m) for m in multi_models(params, method)]
     return [*task_data(params, *tasks(params)), *models, *evidence_outs(params, None, method), *base]
 
@@ -238,6 +251,16 @@ def report_reads(params: Params, earlier: list) -> list[Path]:
     return reads
 
 
+def recall_stage(name: str, run: Callable, **given) -> list[StageDef]:
+    """A RECALL stage of a step: named by the step alone (`similarity-<task>`, the chain named by its
+    method and the multi scenario's experts), and by chain and step (`similarity-recall_paper-<task>`)
+    for a chain whose RECALL stages are its own."""
+    return [
+        StageDef(name, run, ("task",), when=lambda p, t, m: not own_evidence(p, m), **given),
+        StageDef(name, run, ("task", "method"), when=lambda p, t, m: own_evidence(p, m), **given),
+    ]
+
+
 TABLE: list[StageDef] = [
     StageDef("base", stages.base, (), "start", params=lambda p, t, m: ["base"], outs=lambda p, t, m: [base_model(p)]),
     StageDef("data", stages.data, (), "start", deps=data_deps, params=data_params, outs=lambda p, t, m: [p.data_dir]),
@@ -259,35 +282,33 @@ TABLE: list[StageDef] = [
         ("task", "method"),
         "chain",
         deps=finetune_deps,
-        params=lambda p, t, m: ["finetune", *(method_keys(p, "ewc") if m == "ewc" else [])],
+        params=lambda p, t, m: ["finetune", *(method_keys(p, m) if p.method_of(m) == "ewc" else [])],
         outs=lambda p, t, m: [new_model(p, m, t)],
         when=lambda p, t, m: not shared_expert(p, t),
         log=log_finetune,
     ),
     # RECALL's weights (the representations source): the new model's features of its task's samples,
-    # their typical samples, every merged model's similarity to it on them
-    StageDef(
+    # their typical samples, every merged model's similarity to it on them; each stage named by the step
+    # alone, and by chain and step for a chain whose RECALL stages are its own (`own_evidence`)
+    *recall_stage(
         "features",
         stages.features,
-        ("task",),
-        deps=lambda p, t, m: [p.data_dir / t, new_model(p, sourced(p, "features"), t)],
+        deps=lambda p, t, m: [p.data_dir / t, new_model(p, evidence_chain(p, m), t)],
         params=recall_keys(*RECALL.FEATURE_KEYS),
         outs=recall_files("probe.jsonl", "features.npy"),
         log=lambda p, t, m, run: None,
     ),
-    StageDef(
+    *recall_stage(
         "typical",
         stages.typical,
-        ("task",),
         deps=recall_files("features.npy"),
         params=recall_keys(*RECALL.TYPICAL_KEYS),
         outs=recall_files("typical.json"),
         log=log_recall_settings,
     ),
-    StageDef(
+    *recall_stage(
         "similarity",
         stages.similarity,
-        ("task",),
         deps=similarity_deps,
         params=recall_keys(*RECALL.SIMILARITY_KEYS),
         outs=recall_files("similarity.json"),

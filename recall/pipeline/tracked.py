@@ -24,36 +24,39 @@ from recall.pipeline.layout import (
     tasks,
 )
 from recall.pipeline.params import Params
-from recall.pipeline.stages import source_of, sourced
+from recall.pipeline.stages import evidence_chain, source_of
 
 log = logging.getLogger(__name__)
 
 
 def log_settings(params: Params, task: str | None, method: str | None, sequence_run: str) -> None:
-    """The settings a method's stage reads: its weight source's section (RECALL's `recall`), else its
-    `methods.<m>` parameters."""
+    """The settings a chain's stage reads: its weight source's section (RECALL's `recall`, with the keys
+    the chain sets itself), else its `methods.<label>` parameters; and the method a label runs."""
     import mlflow
 
     if method not in params.methods:
         return
-    source = source_of(method)
+    source = source_of(params, method)
     if source is not None and source.section is not None:
-        mlflow.log_params({f"{source.section}.{k}": v for k, v in params.written(source.section).items()})
+        written = {**params.written(source.section), **params.overrides(method)}
+        mlflow.log_params({f"{source.section}.{k}": v for k, v in written.items()})
     else:
         mlflow.log_params({f"{method}.{k}": v for k, v in params.methods[method].items()})
+    if params.method_of(method) != method:
+        mlflow.log_param(f"{method}.method", params.method_of(method))
 
 
 def log_recall_settings(params: Params, task: str | None, method: str | None, sequence_run: str) -> None:
-    """RECALL's stages of no one chain (typical samples, similarities): its section."""
-    log_settings(params, task, sourced(params, "similarity"), sequence_run)
+    """RECALL's stages (typical samples, similarities) of no one chain, or of a chain's own: its settings."""
+    log_settings(params, task, evidence_chain(params, method), sequence_run)
 
 
 def log_finetune(params: Params, task: str, method: str | None, sequence_run: str) -> None:
     import mlflow
 
     mlflow.log_params({f"finetune.{k}": v for k, v in params.written("finetune").items()})
-    if method == "ewc":
-        mlflow.log_params({f"ewc.{k}": v for k, v in params.ewc().items()})
+    if params.method_of(method) == "ewc":
+        mlflow.log_params({f"ewc.{k}": v for k, v in params.ewc(method).items()})
     trained = read_json(new_model(params, method or "sft", task) / "train_metrics.json")
     mlflow.log_param("rendering", trained["rendering"])  # chat template or plain prompts
     for row in trained["steps"]:
