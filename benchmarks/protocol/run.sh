@@ -9,8 +9,8 @@
 # Give each lane the others' checkouts in PROTOCOL_LANES (space-separated).
 # Intermediate models are pruned (`recall prune`, every 5 minutes and at the end) once every stage
 # reading them is done in some lane, so the suite's ~100 GB of them never sit on the disk at once;
-# `--allow-missing` lets dvc repro skip their finished stages. A run of the whole suite first adopts
-# the lanes' finished stages into its dvc.lock.
+# `--allow-missing` lets dvc repro skip their finished stages. Each start first adopts the lanes'
+# finished stages into its dvc.lock.
 # Then benchmarks/protocol.py collects the suite's metrics.json into benchmarks/results/protocol.{json,md}.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -22,7 +22,9 @@ source benchmarks/repro.sh
 lanes=()
 for lane in ${PROTOCOL_LANES:-}; do lanes+=(--lane "$lane"); done
 prune() { .venv/bin/recall prune "$folder/params.yaml" "${lanes[@]}" "$@"; }
-[ $# -gt 0 ] || [ ! -f "$folder/dvc.lock" ] || prune --adopt
+# Adopt the lanes' finished stages (this dvc.lock is written only here, before dvc repro starts): one
+# whose model was pruned is then skipped here, not run again.
+[ ${#lanes[@]} -eq 0 ] || [ ! -f "$folder/dvc.lock" ] || prune --adopt
 (while sleep 300 && kill -0 $$ 2>/dev/null; do prune || true; done) &
 REPRO_FLAGS=--allow-missing repro "$folder" "$suite" "$@"
 prune
