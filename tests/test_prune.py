@@ -90,7 +90,12 @@ def test_a_lane_counts_its_finished_stages_and_keeps_its_objects(project: Path, 
     lane = tmp_path_factory.mktemp("lane")
     _dvc(lane, "init", "--no-scm", "-q")
     _dvc(lane, "config", "--local", "cache.dir", str(project / ".dvc/cache"))
-    (lane / "dvc.yaml").write_text((project / "dvc.yaml").read_text())
+    # a stage no lane finished, whose folder here is a killed run's resumable state: adopt leaves it
+    stages = {**STAGES, "evaluate-recall-later": _read("eval", "b/model", "later")}
+    for checkout in (project, lane):
+        (checkout / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    (project / "later").mkdir()
+    (project / "later/predictions.json").write_text("{}")
     _dvc(project, "repro", "-q", "evaluate-recall-a")  # this checkout: step a
     _dvc(lane, "repro", "-q", "evaluate-recall-b")  # the lane: step b (and a again, from the run cache)
 
@@ -102,7 +107,8 @@ def test_a_lane_counts_its_finished_stages_and_keeps_its_objects(project: Path, 
 
     assert adopt(project / "dvc.yaml", [lane]) == 4  # b's four stages, their outputs checked out here
     assert (project / "eval-b").read_text() == "eval\nmerged-b\n" and not (project / "b/sft").exists()
-    assert "Running stage" not in _dvc(project, "repro", "--allow-missing")
+    assert (project / "later/predictions.json").read_text() == "{}"
+    assert "Running stage" not in _dvc(project, "repro", "--allow-missing", "evaluate-recall-b")
     assert adopt(project / "dvc.yaml", [lane]) == 0
 
 

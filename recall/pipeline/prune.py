@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 from recall.atomic import atomic_file
-from recall.errors import RecallError
+from recall.errors import RecallError, first_line
 
 # Stage kinds (a stage name's first part, `layout.stage_name`) that write models, and those whose
 # reading a model does not make it intermediate.
@@ -141,8 +141,15 @@ def adopt(dvc_yaml: Path, lanes: Sequence[Path]) -> int:
     if added:
         with atomic_file(folder / "dvc.lock") as f:
             yaml.safe_dump({"schema": "2.0", "stages": {**own, **added}}, f, sort_keys=False)
+        from dvc.exceptions import DvcException
+
+        # only the adopted stages': another stage's folder here may be a killed stage's resumable state
+        targets = [f"{dvc_yaml.resolve()}:{name}" for name in added]
         with Repo(str(folder)) as repo:
-            repo.checkout(targets=[str(dvc_yaml.resolve())], allow_missing=True)
+            try:
+                repo.checkout(targets=targets, allow_missing=True)
+            except DvcException as e:  # this lane ran one of them too and left files
+                raise RecallError(f"{folder}: {first_line(e)} (a stage both lanes ran); delete them") from None
     return len(added)
 
 
