@@ -105,6 +105,14 @@ def test_a_lane_counts_its_finished_stages_and_keeps_its_objects(project: Path, 
     assert result.folders == ["a/model", "a/sft"]
     assert (lane / "a/model/model.safetensors").exists()  # the lane prunes its own checkout
 
+    # a stage the lane finished that this checkout started too: nothing adopted, the file named
+    (project / "eval-b").write_text("killed half-way")
+    lock = read_lock(project / "dvc.lock")
+    with pytest.raises(RecallError, match="left here by the same stage: .*eval-b; delete them"):
+        adopt(project / "dvc.yaml", [lane])
+    assert read_lock(project / "dvc.lock") == lock and (project / "eval-b").read_text() == "killed half-way"
+    (project / "eval-b").unlink()
+
     assert adopt(project / "dvc.yaml", [lane]) == 4  # b's four stages, their outputs checked out here
     assert (project / "eval-b").read_text() == "eval\nmerged-b\n" and not (project / "b/sft").exists()
     assert (project / "later/predictions.json").read_text() == "{}"

@@ -132,25 +132,35 @@ def _checkout(dvc_yaml: Path, lanes: Sequence[Path]) -> tuple[Path, Path, list[P
 def adopt(dvc_yaml: Path, lanes: Sequence[Path]) -> int:
     """Copy the lanes' finished stages that this checkout's dvc.lock lacks into it (the same stage of the
     same dvc.yaml: DVC would record the same entry) and check out their outputs the cache holds (a
-    stage DVC finds unchanged is skipped, not checked out); how many. Only while no dvc repro runs here."""
+    stage DVC finds unchanged is skipped, not checked out); how many. All or nothing; only while no
+    dvc repro runs here."""
+    from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
     folder, _, lane_locks = _checkout(dvc_yaml, lanes)
     own = read_lock(folder / "dvc.lock")
     added = {name: entry for lock in map(read_lock, lane_locks) for name, entry in lock.items() if name not in own}
-    if added:
-        with atomic_file(folder / "dvc.lock") as f:
-            yaml.safe_dump({"schema": "2.0", "stages": {**own, **added}}, f, sort_keys=False)
-        from dvc.exceptions import DvcException
-
-        # only the adopted stages': another stage's folder here may be a killed stage's resumable state
-        targets = [f"{dvc_yaml.resolve()}:{name}" for name in added]
+    if not added:
+        return 0
+    _write_lock(folder / "dvc.lock", {**own, **added})
+    # only the adopted stages': another stage's folder here may be a killed stage's resumable state
+    targets = [f"{dvc_yaml.resolve()}:{name}" for name in added]
+    try:
         with Repo(str(folder)) as repo:
-            try:
-                repo.checkout(targets=targets, allow_missing=True)
-            except DvcException as e:  # this lane ran one of them too and left files
-                raise RecallError(f"{folder}: {first_line(e)} (a stage both lanes ran); delete them") from None
+            repo.checkout(targets=targets, allow_missing=True)
+    except DvcException as e:  # this lane ran one of them too and left files there (DVC lists them)
+        _write_lock(folder / "dvc.lock", own)
+        files = str(e).splitlines()[1:] or [first_line(e)]
+        raise RecallError(
+            f"{folder}: files of a stage a lane finished, left here by the same stage: {', '.join(files[:3])}"
+            f"{f' and {len(files) - 3} more' if len(files) > 3 else ''}; delete them and adopt again"
+        ) from None
     return len(added)
+
+
+def _write_lock(path: Path, stages: dict[str, dict]) -> None:
+    with atomic_file(path) as f:
+        yaml.safe_dump({"schema": "2.0", "stages": stages}, f, sort_keys=False)
 
 
 def prune(dvc_yaml: Path, lanes: Sequence[Path] = (), dry_run: bool = False) -> Pruned:
