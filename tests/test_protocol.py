@@ -8,7 +8,7 @@ import pytest
 from test_pipeline import tiny_params, write_params
 
 from recall.errors import RecallError
-from recall.pipeline import layout, plan, table
+from recall.pipeline import layout, plan, stages, table
 from recall.pipeline.params import load_params
 from recall.reporting import metrics
 from recall.reporting import statistics as paired
@@ -220,6 +220,100 @@ def test_protocol_statistics_match_hand_computation(tmp_path):
     assert (tmp_path / "out" / "protocol.png").is_file() and "| twin | 2 |" in (
         tmp_path / "out" / "report.md"
     ).read_text()
+
+
+def write_similarity(folder: Path, layers: np.ndarray) -> str:
+    """A RECALL step's similarity.json: each layer's similarity of [the start model, the new model] to the new one."""
+    folder.mkdir(parents=True)
+    record = {"models": ["start", "new"], "reference": "new", "layers": layers.tolist()}
+    (folder / "similarity.json").write_text(json.dumps(record))
+    return str(folder.relative_to(folder.parents[2]) / "similarity.json")
+
+
+def test_the_report_shows_the_weight_recalls_merges_gave_the_newest_model(tmp_path):
+    """Each step's weights recomputed from its similarities with the chain's temperature: the newest model's
+    weight per layer is exp(1/T) / (exp(s/T) + exp(1/T)) (softmax by hand here); a step that runs share
+    (its one similarity.json) counts once in the pooled numbers; chains without similarities get no entry."""
+    spec = hand_made(tmp_path, twin=False)
+    rng = np.random.default_rng(1)
+    temperature, shared, expected, columns = 0.05, None, {}, {}
+    for run in spec["runs"]:
+        paths = []
+        for k, task in enumerate(run["order"]):
+            if k == 1 and shared is not None:
+                paths.append(shared)  # the second run's second step is the first run's (as in a shared prefix)
+                expected[run["label"]][task] = expected["o1-s0"][spec["runs"][0]["order"][1]]
+                continue
+            layers = np.column_stack([rng.uniform(0.8, 1.0, 3), np.ones(3)])  # 3 layer groups, [start, new]
+            paths.append(write_similarity(tmp_path / run["label"] / "recall" / str(k), layers))
+            e = np.exp(layers / temperature)
+            w = e / e.sum(axis=1, keepdims=True)
+            columns[paths[-1]] = w[:, 1]
+            expected.setdefault(run["label"], {})[task] = {
+                "mean": w[:, 1].mean(),
+                "min": w[:, 1].min(),
+                "max": w[:, 1].max(),
+                "deviation": np.abs(w - 0.5).max(),
+            }
+        shared = shared or paths[1]
+        run["similarity"] = {"recall": paths}
+    spec["weighted"] = {"recall": {"method": "recall", "settings": {"temperature": temperature, "calibrate": "none"}}}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    write_protocol(tmp_path / "spec.json", tmp_path / "out")
+    summary = json.loads((tmp_path / "out" / "protocol.json").read_text())
+    assert set(summary["weights"]) == {"recall"}  # sft, twin, average: no similarities, no entry
+    recall = summary["weights"]["recall"]
+    assert set(recall["runs"]) == {"o1-s0", "o2-s0"}
+    for label, steps in expected.items():
+        assert list(recall["runs"][label]) == list(steps)
+        for task, numbers in steps.items():
+            assert recall["runs"][label][task] == pytest.approx(numbers, abs=1e-4)
+    pooled = np.concatenate(list(columns.values()))  # three distinct merges, the shared one once
+    assert len(columns) == 3
+    assert recall["pooled"] == pytest.approx(
+        {"mean": pooled.mean(), "min": pooled.min(), "max": pooled.max()}, abs=1e-4
+    )
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "0.5 everywhere is the plain average" in report
+    o1 = list(expected["o1-s0"].values())
+    cell = f"{np.mean([s['mean'] for s in o1]):.3f} [{min(s['min'] for s in o1):.3f}, {max(s['max'] for s in o1):.3f}]"
+    assert f"| recall | {cell} |" in report
+    # a spec without similarities (the other tests') has no weights
+    del spec["weighted"]
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    write_protocol(tmp_path / "spec.json", tmp_path / "out")
+    assert "weights" not in json.loads((tmp_path / "out" / "protocol.json").read_text())
+
+
+def test_the_protocol_report_reads_every_runs_similarities_and_no_merged_model(tmp_path):
+    """The chains whose method's weight source is RECALL's (whatever their label) give the report stage
+    each run's similarity.json per step, the same files the spec names, with each chain's settings."""
+    params = protocol(
+        tmp_path,
+        methods={
+            "recall": {},
+            "sft": {},
+            "average": {},
+            "sharp": {"method": "recall", "temperature": 0.5, "seeds": [0]},
+        },
+    )
+    report = next(s for s in plan.plan(params) if s.name == "report")
+    spec_dir = layout.report_spec_path(params).parent
+    spec = stages.protocol_spec(params, spec_dir)
+    assert spec["weighted"] == {
+        "recall": {"method": "recall", "settings": {"temperature": 1.0, "calibrate": "none"}},
+        "sharp": {"method": "recall", "settings": {"temperature": 0.5, "calibrate": "none"}},
+    }
+    named = {spec_dir / p for r in spec["runs"] for paths in r["similarity"].values() for p in paths}
+    read = {p for p in report.deps if p.name == "similarity.json"}
+    assert named == read and len(read) == len([p for p in report.deps if p.name == "similarity.json"])
+    runs = tmp_path / "data" / "runs"
+    assert runs / "o2-s0" / "chains" / "sharp" / B / "similarity.json" in read
+    assert runs / "o1-s1" / "chains" / "recall" / B / "similarity.json" in read
+    assert not any(p.name == "model" for p in report.deps)
+    by_run = {r["label"]: r.get("similarity", {}) for r in spec["runs"]}
+    assert set(by_run["o1-s0"]) == {"recall", "sharp"} and set(by_run["o1-s1"]) == {"recall"}  # sharp: seed 0
+    assert by_run["o2-s0"]["recall"][0] == by_run["o1-s0"]["recall"][0]  # the shared first step's
 
 
 @pytest.mark.slow

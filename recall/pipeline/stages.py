@@ -60,7 +60,7 @@ from recall.training.finetune import check_prompts_fit, finetune
 from recall.weights.features import extract_features, load_features
 from recall.weights.representations import reference_record, similarity_and_sigmas
 from recall.weights.similarity import similarity_range
-from recall.weights.sources import Evidence, WeightSource
+from recall.weights.sources import Evidence, Representations, WeightSource
 from recall.weights.typical import select_typical
 
 log = logging.getLogger(__name__)
@@ -308,10 +308,28 @@ def multi_fisher(params: Params, method: str) -> Path:
 # --- each weight source's evidence, as its merge reads it (the outputs of its stages) ---
 
 
+def merge_settings(params: Params, method: str) -> dict:
+    """The settings of a chain's weight source that its merge reads (`WeightSource.merge_keys`, RECALL's
+    temperature and calibration): with the evidence, the keywords of its weight rows."""
+    settings = params.weight_settings(method)
+    return {k: getattr(settings, k) for k in source_of(params, method).merge_keys}
+
+
+def similarity_chains(params: Params) -> list[str]:
+    """The compared chains whose merges weigh their models by similarities (RECALL's representations
+    source, whatever the chain's label): each merge reads its step's similarity.json."""
+    return [m for m in params.merge_methods if "similarity" in source_of(params, m).merge_reads]
+
+
+def similarity_file(params: Params, task: str, method: str) -> Path:
+    """The similarity.json a chain's merge of `task` reads (the `similarity` stage's output)."""
+    return evidence_dir(params, task, method) / "similarity.json"
+
+
 def recall_evidence(params: Params, method: str, task: str | None, infos: list) -> Evidence:
     """RECALL: a step's similarities to its new model, or in the multi scenario each expert's."""
     settings = params.weight_settings(method)
-    rows = {"temperature": settings.temperature, "calibrate": settings.calibrate}
+    rows = merge_settings(params, method)
     if task is None:
         record = read_json(multi_similarity_path(params))
         check_measured(record, infos, multi_similarity_path(params), "similarity")
@@ -319,7 +337,7 @@ def recall_evidence(params: Params, method: str, task: str | None, infos: list) 
         sims = [np.array(r["similarity"]) for r in record["references"]]
         return Evidence({"similarities": sims, **rows}, {**extra, "with_base": params.with_base})
     folder = evidence_dir(params, task, method)
-    sim = read_json(folder / "similarity.json")
+    sim = read_json(similarity_file(params, task, method))
     extra = {
         "similarity": sim["layers"],
         "similarity_metric": sim["metric"],
@@ -328,7 +346,7 @@ def recall_evidence(params: Params, method: str, task: str | None, infos: list) 
         "probe": str(folder / "probe.jsonl"),
         "settings": dataclasses.asdict(settings),
     }
-    return Evidence({"similarities": [np.array(sim["layers"])], **rows}, extra)
+    return Evidence({**Representations.step_evidence(sim), **rows}, extra)
 
 
 def check_measured(record: dict, infos: list, path: Path, stage: str) -> None:
@@ -520,19 +538,26 @@ def report_spec(params: Params, spec_dir: Path) -> dict:
 
 
 def protocol_spec(params: Params, spec_dir: Path) -> dict:
-    """The spec `recall.reporting.protocol` reads: every run's evaluations per method and step, and the base's."""
+    """The spec `recall.reporting.protocol` reads: every run's evaluations per method and step, and the base's;
+    for the chains weighted by similarities (`similarity_chains`), each run's similarity.json per step and
+    the settings that turn them into the merge's weights."""
     rel = lambda p: os.path.relpath(p, spec_dir)  # noqa: E731
-    runs = []
+    weighted, runs = similarity_chains(params), []
     for run in params.runs:
         of_run = params.for_run(run)
         evals = {m: [rel(chain_dir(of_run, m, t) / "eval" / "metrics.json") for t in run.tasks] for m in of_run.methods}
         runs.append({"label": run.label, "order": list(run.tasks), "seed": run.seed, "methods": evals})
-    return {
+        if similar := {m: [rel(similarity_file(of_run, t, m)) for t in run.tasks] for m in weighted if m in evals}:
+            runs[-1]["similarity"] = similar
+    spec = {
         "tasks": tasks(params),
         "unseen": list(params.sections.evaluate.unseen),
         "base": rel(base_eval(params) / "metrics.json"),
         "runs": runs,
     }
+    if weighted:
+        spec["weighted"] = {m: {"method": params.method_of(m), "settings": merge_settings(params, m)} for m in weighted}
+    return spec
 
 
 def reported_method(params: Params) -> str | None:

@@ -37,7 +37,15 @@ from recall.pipeline.layout import (
     tasks,
 )
 from recall.pipeline.params import METHOD_KEY, SEEDS_KEY, Params
-from recall.pipeline.stages import evidence_chain, evidence_dir, own_evidence, reported_method, source_of, sourced
+from recall.pipeline.stages import (
+    evidence_chain,
+    evidence_dir,
+    own_evidence,
+    reported_method,
+    similarity_chains,
+    source_of,
+    sourced,
+)
 from recall.pipeline.tracked import (
     log_evaluate,
     log_finetune,
@@ -242,10 +250,20 @@ def fisher_tasks(params: Params, task: str) -> list[str]:
 
 def report_reads(params: Params, earlier: list) -> list[Path]:
     """Every evaluation and multi merge, every gate's decision, and the reported method's weights and
-    their evidence (RECALL's similarities) per step."""
+    their evidence (RECALL's similarities) per step; a protocol's: every run's similarities of the chains
+    weighted by them (never their merged models, which `recall.pipeline.prune` removes)."""
     reads = [p for s in earlier if s.stage in ("evaluate", "multi") for p in s.outs]
     reads += [p for s in earlier if s.stage == "gate" for p in s.metrics]
-    if not params.runs and params.sections.scenario != "multi" and (m := reported_method(params)):
+    if params.runs and params.run is None:  # a protocol's (a run's own plan's report is never placed)
+        reads += dict.fromkeys(
+            p
+            for run in params.runs
+            for of_run in [params.for_run(run)]
+            for m in similarity_chains(of_run)
+            for t in run.tasks
+            for p in evidence_outs(of_run, t, m)
+        )
+    elif not params.runs and params.sections.scenario != "multi" and (m := reported_method(params)):
         reads += [p for t in tasks(params) for p in evidence_outs(params, t, m)]
         reads += [merged_model(params, m, t) for t in tasks(params)]
     return reads

@@ -6,12 +6,19 @@ The spec (JSON, written by the pipeline's report stage; paths relative to its fo
      "base": "base/eval/metrics.json",            optional: the base model on every task
      "runs": [{"label": "o1-s0", "order": [task, ...], "seed": 0,
                "methods": {method: [metrics.json after step 1, ..., after the last step]}}],
-     "reference": "sft", "control": "average", "bootstrap": {"replicates": 1000, "seed": 0}}
+     "reference": "sft", "control": "average", "bootstrap": {"replicates": 1000, "seed": 0},
+     "weighted": {chain: {"method": "recall", "settings": {"temperature": 1.0, "calibrate": "none"}}}}
+                                                  optional: the chains weighted by similarities, each run
+                                                  then naming "similarity": {chain: [similarity.json per step]}
 
 Per run, every evaluation's per-example records (examples/<task>.jsonl beside its metrics.json) are
 resampled together (`statistics.score_draws`), so within a run every method and step sees the same
 test examples. Across runs, `statistics.two_level` resamples the runs, then one example resample per
 drawn run: the intervals cover training (order, seed) and test-sample variance, paired across methods.
+
+A chain weighted by similarities (RECALL) also shows the weight its merges gave the newest model
+(`merge_weights`), recomputed from each step's similarity.json as its merge computed it, so the report
+says how far RECALL got from the plain average without reading the (pruned) merged models.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from recall.reporting.metrics import primary_score
 from recall.reporting.plots import _save
 from recall.reporting.report import read_records
 from recall.reporting.statistics import Interval, Statistic
+from recall.weights.rows import uniform_deviation
 
 STATS = ("final_avg", "bwt", "forgetting")
 
@@ -226,6 +234,8 @@ def markdown(summary: dict) -> str:
     for name, m in methods.items():
         cells = [f"{m['per_run'][r]['final_avg']:.2f}" if r in m["per_run"] else "–" for r in runs]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if summary.get("weights"):
+        lines += weights_markdown(summary["weights"], runs)
     if summary["learned"]:
         lines += ["", "Learned (base, then SeqFT right after learning the task, mean over runs):", ""]
         lines += [f"- {t}: {'n/a' if b is None else f'{b:.2f}'} -> {e:.2f}" for t, (b, e) in summary["learned"].items()]
@@ -250,6 +260,87 @@ def plot_pooled(summary: dict, out_png: str | os.PathLike) -> Path:
     return _save(fig, out_png)
 
 
+def merge_weights(spec: dict, folder: Path) -> dict:
+    """Per chain weighted by similarities (the spec's `weighted`): the weight each of its merges gave the
+    newest model (the step's fine-tune, the similarities' reference), per run and step: the mean over the
+    layer groups, their least and largest, and the largest deviation of any weight from uniform (1/N);
+    pooled over the chain's distinct merges (a step that runs share counted once)."""
+    out = {}
+    for chain, given in spec.get("weighted", {}).items():
+        runs, newest = {}, {}
+        for run in spec["runs"]:
+            paths = run.get("similarity", {}).get(chain)
+            if paths is None:
+                continue
+            if len(paths) != len(run["order"]):
+                raise RecallError(f"run {run['label']}: chain {chain} has {len(paths)} similarity files for its steps")
+            steps = {}
+            for task, path in zip(run["order"], paths):
+                if path not in newest:
+                    newest[path] = step_weights(folder / path, given["method"], given.get("settings", {}))
+                weights, column = newest[path]
+                steps[task] = {
+                    "mean": _round(float(column.mean())),
+                    "min": _round(float(column.min())),
+                    "max": _round(float(column.max())),
+                    "deviation": _round(uniform_deviation(weights)),
+                }
+            runs[run["label"]] = steps
+        if runs:
+            pooled = np.concatenate([column for _, column in newest.values()])
+            out[chain] = {
+                "runs": runs,
+                "pooled": {
+                    k: _round(float(f(pooled))) for k, f in (("mean", np.mean), ("min", np.min), ("max", np.max))
+                },
+            }
+    return out
+
+
+def step_weights(path: Path, method: str, settings: dict) -> tuple[np.ndarray, np.ndarray]:
+    """A merge's weights (L+1 layer rows, one column per model) and the newest model's column, as the
+    pipeline's merge stage computed them: the step's similarity.json (`Representations.step_evidence`)
+    and the chain's settings through `resolve_weights`."""
+    from recall.merge.methods import get_method, resolve_weights
+    from recall.weights.sources import Representations
+
+    try:
+        record = read_json(path)
+    except FileNotFoundError:
+        raise RecallError(
+            f"similarity file {path} does not exist; run the pipeline's similarity stages first"
+        ) from None
+    # RECALL's rows read the evidence alone, no model
+    weights = resolve_weights(get_method(method), (), **Representations.step_evidence(record), **settings)
+    return weights, weights[:, record["models"].index(record["reference"])]
+
+
+def weights_markdown(weights: dict, runs: list[str]) -> list[str]:
+    """The newest model's weight per chain and run: mean over the run's merges and layer groups [least, largest]."""
+    lines = [
+        "",
+        "Merge weights of the chains weighted by similarities: the weight each merge gave the newest model "
+        "(the step's fine-tune), mean over the run's merges and layer groups [least, largest]. 0.5 everywhere "
+        "is the plain average (the `average` chain); 1 keeps only the fine-tune.",
+        "",
+        "| Chain | " + " | ".join(runs) + " | Pooled |",
+        "|---|" + "---|" * (len(runs) + 1),
+    ]
+    for chain, entry in weights.items():
+        cells = []
+        for r in runs:
+            steps = list(entry["runs"].get(r, {}).values())
+            cells.append(
+                f"{np.mean([s['mean'] for s in steps]):.3f} [{min(s['min'] for s in steps):.3f}, "
+                f"{max(s['max'] for s in steps):.3f}]"
+                if steps
+                else "–"
+            )
+        p = entry["pooled"]
+        lines.append(f"| {chain} | " + " | ".join(cells) + f" | {p['mean']:.3f} [{p['min']:.3f}, {p['max']:.3f}] |")
+    return lines
+
+
 def write_protocol(spec_path: str | os.PathLike, out: str | os.PathLike) -> Path:
     """protocol.json, report.md and protocol.png of the spec, into the folder `out` (replaced atomically)."""
     spec_path = Path(spec_path)
@@ -261,6 +352,8 @@ def write_protocol(spec_path: str | os.PathLike, out: str | os.PathLike) -> Path
     if spec.get("base"):
         base = dict(zip(tasks, _scores(spec_path.parent / spec["base"], tasks)))
     summary = summarize(spec, runs, settings["replicates"], settings["seed"], base)
+    if weights := merge_weights(spec, spec_path.parent):
+        summary["weights"] = weights
     with atomic_dir(out, overwrite=True) as tmp:
         write_json(tmp / "protocol.json", summary)
         plot_pooled(summary, tmp / "protocol.png")

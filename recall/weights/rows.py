@@ -48,10 +48,15 @@ def weight_spread(weights: np.ndarray) -> dict:
     }
 
 
+def uniform_deviation(weights: np.ndarray) -> float:
+    """The largest deviation of any weight of (n_layers, N) rows from 1/N (0: the plain average)."""
+    w = np.asarray(weights, dtype=np.float64)
+    return float(np.abs(w - 1.0 / w.shape[1]).max())
+
+
 def near_uniform(weights: np.ndarray) -> float | None:
     """The largest deviation of any weight from 1/N, when every weight lies within NEAR_UNIFORM of it."""
-    w = np.asarray(weights, dtype=np.float64)
-    deviation = float(np.abs(w - 1.0 / w.shape[1]).max())
+    deviation = uniform_deviation(weights)
     return deviation if deviation <= NEAR_UNIFORM else None
 
 

@@ -219,6 +219,13 @@ class Representations(WeightSource):
         )
 
     @classmethod
+    def step_evidence(cls, record: dict) -> dict:
+        """The similarities of `rows` from a chain step's similarity.json (the pipeline's `similarity`
+        stage: `layers`, the (L+1, 2) similarities of the step's models to its new one); the merge's
+        settings (`merge_keys`) complete them."""
+        return {"similarities": [np.array(record["layers"])]}
+
+    @classmethod
     def rows(cls, method, models, *, similarities=(), temperature=1.0, calibrate="none", params=None):
         if not similarities:
             raise RecallError(f"--method {method.name} needs the similarities of at least one reference model")
