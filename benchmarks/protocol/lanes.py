@@ -5,14 +5,15 @@
 A chain is a compared label at one training seed, over every task order: the stages `*-<label>-*-s<seed>`
 matches (their names, where a label makes that glob match another chain's stages). Each is priced at one
 thread (cost.py's rates) over its unfinished stages, finished meaning recorded in the dvc.lock of some
-lane's checkout (this one, then `<this checkout>-lane<k>` for k >= 2); a stage that several chains need
-(base, data, the first-step experts, a labelless stage) counts once, in the first chain needing it. The
-unfinished stages no chain needs but the report (the base's evaluation) are one more item.
+lane's checkout (this one, then `<this checkout>-lane<k>` for k >= 2); a stage several chains need (base,
+data, each seed's first-step experts) counts once, in the first chain needing it. The unfinished stages
+no chain needs but the report (the base's evaluation) are one more item.
 
 Items go to the lanes longest first, each to the lane with the least work so far (LPT); an item with a
-killed stage's files in a lane's checkout (outputs it has not recorded) stays in that lane, where the
-stage resumes. The unfinished stages items of two lanes need run *first*, in this checkout: two lanes
-never run one stage at once. Prints the plan (`--shell FILE`: also lanes.sh's lines); runs nothing.
+killed stage's files in a lane's checkout (outputs of a stage only it needs, not recorded) stays in that
+lane, where the stage resumes. The unfinished stages items of two lanes need run *first*, in this
+checkout: two lanes never run one stage at once. Prints the plan (`--shell FILE`: also lanes.sh's
+lines); runs nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
@@ -165,10 +167,13 @@ def lpt(costs: Sequence[float], lanes: int, pinned: Mapping[int, int] | None = N
     return [sorted(lane) for lane in out]
 
 
-def started_in(item: Chain, params: Params, stages: Mapping[str, plan.Stage], folders: Sequence[Path]) -> int | None:
-    """The lane whose checkout holds files of one of the item's unfinished stages (a killed stage's), if any."""
+def started_in(
+    names: Iterable[str], params: Params, stages: Mapping[str, plan.Stage], folders: Sequence[Path]
+) -> int | None:
+    """The lane whose checkout holds files of one of these unfinished stages (a killed stage's), if any."""
+    names = list(names)
     for lane, folder in enumerate(folders):
-        for name in item.pending:
+        for name in names:
             if any((folder / os.path.relpath(out, params.root)).exists() for out in stages[name].outs):
                 return lane
     return None
@@ -192,7 +197,10 @@ def lane_plan(
     closed = inputs(stages)
     chained = chains(params, stages, closed)
     items = price([*chained, *filter(None, [rest(stages, closed, chained, done)])], done, cost_of)
-    started = {i: started_in(item, params, by_name, folders) for i, item in enumerate(items)}
+    # an item stays where a stage only it needs was killed (its files resume there)
+    needers = Counter(n for item in items for n in item.needs)
+    mine = [[n for n in item.pending if needers[n] == 1] for item in items]
+    started = {i: started_in(mine[i], params, by_name, folders) for i in range(len(items))}
     pinned = {i: lane for i, lane in started.items() if lane is not None}
     placed = lpt([item.seconds for item in items], len(folders), pinned)
     # a stage items of two lanes need runs first; each lane runs the rest of its items' unfinished stages
