@@ -120,6 +120,20 @@ def test_a_lane_counts_its_finished_stages_and_keeps_its_objects(project: Path, 
     assert adopt(project / "dvc.yaml", [lane]) == 0
 
 
+def test_a_new_checkout_adopts_a_lanes_stages_without_a_dvc_lock_of_its_own(project: Path, tmp_path_factory) -> None:
+    # benchmarks/protocol/run.sh in a lane's new worktree (lanes.sh): its first start adopts too
+    lane = tmp_path_factory.mktemp("lane")
+    _dvc(lane, "init", "--no-scm", "-q")
+    _dvc(lane, "config", "--local", "cache.dir", str(project / ".dvc/cache"))
+    (lane / "dvc.yaml").write_text((project / "dvc.yaml").read_text())
+    _dvc(lane, "repro", "-q")
+    assert prune(lane / "dvc.yaml").folders == ["a/model", "a/sft", "b/sft"]
+    assert not (project / "dvc.lock").exists()
+    assert adopt(project / "dvc.yaml", [lane]) == len(STAGES)
+    assert "Running stage" not in _dvc(project, "repro", "--allow-missing")
+    assert (project / "eval-b").read_text() == "eval\nmerged-b\n" and not (project / "a/model").exists()
+
+
 def test_bad_input_names_the_problem(project: Path, tmp_path: Path) -> None:
     with pytest.raises(RecallError, match="write it with `recall pipeline`"):
         prune(tmp_path / "nowhere" / "dvc.yaml")

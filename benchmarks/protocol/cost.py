@@ -4,7 +4,8 @@
 
 Counts the stages `recall pipeline` writes for the params, and prices each at one thread:
 fine-tuning at TRAIN_TOK_S over the task's padded tokens for max_steps x batch_size examples, likelihood
-scoring at SCORE_TOK_S over the prompts of `limit` test examples, plus each stage's fixed cost.
+scoring at SCORE_TOK_S over the prompts of `limit` test examples, plus each stage's fixed cost. A task
+not measured here is priced at the measured tasks' mean, and named.
 """
 
 from __future__ import annotations
@@ -29,18 +30,32 @@ PADDING = {"agnews": 1.16, "dbpedia": 1.21, "amazon": 1.42, "yelp": 1.70}
 TEST_TOKENS = {"agnews": 113.0, "dbpedia": 170.2, "amazon": 158.8, "yelp": 257.0, "sst2": 76.4, "medmcqa": 98.0}
 
 
+def measured(table: dict[str, float], task: str) -> float:
+    """The task's measured value, else the measured tasks' mean."""
+    return table[task] if task in table else sum(table.values()) / len(table)
+
+
+def unmeasured(params) -> list[str]:
+    """The params' tasks priced at the measured mean: learned ones missing from a table, only scored
+    ones missing from TEST_TOKENS."""
+    learned = {s.task for s in params.steps}
+    scored = learned | set(params.sections.evaluate.unseen)
+    tables = lambda t: (TRAIN_TOKENS, PADDING, TEST_TOKENS) if t in learned else (TEST_TOKENS,)  # noqa: E731
+    return sorted(t for t in scored if any(t not in table for table in tables(t)))
+
+
 def stage_seconds(stage: plan.Stage, params, steps: int, limit: int) -> float:
     task = stage.task
     if stage.stage == "finetune":
         examples = steps * params.sections.finetune.batch_size
-        seconds = examples * TRAIN_TOKENS[task] * PADDING[task] / TRAIN_TOK_S
+        seconds = examples * measured(TRAIN_TOKENS, task) * measured(PADDING, task) / TRAIN_TOK_S
         if params.method_of(stage.method) == "ewc":
             after = params.select(stage.run).step(task).after
-            seconds += EWC_FISHER_EXAMPLES * TRAIN_TOKENS[after] / TRAIN_TOK_S
+            seconds += EWC_FISHER_EXAMPLES * measured(TRAIN_TOKENS, after) / TRAIN_TOK_S
         return FIXED_S["finetune"] + seconds
     if stage.stage == "evaluate":
         scored = [p.name for p in stage.deps if p.parent == params.data_dir]
-        return FIXED_S["evaluate"] + sum(limit * TEST_TOKENS[t] / SCORE_TOK_S for t in scored)
+        return FIXED_S["evaluate"] + sum(limit * measured(TEST_TOKENS, t) / SCORE_TOK_S for t in scored)
     return FIXED_S.get(stage.stage, 0)
 
 
@@ -59,6 +74,8 @@ def main() -> int:
         counts[stage.stage] += 1
     total = sum(seconds.values())
     print(f"{args.params}: max_steps {steps}, {limit} test examples per task")
+    if guessed := unmeasured(params):
+        print(f"  not measured, priced at the measured tasks' mean: {', '.join(guessed)}")
     for kind in sorted(seconds, key=seconds.get, reverse=True):
         print(f"  {kind:<10} {counts[kind]:>4} stages  {seconds[kind] / 3600:6.2f} one-thread hours")
     print(f"  total: {total / 3600:.2f} one-thread hours = {total / 7200:.2f} h on two one-thread lanes")

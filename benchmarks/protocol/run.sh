@@ -4,9 +4,9 @@
 # With globs, only those stages and what they need, e.g. SeqFT's first run, then the base's evaluation:
 #     bash benchmarks/protocol/run.sh standard 'evaluate-sft-*-o1-s0' evaluate
 # Resumable: a rerun (or a killed run started again) takes every finished stage from DVC's cache, and
-# an order or seed added to params.yaml runs only its new stages. Two one-thread lanes: start the same
-# command in a second checkout of the same commit sharing the DVC cache, each with its own globs.
-# Give each lane the others' checkouts in PROTOCOL_LANES (space-separated).
+# an order or seed added to params.yaml runs only its new stages. One-thread lanes (lanes.sh starts
+# them): the same command in other checkouts of the same commit sharing the DVC cache, each with its
+# own globs, given the others' checkouts in PROTOCOL_LANES (space-separated).
 # Intermediate models are pruned (`recall prune`, every 5 minutes and at the end) once every stage
 # reading them is done in some lane, so the suite's ~100 GB of them never sit on the disk at once;
 # `--allow-missing` lets dvc repro skip their finished stages. Each start first adopts the lanes'
@@ -23,8 +23,9 @@ lanes=()
 for lane in ${PROTOCOL_LANES:-}; do lanes+=(--lane "$lane"); done
 prune() { .venv/bin/recall prune "$folder/params.yaml" "${lanes[@]}" "$@"; }
 # Adopt the lanes' finished stages (this dvc.lock is written only here, before dvc repro starts): one
-# whose model was pruned is then skipped here, not run again.
-[ ${#lanes[@]} -eq 0 ] || [ ! -f "$folder/dvc.lock" ] || prune --adopt
+# whose model was pruned is then skipped here, not run again; a new lane's checkout, without a dvc.lock
+# yet, too (its committed dvc.yaml is the lanes').
+[ ${#lanes[@]} -eq 0 ] || [ ! -f "$folder/dvc.yaml" ] || prune --adopt
 (while sleep 300 && kill -0 $$ 2>/dev/null; do prune || true; done) &
 REPRO_FLAGS=--allow-missing repro "$folder" "$suite" "$@"
 prune
