@@ -258,7 +258,7 @@ def test_the_report_shows_the_weight_recalls_merges_gave_the_newest_model(tmp_pa
         shared = shared or paths[1]
         run["similarity"] = {"recall": paths}
     spec["weighted"] = {"recall": {"method": "recall", "settings": {"temperature": temperature, "calibrate": "none"}}}
-    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    (tmp_path / "spec.json").write_text(json.dumps(stages.weigh(spec, tmp_path)))  # as the report stage does
     write_protocol(tmp_path / "spec.json", tmp_path / "out")
     summary = json.loads((tmp_path / "out" / "protocol.json").read_text())
     assert set(summary["weights"]) == {"recall"}  # sft, twin, average: no similarities, no entry
@@ -279,7 +279,8 @@ def test_the_report_shows_the_weight_recalls_merges_gave_the_newest_model(tmp_pa
     cell = f"{np.mean([s['mean'] for s in o1]):.3f} [{min(s['min'] for s in o1):.3f}, {max(s['max'] for s in o1):.3f}]"
     assert f"| recall | {cell} |" in report
     # a spec without similarities (the other tests') has no weights
-    del spec["weighted"]
+    for run in spec["runs"]:
+        del run["weights"]
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     write_protocol(tmp_path / "spec.json", tmp_path / "out")
     assert "weights" not in json.loads((tmp_path / "out" / "protocol.json").read_text())
@@ -347,6 +348,15 @@ def test_a_tiny_protocol_runs_stage_by_stage_into_protocol_json(tmp_path):
         (tmp_path / "data" / "runs" / "o2-s0" / "chains" / "recall" / A / "sft" / "train_metrics.json").read_text()
     )
     assert Path(started["base"]) == tmp_path / "data" / "runs" / "o2-s0" / "chains" / "recall" / K / "model"
+    # the weights the report recomputes from similarities are the ones the merge wrote beside its model
+    merged = json.loads(
+        (tmp_path / "data" / "runs" / "o2-s0" / "chains" / "recall" / A / "model" / "merge_weights.json").read_text()
+    )
+    newest = np.array(merged["layers"])[:, -1]  # [start model, the step's fine-tune]
+    reported = summary["weights"]["recall"]["runs"]["o2-s0"][A]
+    assert [reported["mean"], reported["min"], reported["max"]] == pytest.approx(
+        [newest.mean(), newest.min(), newest.max()], abs=1e-4
+    )
 
 
 def test_a_stage_command_names_its_run(tmp_path, capsys):

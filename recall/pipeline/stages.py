@@ -59,6 +59,7 @@ from recall.tasks.generated import generate_suite
 from recall.training.finetune import check_prompts_fit, finetune
 from recall.weights.features import extract_features, load_features
 from recall.weights.representations import reference_record, similarity_and_sigmas
+from recall.weights.rows import uniform_deviation
 from recall.weights.similarity import similarity_range
 from recall.weights.sources import Evidence, Representations, WeightSource
 from recall.weights.typical import select_typical
@@ -560,6 +561,27 @@ def protocol_spec(params: Params, spec_dir: Path) -> dict:
     return spec
 
 
+def weigh(spec: dict, spec_dir: Path) -> dict:
+    """The spec with each run's `weights`: per chain weighted by similarities and step, what its merge gave
+    the newest model (the step's fine-tune, the similarities' reference) per layer group and the merge
+    weights' largest deviation from uniform, recomputed as the merge stage computed them (the step's
+    similarity.json and the chain's settings through `resolve_weights`: the model folders may be pruned)."""
+    for run in spec["runs"]:
+        run["weights"] = {chain: [] for chain in run.get("similarity", {})}
+        for chain, paths in run.get("similarity", {}).items():
+            given = spec["weighted"][chain]
+            for path in paths:
+                record = read_json(spec_dir / path)
+                weights = resolve_weights(
+                    get_method(given["method"]), (), **Representations.step_evidence(record), **given["settings"]
+                )
+                newest = weights[:, record["models"].index(record["reference"])]
+                run["weights"][chain].append(
+                    {"similarity": path, "newest": newest.tolist(), "deviation": uniform_deviation(weights)}
+                )
+    return spec
+
+
 def reported_method(params: Params) -> str | None:
     """The compared chain whose weights the report shows (RECALL's, by its weight source; the first)."""
     return next((m for m in params.merge_methods if source_of(params, m).reported), None)
@@ -571,7 +593,7 @@ def report(params: Params) -> Path:
 
     out, spec_path = reports(params), report_spec_path(params)
     if params.runs:
-        write_json(spec_path, protocol_spec(params, spec_path.parent))
+        write_json(spec_path, weigh(protocol_spec(params, spec_path.parent), spec_path.parent))
         report_md, metrics = write_protocol(spec_path, out), out / "protocol.json"
     else:
         write_json(spec_path, report_spec(params, spec_path.parent))

@@ -38,7 +38,6 @@ from recall.reporting.metrics import primary_score
 from recall.reporting.plots import _save
 from recall.reporting.report import read_records
 from recall.reporting.statistics import Interval, Statistic
-from recall.weights.rows import uniform_deviation
 
 STATS = ("final_avg", "bwt", "forgetting")
 
@@ -260,59 +259,35 @@ def plot_pooled(summary: dict, out_png: str | os.PathLike) -> Path:
     return _save(fig, out_png)
 
 
-def merge_weights(spec: dict, folder: Path) -> dict:
-    """Per chain weighted by similarities (the spec's `weighted`): the weight each of its merges gave the
-    newest model (the step's fine-tune, the similarities' reference), per run and step: the mean over the
-    layer groups, their least and largest, and the largest deviation of any weight from uniform (1/N);
-    pooled over the chain's distinct merges (a step that runs share counted once)."""
+def merge_weights(spec: dict) -> dict:
+    """Per chain weighted by similarities (each run's `weights`, which the pipeline's report stage
+    recomputes from the similarities its merges read): the weight each merge gave the newest model (the
+    step's fine-tune), per run and step: the mean over the layer groups, their least and largest, and
+    the largest deviation of any weight from uniform (1/N); pooled over the chain's distinct merges (a
+    step that runs share counted once)."""
     out = {}
-    for chain, given in spec.get("weighted", {}).items():
-        runs, newest = {}, {}
+    for chain in dict.fromkeys(c for run in spec["runs"] for c in run.get("weights", {})):
+        runs, distinct = {}, {}
         for run in spec["runs"]:
-            paths = run.get("similarity", {}).get(chain)
-            if paths is None:
+            if (steps := run.get("weights", {}).get(chain)) is None:
                 continue
-            if len(paths) != len(run["order"]):
-                raise RecallError(f"run {run['label']}: chain {chain} has {len(paths)} similarity files for its steps")
-            steps = {}
-            for task, path in zip(run["order"], paths):
-                if path not in newest:
-                    newest[path] = step_weights(folder / path, given["method"], given.get("settings", {}))
-                weights, column = newest[path]
-                steps[task] = {
+            if len(steps) != len(run["order"]):
+                raise RecallError(f"run {run['label']}: chain {chain} has {len(steps)} merge weights for its steps")
+            runs[run["label"]] = {}
+            for task, step in zip(run["order"], steps):
+                column = distinct.setdefault(step["similarity"], np.asarray(step["newest"], dtype=np.float64))
+                runs[run["label"]][task] = {
                     "mean": _round(float(column.mean())),
                     "min": _round(float(column.min())),
                     "max": _round(float(column.max())),
-                    "deviation": _round(uniform_deviation(weights)),
+                    "deviation": _round(step["deviation"]),
                 }
-            runs[run["label"]] = steps
-        if runs:
-            pooled = np.concatenate([column for _, column in newest.values()])
-            out[chain] = {
-                "runs": runs,
-                "pooled": {
-                    k: _round(float(f(pooled))) for k, f in (("mean", np.mean), ("min", np.min), ("max", np.max))
-                },
-            }
+        pooled = np.concatenate(list(distinct.values()))
+        out[chain] = {
+            "runs": runs,
+            "pooled": {k: _round(float(f(pooled))) for k, f in (("mean", np.mean), ("min", np.min), ("max", np.max))},
+        }
     return out
-
-
-def step_weights(path: Path, method: str, settings: dict) -> tuple[np.ndarray, np.ndarray]:
-    """A merge's weights (L+1 layer rows, one column per model) and the newest model's column, as the
-    pipeline's merge stage computed them: the step's similarity.json (`Representations.step_evidence`)
-    and the chain's settings through `resolve_weights`."""
-    from recall.merge.methods import get_method, resolve_weights
-    from recall.weights.sources import Representations
-
-    try:
-        record = read_json(path)
-    except FileNotFoundError:
-        raise RecallError(
-            f"similarity file {path} does not exist; run the pipeline's similarity stages first"
-        ) from None
-    # RECALL's rows read the evidence alone, no model
-    weights = resolve_weights(get_method(method), (), **Representations.step_evidence(record), **settings)
-    return weights, weights[:, record["models"].index(record["reference"])]
 
 
 def weights_markdown(weights: dict, runs: list[str]) -> list[str]:
@@ -352,7 +327,7 @@ def write_protocol(spec_path: str | os.PathLike, out: str | os.PathLike) -> Path
     if spec.get("base"):
         base = dict(zip(tasks, _scores(spec_path.parent / spec["base"], tasks)))
     summary = summarize(spec, runs, settings["replicates"], settings["seed"], base)
-    if weights := merge_weights(spec, spec_path.parent):
+    if weights := merge_weights(spec):
         summary["weights"] = weights
     with atomic_dir(out, overwrite=True) as tmp:
         write_json(tmp / "protocol.json", summary)
