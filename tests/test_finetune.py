@@ -250,3 +250,44 @@ def test_micro_batches_split_rows_and_drop_their_padding():
     parts = micro_batches(batch, 18)  # width 9: two rows per part
     assert [tuple(p["input_ids"].shape) for p in parts] == [(2, 9), (2, 4)]
     assert micro_batches(batch, 36) == [batch]
+
+
+def test_large_passes_of_processes_sharing_a_lock_take_turns(tmp_path, monkeypatch):
+    """With RECALL_MEMORY_LOCK, a pass larger than a quarter of the machine's memory waits while another
+    process holds the lock; a small one never does; unset, nothing waits."""
+    import fcntl
+    import threading
+
+    from recall.training import memory
+
+    lock = tmp_path / "memory.lock"
+    monkeypatch.setenv(memory.LOCK_ENV, str(lock))
+    monkeypatch.setattr(memory, "total_memory", lambda: 4 * memory.attention_bytes(2, 100, 1, 1))
+    ran = []
+
+    def run(rows):
+        with memory.large_pass(rows, 100, 1, 1):
+            ran.append(rows)
+
+    with open(lock, "a") as held:  # another open file: flock makes it another holder, as another process
+        fcntl.flock(held, fcntl.LOCK_EX)
+        run(2)  # exactly a quarter: at once
+        large = threading.Thread(target=run, args=(3,))
+        large.start()
+        large.join(0.5)
+        assert large.is_alive() and ran == [2]  # waiting for the lock
+        monkeypatch.delenv(memory.LOCK_ENV)
+        run(3)  # no lock configured: at once
+        assert ran == [2, 3]
+    large.join(5)  # the holder closed its file: the large pass runs
+    assert not large.is_alive() and ran == [2, 3, 3]
+
+
+def test_the_memory_lock_changes_nothing_trained(work, base, data, tmp_path, monkeypatch):
+    config = FinetuneConfig(**FAST)
+    free = finetune(base, "gen_knowledge", work / "free", data, config)
+    monkeypatch.setenv("RECALL_MEMORY_LOCK", str(tmp_path / "memory.lock"))
+    monkeypatch.setattr("recall.training.memory.total_memory", lambda: 0)  # every pass takes the lock
+    locked = finetune(base, "gen_knowledge", work / "locked", data, config)
+    a, b = (load_file(m / "model.safetensors") for m in (free, locked))
+    assert all(torch.equal(a[n], b[n]) for n in a) and (tmp_path / "memory.lock").exists()

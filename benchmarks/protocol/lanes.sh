@@ -6,9 +6,10 @@
 # one's (.dvc/config.local). benchmarks/protocol/lanes.py splits the suite's chains (label x seed)
 # between the lanes by their unfinished stages' one-thread hours, longest first; the stages chains of
 # two lanes need (the base, the data, the first-step experts) run first, here. Then every lane runs
-#     cd LANE && PYTHONPATH=$PWD OMP_NUM_THREADS=1 PROTOCOL_LANES="<the other lanes>" nice -n 19 \
+#     cd LANE && PYTHONPATH=$PWD OMP_NUM_THREADS=1 PROTOCOL_LANES="<the other lanes>" RECALL_MEMORY_LOCK=... nice -n 19 \
 #         bash benchmarks/protocol/run.sh SUITE <its chains' stage globs>
-# at once, in the background, and when all have succeeded this checkout runs the whole suite (every
+# at once, in the background (their largest training passes take turns: RECALL_MEMORY_LOCK, see
+# recall/training/memory.py), and when all have succeeded this checkout runs the whole suite (every
 # stage a lane finished is adopted, none runs again) and the report: benchmarks/results/protocol.{json,md}.
 # --dry-run prints the plan and those commands, and runs nothing.
 # Logs: benchmarks/protocol/SUITE/lanes/{first,lane<k>,final}.log in this checkout, appended to
@@ -62,8 +63,8 @@ others() { local k; for k in "${!checkout[@]}"; do [ "$k" = "$1" ] || printf '%s
 command_in() {  # command_in K GLOBS: lane K's run.sh command
     local lanes
     lanes=$(others "$1")
-    printf "cd '%s' && PYTHONPATH=\$PWD OMP_NUM_THREADS=1 PROTOCOL_LANES='%s' nice -n 19 bash benchmarks/protocol/run.sh '%s'%s" \
-        "${checkout[$1]}" "${lanes% }" "$suite" "$2"
+    printf "cd '%s' && PYTHONPATH=\$PWD OMP_NUM_THREADS=1 PROTOCOL_LANES='%s' RECALL_MEMORY_LOCK='%s' nice -n 19 bash benchmarks/protocol/run.sh '%s'%s" \
+        "${checkout[$1]}" "${lanes% }" "$logs/memory.lock" "$suite" "$2"
 }
 first_cmd=
 [ ${#first[@]} -eq 0 ] || first_cmd=$(command_in 1 "$(quoted "${first[@]}")")

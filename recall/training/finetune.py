@@ -60,6 +60,7 @@ from recall.models import (
 from recall.tasks import get_task
 from recall.training.config import DTYPES, FinetuneConfig  # noqa: F401  (DTYPES: recall finetune --dtype)
 from recall.training.ewc import EWCPenalty, fisher_diagonal, trainable
+from recall.training.memory import large_pass
 from recall.training.parallel import Processes
 
 log = logging.getLogger(__name__)
@@ -336,6 +337,7 @@ def train_loop(
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 - s / steps)
     device = next(model.parameters()).device
+    shape = (model.config.num_hidden_layers, model.config.num_attention_heads)  # a pass's memory (large_pass)
     done, record = Checkpoint.restore(resume, model, optimizer, schedule, processes) if resume else (0, TrainLog())
     batches = itertools.islice(batches, done, None)
     model.train()
@@ -349,8 +351,9 @@ def train_loop(
             shard = processes.shard(batch)  # the batch itself when alone
             for part in micro_batches(shard, FORWARD_TOKENS) if shard is not None else []:
                 if share := loss_tokens(part) / total:  # each part's mean loss, weighted by the batch's tokens
-                    part_loss = model(**to_device(part, device)).loss * share
-                    part_loss.backward()
+                    with large_pass(*part["input_ids"].shape, *shape):
+                        part_loss = model(**to_device(part, device)).loss * share
+                        part_loss.backward()
                     loss += part_loss.item()
             if processes.world > 1:
                 processes.sum_gradients(params)
