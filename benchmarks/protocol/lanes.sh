@@ -13,7 +13,8 @@
 # stage a lane finished is adopted, none runs again) and the report: benchmarks/results/protocol.{json,md}.
 # --dry-run prints the plan and those commands, and runs nothing.
 # Logs: benchmarks/protocol/SUITE/lanes/{first,lane<k>,final}.log in this checkout, appended to
-# (`tail -f` them). A failed lane stops no other; the script then names it and its log, and exits 1.
+# (`tail -f` them). A failed lane runs once more (it resumes) and stops no other; failing again, the
+# script names it and its log once every lane has ended, and exits 1.
 # Resumable: Ctrl-C (or SIGTERM) stops every lane (each runs in its own process group); the same command
 # started again resumes each from DVC's cache and the lanes' dvc.lock files, a chain with a killed
 # stage's files in a lane staying in that lane (a fine-tune resumes from its last checkpoint).
@@ -149,7 +150,9 @@ fi
 for k in "${!checkout[@]}"; do
     [ -n "${globs[$k]}" ] || continue
     echo "lanes.sh: lane $k (${checkout[$k]}) started; log: $logs/lane$k.log"
-    start "lane $k" "$logs/lane$k.log" "$(command_in "$k" "${globs[$k]}")"
+    # a failed lane runs once more, resuming from DVC's cache (a stage the kernel killed for memory, say)
+    lane=$(command_in "$k" "${globs[$k]}")
+    start "lane $k" "$logs/lane$k.log" "$lane || { echo '== lanes.sh: lane $k failed; once more'; $lane; }"
 done
 finish || exit 1
 echo "lanes.sh: every lane done; the whole suite here, then its report (log: $logs/final.log)"
