@@ -10,11 +10,11 @@ MLflow every metric and merge weight. When a changed stage must read a pruned mo
 
 Kept: the base model, every model a stage not yet done reads, and every model only evaluation reads
 (each chain's newest). Lanes of one suite (other checkouts of the same commit sharing this DVC cache)
-pass their checkouts: their finished stages count as done, and their outputs' objects stay. Before a
-full `dvc repro` in one checkout, `adopt` copies the lanes' finished stages into its dvc.lock, so DVC
-skips them there instead of rerunning the stages whose models were pruned. Split the lanes' work so
-that no lane's unfinished stage lies downstream of a stage only another lane finished and whose model
-was pruned: DVC would run that stage again (correct, but wasted).
+pass their checkouts: their finished stages count as done, and their outputs' objects stay. At a lane's
+start (and before the whole suite's run) `adopt` copies the lanes' finished stages into its dvc.lock, so
+DVC skips them there instead of rerunning the stages whose models were pruned. Lanes should share no
+unfinished stage (benchmarks/protocol/lanes.sh runs the shared ones first): a stage another lane
+finished after this lane started, whose model was pruned, would run here again (correct, but wasted).
 """
 
 from __future__ import annotations
