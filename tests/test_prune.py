@@ -137,6 +137,11 @@ def test_a_new_checkout_adopts_a_lanes_stages_without_a_dvc_lock_of_its_own(proj
 def test_bad_input_names_the_problem(project: Path, tmp_path: Path) -> None:
     with pytest.raises(RecallError, match="write it with `recall pipeline`"):
         prune(tmp_path / "nowhere" / "dvc.yaml")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "dvc.yaml").write_text((project / "dvc.yaml").read_text())
+    with pytest.raises(RecallError, match="is not in a DVC repository.*run `dvc init`"):
+        prune(bare / "dvc.yaml")
     other = tmp_path / "other"
     other.mkdir()
     with pytest.raises(RecallError, match="pass this commit.s checkout"):

@@ -115,8 +115,13 @@ def _checkout(dvc_yaml: Path, lanes: Sequence[Path]) -> tuple[Path, Path, list[P
 
     if not dvc_yaml.is_file():
         raise RecallError(f"{dvc_yaml} does not exist; write it with `recall pipeline` first")
+    from dvc.exceptions import NotDvcRepoError
+
     folder = dvc_yaml.resolve().parent
-    repo = Repo(str(folder))
+    try:
+        repo = Repo(str(folder))
+    except NotDvcRepoError:
+        raise RecallError(f"{folder} is not in a DVC repository, so no cache to prune; run `dvc init`") from None
     try:
         cache = Path(repo.cache.local.path)
         relative = folder.relative_to(repo.root_dir)
