@@ -134,11 +134,10 @@ def test_a_new_checkout_adopts_a_lanes_stages_without_a_dvc_lock_of_its_own(proj
     assert (project / "eval-b").read_text() == "eval\nmerged-b\n" and not (project / "a/model").exists()
 
 
-def test_bad_input_names_the_problem(project: Path, tmp_path: Path) -> None:
+def test_bad_input_names_the_problem(project: Path, tmp_path: Path, tmp_path_factory) -> None:
     with pytest.raises(RecallError, match="write it with `recall pipeline`"):
         prune(tmp_path / "nowhere" / "dvc.yaml")
-    bare = tmp_path / "bare"
-    bare.mkdir()
+    bare = tmp_path_factory.mktemp("bare")  # outside the project's DVC repository
     (bare / "dvc.yaml").write_text((project / "dvc.yaml").read_text())
     with pytest.raises(RecallError, match="is not in a DVC repository.*run `dvc init`"):
         prune(bare / "dvc.yaml")
