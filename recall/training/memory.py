@@ -2,10 +2,11 @@
 largest forward and backward passes take turns.
 
 A LoRA fine-tune of SmolLM2-135M on Yelp's ~1300-token prompts holds ~17 GB at its peak, mostly eager
-attention's scores and their gradients; two lanes at that peak at once exceed a 24 GB machine, and the
-kernel's OOM killer ended one (stop 35). With RECALL_MEMORY_LOCK set to a file path that those processes
-share, a pass whose attention alone would take more than a quarter of the machine's memory holds an
-exclusive lock on that file (flock) while it runs; smaller passes never wait. Unset: no lock. The lock
+attention's scores and their gradients; two lanes at that peak at once would exceed a 24 GB machine,
+and beside the other lane and a CI run the kernel's OOM killer ended one (stop 35). With
+RECALL_MEMORY_LOCK set to a file path that those processes share, a pass whose attention alone would
+take more than a quarter of the machine's memory holds an exclusive lock on that file (flock) while it
+runs; smaller passes never wait. Unset: no lock. The lock
 changes when a pass runs, never what it computes.
 """
 
