@@ -214,9 +214,16 @@ def become_stage(request: dict, fds: list[int], inherited: list, imports_set: di
     end_process(stage_flow.main(request["argv"]))  # as `python -m flows.stage` ends
 
 
+def stopped(signum: int, frame) -> None:
+    """SIGTERM: exit, once. A second one (a process group's TERM after the worker's own) is ignored: raised
+    inside the exit's atexit handlers (torch's, say) it printed a traceback and cut them short."""
+    signal.signal(signum, signal.SIG_IGN)
+    sys.exit(128 + signum)
+
+
 def serve(listener: socket.socket) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the clients' to forward
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    signal.signal(signal.SIGTERM, stopped)
     parent = os.getppid()
     mine = identity()  # the environment the imports read, before they add to it
     before = dict(os.environ)

@@ -4,6 +4,7 @@ project, real Prefect server and MLflow store. Cancelling through it: test_pipel
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -131,3 +132,16 @@ def test_the_scripts_start_a_worker_and_stop_it_with_the_script(tmp_path):
     while any(str(address) in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])):
         assert time.monotonic() < deadline, "the worker outlived its script"
         time.sleep(0.1)
+
+
+def test_a_second_sigterm_cannot_cut_the_workers_exit_short():
+    from flows import worker
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as ended:
+            worker.stopped(signal.SIGTERM, None)
+        assert ended.value.code == 128 + signal.SIGTERM
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN  # the next TERM lands nowhere
+    finally:
+        signal.signal(signal.SIGTERM, before)
