@@ -134,8 +134,20 @@ def test_the_label_glob_matches_its_chain_only_else_the_names_are_listed(suite):
 def test_unmeasured_tasks_are_priced_at_the_measured_mean(suite):
     assert cost.unmeasured(suite) == sorted([A, B, C, *suite.sections.evaluate.unseen])
     assert cost.measured(cost.TRAIN_TOKENS, "yelp") == 235.9
-    assert cost.measured(cost.TRAIN_TOKENS, A) == sum(cost.TRAIN_TOKENS.values()) / 4
+    assert cost.measured(cost.TRAIN_TOKENS, A) == sum(cost.TRAIN_TOKENS.values()) / len(cost.TRAIN_TOKENS)
     assert cost.unmeasured(load_params(ROOT / "benchmarks/protocol/standard/params.yaml")) == []
+
+
+def test_the_paper_suite_is_priced_per_format_with_its_replies():
+    paper = load_params(ROOT / "benchmarks/protocol/paper/params.yaml")
+    assert cost.unmeasured(paper) == []
+    limits = cost.limits(paper)  # evaluate.limit per format: 200 labels, 100 QA and translations
+    assert limits == {"sst2": 200, "squad_v2": 100, "iwslt2017_en_fr": 100, "agnews": 200, "dbpedia": 200}
+    assert cost.limits(paper, 7) == dict.fromkeys(limits, 7)
+    prompts = 100 * cost.TEST_TOKENS["iwslt2017_en_fr"] / cost.SCORE_TOK_S
+    replies = 100 * 128 * cost.GEN_S_PER_TOKEN  # a translation's reply: up to 128 tokens
+    assert cost.scoring_seconds(paper, "iwslt2017_en_fr", 100) == pytest.approx(prompts + replies)
+    assert cost.scoring_seconds(paper, "sst2", 200) == pytest.approx(200 * cost.TEST_TOKENS["sst2"] / cost.SCORE_TOK_S)
 
 
 def test_the_standard_suites_plan_and_lanes_sh(tmp_path, capsys):

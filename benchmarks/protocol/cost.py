@@ -4,8 +4,10 @@
 
 Counts the stages `recall pipeline` writes for the params, and prices each at one thread:
 fine-tuning at TRAIN_TOK_S over the task's padded tokens for max_steps x batch_size examples, likelihood
-scoring at SCORE_TOK_S over the prompts of `limit` test examples, plus each stage's fixed cost. A task
-not measured here is priced at the measured tasks' mean, and named.
+scoring at SCORE_TOK_S over the prompts of each task's `limit` test examples (one number or one per
+format), generation (a task its format's mode scores by generating) also at GEN_S_PER_TOKEN per reply
+token, as many as the format allows (an upper bound: a batch stops at its replies' ends), plus each
+stage's fixed cost. A task not measured here is priced at the measured tasks' mean, and named.
 """
 
 from __future__ import annotations
@@ -15,19 +17,50 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from recall.evaluation.config import MAX_NEW_TOKENS
+from recall.evaluation.pipeline import resolve_modes
 from recall.pipeline import plan
-from recall.pipeline.params import load_params
+from recall.pipeline.params import Params, load_params
 
 # Measured (PLAN.md says where): one thread, beside one other job, SmolLM2-135M fp32.
 TRAIN_TOK_S = 104.0  # LoRA fine-tuning, training tokens per second
 SCORE_TOK_S = 400.0  # likelihood scoring, prompt tokens per second (one forward per prompt, all options)
+# generation, seconds per reply token and example: 8 SQuAD 2.0 prompts, replies of up to 48 tokens, in
+# batches of 8, 18.46 s at one thread (benchmarks/results/eval_speed.json)
+GEN_S_PER_TOKEN = 18.46 / (8 * 48)
 FIXED_S = {"finetune": 20, "evaluate": 15, "merge": 25, "features": 30, "typical": 5, "similarity": 40}
 EWC_FISHER_EXAMPLES = 64  # a forward and backward pass each, on the previous task
 # Mean tokens per example through the chat template (SmolLM2's tokenizer; the first 400 training rows,
 # the first 200 test rows), and the padding factor of batches of 4 (longest row x 4 / tokens).
-TRAIN_TOKENS = {"agnews": 116.8, "dbpedia": 168.7, "amazon": 165.4, "yelp": 235.9}
-PADDING = {"agnews": 1.16, "dbpedia": 1.21, "amazon": 1.42, "yelp": 1.70}
-TEST_TOKENS = {"agnews": 113.0, "dbpedia": 170.2, "amazon": 158.8, "yelp": 257.0, "sst2": 76.4, "medmcqa": 98.0}
+# The paper suite's SST-2, SQuAD 2.0 and IWSLT measured the same way, for benchmarks/protocol/paper.
+TRAIN_TOKENS = {
+    "agnews": 116.8,
+    "dbpedia": 168.7,
+    "amazon": 165.4,
+    "yelp": 235.9,
+    "sst2": 66.0,
+    "squad_v2": 297.8,
+    "iwslt2017_en_fr": 103.6,
+}
+PADDING = {
+    "agnews": 1.16,
+    "dbpedia": 1.21,
+    "amazon": 1.42,
+    "yelp": 1.70,
+    "sst2": 1.17,
+    "squad_v2": 1.10,
+    "iwslt2017_en_fr": 1.36,
+}
+TEST_TOKENS = {
+    "agnews": 113.0,
+    "dbpedia": 170.2,
+    "amazon": 158.8,
+    "yelp": 257.0,
+    "sst2": 76.4,
+    "medmcqa": 98.0,
+    "squad_v2": 255.6,
+    "iwslt2017_en_fr": 64.7,
+}
 
 
 def measured(table: dict[str, float], task: str) -> float:
@@ -44,7 +77,22 @@ def unmeasured(params) -> list[str]:
     return sorted(t for t in scored if any(t not in table for table in tables(t)))
 
 
-def stage_seconds(stage: plan.Stage, params, steps: int, limit: int) -> float:
+def limits(params: Params, limit: int | None = None) -> dict[str, int]:
+    """Task -> test examples scored: `limit` for every task, else the params' (all of the test split: its size)."""
+    return {t: limit or n or params.sections.data.test_size for t, n in params.eval_limits().items()}
+
+
+def scoring_seconds(params: Params, task: str, examples: int) -> float:
+    """One evaluation's seconds on one task: its prompts, and its replies when its format generates."""
+    seconds = examples * measured(TEST_TOKENS, task) / SCORE_TOK_S
+    fmt = params.find_task(task).format
+    if resolve_modes(params.eval_modes)[fmt] == "gen":
+        reply = params.sections.evaluate.max_new_tokens or MAX_NEW_TOKENS[fmt]
+        seconds += examples * reply * GEN_S_PER_TOKEN
+    return seconds
+
+
+def stage_seconds(stage: plan.Stage, params: Params, steps: int, limit: dict[str, int]) -> float:
     task = stage.task
     if stage.stage == "finetune":
         examples = steps * params.sections.finetune.batch_size
@@ -55,7 +103,7 @@ def stage_seconds(stage: plan.Stage, params, steps: int, limit: int) -> float:
         return FIXED_S["finetune"] + seconds
     if stage.stage == "evaluate":
         scored = [p.name for p in stage.deps if p.parent == params.data_dir]
-        return FIXED_S["evaluate"] + sum(limit * measured(TEST_TOKENS, t) / SCORE_TOK_S for t in scored)
+        return FIXED_S["evaluate"] + sum(scoring_seconds(params, t, limit[t]) for t in scored)
     return FIXED_S.get(stage.stage, 0)
 
 
@@ -67,13 +115,14 @@ def main() -> int:
     args = parser.parse_args()
     params = load_params(args.params)
     steps = args.steps or params.sections.finetune.max_steps
-    limit = args.limit or params.sections.evaluate.limit
+    limit = limits(params, args.limit)
     seconds, counts = Counter(), Counter()
     for stage in plan.plan(params):
         seconds[stage.stage] += stage_seconds(stage, params, steps, limit)
         counts[stage.stage] += 1
     total = sum(seconds.values())
-    print(f"{args.params}: max_steps {steps}, {limit} test examples per task")
+    scored = ", ".join(f"{t} {n}" for t, n in limit.items())
+    print(f"{args.params}: max_steps {steps}; test examples scored: {scored}")
     if guessed := unmeasured(params):
         print(f"  not measured, priced at the measured tasks' mean: {', '.join(guessed)}")
     for kind in sorted(seconds, key=seconds.get, reverse=True):

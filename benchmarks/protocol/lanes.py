@@ -188,7 +188,7 @@ def lane_plan(
     """The suite's items over one lane per folder (the suite's folder in each lane's checkout, this one's
     first): priced by `seconds` (cost.py's at the params' steps and limit by default), placed by LPT."""
     if seconds is None:
-        steps, limit = params.sections.finetune.max_steps, params.sections.evaluate.limit
+        steps, limit = params.sections.finetune.max_steps, cost.limits(params)
         seconds = lambda s: cost.stage_seconds(s, params, steps, limit)  # noqa: E731
     stages = plan.plan(params)
     by_name = {s.name: s for s in stages}
