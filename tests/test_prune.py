@@ -86,6 +86,26 @@ def test_prunes_what_every_reader_used_and_repro_skips_it(project: Path) -> None
     assert (project / "a/model/model.safetensors").read_text() == "merged-a\n"
 
 
+def test_finals_go_once_evaluated_unless_a_gate_reads_them(project: Path, tmp_path_factory) -> None:
+    _dvc(project, "repro", "-q", "merge-recall-b")  # the newest model, not yet evaluated: it stays
+    assert "b/model" not in [o.path for o in prunable(STAGES, [read_lock(project / "dvc.lock")], finals=True)]
+
+    _dvc(project, "repro", "-q")
+    result = prune(project / "dvc.yaml", finals=True)
+    assert result.folders == ["a/model", "a/sft", "b/model", "b/sft"]
+    assert (project / "eval-b").read_text() == "eval\nmerged-b\n" and (project / "base/model.safetensors").exists()
+    assert "Running stage" not in _dvc(project, "repro", "--allow-missing")
+
+    # a model a gate has read is the pipeline's product: it stays with `finals` too
+    gated = tmp_path_factory.mktemp("gated")
+    _dvc(gated, "init", "--no-scm", "-q")
+    stages = {**STAGES, "gate-recall-b": _read("gate", "b/model", "gate-b")}
+    (gated / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    _dvc(gated, "repro", "-q")
+    assert prune(gated / "dvc.yaml", finals=True).folders == ["a/model", "a/sft", "b/sft"]
+    assert (gated / "b/model/model.safetensors").exists()
+
+
 def test_a_lane_counts_its_finished_stages_and_keeps_its_objects(project: Path, tmp_path_factory) -> None:
     lane = tmp_path_factory.mktemp("lane")
     _dvc(lane, "init", "--no-scm", "-q")

@@ -7,8 +7,9 @@
 # an order or seed added to params.yaml runs only its new stages. One-thread lanes (lanes.sh starts
 # them): the same command in other checkouts of the same commit sharing the DVC cache, each with its
 # own globs, given the others' checkouts in PROTOCOL_LANES (space-separated).
-# Intermediate models are pruned (`recall prune`, every 5 minutes and at the end) once every stage
-# reading them is done in some lane, so the suite's ~100 GB of them never sit on the disk at once;
+# Models are pruned (`recall prune --finals`, every 5 minutes and at the end) once every stage reading
+# them is done in some lane, each chain's newest too once evaluated (the report reads only evaluations;
+# dvc.lock keeps every hash), so the suite's ~100 GB of them never sit on the disk at once;
 # `--allow-missing` lets dvc repro skip their finished stages. Each start first adopts the lanes'
 # finished stages into its dvc.lock.
 # Then benchmarks/protocol.py collects the suite's metrics.json into benchmarks/results/protocol.{json,md}.
@@ -21,7 +22,7 @@ folder=benchmarks/protocol/$suite
 source benchmarks/repro.sh
 lanes=()
 for lane in ${PROTOCOL_LANES:-}; do lanes+=(--lane "$lane"); done
-prune() { .venv/bin/recall prune "$folder/params.yaml" "${lanes[@]}" "$@"; }
+prune() { .venv/bin/recall prune "$folder/params.yaml" --finals "${lanes[@]}" "$@"; }
 # Adopt the lanes' finished stages (this dvc.lock is written only here, before dvc repro starts): one
 # whose model was pruned is then skipped here, not run again; a new lane's checkout, without a dvc.lock
 # yet, too (its committed dvc.yaml is the lanes').

@@ -28,6 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="first copy the lanes' finished stages into this checkout's dvc.lock (only while no dvc repro runs here)",
     )
+    p.add_argument(
+        "--finals",
+        action="store_true",
+        help="each chain's newest model too, once evaluated (a benchmark, whose report reads only evaluations); "
+        "a model a gate reads stays",
+    )
     p.add_argument("--dry-run", action="store_true", help="list what would go; delete nothing")
     p.set_defaults(func=run)
 
@@ -40,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     dvc_yaml = layout.dvc_yaml(load_params(args.params))
     if args.adopt:
         print(f"adopted {adopt(dvc_yaml, args.lane)} finished stages from {len(args.lane)} lanes")
-    result = prune(dvc_yaml, args.lane, args.dry_run)
+    result = prune(dvc_yaml, args.lane, args.dry_run, args.finals)
     verb = "would delete" if args.dry_run else "deleted"
     for folder in result.folders:
         print(f"{verb} {folder}")

@@ -9,12 +9,15 @@ MLflow every metric and merge weight. When a changed stage must read a pruned mo
 `dvc repro` (without --allow-missing) writes it again from its own inputs first.
 
 Kept: the base model, every model a stage not yet done reads, and every model only evaluation reads
-(each chain's newest). Lanes of one suite (other checkouts of the same commit sharing this DVC cache)
-pass their checkouts: their finished stages count as done, and their outputs' objects stay. At a lane's
-start (and before the whole suite's run) `adopt` copies the lanes' finished stages into its dvc.lock, so
-DVC skips them there instead of rerunning the stages whose models were pruned. Lanes should share no
-unfinished stage (benchmarks/protocol/lanes.sh runs the shared ones first): a stage another lane
-finished after this lane started, whose model was pruned, would run here again (correct, but wasted).
+(each chain's newest), unless `finals`: a benchmark's chains are there for their evaluations (the
+protocol's report reads nothing else), so their newest models go too once evaluated; a model a gate
+reads (the pipeline's product, registered by reference) stays either way. Lanes of one suite (other
+checkouts of the same commit sharing this DVC cache) pass their checkouts: their finished stages count
+as done, and their outputs' objects stay. At a lane's start (and before the whole suite's run) `adopt`
+copies the lanes' finished stages into its dvc.lock, so DVC skips them there instead of rerunning the
+stages whose models were pruned. Lanes should share no unfinished stage (benchmarks/protocol/lanes.sh
+runs the shared ones first): a stage another lane finished after this lane started, whose model was
+pruned, would run here again (correct, but wasted).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from recall.errors import RecallError, first_line
 # reading a model does not make it intermediate.
 MODEL_WRITERS = frozenset({"finetune", "merge"})
 EVALUATORS = frozenset({"evaluate", "gate"})
+PRODUCT_READERS = frozenset({"gate"})  # a model they read is kept even with `finals`
 
 
 @dataclass(frozen=True)
@@ -55,11 +59,11 @@ def kind(stage: str) -> str:
     return stage.split("-", 1)[0]
 
 
-def prunable(stages: Mapping[str, dict], locks: Sequence[Mapping[str, dict]]) -> list[Output]:
+def prunable(stages: Mapping[str, dict], locks: Sequence[Mapping[str, dict]], finals: bool = False) -> list[Output]:
     """The finished model outputs that every stage reading them has read at their recorded hash.
 
     `stages` is dvc.yaml's `stages`; `locks` the `stages` of each lane's dvc.lock (a stage any lane
-    recorded is done)."""
+    recorded is done); `finals`: a chain's newest model too, once evaluated, unless a gate reads it."""
     done: dict[str, dict] = {}
     for lock in locks:
         for name, entry in lock.items():
@@ -74,8 +78,9 @@ def prunable(stages: Mapping[str, dict], locks: Sequence[Mapping[str, dict]]) ->
             continue
         for out in entry.get("outs", []):
             path, md5 = out["path"], out["md5"]
-            if all(kind(r) in EVALUATORS for r in readers[path]):
-                continue  # a chain's newest model, or nobody's input
+            kinds = {kind(r) for r in readers[path]}
+            if not kinds or kinds & PRODUCT_READERS or (kinds <= EVALUATORS and not finals):
+                continue  # nobody's input, a gate's, or (without `finals`) a chain's newest model
             if all(_read_hash(done.get(r), path) == md5 for r in readers[path]):
                 found.append(Output(path, md5))
     return found
@@ -168,12 +173,12 @@ def _write_lock(path: Path, stages: dict[str, dict]) -> None:
         yaml.safe_dump({"schema": "2.0", "stages": stages}, f, sort_keys=False)
 
 
-def prune(dvc_yaml: Path, lanes: Sequence[Path] = (), dry_run: bool = False) -> Pruned:
-    """Delete the prunable models of `dvc_yaml`'s pipeline from its checkout and the DVC cache."""
+def prune(dvc_yaml: Path, lanes: Sequence[Path] = (), dry_run: bool = False, finals: bool = False) -> Pruned:
+    """Delete the prunable models of `dvc_yaml`'s pipeline (`prunable`) from its checkout and the DVC cache."""
     folder, cache, lane_locks = _checkout(dvc_yaml, lanes)
     stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
     locks = [read_lock(folder / "dvc.lock"), *map(read_lock, lane_locks)]
-    pruned = set(prunable(stages, locks))
+    pruned = set(prunable(stages, locks, finals))
     kept = set().union(
         *(
             objects(cache, out["md5"])
