@@ -222,6 +222,19 @@ def test_protocol_statistics_match_hand_computation(tmp_path):
     ).read_text()
 
 
+def test_chains_that_share_no_run_are_not_compared(tmp_path):
+    """`methods.<label>.seeds` may leave two chains no run in common: each is still reported, compared
+    with the chains it shares runs with."""
+    spec = hand_made(tmp_path, twin=False)
+    del spec["runs"][0]["methods"]["average"], spec["runs"][1]["methods"]["twin"]
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    write_protocol(tmp_path / "spec.json", tmp_path / "out")
+    methods = json.loads((tmp_path / "out" / "protocol.json").read_text())["methods"]
+    assert methods["twin"]["runs"] == methods["average"]["runs"] == 1
+    assert "diff_vs_average" not in methods["twin"] and methods["twin"]["best_other"] == "sft"
+    assert methods["average"]["best_other"] == "sft" and "diff_vs_sft" in methods["average"]
+
+
 def write_similarity(folder: Path, layers: np.ndarray) -> str:
     """A RECALL step's similarity.json: each layer's similarity of [the start model, the new model] to the new one."""
     folder.mkdir(parents=True)

@@ -156,10 +156,11 @@ def summarize(spec: dict, runs: list[RunEvidence], replicates: int, seed: int, b
         }
         pooled[m] = entry
     for m, entry in pooled.items():
-        others = [o for o in methods if o != m]
-        best = max(others, key=lambda o: pooled[o]["final_avg"], default=None)
+        # a pair is compared on the runs that have both; chains at disjoint seeds have none
+        paired_with = [o for o in methods if o != m and any(m in r.rows and o in r.rows for r in runs)]
+        best = max(paired_with, key=lambda o: pooled[o]["final_avg"], default=None)
         for key, other in (("sft", reference), ("average", control), ("best_other", best)):
-            if other is None or other == m or other not in pooled:
+            if other not in paired_with:
                 continue
             diffs, per_run, wins = compare(runs, m, other, replicates, seed)
             entry[f"diff_vs_{key}"] = diffs
