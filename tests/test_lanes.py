@@ -59,7 +59,14 @@ def test_every_chain_lands_in_one_lane_and_the_lanes_globs_match_each_labelled_s
     p = lanes.lane_plan(suite, folders(tmp_path))
     names = [s.name for s in plan.plan(suite)]
     placed = [c.name for lane in p.lanes for c in lane.chains]
-    assert sorted(placed) == sorted(["sft-s0", "sft-s1", "recall-s0", "recall_paper-s0", "average-s0", "rest"])
+    runs = {0: ["o1-s0", "o2-s0"], 1: ["o1-s1", "o2-s1"]}
+    chained = [
+        f"{label}-{run}"
+        for label, seeds in (("sft", [0, 1]), ("recall", [0]), ("recall_paper", [0]), ("average", [0]))
+        for seed in seeds
+        for run in runs[seed]
+    ]
+    assert sorted(placed) == sorted([*chained, "rest"])  # a chain in each of its runs
     labelled = [s.name for s in plan.plan(suite) if s.method is not None]
     matched = [n for lane in p.lanes for n in matching(lane.globs, names)]
     assert sorted(n for n in matched if n in labelled) == sorted(labelled)  # each exactly once
@@ -73,7 +80,7 @@ def test_every_stage_but_the_report_is_priced_once(suite, tmp_path):
     pending = [*p.first, *(n for lane in p.lanes for n in lane.pending)]
     assert sorted(pending) == sorted(s.name for s in stages if s.name != "report")
     assert p.first_seconds + sum(lane.seconds for lane in p.lanes) == len(stages) - 1
-    # what runs first is what chains of both lanes need: base, data and each seed's first-step expert
+    # what runs first is what chains of both lanes need: base, data and each run's first-step expert
     assert set(p.first) >= {"base", "data", f"finetune-{A}-o1-s0"}
     for name in p.first:
         assert all(any(name in c.needs for c in lane.chains) for lane in p.lanes)
@@ -81,13 +88,15 @@ def test_every_stage_but_the_report_is_priced_once(suite, tmp_path):
 
 def test_a_chain_recorded_in_a_lanes_lock_costs_nothing(suite, tmp_path):
     here, there = folders(tmp_path)
-    sft1 = next(c for c in lanes.chains(suite, plan.plan(suite), lanes.inputs(plan.plan(suite))) if c.name == "sft-s1")
+    sft1 = next(
+        c for c in lanes.chains(suite, plan.plan(suite), lanes.inputs(plan.plan(suite))) if c.name == "sft-o2-s1"
+    )
     record(there, sft1.needs)  # every stage it needs, finished in the other lane
     p = lanes.lane_plan(suite, [here, there], seconds=lambda s: 1.0)
-    chain = next(c for lane in p.lanes for c in lane.chains if c.name == "sft-s1")
+    chain = next(c for lane in p.lanes for c in lane.chains if c.name == "sft-o2-s1")
     assert (chain.pending, chain.seconds) == ((), 0.0)
     assert p.finished == len(sft1.needs) and not set(p.first) & set(sft1.needs)
-    others = [c for lane in p.lanes for c in lane.chains if c.name != "sft-s1"]
+    others = [c for lane in p.lanes for c in lane.chains if c.name != "sft-o2-s1"]
     assert all(c.seconds > 0 for c in others)
 
 
@@ -120,15 +129,14 @@ def test_the_label_glob_matches_its_chain_only_else_the_names_are_listed(suite):
     stages = plan.plan(suite)
     names = [s.name for s in stages]
     by_name = {c.name: c for c in lanes.chains(suite, stages, lanes.inputs(stages))}
-    assert by_name["recall-s0"].globs == ("*-recall-*-s0",)
-    assert matching(["*-recall-*-s0"], names) == list(by_name["recall-s0"].stages)  # no recall_paper stage
-    assert by_name["recall_paper-s0"].globs == ("*-recall_paper-*-s0",)
-    # a task named like a label: `*-recall-*-s0` would match SeqFT's step on it, so the names are listed
+    assert by_name["recall-o1-s0"].globs == ("*-recall-*-o1-s0",)
+    assert matching(["*-recall-*-o1-s0"], names) == list(by_name["recall-o1-s0"].stages)  # no recall_paper stage
+    assert by_name["recall_paper-o2-s0"].globs == ("*-recall_paper-*-o2-s0",)
+    # a task named like a label (`recall-y`): `*-recall-*-o1-s0` would match SeqFT's step on it, so the names
     own = ["finetune-recall-x-o1-s0", "merge-recall-x-o1-s0"]
-    assert lanes.chain_globs("recall", 0, own, [*own, "finetune-sft-recall-o1-s0"]) == tuple(own)
-    assert lanes.chain_globs("sft", 1, ["finetune-sft-x-o1-s1"], ["finetune-sft-x-o1-s1", "finetune-sft-x-o1-s10"]) == (
-        "*-sft-*-s1",
-    )
+    assert lanes.chain_globs("recall", "o1-s0", own, [*own, "finetune-sft-recall-y-o1-s0"]) == tuple(own)
+    names = ["finetune-sft-x-o1-s1", "finetune-sft-x-o1-s10", "finetune-sft-x-o11-s1"]
+    assert lanes.chain_globs("sft", "o1-s1", names[:1], names) == ("*-sft-*-o1-s1",)
 
 
 def test_unmeasured_tasks_are_priced_at_the_measured_mean(suite):
@@ -157,5 +165,5 @@ def test_the_standard_suites_plan_and_lanes_sh(tmp_path, capsys):
     rows = [line.split("\t") for line in lines.read_text().splitlines()]
     assert [r[:3] for r in rows[1:]] == [["lane", "1", str(ROOT)], ["lane", "2", f"{ROOT}-lane2"]]
     globs = [g for r in rows[1:] for g in r[3:]]
-    assert "*-recall-*-s0" in globs and "*-recall_paper-*-s0" in globs
+    assert {f"*-recall-*-o{k}-s0" for k in (1, 2, 3)} <= set(globs) and "*-recall_paper-*-o3-s0" in globs
     subprocess.run(["bash", "-n", str(ROOT / "benchmarks/protocol/lanes.sh")], check=True)

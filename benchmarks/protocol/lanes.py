@@ -2,11 +2,12 @@
 
     .venv/bin/python benchmarks/protocol/lanes.py benchmarks/protocol/standard [--lanes 2] [--shell FILE]
 
-A chain is a compared label at one training seed, over every task order: the stages `*-<label>-*-s<seed>`
-matches (their names, where a label makes that glob match another chain's stages). Each is priced at one
+An item is a compared label's chain in one run (task order x training seed): the stages
+`*-<label>-*-<run>` matches (their names, where a label makes that glob match another chain's stages);
+one run, not all of a label's, so a chain added late (a second seed) spreads over the lanes. Each is priced at one
 thread (cost.py's rates) over its unfinished stages, finished meaning recorded in the dvc.lock of some
 lane's checkout (this one, then `<this checkout>-lane<k>` for k >= 2); a stage several chains need (base,
-data, each seed's first-step experts) counts once, in the first chain needing it. The unfinished stages
+data, each run's first-step expert) counts once, in the first chain needing it. The unfinished stages
 no chain needs but the report (the base's evaluation) are one more item.
 
 Items go to the lanes longest first, each to the lane with the least work so far (LPT); an item with a
@@ -41,9 +42,9 @@ REST = "rest"  # the item of the stages no chain needs
 class Chain:
     """A chain (or the rest): what lanes.sh passes run.sh for it, and its price."""
 
-    name: str  # <label>-s<seed>, or REST
+    name: str  # <label>-<run> (recall-o1-s0), or REST
     globs: tuple[str, ...]  # its stage globs: exactly its stages among the suite's
-    stages: tuple[str, ...]  # its own stages (labelled <label>, in runs of seed <seed>), in plan order
+    stages: tuple[str, ...]  # its own stages (labelled <label>, in the run), in plan order
     needs: tuple[str, ...]  # every stage it needs, its own and their inputs' stages, in plan order
     pending: tuple[str, ...] = ()  # the unfinished stages priced to it
     seconds: float = 0.0
@@ -105,23 +106,23 @@ def inputs(stages: Sequence[plan.Stage]) -> dict[str, set[str]]:
     return closed
 
 
-def chain_globs(label: str, seed: int, own: Sequence[str], names: Sequence[str]) -> tuple[str, ...]:
-    """`*-<label>-*-s<seed>` if it matches exactly the chain's stages among `names`, else their names."""
-    glob = f"*-{label}-*-s{seed}"
+def chain_globs(label: str, run: str, own: Sequence[str], names: Sequence[str]) -> tuple[str, ...]:
+    """`*-<label>-*-<run>` if it matches exactly the chain's stages among `names`, else their names."""
+    glob = f"*-{label}-*-{run}"
     return (glob,) if {n for n in names if fnmatchcase(n, glob)} == set(own) else tuple(own)
 
 
 def chains(params: Params, stages: Sequence[plan.Stage], closed: Mapping[str, set[str]]) -> list[Chain]:
-    """Every label x seed of the suite, in params.yaml's order, with the stages it needs (`closed`: `inputs`)."""
-    seed_of = {run.label: run.seed for run in params.runs}
+    """Every label's chain in each of its runs, in params.yaml's order, with the stages it needs (`closed`:
+    `inputs`)."""
     names = [s.name for s in stages]
     order = {name: i for i, name in enumerate(names)}
     out = []
     for label in params.methods:
-        for seed in params.method_seeds(label):
-            own = [s.name for s in stages if s.method == label and s.run is not None and seed_of[s.run] == seed]
+        for run in (r.label for r in params.runs if r.seed in params.method_seeds(label)):
+            own = [s.name for s in stages if s.method == label and s.run == run]
             needs = sorted_by(set().union(*(closed[n] for n in own)), order)
-            out.append(Chain(f"{label}-s{seed}", chain_globs(label, seed, own, names), tuple(own), needs))
+            out.append(Chain(f"{label}-{run}", chain_globs(label, run, own, names), tuple(own), needs))
     return out
 
 
@@ -233,7 +234,7 @@ def table(p: LanePlan) -> str:
     if p.first:
         lines.append(f"{'first':<6} {len(p.first):>7} {p.first_seconds / 3600:>6.2f}  {listed(p.first)}")
     for lane in p.lanes:
-        names = ", ".join(c.name for c in lane.chains) or "-"
+        names = listed([c.name for c in lane.chains]) or "-"  # every glob is on the lane's line below
         lines.append(f"{lane.number:<6} {len(lane.pending):>7} {lane.seconds / 3600:>6.2f}  {names}")
     lines += [f"lane {lane.number} ({lane.checkout}): {' '.join(lane.globs) or '-'}" for lane in p.lanes]
     return "\n".join(lines)
