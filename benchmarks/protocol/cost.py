@@ -17,7 +17,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from recall.evaluation.config import MAX_NEW_TOKENS
+from recall.evaluation.config import reply_length
 from recall.evaluation.pipeline import resolve_modes
 from recall.pipeline import plan
 from recall.pipeline.params import Params, load_params
@@ -87,8 +87,7 @@ def scoring_seconds(params: Params, task: str, examples: int) -> float:
     seconds = examples * measured(TEST_TOKENS, task) / SCORE_TOK_S
     fmt = params.find_task(task).format
     if resolve_modes(params.eval_modes)[fmt] == "gen":
-        reply = params.sections.evaluate.max_new_tokens or MAX_NEW_TOKENS[fmt]
-        seconds += examples * reply * GEN_S_PER_TOKEN
+        seconds += examples * reply_length(fmt, params.sections.evaluate.max_new_tokens) * GEN_S_PER_TOKEN
     return seconds
 
 

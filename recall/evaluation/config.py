@@ -38,6 +38,12 @@ from recall.tasks.formats import FORMATS
 MAX_NEW_TOKENS = {name: cls.reply_tokens for name, cls in FORMATS.items()}
 
 
+def reply_length(fmt: str, max_new_tokens: int | None = None) -> int:
+    """A generated reply's length on a format: `max_new_tokens` where given (evaluate.max_new_tokens), else
+    the format's own."""
+    return max_new_tokens or MAX_NEW_TOKENS[fmt]
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     task: str

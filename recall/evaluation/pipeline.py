@@ -46,12 +46,12 @@ from recall.evaluation.config import (
     BACKENDS,
     BATCH_SIZE,
     DEFAULT_BACKEND,
-    MAX_NEW_TOKENS,
     DatasetSpec,
     ModelSpec,
     dataset_specs,
     model_abbr,
     render_config,
+    reply_length,
     write_dataset,
 )
 from recall.evaluation.results import read_results, task_outcome
@@ -261,13 +261,13 @@ def prepare(
     task_list = resolve_tasks(tasks, data_dir)
     mode_of = resolve_modes(modes)
     check_backend(backend, {t.name: t.format for t in task_list if mode_of[t.format] == "ppl"})
-    reply_tokens = {t.name: max_new_tokens or MAX_NEW_TOKENS[t.format] for t in task_list}
-    generated = [reply_tokens[t.name] for t in task_list if mode_of[t.format] == "gen"]
+    replies = {t.name: reply_length(t.format, max_new_tokens) for t in task_list}
+    generated = [replies[t.name] for t in task_list if mode_of[t.format] == "gen"]
     tokenizer, context = model_info(model)
     max_seq_len = prompt_budget(model, context, max(generated, default=0))
     limits = limit if isinstance(limit, Mapping) else {t.name: limit for t in task_list}
     examples = {t.name: t.load("test", data_dir, limits.get(t.name)) for t in task_list}
-    return Inputs(model, backend, task_list, mode_of, reply_tokens, tokenizer, max_seq_len, examples)
+    return Inputs(model, backend, task_list, mode_of, replies, tokenizer, max_seq_len, examples)
 
 
 def write_inputs(inputs: Inputs, out: Path) -> dict[str, list[DatasetSpec]]:
