@@ -108,6 +108,18 @@ def test_a_stage_several_chains_need_counts_in_the_first_and_lpt_balances():
     )
     assert [(c.pending, c.seconds) for c in priced] == [(("expert", "a1", "a2"), 6.0), (("b1",), 3.0), (("c1",), 3.0)]
     assert lanes.lpt([c.seconds for c in priced], 2) == [[0], [1, 2]]  # 6 | 3 + 3
+    # placed by what only they need: a prefix two runs share (expert, a1) runs first, before either lane
+    seconds["d1"] = 5.0
+    mine = lanes.own_pending(
+        lanes.price(
+            [chain("o1", ["expert", "a1", "b1"]), chain("o2", ["expert", "a1", "c1"]), chain("o3", ["d1"])],
+            set(),
+            seconds,
+        )
+    )
+    assert mine == [["b1"], ["c1"], ["d1"]]
+    weights = [sum(seconds[n] for n in own) for own in mine]
+    assert lanes.lpt(weights, 2) == [[2], [0, 1]]  # 5 | 3 + 3 (priced to o1, the prefix made it 9 | 5 + 3)
     assert lanes.lpt([1.0, 5.0, 4.0], 2) == [[1], [0, 2]]  # longest first: 5 | 4, then 1 to the lighter
     assert lanes.lpt([6.0, 3.0, 3.0], 3) == [[0], [1], [2]]
     assert lanes.lpt([0.0, 0.0], 2) == [[0], [1]]  # finished chains spread too

@@ -86,6 +86,27 @@ def test_prunes_what_every_reader_used_and_repro_skips_it(project: Path) -> None
     assert (project / "a/model/model.safetensors").read_text() == "merged-a\n"
 
 
+def test_a_model_several_methods_read_stays_for_a_method_added_later() -> None:
+    # a run's first expert, read by SeqFT's next fine-tune and RECALL's merge, as `recall pipeline` names them
+    stage = lambda cmd, deps, outs: {"cmd": f"python -m flows.stage {cmd}", "deps": deps, "outs": outs}  # noqa: E731
+    stages = {
+        "finetune-a": stage("finetune --step a", ["base"], ["a/sft"]),
+        "finetune-sft-b": stage("finetune --method sft --step b", ["a/sft"], ["b/sft"]),
+        "merge-recall-a": stage("merge --method recall --step a", ["a/sft", "base"], ["a/recall"]),
+        "finetune-recall-b": stage("finetune --method recall --step b", ["a/recall"], ["b/recall-sft"]),
+        "merge-recall-b": stage("merge --method recall --step b", ["b/recall-sft", "a/recall"], ["b/recall"]),
+    }
+    lock = {
+        name: {
+            "deps": [{"path": d, "md5": f"{d}-hash"} for d in entry["deps"]],
+            "outs": [{"path": o, "md5": f"{o}-hash"} for o in entry["outs"]],
+        }
+        for name, entry in stages.items()
+    }
+    # RECALL's own intermediates go; the expert both chains read stays, and so do the chains' newest
+    assert sorted(o.path for o in prunable(stages, [lock])) == ["a/recall", "b/recall-sft"]
+
+
 def test_finals_go_once_evaluated_unless_a_gate_reads_them(project: Path, tmp_path_factory) -> None:
     _dvc(project, "repro", "-q", "merge-recall-b")  # the newest model, not yet evaluated: it stays
     assert "b/model" not in [o.path for o in prunable(STAGES, [read_lock(project / "dvc.lock")], finals=True)]

@@ -10,7 +10,8 @@ lane's checkout (this one, then `<this checkout>-lane<k>` for k >= 2); a stage s
 data, each run's first-step expert) counts once, in the first chain needing it. The unfinished stages
 no chain needs but the report (the base's evaluation) are one more item.
 
-Items go to the lanes longest first, each to the lane with the least work so far (LPT); an item with a
+Items go to the lanes longest first, each to the lane with the least work so far (LPT), weighed by the
+unfinished stages only they need (shared ones are likely to run first, below); an item with a
 killed stage's files in a lane's checkout (outputs of a stage only it needs, not recorded) stays in that
 lane, where the stage resumes. The unfinished stages items of two lanes need run *first*, in this
 checkout: two lanes never run one stage at once. Prints the plan (`--shell FILE`: also lanes.sh's
@@ -152,6 +153,14 @@ def price(items: Sequence[Chain], done: set[str], seconds: Mapping[str, float]) 
     return priced
 
 
+def own_pending(items: Sequence[Chain]) -> list[list[str]]:
+    """Each item's unfinished stages no other item needs: what it weighs in the placement, since a stage
+    items of two lanes need runs first, before either (priced to its first needer, a shared prefix would
+    send that item's whole run to one lane and its sharers to the other)."""
+    needers = Counter(n for item in items for n in item.needs)
+    return [[n for n in item.pending if needers[n] == 1] for item in items]
+
+
 def lpt(costs: Sequence[float], lanes: int, pinned: Mapping[int, int] | None = None) -> list[list[int]]:
     """Item indices per lane: the pinned (index -> lane) where they are, then the others longest first, each
     to the lane with the least cost so far (fewest items, then the first lane, on a tie)."""
@@ -198,12 +207,11 @@ def lane_plan(
     closed = inputs(stages)
     chained = chains(params, stages, closed)
     items = price([*chained, *filter(None, [rest(stages, closed, chained, done)])], done, cost_of)
+    mine = own_pending(items)
     # an item stays where a stage only it needs was killed (its files resume there)
-    needers = Counter(n for item in items for n in item.needs)
-    mine = [[n for n in item.pending if needers[n] == 1] for item in items]
     started = {i: started_in(mine[i], params, by_name, folders) for i in range(len(items))}
     pinned = {i: lane for i, lane in started.items() if lane is not None}
-    placed = lpt([item.seconds for item in items], len(folders), pinned)
+    placed = lpt([sum(map(cost_of.get, own)) for own in mine], len(folders), pinned)
     # a stage items of two lanes need runs first; each lane runs the rest of its items' unfinished stages
     lanes_of: dict[str, set[int]] = {}
     for lane, indices in enumerate(placed):

@@ -8,9 +8,12 @@ model's hash, `prune` deletes the model's folder and the cache objects no kept o
 MLflow every metric and merge weight. When a changed stage must read a pruned model, a plain
 `dvc repro` (without --allow-missing) writes it again from its own inputs first.
 
-Kept: the base model, every model a stage not yet done reads, and every model only evaluation reads
-(each chain's newest), unless `finals`: a benchmark's chains are there for their evaluations (the
-protocol's report reads nothing else), so their newest models go too once evaluated; a model a gate
+Kept: the base model, every model a stage not yet done reads, every model stages of several methods
+read (a run's first-step expert: a method added to the params later starts from it, and a pruned one
+could not be written again at its recorded hash, its train_metrics.json holding the training's
+seconds), and every model only evaluation reads (each chain's newest), unless `finals`: a benchmark's
+chains are there for their evaluations (the protocol's report reads nothing else), so their newest
+models go too once evaluated; a model a gate
 reads (the pipeline's product, registered by reference) stays either way. Lanes of one suite (other
 checkouts of the same commit sharing this DVC cache) pass their checkouts: their finished stages count
 as done, and their outputs' objects stay. At a lane's start (and before the whole suite's run) `adopt`
@@ -81,9 +84,17 @@ def prunable(stages: Mapping[str, dict], locks: Sequence[Mapping[str, dict]], fi
             kinds = {kind(r) for r in readers[path]}
             if not kinds or kinds & PRODUCT_READERS or (kinds <= EVALUATORS and not finals):
                 continue  # nobody's input, a gate's, or (without `finals`) a chain's newest model
+            if len({method(stages[r]) for r in readers[path]} - {None}) > 1:
+                continue  # several methods' chains start from it: so would one added later
             if all(_read_hash(done.get(r), path) == md5 for r in readers[path]):
                 found.append(Output(path, md5))
     return found
+
+
+def method(stage: Mapping) -> str | None:
+    """The method a stage of `recall pipeline`'s dvc.yaml runs for (its command's `--method`), if any."""
+    words = str(stage.get("cmd", "")).split()
+    return words[words.index("--method") + 1] if "--method" in words[:-1] else None
 
 
 def _read_hash(entry: dict | None, path: str) -> str | None:
