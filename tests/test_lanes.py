@@ -100,30 +100,32 @@ def test_a_chain_recorded_in_a_lanes_lock_costs_nothing(suite, tmp_path):
     assert all(c.seconds > 0 for c in others)
 
 
-def test_a_stage_several_chains_need_counts_in_the_first_and_lpt_balances():
+def one(*costs: float) -> tuple[list[list[str]], dict[str, float]]:
+    """Items of one stage each, at these costs."""
+    return [[f"s{i}"] for i in range(len(costs))], {f"s{i}": c for i, c in enumerate(costs)}
+
+
+def test_a_stage_several_chains_need_counts_in_the_first_and_placement_balances():
     chain = lambda name, needs: lanes.Chain(name, (name,), (name,), tuple(needs))  # noqa: E731
-    seconds = {"expert": 1.0, "a1": 5.0, "a2": 0.0, "b1": 3.0, "c1": 3.0}
+    seconds = {"expert": 1.0, "a1": 5.0, "a2": 0.0, "b1": 3.0, "c1": 3.0, "d1": 5.0}
     priced = lanes.price(
         [chain("a", ["expert", "a1", "a2"]), chain("b", ["expert", "b1"]), chain("c", ["c1"])], set(), seconds
     )
     assert [(c.pending, c.seconds) for c in priced] == [(("expert", "a1", "a2"), 6.0), (("b1",), 3.0), (("c1",), 3.0)]
-    assert lanes.lpt([c.seconds for c in priced], 2) == [[0], [1, 2]]  # 6 | 3 + 3
-    # placed by what only they need: a prefix two runs share (expert, a1) runs first, before either lane
-    seconds["d1"] = 5.0
-    mine = lanes.own_pending(
-        lanes.price(
-            [chain("o1", ["expert", "a1", "b1"]), chain("o2", ["expert", "a1", "c1"]), chain("o3", ["d1"])],
-            set(),
-            seconds,
-        )
-    )
-    assert mine == [["b1"], ["c1"], ["d1"]]
-    weights = [sum(seconds[n] for n in own) for own in mine]
-    assert lanes.lpt(weights, 2) == [[2], [0, 1]]  # 5 | 3 + 3 (priced to o1, the prefix made it 9 | 5 + 3)
-    assert lanes.lpt([1.0, 5.0, 4.0], 2) == [[1], [0, 2]]  # longest first: 5 | 4, then 1 to the lighter
-    assert lanes.lpt([6.0, 3.0, 3.0], 3) == [[0], [1], [2]]
-    assert lanes.lpt([0.0, 0.0], 2) == [[0], [1]]  # finished chains spread too
-    assert lanes.lpt([6.0, 3.0, 3.0], 2, pinned={2: 0}) == [[1, 2], [0]]  # a pinned chain stays in its lane
+    assert lanes.place(*one(1.0, 5.0, 4.0), 2) == [[1], [0, 2]]  # costliest first: 5 | 4, then 1 to the lighter
+    assert lanes.place(*one(6.0, 3.0, 3.0), 3) == [[0], [1], [2]]
+    assert lanes.place(*one(0.0, 0.0), 2) == [[0], [1]]  # finished chains spread too
+    assert lanes.place(*one(6.0, 3.0, 3.0), 2, pinned={2: 0}) == [[1, 2], [0]]  # a pinned chain stays in its lane
+    # two runs sharing a prefix (expert, a1: 6 s) and a third run: the two together, 6 + 3 + 3 = 12 | 5,
+    # not the prefix first and one in each lane, 6 + max(3 + 5, 3) = 14 (where one by one lands)
+    runs = [["expert", "a1", "b1"], ["expert", "a1", "c1"], ["d1"]]
+    assert sorted(lanes.place(runs, seconds, 2)) == [[0, 1], [2]]
+    assert lanes.makespan({0: 0, 1: 0, 2: 1}, runs, seconds, 2) == 12.0
+    assert lanes.makespan({0: 0, 1: 1, 2: 0}, runs, seconds, 2) == 14.0
+    # a short prefix and long runs: the prefix first and one in each, 1 + max(10 + 1, 10) = 12, not 21 | 1
+    long = {"expert": 1.0, "a1": 0.0, "b1": 10.0, "c1": 10.0, "d1": 1.0}
+    where = {i: lane for lane, placed in enumerate(lanes.place(runs, long, 2)) for i in placed}
+    assert where[0] != where[1] and lanes.makespan(where, runs, long, 2) == 12.0
 
 
 def test_a_chain_with_a_killed_stages_files_in_a_lane_stays_there(suite, tmp_path):

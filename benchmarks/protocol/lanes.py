@@ -10,8 +10,8 @@ lane's checkout (this one, then `<this checkout>-lane<k>` for k >= 2); a stage s
 data, each run's first-step expert) counts once, in the first chain needing it. The unfinished stages
 no chain needs but the report (the base's evaluation) are one more item.
 
-Items go to the lanes longest first, each to the lane with the least work so far (LPT), weighed by the
-unfinished stages only they need (shared ones are likely to run first, below); an item with a
+Items go to the lanes costliest first, each where the lanes end soonest (what runs first, below, then
+the longest lane), then single moves while one ends them sooner; an item with a
 killed stage's files in a lane's checkout (outputs of a stage only it needs, not recorded) stays in that
 lane, where the stage resumes. The unfinished stages items of two lanes need run *first*, in this
 checkout: two lanes never run one stage at once. Prints the plan (`--shell FILE`: also lanes.sh's
@@ -153,28 +153,42 @@ def price(items: Sequence[Chain], done: set[str], seconds: Mapping[str, float]) 
     return priced
 
 
-def own_pending(items: Sequence[Chain]) -> list[list[str]]:
-    """Each item's unfinished stages no other item needs: what it weighs in the placement, since a stage
-    items of two lanes need runs first, before either (priced to its first needer, a shared prefix would
-    send that item's whole run to one lane and its sharers to the other)."""
-    needers = Counter(n for item in items for n in item.needs)
-    return [[n for n in item.pending if needers[n] == 1] for item in items]
+def place(
+    needs: Sequence[Sequence[str]], cost: Mapping[str, float], lanes: int, pinned: Mapping[int, int] | None = None
+) -> list[list[int]]:
+    """Item indices per lane, given each item's unfinished stages: the pinned (index -> lane) where they
+    are, the others costliest first, each where the lanes end soonest (`makespan`; then the lane with
+    fewest items, then the first), then single moves while one ends them sooner (two runs sharing a
+    prefix: together in one lane, or the prefix first and one in each)."""
+    where = dict(pinned or {})
+    free = sorted((i for i in range(len(needs)) if i not in where), key=lambda i: (-sum(map(cost.get, needs[i])), i))
+    span = lambda w: makespan(w, needs, cost, lanes)  # noqa: E731
+    for i in free:
+        items_in = Counter(where.values())
+        where[i] = min(range(lanes), key=lambda k: (span({**where, i: k}), items_in[k], k))
+    moved = True
+    while moved:
+        moved = False
+        for i, k in ((i, k) for i in free for k in range(lanes) if k != where[i]):
+            if span({**where, i: k}) < span(where) - 1e-9:
+                where[i], moved = k, True
+    return [sorted(i for i, k in where.items() if k == lane) for lane in range(lanes)]
 
 
-def lpt(costs: Sequence[float], lanes: int, pinned: Mapping[int, int] | None = None) -> list[list[int]]:
-    """Item indices per lane: the pinned (index -> lane) where they are, then the others longest first, each
-    to the lane with the least cost so far (fewest items, then the first lane, on a tie)."""
-    pinned = pinned or {}
-    out: list[list[int]] = [[] for _ in range(lanes)]
-    load = [0.0] * lanes
-    for i, lane in pinned.items():
-        out[lane].append(i)
-        load[lane] += costs[i]
-    for i in sorted((i for i in range(len(costs)) if i not in pinned), key=lambda i: -costs[i]):
-        lane = min(range(lanes), key=lambda k: (load[k], len(out[k]), k))
-        out[lane].append(i)
-        load[lane] += costs[i]
-    return [sorted(lane) for lane in out]
+def makespan(where: Mapping[int, int], needs: Sequence[Sequence[str]], cost: Mapping[str, float], lanes: int) -> float:
+    """Seconds until the lanes are done with items placed `where` (index -> lane): the stages items of two
+    lanes need, run first, then the longest lane."""
+    lanes_of: dict[str, set[int]] = {}
+    for i, lane in where.items():
+        for name in needs[i]:
+            lanes_of.setdefault(name, set()).add(lane)
+    first, load = 0.0, [0.0] * lanes
+    for name, held in lanes_of.items():
+        if len(held) > 1:
+            first += cost[name]
+        else:
+            load[next(iter(held))] += cost[name]
+    return first + max(load)
 
 
 def started_in(
@@ -196,7 +210,7 @@ def lane_plan(
     seconds: Callable[[plan.Stage], float] | None = None,
 ) -> LanePlan:
     """The suite's items over one lane per folder (the suite's folder in each lane's checkout, this one's
-    first): priced by `seconds` (cost.py's at the params' steps and limit by default), placed by LPT."""
+    first): priced by `seconds` (cost.py's at the params' steps and limit by default), placed by `place`."""
     if seconds is None:
         steps, limit = params.sections.finetune.max_steps, cost.limits(params)
         seconds = lambda s: cost.stage_seconds(s, params, steps, limit)  # noqa: E731
@@ -207,11 +221,12 @@ def lane_plan(
     closed = inputs(stages)
     chained = chains(params, stages, closed)
     items = price([*chained, *filter(None, [rest(stages, closed, chained, done)])], done, cost_of)
-    mine = own_pending(items)
     # an item stays where a stage only it needs was killed (its files resume there)
+    needers = Counter(n for item in items for n in item.needs)
+    mine = [[n for n in item.pending if needers[n] == 1] for item in items]
     started = {i: started_in(mine[i], params, by_name, folders) for i in range(len(items))}
     pinned = {i: lane for i, lane in started.items() if lane is not None}
-    placed = lpt([sum(map(cost_of.get, own)) for own in mine], len(folders), pinned)
+    placed = place([[n for n in item.needs if n not in done] for item in items], cost_of, len(folders), pinned)
     # a stage items of two lanes need runs first; each lane runs the rest of its items' unfinished stages
     lanes_of: dict[str, set[int]] = {}
     for lane, indices in enumerate(placed):

@@ -4,7 +4,7 @@
 # Lane 1 is this checkout; lane k >= 2 the git worktree <this checkout>-lane<k> beside it, detached at
 # this checkout's HEAD (made, or moved there), its .venv a link to this one's and its DVC cache this
 # one's (.dvc/config.local). benchmarks/protocol/lanes.py splits the suite's chains, run by run (label x
-# order x seed), between the lanes by their unfinished stages' one-thread hours, longest first; the stages chains of
+# order x seed), between the lanes by their unfinished stages' one-thread hours, costliest first; the stages chains of
 # two lanes need (the base, the data, the first-step experts) run first, here. Then every lane runs
 #     cd LANE && PYTHONPATH=$PWD OMP_NUM_THREADS=1 PROTOCOL_LANES="<the other lanes>" RECALL_MEMORY_LOCK=... nice -n 19 \
 #         bash benchmarks/protocol/run.sh SUITE <its chains' stage globs>
