@@ -193,7 +193,7 @@ def test_protocol_statistics_match_hand_computation(tmp_path):
     write_protocol(tmp_path / "spec.json", tmp_path / "out")
     summary = json.loads((tmp_path / "out" / "protocol.json").read_text())
     assert summary["orders"] == [[A, C], [C, A]] and summary["n_test"] == {A: 40, C: 40, U: 40}
-    final, bwt, unseen = {}, {}, {}
+    final, bwt, unseen, right_after = {}, {}, {}, {}
     for run in spec["runs"]:
         for m, steps in run["methods"].items():
             rows = [json.loads((tmp_path / s).read_text()) for s in steps]
@@ -201,6 +201,13 @@ def test_protocol_statistics_match_hand_computation(tmp_path):
             final.setdefault(m, []).append((rows[1][first]["accuracy"] + rows[1][second]["accuracy"]) / 2)
             bwt.setdefault(m, []).append(rows[1][first]["accuracy"] - rows[0][first]["accuracy"])
             unseen.setdefault(m, []).append(rows[1][U]["accuracy"])
+            if m == "sft":  # each task right after SeqFT learned it: mean and least over the runs
+                for k, t in enumerate(run["order"]):
+                    right_after.setdefault(t, []).append(rows[k][t]["accuracy"])
+    for t, scores in right_after.items():
+        assert summary["learned"][t][1] == pytest.approx(np.mean(scores), abs=1e-3)
+        assert summary["learned_least"][t] == pytest.approx(min(scores), abs=1e-3)
+        assert summary["learned_least"][t] < summary["learned"][t][1]  # the two runs differ: a least, not a mean
     for m, entry in summary["methods"].items():
         assert entry["runs"] == 2
         assert entry["final_avg"] == pytest.approx(np.mean(final[m]), abs=1e-3)
