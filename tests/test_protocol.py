@@ -12,7 +12,7 @@ from recall.pipeline import layout, plan, stages, table
 from recall.pipeline.params import load_params
 from recall.reporting import metrics
 from recall.reporting import statistics as paired
-from recall.reporting.protocol import write_protocol
+from recall.reporting.protocol import pairs_markdown, write_protocol
 
 A, B, C = "gen_sentiment", "gen_translation", "gen_knowledge"
 K = C
@@ -186,6 +186,7 @@ def test_the_interval_of_identical_methods_is_zero(tmp_path):
     for name in ("final_avg", "bwt", "forgetting", "unseen_avg"):
         assert twin["diff_vs_sft"][name] == [0.0, 0.0, 0.0]
     assert twin["wins_vs_sft"] == 0
+    assert json.loads((tmp_path / "out" / "protocol.json").read_text())["pairs"]["sft"]["twin"] == [0.0, 0.0, 0.0]
 
 
 def test_protocol_statistics_match_hand_computation(tmp_path):
@@ -224,9 +225,24 @@ def test_protocol_statistics_match_hand_computation(tmp_path):
     assert list(twin["per_run_diff_vs_sft"].values()) == pytest.approx(expected, abs=1e-3)
     assert twin["wins_vs_sft"] == sum(d > 0 for d in expected)
     assert twin["diff_vs_sft"]["final_avg"][1] == pytest.approx(np.mean(expected), abs=1e-3)
-    assert (tmp_path / "out" / "protocol.png").is_file() and "| twin | 2 |" in (
-        tmp_path / "out" / "report.md"
-    ).read_text()
+    # every pair, the earlier-listed minus the later; the report lists what each method beats and trails
+    assert set(summary["pairs"]) == {"sft", "twin"} and set(summary["pairs"]["sft"]) == {"twin", "average"}
+    gap = [a - b for a, b in zip(final["sft"], final["average"])]
+    low, estimate, high = summary["pairs"]["sft"]["average"]
+    assert estimate == pytest.approx(np.mean(gap), abs=1e-3) and low < estimate < high
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| average | – | – |" in report  # two runs of 40 examples: no pair's interval excludes 0
+    assert (tmp_path / "out" / "protocol.png").is_file() and "| twin | 2 |" in report
+
+
+def test_the_pairs_table_lists_what_each_method_beats_and_trails():
+    pairs = {"a": {"b": [1.0, 2.0, 3.0], "c": [-1.0, 0.5, 2.0]}, "b": {"c": [-5.0, -3.0, -1.0]}}
+    rows = [line for line in pairs_markdown(pairs, ["a", "b", "c"]) if line.startswith("| ") and "Beats" not in line]
+    assert rows == [
+        "| a | b +2.00 [+1.00, +3.00] * | – |",
+        "| b | – | a -2.00 [-3.00, -1.00] *, c -3.00 [-5.00, -1.00] * |",
+        "| c | b +3.00 [+1.00, +5.00] * | – |",
+    ]
 
 
 def test_chains_that_share_no_run_are_not_compared(tmp_path):

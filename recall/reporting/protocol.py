@@ -110,10 +110,10 @@ def _round(x: float | None) -> float | None:
 
 
 def compare(
-    runs: list[RunEvidence], a: str, b: str, replicates: int, seed: int
+    runs: list[RunEvidence], a: str, b: str, replicates: int, seed: int, stats: Sequence[str] | None = None
 ) -> tuple[dict[str, list], dict[str, float], int]:
-    """a minus b over the runs that have both: per statistic [low, estimate, high], the per-run final-average
-    differences, and the runs where a's final average is higher."""
+    """a minus b over the runs that have both: per statistic (`stats`, default all) [low, estimate, high],
+    the per-run final-average differences, and the runs where a's final average is higher."""
     both = [r for r in runs if a in r.rows and b in r.rows]
     diffs = {
         name: _triple(
@@ -121,7 +121,7 @@ def compare(
                 [r.value(paired.difference(r.statistic(a, name), r.statistic(b, name))) for r in both], replicates, seed
             )
         )
-        for name in both[0].stats
+        for name in (stats or both[0].stats)
     }
     per_run = {
         r.label: r.value(paired.difference(r.statistic(a, "final_avg"), r.statistic(b, "final_avg")))[0] for r in both
@@ -168,6 +168,12 @@ def summarize(spec: dict, runs: list[RunEvidence], replicates: int, seed: int, b
             entry[f"wins_vs_{key}"] = wins
             if key == "best_other":
                 entry["best_other"] = other
+    # every pair's final-average difference, the earlier-listed method minus the later
+    pairs: dict[str, dict[str, list]] = {}
+    for i, a in enumerate(methods):
+        for b in methods[i + 1 :]:
+            if any(a in r.rows and b in r.rows for r in runs):
+                pairs.setdefault(a, {})[b] = compare(runs, a, b, replicates, seed, ("final_avg",))[0]["final_avg"]
     learned, least = {}, {}
     if reference in pooled:
         for t in tasks:
@@ -191,6 +197,7 @@ def summarize(spec: dict, runs: list[RunEvidence], replicates: int, seed: int, b
             "kind": "two-level: runs, then test examples",
         },
         "methods": pooled,
+        "pairs": pairs,
     }
 
 
@@ -236,6 +243,7 @@ def markdown(summary: dict) -> str:
     for name, m in methods.items():
         cells = [f"{m['per_run'][r]['final_avg']:.2f}" if r in m["per_run"] else "–" for r in runs]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += pairs_markdown(summary.get("pairs", {}), list(methods))
     if summary.get("weights"):
         lines += weights_markdown(summary["weights"], runs)
     if summary["learned"]:
@@ -245,6 +253,28 @@ def markdown(summary: dict) -> str:
             for t, (b, e) in summary["learned"].items()
         ]
     return "\n".join([*lines, "", "![pooled comparison](protocol.png)", ""])
+
+
+def pairs_markdown(pairs: dict[str, dict[str, list]], methods: list[str]) -> list[str]:
+    """Per method, those whose final average it beats or trails with the interval excluding 0 (on the runs
+    both have); every other pair is no difference."""
+    diff = {(a, b): t for a, row in pairs.items() for b, t in row.items()}
+    diff |= {(b, a): [-t[2], -t[1], -t[0]] for (a, b), t in list(diff.items())}
+    text = lambda o, t: f"{o} {Interval(*t).text(difference=True)}"  # noqa: E731
+    lines = [
+        "",
+        "Every pair (final average, the row's method minus the other, 95% two-level interval on the runs "
+        "both have; the rest are no difference):",
+        "",
+        "| Method | Beats | Trails |",
+        "|---|---|---|",
+    ]
+    for m in methods:
+        mine = [(o, diff[m, o]) for o in methods if (m, o) in diff]
+        beats = ", ".join(text(o, t) for o, t in mine if t[0] > 0) or "–"
+        trails = ", ".join(text(o, t) for o, t in mine if t[2] < 0) or "–"
+        lines.append(f"| {m} | {beats} | {trails} |")
+    return lines if diff else []
 
 
 def plot_pooled(summary: dict, out_png: str | os.PathLike) -> Path:
