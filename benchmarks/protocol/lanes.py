@@ -166,29 +166,34 @@ def place(
     for i in free:
         items_in = Counter(where.values())
         where[i] = min(range(lanes), key=lambda k: (span({**where, i: k}), items_in[k], k))
-    moved = True
+    moved, now = True, span(where)
     while moved:
         moved = False
         for i, k in ((i, k) for i in free for k in range(lanes) if k != where[i]):
-            if span({**where, i: k}) < span(where) - 1e-9:
-                where[i], moved = k, True
+            if (after := span({**where, i: k})) < now - 1e-9:
+                where[i], now, moved = k, after, True
     return [sorted(i for i, k in where.items() if k == lane) for lane in range(lanes)]
 
 
 def makespan(where: Mapping[int, int], needs: Sequence[Sequence[str]], cost: Mapping[str, float], lanes: int) -> float:
     """Seconds until the lanes are done with items placed `where` (index -> lane): the stages items of two
     lanes need, run first, then the longest lane."""
-    lanes_of: dict[str, set[int]] = {}
-    for i, lane in where.items():
-        for name in needs[i]:
-            lanes_of.setdefault(name, set()).add(lane)
     first, load = 0.0, [0.0] * lanes
-    for name, held in lanes_of.items():
+    for name, held in holders(where, needs).items():
         if len(held) > 1:
             first += cost[name]
         else:
             load[next(iter(held))] += cost[name]
     return first + max(load)
+
+
+def holders(where: Mapping[int, int], needs: Sequence[Sequence[str]]) -> dict[str, set[int]]:
+    """Each stage the items placed `where` (index -> lane) need, with the lanes that need it."""
+    out: dict[str, set[int]] = {}
+    for i, lane in where.items():
+        for name in needs[i]:
+            out.setdefault(name, set()).add(lane)
+    return out
 
 
 def started_in(
@@ -226,15 +231,12 @@ def lane_plan(
     mine = [[n for n in item.pending if needers[n] == 1] for item in items]
     started = {i: started_in(mine[i], params, by_name, folders) for i in range(len(items))}
     pinned = {i: lane for i, lane in started.items() if lane is not None}
-    placed = place([[n for n in item.needs if n not in done] for item in items], cost_of, len(folders), pinned)
+    unfinished = [[n for n in item.needs if n not in done] for item in items]
+    placed = place(unfinished, cost_of, len(folders), pinned)
     # a stage items of two lanes need runs first; each lane runs the rest of its items' unfinished stages
-    lanes_of: dict[str, set[int]] = {}
-    for lane, indices in enumerate(placed):
-        for i in indices:
-            for name in items[i].needs:
-                lanes_of.setdefault(name, set()).add(lane)
+    where = {i: lane for lane, indices in enumerate(placed) for i in indices}
     order = {s.name: i for i, s in enumerate(stages)}
-    first = sorted_by((n for n, ls in lanes_of.items() if len(ls) > 1 and n not in done), order)
+    first = sorted_by((n for n, held in holders(where, unfinished).items() if len(held) > 1), order)
     lanes = []
     for lane, indices in enumerate(placed):
         pending = tuple(n for i in indices for n in items[i].pending if n not in first)
